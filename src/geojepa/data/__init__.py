@@ -1,0 +1,1 @@
+"""Data preparation: OSM extracts (+ imagery) → a sharded tile dataset on disk."""
