@@ -1,0 +1,1 @@
+"""Writers for the files geojepa hands to users (GeoParquet)."""
