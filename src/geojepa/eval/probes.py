@@ -1,0 +1,342 @@
+"""Probes on frozen features with an honest protocol.
+
+Fit on **train**, choose every hyper-parameter (regularisation, MLP width/weight decay, number of
+epochs by early stopping) on **val**, then score **test once** with the model that was chosen —
+the one fit on train; it is *not* refit on train+val, because the epoch count chosen by early
+stopping does not carry over to a larger training set and the scored model should be exactly the
+selected one. Repeat over seeds and report mean ± std. Standardisation is fit on train only.
+
+Probes:
+- ``dummy``: train median (regression/count) or train majority class (binary); ignores X.
+- ``linear``: ridge (regression/count) or class-balanced logistic regression (binary), strength
+  chosen on val. Deterministic: computed once and reported for every seed (std 0).
+- ``mlp``: one hidden layer (torch), Huber loss on standardised targets or class-balanced BCE,
+  AdamW; width and weight decay chosen on val, epochs by early stopping on val; seeded.
+
+Binary decisions use threshold 0.5 on the class-balanced models (no threshold tuning). Count
+predictions are clipped at 0. Selection criterion on val: MAE (regression/count); AUROC
+(binary), or log-loss when val holds a single class.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.preprocessing import StandardScaler
+
+from geojepa.config import Config
+from geojepa.errors import InputError
+from geojepa.eval.metrics import auroc, compute_metrics, mae
+from geojepa.eval.split import SPLITS, assign_split, drop_shared_entities
+from geojepa.eval.tasks import Task
+
+if TYPE_CHECKING:
+    import torch
+
+PROBES = ("dummy", "linear", "mlp")
+
+
+class ProbeConfig(Config):
+    """Hyper-parameter grids (all chosen on val) and MLP training settings."""
+
+    ridge_alphas: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+    logistic_cs: tuple[float, ...] = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0)
+    mlp_hidden: tuple[int, ...] = (64, 256)
+    mlp_weight_decays: tuple[float, ...] = (0.0001, 0.01, 0.1)
+    mlp_lr: float = 0.001
+    mlp_batch_size: int = 256
+    mlp_max_epochs: int = 200
+    mlp_patience: int = 10
+
+
+@dataclass
+class ResultRow:
+    """One probe's test scores for one model, task and seed."""
+
+    model: str
+    task: str
+    probe: str
+    seed: int
+    metrics: dict[str, float]
+    params: dict[str, Any] = field(default_factory=dict)
+    val_score: float = math.nan
+    n_train: int = 0
+    n_val: int = 0
+    n_test: int = 0
+
+
+@dataclass
+class _Data:
+    x: dict[str, np.ndarray | sp.csr_matrix]
+    y: dict[str, np.ndarray]
+    kind: str
+
+
+def evaluate_embeddings(
+    X: pd.DataFrame,
+    labels: pd.Series,
+    split: pd.DataFrame | pd.Series,
+    task: Task,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    probes: Sequence[str] = ("linear", "mlp"),
+    model: str = "model",
+    config: ProbeConfig | None = None,
+) -> list[ResultRow]:
+    """Score features ``X`` on ``task`` with each probe and seed; one ResultRow per pair.
+
+    ``X`` is indexed like ``labels`` (``region_id``, or ``region_id``/``feature_id`` for entity
+    tasks) and may hold extra rows; every labelled row must be present. ``split`` is a saved
+    split table (``region_id, block_id, split``) or a Series of split names aligned to
+    ``labels``. For entity tasks, entities with clips in several splits are dropped. ``X`` with
+    no columns (the dummy baseline) runs only the ``dummy`` probe.
+    """
+    config = config or ProbeConfig()
+    unknown = [p for p in probes if p not in PROBES]
+    if unknown:
+        raise InputError(f"unknown probe(s) {unknown} (known: {', '.join(PROBES)})")
+    if len(seeds) == 0:
+        raise InputError("at least one seed is needed")
+    data = _prepare(X, labels, split, task)
+    probes = ("dummy",) if X.shape[1] == 0 else tuple(probes)
+    rows: list[ResultRow] = []
+    sizes = {f"n_{name}": len(data.y[name]) for name in SPLITS}
+    for probe in probes:
+        cached: tuple[dict, dict, float] | None = None
+        for seed in seeds:
+            if probe == "mlp":
+                result = _run_mlp(data, config, seed)
+            else:  # deterministic: fit once, same numbers for every seed
+                if cached is None:
+                    runner = _run_dummy if probe == "dummy" else _run_linear
+                    cached = runner(data, config)
+                result = cached
+            metrics, params, val_score = result
+            rows.append(
+                ResultRow(
+                    model,
+                    task.name,
+                    probe,
+                    int(seed),
+                    dict(metrics),
+                    dict(params),
+                    val_score,
+                    **sizes,
+                )
+            )
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Data preparation
+
+
+def _prepare(X: pd.DataFrame, labels: pd.Series, split, task: Task) -> _Data:
+    if labels.empty:
+        raise InputError(f"task {task.name} has no labelled rows")
+    if isinstance(split, pd.DataFrame):
+        names = assign_split(labels.index, split)
+    else:
+        names = split.reindex(labels.index)
+        if names.isna().any():
+            raise InputError(f"{int(names.isna().sum())} labelled row(s) have no split")
+    if task.level == "entity":
+        names = drop_shared_entities(names)
+    labels = labels.loc[names.index]
+    missing = ~labels.index.isin(X.index)
+    if missing.any():
+        raise InputError(
+            f"{int(missing.sum())} labelled row(s) of task {task.name} have no features "
+            f"(e.g. {labels.index[missing][0]}); embeddings are incomplete"
+        )
+    if X.index.has_duplicates:
+        raise InputError("feature table has duplicate index entries")
+    X = X.loc[labels.index]
+    matrix = _matrix(X)
+    x, y = {}, {}
+    for name in SPLITS:
+        rows = np.flatnonzero(names.to_numpy() == name)
+        if len(rows) == 0:
+            raise InputError(f"task {task.name}: the {name} split has no labelled rows")
+        x[name] = matrix[rows]
+        y[name] = labels.to_numpy(dtype=float)[rows]
+    if task.kind == "binary":
+        present = set(np.unique(y["train"]).tolist())
+        if 1.0 not in present:
+            raise InputError(f"task {task.name}: no positive label in the train split")
+        if 0.0 not in present:
+            raise InputError(f"task {task.name}: no negative label in the train split")
+    return _Data(x, y, task.kind)
+
+
+def _matrix(X: pd.DataFrame) -> np.ndarray | sp.csr_matrix:
+    """Features as float64: CSR if every column is sparse, dense otherwise; InputError on NaN."""
+    if X.shape[1] > 0 and all(isinstance(t, pd.SparseDtype) for t in X.dtypes):
+        matrix = sp.csr_matrix(X.sparse.to_coo(), dtype=np.float64)
+        values = matrix.data
+    else:
+        matrix = X.to_numpy(dtype=np.float64)
+        values = matrix
+    if not np.isfinite(values).all():
+        raise InputError("features contain NaN or infinite values")
+    return matrix
+
+
+def _standardise(data: _Data) -> dict[str, np.ndarray | sp.csr_matrix]:
+    sparse = sp.issparse(data.x["train"])
+    scaler = StandardScaler(with_mean=not sparse).fit(data.x["train"])
+    return {name: scaler.transform(data.x[name]) for name in SPLITS}
+
+
+def _finish(data: _Data, pred: np.ndarray, score: np.ndarray | None) -> dict[str, float]:
+    if data.kind == "count":
+        pred = np.maximum(pred, 0.0)
+    return compute_metrics(data.kind, data.y["test"], pred, score)
+
+
+def _binary_val_score(y: np.ndarray, prob: np.ndarray) -> float:
+    """Higher is better: AUROC, or minus log-loss when val holds one class."""
+    if len(np.unique(y)) == 2:
+        return auroc(y, prob)
+    p = np.clip(prob, 1e-7, 1 - 1e-7)
+    return float(np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+# --------------------------------------------------------------------------------------------
+# Probes
+
+
+def _run_dummy(data: _Data, config: ProbeConfig) -> tuple[dict, dict, float]:
+    n = len(data.y["test"])
+    if data.kind == "binary":
+        rate = float(np.mean(data.y["train"]))
+        majority = float(rate > 0.5)
+        metrics = compute_metrics("binary", data.y["test"], np.full(n, majority), np.full(n, rate))
+        return metrics, {"constant": majority}, math.nan
+    median = float(np.median(data.y["train"]))
+    val = -mae(data.y["val"], np.full(len(data.y["val"]), median))
+    return _finish(data, np.full(n, median), None), {"constant": median}, val
+
+
+def _run_linear(data: _Data, config: ProbeConfig) -> tuple[dict, dict, float]:
+    x = _standardise(data)
+    best: tuple[float, Any, Any] | None = None
+    if data.kind == "binary":
+        for c in config.logistic_cs:
+            clf = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
+            clf.fit(x["train"], data.y["train"])
+            score = _binary_val_score(data.y["val"], clf.predict_proba(x["val"])[:, 1])
+            if best is None or score > best[0]:
+                best = (score, c, clf)
+        score, c, clf = best
+        prob = clf.predict_proba(x["test"])[:, 1]
+        return _finish(data, (prob >= 0.5).astype(float), prob), {"C": c}, score
+    for alpha in config.ridge_alphas:
+        reg = Ridge(alpha=alpha).fit(x["train"], data.y["train"])
+        pred = reg.predict(x["val"])
+        if data.kind == "count":
+            pred = np.maximum(pred, 0.0)
+        score = -mae(data.y["val"], pred)
+        if best is None or score > best[0]:
+            best = (score, alpha, reg)
+    score, alpha, reg = best
+    return _finish(data, reg.predict(x["test"]), None), {"alpha": alpha}, score
+
+
+def _dense_tensor(matrix: np.ndarray | sp.csr_matrix) -> torch.Tensor:
+    import torch
+
+    dense = matrix.toarray() if sp.issparse(matrix) else matrix
+    return torch.as_tensor(np.asarray(dense), dtype=torch.float32)
+
+
+def _run_mlp(data: _Data, config: ProbeConfig, seed: int) -> tuple[dict, dict, float]:
+    import torch  # lazy: importing geojepa.eval stays light
+
+    x = {name: _dense_tensor(m) for name, m in _standardise(data).items()}
+    y_train = data.y["train"]
+    binary = data.kind == "binary"
+    if binary:
+        target = torch.as_tensor(y_train, dtype=torch.float32)
+        n_pos = float(y_train.sum())
+        loss_fn = torch.nn.BCEWithLogitsLoss(
+            pos_weight=torch.tensor((len(y_train) - n_pos) / n_pos)
+        )
+        center, scale = 0.0, 1.0
+    else:
+        center, scale = float(y_train.mean()), float(y_train.std()) or 1.0
+        target = torch.as_tensor((y_train - center) / scale, dtype=torch.float32)
+        loss_fn = torch.nn.HuberLoss(delta=1.0)
+
+    def predict(net: torch.nn.Module, inputs: torch.Tensor) -> np.ndarray:
+        net.eval()
+        with torch.no_grad():
+            out = net(inputs).squeeze(1).double().numpy()
+        return 1 / (1 + np.exp(-out)) if binary else out * scale + center
+
+    def val_score(net: torch.nn.Module) -> float:
+        out = predict(net, x["val"])
+        if binary:
+            return _binary_val_score(data.y["val"], out)
+        if data.kind == "count":
+            out = np.maximum(out, 0.0)
+        return -mae(data.y["val"], out)
+
+    best: tuple[float, dict, torch.nn.Module] | None = None
+    for hidden in config.mlp_hidden:
+        for decay in config.mlp_weight_decays:
+            net, epochs, score = _fit_mlp(
+                x["train"], target, loss_fn, val_score, hidden, decay, config, seed
+            )
+            params = {"hidden": hidden, "weight_decay": decay, "epochs": epochs}
+            if best is None or score > best[0]:
+                best = (score, params, net)
+    score, params, net = best
+    out = predict(net, x["test"])
+    if binary:
+        return _finish(data, (out >= 0.5).astype(float), out), params, score
+    return _finish(data, out, None), params, score
+
+
+def _fit_mlp(x, target, loss_fn, val_score, hidden, decay, config: ProbeConfig, seed: int):
+    """Train one MLP; keep the weights of the epoch with the best val score (early stopping)."""
+    import torch
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1)
+    )
+    optim = torch.optim.AdamW(net.parameters(), lr=config.mlp_lr, weight_decay=decay)
+    best_score, best_state, best_epoch, stale = -math.inf, None, 0, 0
+    for epoch in range(1, config.mlp_max_epochs + 1):
+        net.train()
+        order = torch.randperm(x.shape[0], generator=generator)
+        for start in range(0, x.shape[0], config.mlp_batch_size):
+            batch = order[start : start + config.mlp_batch_size]
+            optim.zero_grad()
+            loss = loss_fn(net(x[batch]).squeeze(1), target[batch])
+            loss.backward()
+            optim.step()
+        score = val_score(net)
+        if score > best_score:
+            best_score, best_state, best_epoch, stale = (
+                score,
+                copy.deepcopy(net.state_dict()),
+                epoch,
+                0,
+            )
+        else:
+            stale += 1
+            if stale >= config.mlp_patience:
+                break
+    if best_state is not None:  # None only if every val score was NaN (diverged)
+        net.load_state_dict(best_state)
+    return net, best_epoch, best_score

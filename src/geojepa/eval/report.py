@@ -1,0 +1,183 @@
+"""Report helpers: results table → ``results.csv``, ``results.md``, a bar chart, provenance.
+
+The Markdown table has one row per (model, probe) and one column per (task, metric), cells
+``mean ± std`` over seeds; the best mean per column is bold; arrows say whether higher (↑) or
+lower (↓) is better. The provenance block records what produced the numbers (config, split file
+hash, data source), so that a reader can check that two reports are comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from geojepa.errors import InputError, OutputError
+from geojepa.eval.metrics import METRICS, METRICS_BY_KIND
+from geojepa.eval.probes import ResultRow
+from geojepa.eval.split import file_sha256
+from geojepa.eval.tasks import TASKS
+
+
+def results_frame(rows: list[ResultRow]) -> pd.DataFrame:
+    """Long per-seed frame: model, task, probe, seed, metric, value (+ sizes, params)."""
+    if not rows:
+        raise InputError("no results to report")
+    records = []
+    for row in rows:
+        base = asdict(row)
+        metrics = base.pop("metrics")
+        base["params"] = json.dumps(base["params"], sort_keys=True)
+        for metric, value in metrics.items():
+            records.append({**base, "metric": metric, "value": value})
+    return pd.DataFrame.from_records(records)
+
+
+def summarize(rows: list[ResultRow]) -> pd.DataFrame:
+    """Mean ± std (ddof=1; 0 for one seed) per model, probe, task and metric."""
+    frame = results_frame(rows)
+    keys = ["model", "probe", "task", "metric"]
+    grouped = frame.groupby(keys, sort=False)["value"]
+    out = grouped.agg(mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)
+    out["n_seeds"] = grouped.size()
+    out["n_test"] = frame.groupby(keys, sort=False)["n_test"].first()
+    return out.reset_index()
+
+
+def _column_order(summary: pd.DataFrame) -> list[tuple[str, str]]:
+    tasks = list(dict.fromkeys(summary["task"]))
+    columns = []
+    for task in tasks:
+        kind = TASKS[task].kind if task in TASKS else None
+        present = list(dict.fromkeys(summary.loc[summary["task"] == task, "metric"]))
+        order = [m for m in METRICS_BY_KIND.get(kind, ()) if m in present]
+        columns += [(task, m) for m in order + [m for m in present if m not in order]]
+    return columns
+
+
+def markdown_table(summary: pd.DataFrame, digits: int = 3) -> str:
+    """Model × (task, metric) table, ``mean ± std``, best mean per column in bold."""
+    columns = _column_order(summary)
+    models = list(dict.fromkeys(zip(summary["model"], summary["probe"], strict=True)))
+    cell = summary.set_index(["model", "probe", "task", "metric"])
+    header = ["model", "probe"] + [
+        f"{task} {metric} {METRICS[metric].arrow if metric in METRICS else ''}".rstrip()
+        for task, metric in columns
+    ]
+    best: dict[tuple[str, str], float] = {}
+    for task, metric in columns:
+        means = summary.loc[(summary["task"] == task) & (summary["metric"] == metric), "mean"]
+        means = means.dropna()
+        if len(means):
+            higher = METRICS[metric].higher_is_better if metric in METRICS else True
+            best[(task, metric)] = means.max() if higher else means.min()
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model, probe in models:
+        cells = [model, probe]
+        for task, metric in columns:
+            key = (model, probe, task, metric)
+            if key not in cell.index:
+                cells.append("–")
+                continue
+            mean, std = cell.loc[key, "mean"], cell.loc[key, "std"]
+            text = f"{mean:.{digits}f} ± {std:.{digits}f}"
+            if (task, metric) in best and np.isclose(mean, best[(task, metric)]):
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def make_provenance(
+    config: dict[str, Any] | None = None,
+    split_path: str | Path | None = None,
+    data_source: str | dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """What produced a report: configs, split file and its sha256, data source, versions."""
+    from geojepa import __version__ as version
+
+    provenance: dict[str, Any] = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "geojepa_version": version,
+        "python": platform.python_version(),
+        "config": config or {},
+        "data_source": data_source,
+    }
+    if split_path is not None:
+        provenance["split_file"] = str(split_path)
+        provenance["split_sha256"] = file_sha256(split_path)
+    provenance.update(extra)
+    return provenance
+
+
+def plot_results(summary: pd.DataFrame, path: str | Path) -> Path:
+    """Bar chart: one panel per (task, headline metric), one bar per (model, probe), ±std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(t, m) for t, m in _column_order(summary) if m in ("mae", "auroc")]
+    panels = panels or _column_order(summary)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 1, 3.6), squeeze=False)
+    for ax, (task, metric) in zip(axes[0], panels, strict=True):
+        part = summary[(summary["task"] == task) & (summary["metric"] == metric)]
+        labels = [f"{m}\n{p}" for m, p in zip(part["model"], part["probe"], strict=True)]
+        ax.bar(range(len(part)), part["mean"], yerr=part["std"], color="tab:blue", capsize=3)
+        ax.set_xticks(range(len(part)), labels, rotation=60, ha="right", fontsize=7)
+        arrow = METRICS[metric].arrow if metric in METRICS else ""
+        ax.set_title(f"{task}: {metric} {arrow}", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    rows: list[ResultRow],
+    out_dir: str | Path,
+    provenance: dict[str, Any] | None = None,
+    title: str = "GeoJEPA evaluation",
+) -> dict[str, Path]:
+    """Write ``results.csv`` (summary), ``results_per_seed.csv``, ``results.md``,
+    ``results.png`` and ``provenance.json`` into ``out_dir``; returns their paths."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"report location {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create report directory {out}: {exc}") from None
+    summary = summarize(rows)
+    paths = {
+        "csv": out / "results.csv",
+        "per_seed": out / "results_per_seed.csv",
+        "markdown": out / "results.md",
+        "plot": out / "results.png",
+        "provenance": out / "provenance.json",
+    }
+    summary.to_csv(paths["csv"], index=False)
+    results_frame(rows).to_csv(paths["per_seed"], index=False)
+    plot_results(summary, paths["plot"])
+    provenance = provenance or make_provenance()
+    paths["provenance"].write_text(json.dumps(provenance, indent=2, default=str) + "\n")
+    seeds = sorted({row.seed for row in rows})
+    text = [
+        f"# {title}\n",
+        f"Mean ± std over {len(seeds)} seed(s) {seeds} on the test split; probe settings chosen "
+        "on val. ↓ lower is better, ↑ higher is better; best mean per column in **bold**.\n",
+        markdown_table(summary),
+        f"![results]({paths['plot'].name})\n",
+        "## Provenance\n",
+        "```json\n" + json.dumps(provenance, indent=2, default=str) + "\n```\n",
+    ]
+    paths["markdown"].write_text("\n".join(text))
+    return paths
