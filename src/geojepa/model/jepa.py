@@ -1,0 +1,272 @@
+"""GeoJEPA: context encoder, EMA target encoder and predictor over tile tokens (DESIGN.md §1).
+
+One training step (``GeoJEPA.forward``) is fully batched: the target encoder encodes every
+token of every tile once; the context encoder sees only the context tokens; the predictor
+predicts the K targets of all B tiles in *one* call by repeating each tile's context K times
+along the batch (as I-JEPA does). Padding never enters attention, the loss or the statistics.
+There is no device→host synchronisation in the step except the two integers the masking needs
+to size its padded index tensors.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from geojepa.config import Config
+from geojepa.model.masking import MaskGenerator, MaskingConfig, Masks
+from geojepa.model.prior import PositionPrior
+from geojepa.model.transformer import Predictor, Transformer
+
+
+class ModelConfig(Config):
+    """Encoder/predictor sizes, EMA schedule and loss weights (defaults: paper, DESIGN.md §1.5)."""
+
+    width: int = Field(384, ge=8)
+    depth: int = Field(12, ge=1)
+    heads: int = Field(8, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0.0)
+    predictor_width: int = Field(256, ge=8)
+    predictor_depth: int = Field(4, ge=1)
+    predictor_heads: int = Field(8, ge=1)
+    ema_momentum: tuple[float, float] = (0.99, 0.99999)
+    reg_weight: float = Field(0.01, ge=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+        if self.predictor_width % self.predictor_heads:
+            raise ValueError(
+                f"predictor_width {self.predictor_width} must be divisible by "
+                f"predictor_heads {self.predictor_heads}"
+            )
+        lo, hi = self.ema_momentum
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"ema_momentum must satisfy 0 <= start <= end <= 1, got {lo}, {hi}")
+        return self
+
+
+class TokensLike(Protocol):
+    """What a tokenizer returns (``geojepa.tokenize.tokenizer.Tokens``)."""
+
+    tokens: torch.Tensor
+    boxes: torch.Tensor
+    modality: torch.Tensor
+    valid: torch.Tensor
+    n_entity_slots: int
+
+
+@dataclass
+class StepOutput:
+    """Loss and its terms for one batch; every value is a 0-d tensor (no host sync)."""
+
+    loss: torch.Tensor
+    pred_loss: torch.Tensor
+    reg_pred: torch.Tensor
+    reg_context: torch.Tensor
+    n_targets: torch.Tensor  # number of real target tokens in the batch
+    target_outputs: torch.Tensor  # [B,L,D] target-encoder outputs (for collapse monitors)
+    target_valid: torch.Tensor  # [B,L] which of them are real tokens
+
+
+def ema_momentum(step: int, total_steps: int, start: float, end: float) -> float:
+    """Linear momentum schedule from ``start`` (step 0) to ``end`` (step ``total_steps``)."""
+    t = min(max(step / max(total_steps, 1), 0.0), 1.0)
+    return start + (end - start) * t
+
+
+def masked_vicreg(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Variance (hinge on std at 1) + covariance (off-diagonal²/D) over rows where mask is True.
+
+    Padding rows carry zero weight, so the statistics are those of the real tokens only.
+    """
+    x = x.reshape(-1, x.shape[-1]).float()
+    w = mask.reshape(-1, 1).to(x.dtype)
+    n = w.sum()
+    mean = (x * w).sum(0) / n.clamp(min=1)
+    xc = (x - mean) * w
+    denom = (n - 1).clamp(min=1)
+    var = (xc * xc).sum(0) / denom
+    var_loss = F.relu(1.0 - torch.sqrt(var + eps)).mean()
+    cov = xc.T @ xc / denom
+    d = x.shape[-1]
+    off = cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()
+    return var_loss + off / d
+
+
+def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x [B,L,...], index [B,...idx] -> x at index along dim 1."""
+    b = x.shape[0]
+    flat = index.reshape(b, -1)
+    out = x.gather(1, flat.view(b, -1, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:]))
+    return out.view(*index.shape, *x.shape[2:])
+
+
+class GeoJEPA(nn.Module):
+    """Tokenizer + prior + encoder, their EMA copies, and the predictor.
+
+    ``tokenizer`` maps a batch to tokens (normally a ``TileTokenizer``). The EMA target branch is
+    a deep copy of tokenizer, prior and encoder that never receives gradients and always runs in
+    eval mode; ``encode``/``tile_embedding``/``entity_embeddings`` use it (the paper's choice).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        tokenizer: nn.Module,
+        masking: MaskingConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.masking_config = masking or MaskingConfig()
+        self.masker = MaskGenerator(self.masking_config)
+        d = config.width
+        self.tokenizer = tokenizer
+        self.prior = PositionPrior(d)
+        self.encoder = Transformer(d, config.depth, config.heads, config.mlp_ratio)
+        self.predictor = Predictor(
+            d, config.predictor_width, config.predictor_depth, config.predictor_heads
+        )
+        for part in (self.prior, self.encoder, self.predictor):
+            part.apply(_init_weights)  # the tokenizer keeps its own initialisation
+        self.target = nn.ModuleDict(
+            {
+                "tokenizer": copy.deepcopy(tokenizer),
+                "prior": copy.deepcopy(self.prior),
+                "encoder": copy.deepcopy(self.encoder),
+            }
+        )
+        self.target.requires_grad_(False)
+        self.target.eval()
+
+    # --- EMA -------------------------------------------------------------------------------
+    def _pair_ema_tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        online = {"tokenizer": self.tokenizer, "prior": self.prior, "encoder": self.encoder}
+        src, dst = [], []
+        for name, module in online.items():
+            t_params = dict(self.target[name].named_parameters())
+            for pname, p in module.named_parameters():
+                if p.requires_grad:  # frozen parts (e.g. the tag table) are not averaged
+                    src.append(p)
+                    dst.append(t_params[pname])
+        return src, dst
+
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        """target ← momentum · target + (1 − momentum) · online, for every learned tensor."""
+        src, dst = self._pair_ema_tensors()  # re-paired each call: survives .to() and DDP
+        torch._foreach_mul_(dst, momentum)
+        torch._foreach_add_(dst, src, alpha=1.0 - momentum)
+
+    def train(self, mode: bool = True) -> GeoJEPA:
+        super().train(mode)
+        self.target.eval()  # the teacher is deterministic (no dropout, frozen statistics)
+        return self
+
+    # --- encoding --------------------------------------------------------------------------
+    def _target_outputs(self, batch: Any) -> tuple[torch.Tensor, TokensLike]:
+        tok = self.target["tokenizer"](batch)
+        x = tok.tokens + self.target["prior"](tok.boxes, tok.modality).to(tok.tokens.dtype)
+        h = self.target["encoder"](x, tok.valid)
+        h = F.layer_norm(h.float(), (h.shape[-1],))
+        return h.masked_fill(~tok.valid[..., None], 0.0), tok
+
+    @torch.no_grad()
+    def encode(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target-encoder token outputs [B,L,D] (layer-normed; padding = 0) and valid [B,L]."""
+        h, tok = self._target_outputs(batch)
+        return h, tok.valid
+
+    @torch.no_grad()
+    def tile_embedding(self, batch: Any) -> torch.Tensor:
+        """[max ‖ mean] over each tile's real tokens, [B, 2D]; a tile with no token gets 0."""
+        h, valid = self.encode(batch)
+        return pool_tiles(h, valid)
+
+    @torch.no_grad()
+    def entity_embeddings(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Entity token outputs [B,E,D] and their validity [B,E] (same order as the batch)."""
+        h, tok = self._target_outputs(batch)
+        e = tok.n_entity_slots
+        return h[:, :e], tok.valid[:, :e]
+
+    # --- training --------------------------------------------------------------------------
+    def forward(self, batch: Any, generator: torch.Generator | None = None) -> StepOutput:
+        """One JEPA step: loss terms for ``batch`` with masks drawn from ``generator``."""
+        with torch.no_grad():
+            h, _ = self._target_outputs(batch)
+        tok = self.tokenizer(batch)
+        masks = self.masker(tok.valid, tok.modality, tok.boxes, generator)
+        return self.loss_from_tokens(tok, h, masks)
+
+    def loss_from_tokens(self, tok: TokensLike, h: torch.Tensor, masks: Masks) -> StepOutput:
+        """Context encoding, batched prediction of all targets and the loss."""
+        b, _, d = tok.tokens.shape
+        k, lt = masks.target_index.shape[1:]
+        prior = self.prior(tok.boxes, tok.modality).to(tok.tokens.dtype)  # [B,L,D]
+        x = tok.tokens + prior
+        ctx_x = _gather(x, masks.context_index)
+        z = self.encoder(ctx_x, masks.context_valid)  # [B,Lc,D]
+
+        # All K targets of all B tiles in one predictor call: repeat each context K times.
+        ctx_in = (z + _gather(prior, masks.context_index)).repeat_interleave(k, dim=0)
+        ctx_valid = masks.context_valid.repeat_interleave(k, dim=0)
+        t_valid = masks.target_valid.reshape(b * k, lt)
+        t_prior = _gather(prior, masks.target_index).reshape(b * k, lt, d)
+        pred = self.predictor(ctx_in, ctx_valid, t_prior, t_valid)  # [B*K,Lt,D]
+        target = _gather(h, masks.target_index).reshape(b * k, lt, d)  # layer-normed, fp32
+
+        with torch.autocast(device_type=pred.device.type, enabled=False):  # losses in fp32
+            per_token = F.smooth_l1_loss(pred.float(), target, beta=1.0, reduction="none")
+            w = t_valid.to(torch.float32)
+            n_t = w.sum()
+            pred_loss = (per_token.mean(-1) * w).sum() / n_t.clamp(min=1)
+            reg_pred = masked_vicreg(pred, t_valid)
+            reg_ctx = masked_vicreg(z, masks.context_valid)
+            loss = pred_loss + self.config.reg_weight * (reg_pred + reg_ctx)
+        return StepOutput(
+            loss=loss,
+            pred_loss=pred_loss.detach(),
+            reg_pred=reg_pred.detach(),
+            reg_context=reg_ctx.detach(),
+            n_targets=n_t.detach(),
+            target_outputs=h,
+            target_valid=tok.valid,
+        )
+
+    # --- persistence -----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path, map_location: str = "cpu") -> GeoJEPA:
+        """Load a model directory written by ``geojepa pretrain`` (see ``train/export.py``)."""
+        from geojepa.train.export import load_model
+
+        return load_model(path, map_location=map_location)
+
+
+def pool_tiles(h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[max ‖ mean] over real tokens; padding never enters either statistic."""
+    m = valid[..., None]
+    n = m.sum(1).clamp(min=1).to(h.dtype)
+    mean = h.masked_fill(~m, 0.0).sum(1) / n
+    mx = h.masked_fill(~m, -math.inf).amax(1)
+    mx = torch.where(valid.any(1, keepdim=True), mx, torch.zeros_like(mx))
+    return torch.cat([mx, mean], dim=-1)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
