@@ -1,0 +1,431 @@
+"""Streaming tile batches from a dataset on disk: shard by shard, split across DDP ranks and
+DataLoader workers, seeded, with vectorised collation into `TileBatch`.
+
+How a pass (epoch) runs:
+
+1. The shard list is shuffled with ``(seed, epoch)`` (kept in manifest order when
+   ``shuffle=False``) and split over every (rank, worker) slot. Single process: round robin.
+   Under DDP shards are dealt greedily to the least-loaded slot, and with ``even_ranks`` each
+   worker slot then stops after the same number of tiles on every rank (the smallest load of
+   that slot over the ranks), so every rank yields the same number of batches and DDP never
+   waits on a rank that ran out. That drops at most about one shard per slot per epoch; which
+   tiles are dropped changes with the epoch.
+2. A worker reads its shards one at a time, tokenises each shard's tiles once (tag ids,
+   geometry features, boxes; numpy) and keeps them in a buffer of at least ``shuffle_buffer``
+   tiles, whose order is shuffled with ``(seed, epoch, rank, worker)``. Tiles left over from a
+   buffer move on to the next one, so every batch is full except the last.
+3. Tiles with more than ``max_entities`` entities keep a seeded random subset, chosen by
+   ``(seed, region_id)`` only: the same tile keeps the same entities in every epoch, on every
+   rank and worker, in their on-disk order. Entities keep at most ``max_tags`` tags (the first
+   ones in the stored map order).
+
+``shuffle=False`` with ``num_workers=0`` and one process yields every tile exactly once, in the
+dataset's order (the way to embed a whole dataset). With workers, every tile still comes
+exactly once but batches of different workers interleave.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import shapely
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from geojepa.data import schema
+from geojepa.data.reader import TileDataset, open_dataset
+from geojepa.errors import ConfigError, InputError
+from geojepa.tokenize.batch import TileBatch
+from geojepa.tokenize.geometry import N_SCALARS, geometry_features
+from geojepa.tokenize.tags import TagVocabulary
+from geojepa.tokenize.tokenizer import TokenizerConfig
+
+EntityTransform = Callable[[pa.Table], pa.Table]
+
+
+def _ragged(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, s + c)`` for every (s, c), without a Python loop."""
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return np.repeat(np.asarray(starts, dtype=np.int64) - first, counts) + np.arange(total)
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+
+
+@dataclass
+class TileArrays:
+    """Tokenised tiles of one shard (or a buffer of shards): flat, ragged numpy arrays."""
+
+    region_ids: np.ndarray  # object [n_tiles]
+    ent_count: np.ndarray  # int64 [n_tiles]; entities of tile i follow those of tile i-1
+    images: np.ndarray  # object [n_tiles]: bytes or None
+    feature_ids: np.ndarray  # object [n_ent]
+    tag_count: np.ndarray  # int64 [n_ent]
+    tag_ids: np.ndarray  # int64 [n_tags]
+    geometry: np.ndarray  # float32 [n_ent, P, 2]
+    scalars: np.ndarray  # float32 [n_ent, S]
+    boxes: np.ndarray  # float32 [n_ent, 8]
+
+    def __len__(self) -> int:
+        return len(self.region_ids)
+
+    def take(self, tiles: np.ndarray) -> TileArrays:
+        """The given tiles (in that order)."""
+        tiles = np.asarray(tiles, dtype=np.int64)
+        ent = _ragged(_offsets(self.ent_count)[tiles], self.ent_count[tiles])
+        tags = _ragged(_offsets(self.tag_count)[ent], self.tag_count[ent])
+        return TileArrays(
+            region_ids=self.region_ids[tiles],
+            ent_count=self.ent_count[tiles],
+            images=self.images[tiles],
+            feature_ids=self.feature_ids[ent],
+            tag_count=self.tag_count[ent],
+            tag_ids=self.tag_ids[tags],
+            geometry=self.geometry[ent],
+            scalars=self.scalars[ent],
+            boxes=self.boxes[ent],
+        )
+
+    @staticmethod
+    def concat(parts: list[TileArrays]) -> TileArrays:
+        if len(parts) == 1:
+            return parts[0]
+        names = [f.name for f in fields(parts[0])]
+        return TileArrays(**{n: np.concatenate([getattr(p, n) for p in parts]) for n in names})
+
+
+def tokenize_shard(
+    tiles: pa.Table,
+    entities: pa.Table,
+    vocab: TagVocabulary,
+    config: TokenizerConfig,
+    seed: int,
+) -> TileArrays:
+    """One shard's tiles and entities → `TileArrays` (numpy; run once per shard per pass)."""
+    region_ids = np.asarray(tiles.column("region_id").to_pylist(), dtype=object)
+    n_tiles = len(region_ids)
+    if "image" in tiles.column_names:
+        images = np.empty(n_tiles, dtype=object)
+        images[:] = tiles.column("image").to_pylist()
+    else:
+        images = np.full(n_tiles, None, dtype=object)
+
+    # Entities → their tile, grouped by tile in the tiles' order (stable: on-disk order kept).
+    tile_of = pd.Index(region_ids).get_indexer(entities.column("region_id").to_numpy())
+    keep = np.flatnonzero(tile_of >= 0)
+    keep = keep[np.argsort(tile_of[keep], kind="stable")]
+    counts = np.bincount(tile_of[keep], minlength=n_tiles).astype(np.int64)
+
+    # Cap entities per tile with a choice seeded by (seed, region_id) only.
+    over = np.flatnonzero(counts > config.max_entities)
+    if len(over):
+        starts = _offsets(counts)
+        mask = np.ones(len(keep), dtype=bool)
+        for t in over:
+            rng = np.random.default_rng([seed, zlib.crc32(str(region_ids[t]).encode())])
+            chosen = rng.choice(counts[t], size=config.max_entities, replace=False)
+            drop = np.ones(counts[t], dtype=bool)
+            drop[chosen] = False
+            mask[starts[t] + np.flatnonzero(drop)] = False
+        keep = keep[mask]
+        counts = np.minimum(counts, config.max_entities)
+    ents = entities.take(pa.array(keep, type=pa.int64()))
+    n_ent = ents.num_rows
+
+    # Tags: first max_tags of each entity → table rows (fallback chain in the vocabulary).
+    tags = ents.column("tags").combine_chunks()
+    off = tags.offsets.to_numpy().astype(np.int64)  # respects a sliced map array
+    n_tags = np.diff(off)
+    span = (int(off[0]), int(off[-1] - off[0])) if len(off) else (0, 0)
+    pos = np.arange(span[1]) - np.repeat(_offsets(n_tags), n_tags)
+    sel = pos < config.max_tags
+    keys = tags.keys.slice(*span).to_numpy(zero_copy_only=False)[sel]
+    values = tags.items.slice(*span).to_numpy(zero_copy_only=False)[sel]
+    tag_ids = vocab.encode(keys, values)
+    tag_count = np.minimum(n_tags, config.max_tags).astype(np.int64)
+
+    geoms = shapely.from_wkb(ents.column("geometry").to_numpy(zero_copy_only=False))
+    outline, scalars = geometry_features(geoms, config.geometry_points)
+    if n_ent:
+        boxes = pc.list_flatten(ents.column("box").combine_chunks()).to_numpy()
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(n_ent, 8)
+    else:
+        boxes = np.zeros((0, 8), dtype=np.float32)
+    return TileArrays(
+        region_ids=region_ids,
+        ent_count=counts,
+        images=images,
+        feature_ids=np.asarray(ents.column("feature_id").to_pylist(), dtype=object),
+        tag_count=tag_count,
+        tag_ids=tag_ids.astype(np.int64),
+        geometry=outline,
+        scalars=scalars,
+        boxes=boxes,
+    )
+
+
+def collate(arrays: TileArrays, image_size: int | None) -> TileBatch:
+    """All tiles of ``arrays`` → one padded `TileBatch` (entities padded to the batch max)."""
+    b = len(arrays)
+    counts = arrays.ent_count
+    e = max(1, int(counts.max(initial=0)))
+    n_ent = int(counts.sum())
+    row = np.repeat(np.arange(b), counts)
+    col = np.arange(n_ent) - np.repeat(_offsets(counts), counts)
+    p = arrays.geometry.shape[1]
+
+    valid = np.zeros((b, e), dtype=bool)
+    valid[row, col] = True
+    geometry = np.zeros((b, e, p, 2), dtype=np.float32)
+    geometry[row, col] = arrays.geometry
+    scalars = np.zeros((b, e, N_SCALARS), dtype=np.float32)
+    scalars[row, col] = arrays.scalars
+    boxes = np.zeros((b, e, 8), dtype=np.float32)
+    boxes[row, col] = arrays.boxes
+
+    tc = arrays.tag_count
+    t = max(1, int(tc.max(initial=0)))
+    trow = np.repeat(np.arange(n_ent), tc)
+    tcol = np.arange(len(arrays.tag_ids)) - np.repeat(_offsets(tc), tc)
+    ent_tags = np.zeros((n_ent, t), dtype=np.int64)
+    ent_tags[trow, tcol] = arrays.tag_ids
+    tag_ids = np.zeros((b, e, t), dtype=np.int64)
+    tag_ids[row, col] = ent_tags
+
+    has_image = np.array([img is not None for img in arrays.images], dtype=bool)
+    image = None
+    if image_size is not None and has_image.any():
+        npx = image_size * image_size * 3
+        pixels = np.zeros((b, image_size, image_size, 3), dtype=np.uint8)
+        for i in np.flatnonzero(has_image):
+            raw = arrays.images[i]
+            if len(raw) != npx:
+                raise InputError(
+                    f"tile {arrays.region_ids[i]}: image has {len(raw)} bytes, expected "
+                    f"{npx} ({image_size}×{image_size}×3)"
+                )
+            pixels[i] = np.frombuffer(raw, dtype=np.uint8).reshape(image_size, image_size, 3)
+        image = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
+
+    split = np.cumsum(counts)[:-1]
+    return TileBatch(
+        region_ids=[str(r) for r in arrays.region_ids],
+        feature_ids=[list(f) for f in np.split(arrays.feature_ids, split)],
+        entity_valid=torch.from_numpy(valid),
+        tag_ids=torch.from_numpy(tag_ids),
+        geometry=torch.from_numpy(geometry),
+        geometry_scalars=torch.from_numpy(scalars),
+        entity_box=torch.from_numpy(boxes),
+        image=image,
+        image_valid=torch.from_numpy(has_image & (image is not None)),
+    )
+
+
+def _dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def plan_shards(
+    shards: list[int],
+    sizes: list[int] | None,
+    world: int,
+    workers: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    even_ranks: bool = True,
+) -> tuple[list[list[list[int]]], list[int] | None]:
+    """Shards of every (rank, worker) slot, ``plan[rank][worker]``, and per-worker tile quotas
+    (the same on every rank) or None (no cap). ``sizes``: tiles per shard, needed if world > 1.
+    """
+    order = list(shards)
+    if shuffle:
+        perm = np.random.default_rng([seed, epoch]).permutation(len(order))
+        order = [order[i] for i in perm]
+    slots = world * workers
+    plan: list[list[int]] = [[] for _ in range(slots)]
+    if world == 1 or sizes is None:
+        for i, s in enumerate(order):
+            plan[i % slots].append(s)
+        quotas = None
+    else:
+        size_of = dict(zip(shards, sizes, strict=True))
+        load = np.zeros(slots, dtype=np.int64)
+        for s in order:
+            k = int(np.argmin(load))
+            plan[k].append(s)
+            load[k] += size_of[s]
+        quotas = load.reshape(world, workers).min(axis=0).tolist() if even_ranks else None
+    nested = [[plan[r * workers + w] for w in range(workers)] for r in range(world)]
+    return nested, quotas
+
+
+class TileStream(IterableDataset):
+    """Iterable of `TileBatch` over a tile dataset (see the module docstring)."""
+
+    def __init__(
+        self,
+        dataset: TileDataset,
+        vocab: TagVocabulary,
+        config: TokenizerConfig,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        entity_transform: EntityTransform | None = None,
+        drop_last: bool = False,
+        shuffle_buffer: int = 1024,
+        even_ranks: bool = True,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1 (got {batch_size})")
+        self.dataset = dataset
+        self.vocab = vocab
+        self.config = config
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.entity_transform = entity_transform
+        self.drop_last = drop_last
+        self.shuffle_buffer = max(shuffle_buffer, batch_size) if shuffle else batch_size
+        self.even_ranks = even_ranks
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for ``epoch`` (the shuffling depends on ``(seed, epoch)`` only)."""
+        self.epoch = epoch
+
+    def _shard_sizes(self) -> list[int]:
+        ds = self.dataset
+        return [pq.ParquetFile(ds.path / schema.tiles_file(s)).metadata.num_rows for s in ds.shards]
+
+    def _load(self, shard: int) -> TileArrays:
+        ds = self.dataset
+        columns = ["region_id"] + (["image"] if self.config.use_image else [])
+        tiles = ds.read_tiles(shard, columns=columns)
+        entities = ds.read_entities(shard)
+        if self.entity_transform is not None:
+            entities = self.entity_transform(entities)
+        return tokenize_shard(tiles, entities, self.vocab, self.config, self.seed)
+
+    def __iter__(self) -> Iterator[TileBatch]:
+        rank, world = _dist_info()
+        info = get_worker_info()
+        wid, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        sizes = self._shard_sizes() if world > 1 else None
+        plan, quotas = plan_shards(
+            self.dataset.shards,
+            sizes,
+            world,
+            workers,
+            self.shuffle,
+            self.seed,
+            self.epoch,
+            self.even_ranks,
+        )
+        quota = None if quotas is None else quotas[wid]
+        rng = np.random.default_rng([self.seed, self.epoch, rank, wid])
+        image_size = self.dataset.config.image_size if self.config.use_image else None
+        bs = self.batch_size
+        emitted = 0
+        buffer: TileArrays | None = None
+        shards = plan[rank][wid]
+        for i, shard in enumerate(shards):
+            if quota is not None and emitted >= quota:
+                return
+            part = self._load(shard)
+            buffer = part if buffer is None else TileArrays.concat([buffer, part])
+            if len(buffer) < self.shuffle_buffer and i < len(shards) - 1:
+                continue
+            order = rng.permutation(len(buffer)) if self.shuffle else np.arange(len(buffer))
+            n_full = (len(order) // bs) * bs
+            for j in range(0, n_full, bs):
+                take = order[j : j + bs]
+                if quota is not None:
+                    take = take[: quota - emitted]
+                if len(take) < bs:  # this slot's quota ends inside this batch
+                    if len(take) and not self.drop_last:
+                        yield collate(buffer.take(take), image_size)
+                    return
+                yield collate(buffer.take(take), image_size)
+                emitted += bs
+            buffer = buffer.take(order[n_full:])  # leftovers join the next buffer
+        if buffer is None or self.drop_last:
+            return
+        n = len(buffer) if quota is None else min(len(buffer), quota - emitted)
+        if n > 0:
+            yield collate(buffer.take(np.arange(n)), image_size)
+
+
+def _identity(batch: TileBatch) -> TileBatch:
+    return batch
+
+
+class TileLoader(DataLoader):
+    """A DataLoader of `TileBatch`; each new iteration reshuffles as the next epoch."""
+
+    def __init__(self, stream: TileStream, **kwargs) -> None:
+        super().__init__(stream, batch_size=None, collate_fn=_identity, **kwargs)
+        self._next_epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration epoch ``epoch`` (e.g. after resuming from a checkpoint)."""
+        self._next_epoch = epoch
+
+    def __iter__(self):
+        self.dataset.set_epoch(self._next_epoch)
+        self._next_epoch += 1
+        return super().__iter__()
+
+
+def make_dataloader(
+    dataset: str | Path | TileDataset,
+    vocab: TagVocabulary,
+    config: TokenizerConfig,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_workers: int = 0,
+    entity_transform: EntityTransform | None = None,
+    drop_last: bool = False,
+    *,
+    shuffle_buffer: int = 1024,
+    even_ranks: bool = True,
+    pin_memory: bool = False,
+) -> TileLoader:
+    """A streaming DataLoader of `TileBatch` (see the module docstring for the guarantees).
+
+    ``entity_transform`` must be a picklable module-level callable when ``num_workers > 0``.
+    ``even_ranks=False`` keeps every tile under DDP (ranks may then yield different counts).
+    """
+    ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
+    if num_workers < 0:
+        raise ConfigError(f"num_workers must be >= 0 (got {num_workers})")
+    stream = TileStream(
+        ds,
+        vocab,
+        config,
+        batch_size,
+        shuffle,
+        seed,
+        entity_transform=entity_transform,
+        drop_last=drop_last,
+        shuffle_buffer=shuffle_buffer,
+        even_ranks=even_ranks,
+    )
+    return TileLoader(stream, num_workers=num_workers, pin_memory=pin_memory)

@@ -1,0 +1,196 @@
+"""`TileTokenizer`: a `TileBatch` → `Tokens` (content embeddings; no position/modality prior).
+
+Token columns: ``[:, :E]`` one per entity slot (batch order), then, when the tokenizer uses
+images and the batch has any, one whole-image token and the patch tokens. Every token is
+computed from its own entity/tile only, so a tile's tokens do not depend on the rest of the
+batch (in eval mode), and padding is zero with ``valid=False``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from geojepa.config import Config
+from geojepa.tokenize.batch import TileBatch
+from geojepa.tokenize.geometry import N_SCALARS
+from geojepa.tokenize.image import TILE_BOX, PatchEmbedding, TimmBackbone, patch_boxes
+from geojepa.tokenize.tags import DEFAULT_TEXT_MODEL, PAD, UNKNOWN
+
+ENTITY, IMAGE_PATCH, IMAGE_WHOLE = 0, 1, 2
+
+
+class TokenizerConfig(Config):
+    """What an entity/image token is made of. Defaults: tags + geometry (the paper's GT)."""
+
+    text_model: str = Field(DEFAULT_TEXT_MODEL, description="sentence-transformers model/path")
+    width: int = Field(384, ge=8, description="token width D (= model width)")
+    use_tags: bool = True
+    use_geometry: bool = True
+    use_image: bool = False
+    image_size: int = Field(224, ge=8, description="images are resized to this side")
+    patch_size: int = Field(16, ge=2)
+    image_backbone: str | None = Field(None, description="timm model name (frozen); None=learned")
+    image_checkpoint: str | None = Field(None, description="local checkpoint of image_backbone")
+    geometry_points: int = Field(16, ge=2, description="outline samples per entity")
+    geometry_hidden: int = Field(256, ge=8, description="hidden width of the geometry MLP")
+    fusion: Literal["sum", "concat"] = "sum"
+    modality_dropout: float = Field(
+        0.1, ge=0.0, le=0.5, description="training: P(drop tags) = P(drop geometry), never both"
+    )
+    max_entities: int = Field(256, ge=1, description="entities kept per tile (seeded choice)")
+    max_tags: int = Field(32, ge=1, description="tags kept per entity (first ones)")
+
+    @model_validator(mode="after")
+    def _check(self) -> TokenizerConfig:
+        if not (self.use_tags or self.use_geometry or self.use_image):
+            raise ValueError("at least one of use_tags, use_geometry, use_image must be true")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size")
+        return self
+
+    @property
+    def use_entities(self) -> bool:
+        return self.use_tags or self.use_geometry
+
+    @property
+    def n_image_tokens(self) -> int:
+        return 1 + (self.image_size // self.patch_size) ** 2
+
+
+@dataclass
+class Tokens:
+    tokens: torch.Tensor  # float [B, L, D] content embeddings (no position/modality prior)
+    boxes: torch.Tensor  # float [B, L, 8] tile-local box of each token (patches: their square)
+    modality: torch.Tensor  # long [B, L]: 0 = entity, 1 = image patch, 2 = whole-image token
+    valid: torch.Tensor  # bool [B, L]; False = padding
+    n_entity_slots: int  # token columns [:, :E] are entities, then image tokens if any
+
+
+class TileTokenizer(nn.Module):
+    """Entity tokens = fusion of a tag embedding and a geometry embedding; image tokens."""
+
+    def __init__(self, config: TokenizerConfig, tag_table: torch.Tensor) -> None:
+        super().__init__()
+        self.config = config
+        d = config.width
+        # Frozen text table: a buffer (saved with the model, never trained or decayed).
+        self.register_buffer("tag_table", tag_table.detach().float().clone(), persistent=True)
+        d_text = tag_table.shape[1]
+        if config.use_tags:
+            self.unknown_tag = nn.Parameter(torch.randn(d_text) * 0.02)
+            self.tag_norm = nn.LayerNorm(d_text)
+            self.tag_proj = nn.Linear(d_text, d)
+        if config.use_geometry:
+            p = config.geometry_points
+            self.geometry_mlp = nn.Sequential(
+                nn.Linear(2 * p + N_SCALARS, config.geometry_hidden),
+                nn.GELU(),
+                nn.Linear(config.geometry_hidden, config.geometry_hidden),
+                nn.GELU(),
+                nn.Linear(config.geometry_hidden, d),
+            )
+        if config.use_tags and config.use_geometry:
+            # Stand-ins for a dropped modality during training (modality dropout).
+            self.missing_tags = nn.Parameter(torch.zeros(d))
+            self.missing_geometry = nn.Parameter(torch.zeros(d))
+            if config.fusion == "concat":
+                self.fuse = nn.Linear(2 * d, d)
+        if config.use_image:
+            if config.image_backbone:
+                self.image_encoder: nn.Module = TimmBackbone(
+                    config.image_backbone,
+                    config.image_checkpoint,
+                    d,
+                    config.image_size,
+                    config.patch_size,
+                )
+            else:
+                self.image_encoder = PatchEmbedding(d, config.image_size, config.patch_size)
+            self.register_buffer(
+                "image_boxes",
+                torch.cat(
+                    [torch.tensor([TILE_BOX]), patch_boxes(config.image_size, config.patch_size)]
+                ),
+                persistent=False,
+            )
+
+    def tag_embedding(self, tag_ids: torch.Tensor) -> torch.Tensor:
+        """[B, E, T] → [B, E, D]: layer-norm(sum of tag vectors), projected."""
+        vec = nn.functional.embedding(tag_ids, self.tag_table)
+        vec = torch.where((tag_ids == UNKNOWN)[..., None], self.unknown_tag.to(vec.dtype), vec)
+        vec = vec * (tag_ids != PAD)[..., None]
+        return self.tag_proj(self.tag_norm(vec.sum(dim=2)))
+
+    def geometry_embedding(self, geometry: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
+        """[B, E, P, 2] + [B, E, S] → [B, E, D]."""
+        x = torch.cat([geometry.flatten(2), scalars], dim=-1)
+        return self.geometry_mlp(x)
+
+    def entity_tokens(self, batch: TileBatch) -> torch.Tensor:
+        cfg = self.config
+        tags = self.tag_embedding(batch.tag_ids) if cfg.use_tags else None
+        geom = (
+            self.geometry_embedding(batch.geometry, batch.geometry_scalars)
+            if cfg.use_geometry
+            else None
+        )
+        if tags is None or geom is None:
+            return tags if geom is None else geom
+        if self.training and cfg.modality_dropout > 0:
+            # One uniform draw per entity: [0, p) drops tags, [p, 2p) drops geometry (p ≤ 0.5),
+            # so each is dropped with probability p and never both.
+            u = torch.rand(tags.shape[:2], device=tags.device)
+            drop_tags = (u < cfg.modality_dropout)[..., None]
+            drop_geom = ((u >= cfg.modality_dropout) & (u < 2 * cfg.modality_dropout))[..., None]
+            tags = torch.where(drop_tags, self.missing_tags.to(tags.dtype), tags)
+            geom = torch.where(drop_geom, self.missing_geometry.to(geom.dtype), geom)
+        if cfg.fusion == "concat":
+            return self.fuse(torch.cat([tags, geom], dim=-1))
+        return tags + geom
+
+    def forward(self, batch: TileBatch) -> Tokens:
+        cfg = self.config
+        b = len(batch.region_ids)
+        device = batch.entity_valid.device
+        tokens, boxes, modality, valid = [], [], [], []
+        n_entity = 0
+        if cfg.use_entities:
+            ent = self.entity_tokens(batch)
+            ev = batch.entity_valid
+            n_entity = ev.shape[1]
+            tokens.append(ent * ev[..., None])
+            boxes.append(batch.entity_box.float() * ev[..., None])
+            modality.append(torch.full((b, n_entity), ENTITY, dtype=torch.long, device=device))
+            valid.append(ev)
+        if cfg.use_image and batch.image is not None:
+            whole, patches = self.image_encoder(batch.image)
+            img = torch.cat([whole, patches], dim=1)
+            iv = batch.image_valid
+            n_img = img.shape[1]
+            tokens.append(img * iv[:, None, None])
+            boxes.append(self.image_boxes.unsqueeze(0).expand(b, -1, -1))
+            mod = torch.full((n_img,), IMAGE_PATCH, dtype=torch.long, device=device)
+            mod[0] = IMAGE_WHOLE
+            modality.append(mod.unsqueeze(0).expand(b, -1))
+            valid.append(iv[:, None].expand(b, n_img))
+        if not tokens:  # image-only tokenizer on a batch without imagery
+            d = cfg.width
+            return Tokens(
+                torch.zeros(b, 0, d, device=device),
+                torch.zeros(b, 0, 8, device=device),
+                torch.zeros(b, 0, dtype=torch.long, device=device),
+                torch.zeros(b, 0, dtype=torch.bool, device=device),
+                0,
+            )
+        return Tokens(
+            tokens=torch.cat(tokens, dim=1),
+            boxes=torch.cat(boxes, dim=1),
+            modality=torch.cat(modality, dim=1),
+            valid=torch.cat(valid, dim=1),
+            n_entity_slots=n_entity,
+        )
