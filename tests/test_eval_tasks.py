@@ -153,12 +153,22 @@ def test_max_speed_mph_conversion(tiles):
 def test_maxspeed_removal_removes_every_maxspeed_key(tiles):
     entities = make_entities(
         [
-            (A, "way/1", {"highway": "primary", "maxspeed": "50", "maxspeed:hgv": "40",
-                          "source:maxspeed": "DE:urban", "lanes": "2"}, "LineString"),
+            (
+                A,
+                "way/1",
+                {
+                    "highway": "primary",
+                    "maxspeed": "50",
+                    "maxspeed:hgv": "40",
+                    "source:maxspeed": "DE:urban",
+                    "lanes": "2",
+                },
+                "LineString",
+            ),
             (B, "way/1", {"highway": "primary", "maxspeed": "50"}, "LineString"),  # same way
             (B, "way/2", {"maxspeed:conditional": "30 @ (22:00-06:00)"}, "LineString"),
         ]
-    )  # fmt: skip
+    )
     masked = remove_maxspeed(entities)
     assert masked.num_rows == 3
     assert all("maxspeed" not in key for key, _ in _all_tag_pairs(masked))
@@ -272,8 +282,13 @@ def test_way_bridge_entity_labels(tiles, bridge_entities):
 
 
 def test_task_registry_and_kinds():
-    assert set(TILE_TASKS) == {"traffic_signals", "max_speed", "building_count", "bridge",
-                               "car_bridge"}  # fmt: skip
+    assert set(TILE_TASKS) == {
+        "traffic_signals",
+        "max_speed",
+        "building_count",
+        "bridge",
+        "car_bridge",
+    }
     assert len(ENTITY_TASKS) >= 2
     assert get_task("bridge").kind == "binary"
     with pytest.raises(InputError, match="unknown task"):
@@ -290,8 +305,10 @@ def test_remove_is_picklable_and_schema_preserving(name, tiles, bridge_entities)
 
 
 def test_removal_on_sliced_and_chunked_tables():
-    rows = [(A, f"way/{i}", {"highway": "primary", "maxspeed": str(10 * i), "x": "y"}, "LineString")
-            for i in range(1, 7)]  # fmt: skip
+    rows = [
+        (A, f"way/{i}", {"highway": "primary", "maxspeed": str(10 * i), "x": "y"}, "LineString")
+        for i in range(1, 7)
+    ]
     table = make_entities(rows)
     chunked = pa.concat_tables([table.slice(0, 2), table.slice(2)])
     sliced = table.slice(3)

@@ -1,0 +1,185 @@
+"""Probe protocol: val-only selection, test once, seeds, dummy, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from geojepa.errors import InputError
+from geojepa.eval.metrics import mae
+from geojepa.eval.probes import ProbeConfig, evaluate_embeddings
+from geojepa.eval.split import SplitConfig, make_split
+from geojepa.eval.tasks import TASKS
+
+IDS = [f"17/{x}/{y}" for x in range(32) for y in range(24)]
+FAST = ProbeConfig(
+    ridge_alphas=(0.1, 10.0, 1000.0),
+    logistic_cs=(0.01, 1.0),
+    mlp_hidden=(16,),
+    mlp_weight_decays=(0.01,),
+    mlp_lr=0.01,
+    mlp_max_epochs=30,
+    mlp_patience=3,
+)
+
+
+@pytest.fixture(scope="module")
+def split() -> pd.DataFrame:
+    return make_split(IDS, SplitConfig(block_zoom=15))
+
+
+@pytest.fixture(scope="module")
+def features() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(rng.normal(size=(len(IDS), 8)), index=pd.Index(IDS, name="region_id"))
+
+
+def _count_labels(X: pd.DataFrame) -> pd.Series:
+    return pd.Series(np.maximum(0, np.round(3 * X[0] + X[1] + 3)), index=X.index)
+
+
+def test_regression_probes_beat_dummy(features, split):
+    labels = _count_labels(features)
+    rows = evaluate_embeddings(
+        features,
+        labels,
+        split,
+        TASKS["building_count"],
+        seeds=[0, 1],
+        probes=["dummy", "linear", "mlp"],
+        model="toy",
+        config=FAST,
+    )
+    assert [(r.probe, r.seed) for r in rows] == [
+        ("dummy", 0),
+        ("dummy", 1),
+        ("linear", 0),
+        ("linear", 1),
+        ("mlp", 0),
+        ("mlp", 1),
+    ]
+    by = {(r.probe, r.seed): r for r in rows}
+    assert by["linear", 0].metrics["mae"] < 0.5 * by["dummy", 0].metrics["mae"]
+    assert by["mlp", 0].metrics["mae"] < by["dummy", 0].metrics["mae"]
+    assert by["linear", 0].params["alpha"] in FAST.ridge_alphas
+    assert 1 <= by["mlp", 0].params["epochs"] <= FAST.mlp_max_epochs
+    sizes = {(r.n_train, r.n_val, r.n_test) for r in rows}
+    assert sizes == {tuple((split["split"] == s).sum() for s in ("train", "val", "test"))}
+    assert all(r.model == "toy" and r.task == "building_count" for r in rows)
+
+
+def test_dummy_is_train_median(features, split):
+    labels = _count_labels(features)
+    rows = evaluate_embeddings(
+        features.iloc[:, :0],
+        labels,
+        split,
+        TASKS["building_count"],
+        seeds=[0],
+        probes=["linear", "mlp"],
+    )
+    assert [r.probe for r in rows] == ["dummy"]  # no columns: only the dummy probe runs
+    is_split = split.set_index("region_id")["split"].reindex(labels.index)
+    median = labels[is_split == "train"].median()
+    test = labels[is_split == "test"]
+    assert rows[0].metrics["mae"] == pytest.approx(mae(test, np.full(len(test), median)))
+
+
+def test_selection_never_looks_at_test(features, split):
+    """Scrambling the test labels changes test scores only, never what was chosen."""
+    labels = _count_labels(features)
+    is_test = (split.set_index("region_id")["split"].reindex(labels.index) == "test").to_numpy()
+    scrambled = labels.copy()
+    scrambled[is_test] = np.random.default_rng(1).permutation(labels[is_test].to_numpy()) + 7
+    task = TASKS["building_count"]
+    a = evaluate_embeddings(features, labels, split, task, [0], ["linear", "mlp"], config=FAST)
+    b = evaluate_embeddings(features, scrambled, split, task, [0], ["linear", "mlp"], config=FAST)
+    for ra, rb in zip(a, b, strict=True):
+        assert ra.params == rb.params
+        assert ra.val_score == rb.val_score
+        assert ra.metrics["mae"] != rb.metrics["mae"]
+
+
+def test_val_choice_changes_with_val_labels(features, split):
+    """Selection does use val: if val labels become noise, strong regularisation wins."""
+    labels = _count_labels(features)
+    is_val = (split.set_index("region_id")["split"].reindex(labels.index) == "val").to_numpy()
+    noisy = labels.copy()
+    noisy[is_val] = labels[~is_val].median()
+    task = TASKS["building_count"]
+    clean = evaluate_embeddings(features, labels, split, task, [0], ["linear"], config=FAST)
+    flat = evaluate_embeddings(features, noisy, split, task, [0], ["linear"], config=FAST)
+    assert clean[0].params["alpha"] == 0.1
+    assert flat[0].params["alpha"] == 1000.0
+
+
+def test_mlp_seeds_differ_and_repeat(features, split):
+    labels = _count_labels(features)
+    task = TASKS["building_count"]
+    a = evaluate_embeddings(features, labels, split, task, [0, 1], ["mlp"], config=FAST)
+    b = evaluate_embeddings(features, labels, split, task, [0], ["mlp"], config=FAST)
+    assert a[0].metrics == b[0].metrics
+    assert a[0].metrics != a[1].metrics
+
+
+def test_binary_probes(features, split):
+    labels = (features[0] + 0.3 * features[1] > 0.8).astype(int)
+    rows = evaluate_embeddings(
+        features, labels, split, TASKS["bridge"], [0], ["dummy", "linear", "mlp"], config=FAST
+    )
+    by = {r.probe: r.metrics for r in rows}
+    assert by["dummy"] == {"auroc": 0.5, "balanced_accuracy": 0.5}
+    assert by["linear"]["auroc"] > 0.9
+    assert by["linear"]["balanced_accuracy"] > 0.8
+    assert by["mlp"]["auroc"] > 0.8
+
+
+def test_binary_without_positive_in_train(features, split):
+    is_train = split.set_index("region_id")["split"].reindex(features.index) == "train"
+    labels = pd.Series((~is_train).astype(int).to_numpy(), index=features.index)
+    with pytest.raises(InputError, match="no positive label in the train"):
+        evaluate_embeddings(features, labels, split, TASKS["bridge"], [0], config=FAST)
+
+
+def test_sparse_features(features, split):
+    labels = _count_labels(features)
+    sparse = features.clip(lower=0).astype(pd.SparseDtype(float, 0.0))
+    rows = evaluate_embeddings(
+        sparse, labels, split, TASKS["building_count"], [0], ["linear", "mlp"], config=FAST
+    )
+    assert all(np.isfinite(r.metrics["mae"]) for r in rows)
+
+
+def test_bad_inputs(features, split):
+    labels = _count_labels(features)
+    task = TASKS["building_count"]
+    with pytest.raises(InputError, match="have no features"):
+        evaluate_embeddings(features.iloc[5:], labels, split, task, [0], config=FAST)
+    broken = features.copy()
+    broken.iloc[0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        evaluate_embeddings(broken, labels, split, task, [0], config=FAST)
+    with pytest.raises(InputError, match="unknown probe"):
+        evaluate_embeddings(features, labels, split, task, [0], ["svm"])
+    with pytest.raises(InputError, match="not in the split"):
+        evaluate_embeddings(features, labels, split.iloc[10:], task, [0], config=FAST)
+
+
+def test_entity_task_drops_ways_shared_across_splits(split):
+    by_split = {s: split.loc[split["split"] == s, "region_id"].tolist() for s in split["split"]}
+    rows, values = [], []
+    for s, tiles in by_split.items():
+        for i, tile in enumerate(tiles[:20]):
+            rows.append((tile, f"way/{s}{i}"))
+            values.append(float(i % 5) * 10 + 30)
+    rows.append((by_split["test"][0], "way/train0"))  # way/train0 also clipped into a test tile
+    values.append(30.0)
+    index = pd.MultiIndex.from_tuples(rows, names=["region_id", "feature_id"])
+    labels = pd.Series(values, index=index)
+    X = pd.DataFrame(
+        {"f": labels.to_numpy() + np.random.default_rng(0).normal(size=len(labels))}, index=index
+    )
+    out = evaluate_embeddings(X, labels, split, TASKS["road_speed"], [0], ["linear"], config=FAST)
+    assert (out[0].n_train, out[0].n_val, out[0].n_test) == (19, 20, 20)
+    assert out[0].metrics["mae"] < 2.0
