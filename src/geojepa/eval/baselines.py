@@ -17,6 +17,7 @@ it uses no labels, like the dataset vocabulary the model itself is built on.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from typing import Literal
 
@@ -170,11 +171,9 @@ def sentence_transformer_embedder(batch_size: int = 256) -> EmbedTexts:
 
 
 def srai_available() -> bool:
-    try:
-        import srai.embedders  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the optional ``srai`` package is installed (checked without importing it:
+    importing srai takes seconds)."""
+    return importlib.util.find_spec("srai") is not None
 
 
 def srai_count_features(
