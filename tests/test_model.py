@@ -1,0 +1,225 @@
+"""GeoJEPA model: padding invariance, NaN safety, batched predictor, EMA maths, loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from geojepa.errors import ConfigError
+from geojepa.model import GeoJEPA, MaskingConfig, ModelConfig, Predictor, Transformer
+from geojepa.model.jepa import ema_momentum, masked_vicreg, pool_tiles
+
+D = 32
+SMALL = ModelConfig(
+    width=D, depth=2, heads=4, predictor_width=16, predictor_depth=2, predictor_heads=4
+)
+
+
+@dataclass
+class FakeTokens:
+    tokens: torch.Tensor
+    boxes: torch.Tensor
+    modality: torch.Tensor
+    valid: torch.Tensor
+    n_entity_slots: int
+
+
+class FakeTokenizer(nn.Module):
+    """Per-token linear map of a dict batch: stands in for TileTokenizer."""
+
+    def __init__(self, d: int = D, d_in: int = 12) -> None:
+        super().__init__()
+        self.lin = nn.Linear(d_in, d)
+        self.register_buffer("frozen_table", torch.randn(5, 3))  # like the tag table
+
+    def forward(self, b: dict) -> FakeTokens:
+        x = self.lin(b["x"]) * b["valid"][..., None]
+        return FakeTokens(x, b["boxes"], b["modality"], b["valid"], b["x"].shape[1])
+
+
+def fake_batch(lengths: list[int], n_tok: int | None = None, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    n_tok = n_tok or max(lengths)
+    b = len(lengths)
+    valid = torch.arange(n_tok)[None] < torch.tensor(lengths)[:, None]
+    x = torch.randn(b, n_tok, 12, generator=g) * valid[..., None]
+    boxes = torch.rand(b, n_tok, 8, generator=g) * valid[..., None]
+    modality = (torch.arange(n_tok)[None] >= torch.tensor(lengths)[:, None] // 2).long()
+    return {"x": x, "boxes": boxes, "modality": modality * valid, "valid": valid}
+
+
+def _model(seed: int = 0, **kw) -> GeoJEPA:
+    torch.manual_seed(seed)
+    return GeoJEPA(SMALL, FakeTokenizer(), **kw)
+
+
+def test_tile_outputs_do_not_depend_on_the_batch() -> None:
+    model = _model().eval()
+    alone = fake_batch([7], seed=1)
+    mixed = fake_batch([7, 40, 25], seed=2)
+    for key in alone:  # put the same tile first, padded to 40 tokens
+        mixed[key][0] = 0
+        mixed[key][0, :7] = alone[key][0]
+    h1, v1 = model.encode(alone)
+    h2, v2 = model.encode(mixed)
+    assert torch.equal(v1[0], v2[0, :7])
+    torch.testing.assert_close(h1[0], h2[0, :7], atol=1e-5, rtol=1e-5)
+    assert (h2[0, 7:] == 0).all()
+    torch.testing.assert_close(
+        model.tile_embedding(alone)[0], model.tile_embedding(mixed)[0], atol=1e-5, rtol=1e-5
+    )
+
+
+def test_fully_padded_rows_are_finite() -> None:
+    enc = Transformer(D, 2, 4)
+    x = torch.randn(3, 5, D)
+    valid = torch.tensor([[True] * 5, [False] * 5, [True, False, False, False, False]])
+    y = enc(x, valid)
+    assert torch.isfinite(y).all()
+    model = _model()
+    batch = fake_batch([0, 1, 9])
+    out = model(batch, torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    emb = model.tile_embedding(batch)
+    assert torch.isfinite(emb).all() and (emb[0] == 0).all()
+
+
+def test_batched_predictor_equals_one_call_per_target() -> None:
+    torch.manual_seed(0)
+    pred = Predictor(D, 16, 2, 4).eval()
+    b, k, lc, lt = 3, 4, 6, 5
+    ctx = torch.randn(b, lc, D)
+    cval = torch.rand(b, lc) < 0.7
+    cval[:, 0] = True
+    tprior = torch.randn(b, k, lt, D)
+    tval = torch.rand(b, k, lt) < 0.7
+    batched = pred(
+        ctx.repeat_interleave(k, 0),
+        cval.repeat_interleave(k, 0),
+        tprior.reshape(b * k, lt, D),
+        tval.reshape(b * k, lt),
+    ).view(b, k, lt, D)
+    for i in range(k):  # the published design: one call per target
+        one = pred(ctx, cval, tprior[:, i], tval[:, i])
+        torch.testing.assert_close(batched[:, i][tval[:, i]], one[tval[:, i]], atol=1e-5, rtol=0)
+
+
+def test_ema_update_maths_and_frozen_teacher() -> None:
+    model = _model()
+    online = dict(model.encoder.named_parameters())
+    teacher = dict(model.target["encoder"].named_parameters())
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.add_(1.0)
+    before = {n: p.clone() for n, p in teacher.items()}
+    tok_before = model.target["tokenizer"].lin.weight.clone()
+    with torch.no_grad():
+        model.tokenizer.lin.weight.mul_(-1.0)
+    model.update_target(0.9)
+    for n, p in teacher.items():
+        torch.testing.assert_close(p, 0.9 * before[n] + 0.1 * online[n])
+        assert not p.requires_grad
+    # the tokenizer's learned parts are averaged too; frozen buffers are untouched
+    torch.testing.assert_close(
+        model.target["tokenizer"].lin.weight, 0.9 * tok_before + 0.1 * model.tokenizer.lin.weight
+    )
+    assert torch.equal(model.target["tokenizer"].frozen_table, model.tokenizer.frozen_table)
+    model.train()
+    assert not model.target.training and model.encoder.training
+    assert ema_momentum(0, 100, 0.99, 0.99999) == pytest.approx(0.99)
+    assert ema_momentum(50, 100, 0.99, 0.99999) == pytest.approx(0.994995)
+    assert ema_momentum(500, 100, 0.99, 0.99999) == pytest.approx(0.99999)
+
+
+def test_teacher_gets_no_gradient_and_loss_decreases() -> None:
+    model = _model(masking=MaskingConfig(p_random=0.5, p_area=0.5, p_modality=0.0))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    batch = fake_batch([20, 14, 30, 9, 25, 18])
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(25):
+        out = model(batch, gen)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        model.update_target(0.99)
+        losses.append(out.pred_loss.item())
+    assert all(p.grad is None for p in model.target.parameters())
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+
+
+def test_padding_never_enters_the_loss() -> None:
+    """Garbage in padded slots must not change the loss (same masks, same real tokens)."""
+    model = _model()
+    batch = fake_batch([10, 6], n_tok=12)
+    dirty = {k: v.clone() for k, v in batch.items()}
+    dirty["x"][~dirty["valid"]] = 1e3
+    dirty["boxes"][~dirty["valid"]] = 0.5
+    a = model(batch, torch.Generator().manual_seed(4))
+    b = model(dirty, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(a.loss, b.loss)
+
+
+def test_masked_vicreg_and_pooling_ignore_padding() -> None:
+    x = torch.randn(2, 5, 4)
+    m = torch.tensor([[True, True, True, False, False], [True, True, False, False, False]])
+    y = x.clone()
+    y[~m] = 99.0
+    torch.testing.assert_close(masked_vicreg(x, m), masked_vicreg(y, m))
+    torch.testing.assert_close(pool_tiles(x * m[..., None], m), pool_tiles(y, m))
+    pooled = pool_tiles(x, m)
+    torch.testing.assert_close(pooled[1, :4], x[1, :2].amax(0))
+    torch.testing.assert_close(pooled[1, 4:], x[1, :2].mean(0))
+
+
+def test_bad_model_configs_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="divisible"):
+        ModelConfig.from_dict({"width": 30, "heads": 4})
+    with pytest.raises(ConfigError, match="ema_momentum"):
+        ModelConfig.from_dict({"ema_momentum": [0.999, 0.99]})
+
+
+def test_real_tokenizer_padding_invariance() -> None:
+    tok_mod = pytest.importorskip("geojepa.tokenize.tokenizer")
+    from geojepa.tokenize.batch import TileBatch
+
+    cfg = tok_mod.TokenizerConfig(width=D, geometry_points=4, geometry_hidden=16)
+    torch.manual_seed(0)
+    table = torch.randn(10, 8)
+    table[:2] = 0
+    model = GeoJEPA(SMALL, tok_mod.TileTokenizer(cfg, table)).eval()
+    s = model.tokenizer.geometry_mlp[0].in_features - 8
+
+    def batch(n_ent: list[int], e: int, seed: int) -> TileBatch:
+        g = torch.Generator().manual_seed(seed)
+        b = len(n_ent)
+        valid = torch.arange(e)[None] < torch.tensor(n_ent)[:, None]
+        return TileBatch(
+            region_ids=[f"16/{i}/0" for i in range(b)],
+            feature_ids=[[f"node/{j}" for j in range(n)] for n in n_ent],
+            entity_valid=valid,
+            tag_ids=torch.randint(2, 10, (b, e, 3), generator=g) * valid[..., None],
+            geometry=torch.rand(b, e, 4, 2, generator=g) * valid[..., None, None],
+            geometry_scalars=torch.rand(b, e, s, generator=g) * valid[..., None],
+            entity_box=torch.rand(b, e, 8, generator=g) * valid[..., None],
+            image=None,
+            image_valid=torch.zeros(b, dtype=torch.bool),
+        )
+
+    alone = batch([5], 5, 1)
+    mixed = batch([5, 17], 17, 2)
+    for f in ("tag_ids", "geometry", "geometry_scalars", "entity_box"):
+        t = getattr(mixed, f)
+        t[0] = 0
+        t[0, :5] = getattr(alone, f)[0]
+    torch.testing.assert_close(
+        model.tile_embedding(alone)[0], model.tile_embedding(mixed)[0], atol=1e-5, rtol=1e-5
+    )
+    ent, valid = model.entity_embeddings(mixed)
+    assert ent.shape[:2] == valid.shape == (2, 17)
