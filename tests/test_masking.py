@@ -79,7 +79,7 @@ def test_strategy_probabilities_are_exact() -> None:
     boxes = torch.rand(b, 4, 8)
     m = MaskGenerator(cfg)(valid, modality, boxes, torch.Generator().manual_seed(3))
     freq = torch.bincount(m.strategy, minlength=4).float() / b
-    for got, want in zip(freq.tolist(), cfg.probabilities):
+    for got, want in zip(freq.tolist(), cfg.probabilities, strict=True):
         # 4.5 binomial standard deviations
         assert abs(got - want) < 4.5 * math.sqrt(want * (1 - want) / b), (freq, want)
 
