@@ -119,6 +119,17 @@ def _resample(geoms: np.ndarray, n_points: int) -> tuple[np.ndarray, np.ndarray,
     return out, counts.astype(np.float64), holes
 
 
+def _canonical_sign(c: np.ndarray) -> np.ndarray:
+    """Flip each row so its third moment is positive; symmetric rows (moment ~0) so that the
+    path starts on the negative side. Removes the sign ambiguity of the box axes, so a
+    rotation by any angle (180° included) gives the same features."""
+    m3 = (c**3).sum(axis=1)
+    off = np.abs(c) > 1e-6
+    first = c[np.arange(len(c)), np.argmax(off, axis=1)]
+    sign = np.where(np.abs(m3) > 1e-6, np.sign(m3), np.where(first > 0, -1.0, 1.0))
+    return c * sign[:, None]
+
+
 def geometry_features(geoms: np.ndarray, n_points: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """``(outline [N, P, 2], scalars [N, S])`` float32 for shapely geometries in tile units.
 
@@ -143,9 +154,7 @@ def geometry_features(geoms: np.ndarray, n_points: int = 16) -> tuple[np.ndarray
     hy = np.where(short_side > 1e-9 * long_side, short_side / 2.0, np.inf)
     x = np.clip(x / hx[:, None], -1.0, 1.0)
     y = np.clip(y / hy[:, None], -1.0, 1.0)
-    # Canonical signs: make each axis' third moment non-negative (rotation by 180° invariant).
-    x = x * np.where((x**3).sum(axis=1) < -1e-6, -1.0, 1.0)[:, None]
-    y = y * np.where((y**3).sum(axis=1) < -1e-6, -1.0, 1.0)[:, None]
+    x, y = _canonical_sign(x), _canonical_sign(y)
     outline = np.stack([x, y], axis=-1)
 
     type_id = shapely.get_type_id(geoms)

@@ -1,0 +1,259 @@
+"""Streaming loader: collation, padding, shard split across ranks/workers, seeded shuffling."""
+
+from __future__ import annotations
+
+from collections import Counter
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import shapely
+import torch
+
+from geojepa.data.reader import open_dataset
+from geojepa.errors import ConfigError, InputError
+from geojepa.tokenize import loader as loader_mod
+from geojepa.tokenize.batch import TileBatch
+from geojepa.tokenize.geometry import geometry_features
+from geojepa.tokenize.loader import make_dataloader, plan_shards
+from geojepa.tokenize.synthetic import write_synthetic_dataset
+from geojepa.tokenize.tags import PAD, TagVocabulary
+from geojepa.tokenize.tokenizer import TokenizerConfig
+
+CFG = TokenizerConfig(width=16, geometry_points=8)
+
+
+@pytest.fixture(scope="module")
+def ds_path(tmp_path_factory):
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("ds") / "tiles", n_shards=7, tiles_per_shard=(2, 10), seed=3
+    )
+
+
+@pytest.fixture(scope="module")
+def image_ds_path(tmp_path_factory):
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("ids") / "tiles", n_shards=2, image_size=16, seed=4
+    )
+
+
+@pytest.fixture(scope="module")
+def vocab(ds_path) -> TagVocabulary:
+    return TagVocabulary.from_dataset(open_dataset(ds_path))
+
+
+def all_region_ids(path) -> list[str]:
+    return open_dataset(path).read_tiles(columns=["region_id"]).column("region_id").to_pylist()
+
+
+def ids_of(batches) -> list[str]:
+    return [r for b in batches for r in b.region_ids]
+
+
+def test_every_tile_once_in_order(ds_path, vocab) -> None:
+    batches = list(make_dataloader(ds_path, vocab, CFG, batch_size=5, shuffle=False, seed=0))
+    assert ids_of(batches) == all_region_ids(ds_path)
+    assert all(len(b) == 5 for b in batches[:-1]) and 1 <= len(batches[-1]) <= 5
+    assert all(isinstance(b, TileBatch) for b in batches)
+
+
+def test_collation_matches_the_data(ds_path, vocab) -> None:
+    ds = open_dataset(ds_path)
+    ents = ds.read_entities()
+    batch = next(iter(make_dataloader(ds, vocab, CFG, batch_size=8, shuffle=False, seed=0)))
+    b, e = batch.entity_valid.shape
+    assert batch.tag_ids.shape[:2] == (b, e) and batch.geometry.shape == (b, e, 8, 2)
+    assert batch.entity_box.shape == (b, e, 8) and batch.geometry_scalars.shape[:2] == (b, e)
+    assert batch.tag_ids.dtype == torch.long and batch.entity_valid.dtype == torch.bool
+    assert batch.image is None and not batch.image_valid.any()
+    assert e == max(1, max(len(f) for f in batch.feature_ids))
+    for i, rid in enumerate(batch.region_ids):
+        rows = ents.filter(pc.equal(ents.column("region_id"), rid))
+        n = rows.num_rows
+        assert batch.feature_ids[i] == rows.column("feature_id").to_pylist()
+        assert batch.entity_valid[i].tolist() == [True] * n + [False] * (e - n)
+        # padding stays zero everywhere
+        assert (batch.tag_ids[i, n:] == PAD).all() and (batch.geometry[i, n:] == 0).all()
+        assert (batch.entity_box[i, n:] == 0).all() and (batch.geometry_scalars[i, n:] == 0).all()
+        if n == 0:
+            continue
+        boxes = np.asarray(rows.column("box").to_pylist(), dtype=np.float32)
+        np.testing.assert_allclose(batch.entity_box[i, :n].numpy(), boxes)
+        outline, scalars = geometry_features(
+            shapely.from_wkb(rows.column("geometry").to_numpy(zero_copy_only=False)), 8
+        )
+        np.testing.assert_allclose(batch.geometry[i, :n].numpy(), outline, atol=1e-6)
+        np.testing.assert_allclose(batch.geometry_scalars[i, :n].numpy(), scalars, atol=1e-6)
+        for j, tags in enumerate(rows.column("tags").to_pylist()):
+            expected = [vocab.lookup(k, v) for k, v in tags]
+            got = batch.tag_ids[i, j].tolist()
+            assert got[: len(expected)] == expected and set(got[len(expected) :]) <= {PAD}
+
+
+def test_shuffle_is_seeded_and_per_epoch(ds_path, vocab) -> None:
+    def run(seed: int, loader=None) -> list[str]:
+        loader = loader or make_dataloader(
+            ds_path, vocab, CFG, batch_size=4, shuffle=True, seed=seed, shuffle_buffer=6
+        )
+        return ids_of(loader)
+
+    a, b, c = run(1), run(1), run(2)
+    assert a == b and a != c
+    assert sorted(a) == sorted(all_region_ids(ds_path))  # every tile exactly once
+    loader = make_dataloader(ds_path, vocab, CFG, batch_size=4, shuffle=True, seed=1)
+    epoch0, epoch1 = ids_of(loader), ids_of(loader)
+    assert epoch0 != epoch1 and sorted(epoch0) == sorted(epoch1)
+    loader.set_epoch(0)
+    assert ids_of(loader) == epoch0
+
+
+def test_worker_processes_cover_every_tile_once(ds_path, vocab) -> None:
+    loader = make_dataloader(ds_path, vocab, CFG, batch_size=3, shuffle=True, seed=0, num_workers=2)
+    got = ids_of(loader)
+    assert Counter(got) == Counter(all_region_ids(ds_path))
+
+
+def _run_slot(monkeypatch, ds_path, vocab, rank, world, wid, workers, even, drop_last=False):
+    monkeypatch.setattr(loader_mod, "_dist_info", lambda: (rank, world))
+    monkeypatch.setattr(
+        loader_mod, "get_worker_info", lambda: SimpleNamespace(id=wid, num_workers=workers)
+    )
+    loader = make_dataloader(
+        ds_path, vocab, CFG, batch_size=3, shuffle=True, seed=5, even_ranks=even,
+        drop_last=drop_last,
+    )  # fmt: skip
+    return list(loader.dataset)
+
+
+@pytest.mark.parametrize("world,workers", [(2, 1), (2, 2), (3, 2)])
+def test_ranks_and_workers_split(monkeypatch, ds_path, vocab, world, workers) -> None:
+    everything = Counter(all_region_ids(ds_path))
+    slots = {
+        (r, w): _run_slot(monkeypatch, ds_path, vocab, r, world, w, workers, even=False)
+        for r in range(world)
+        for w in range(workers)
+    }
+    got = Counter(rid for batches in slots.values() for rid in ids_of(batches))
+    assert got == everything  # without evening: every tile exactly once over all slots
+    for drop_last in (False, True):
+        even = {
+            (r, w): _run_slot(monkeypatch, ds_path, vocab, r, world, w, workers, True, drop_last)
+            for r in range(world)
+            for w in range(workers)
+        }
+        ids = Counter(rid for batches in even.values() for rid in ids_of(batches))
+        assert max(ids.values()) == 1 and set(ids) <= set(everything)  # no tile twice
+        for w in range(workers):  # same number of batches on every rank: DDP never hangs
+            assert len({len(even[(r, w)]) for r in range(world)}) == 1
+            assert len({len(ids_of(even[(r, w)])) for r in range(world)}) == 1
+
+
+def test_plan_shards_balances() -> None:
+    shards, sizes = list(range(10)), [64, 1, 30, 64, 64, 2, 50, 64, 10, 64]
+    plan, quotas = plan_shards(shards, sizes, world=2, workers=2, shuffle=True, seed=0, epoch=0)
+    flat = [s for rank in plan for worker in rank for s in worker]
+    assert sorted(flat) == shards
+    loads = [[sum(sizes[s] for s in worker) for worker in rank] for rank in plan]
+    assert quotas == [min(loads[0][w], loads[1][w]) for w in range(2)]
+    assert sum(quotas) * 2 >= sum(sizes) - 2 * 2 * max(sizes)  # drops at most ~a shard per slot
+    again, _ = plan_shards(shards, sizes, world=2, workers=2, shuffle=True, seed=0, epoch=0)
+    other, _ = plan_shards(shards, sizes, world=2, workers=2, shuffle=True, seed=0, epoch=1)
+    assert again == plan and other != plan
+
+
+def test_max_entities_is_a_seeded_deterministic_choice(ds_path, vocab) -> None:
+    full = {
+        r: f
+        for b in make_dataloader(ds_path, vocab, CFG, batch_size=64, shuffle=False, seed=0)
+        for r, f in zip(b.region_ids, b.feature_ids, strict=True)
+    }
+    capped_cfg = CFG.replace(max_entities=3)
+
+    def capped(seed: int, shuffle: bool) -> dict[str, list[str]]:
+        loader = make_dataloader(
+            ds_path, vocab, capped_cfg, batch_size=4, shuffle=shuffle, seed=seed
+        )
+        out = {}
+        for b in loader:
+            assert b.entity_valid.shape[1] <= 3
+            out.update(zip(b.region_ids, b.feature_ids, strict=True))
+        return out
+
+    a, b, c = capped(0, False), capped(0, True), capped(1, False)
+    assert a == b  # independent of shuffling / batch composition
+    big = [r for r, f in full.items() if len(f) > 3]
+    assert big, "fixture should have tiles above the cap"
+    for r in big:
+        assert len(a[r]) == 3
+        pos = [full[r].index(f) for f in a[r]]
+        assert pos == sorted(pos)  # kept in on-disk order
+    assert any(a[r] != c[r] for r in big)  # the seed matters
+    assert all(a[r] == full[r] for r in full if len(full[r]) <= 3)
+
+
+def drop_points_and_highway(entities: pa.Table) -> pa.Table:
+    """Module-level (picklable) transform: remove point entities and every highway tag."""
+    keep = pc.invert(pc.equal(entities.column("geom_type"), "Point"))
+    entities = entities.filter(keep)
+    tags = [[(k, v) for k, v in t if k != "highway"] for t in entities.column("tags").to_pylist()]
+    i = entities.schema.get_field_index("tags")
+    return entities.set_column(
+        i, entities.schema.field(i), pa.array(tags, type=entities.schema.field(i).type)
+    )
+
+
+def test_entity_transform(ds_path, vocab) -> None:
+    ents = open_dataset(ds_path).read_entities()
+    points = set(
+        ents.filter(pc.equal(ents.column("geom_type"), "Point")).column("feature_id").to_pylist()
+    )
+    highway = {i for e, i in vocab.index.items() if e.split("=")[0] == "highway"}
+    batches = list(
+        make_dataloader(
+            ds_path, vocab, CFG, batch_size=4, shuffle=True, seed=0, num_workers=1,
+            entity_transform=drop_points_and_highway,
+        )
+    )  # fmt: skip
+    assert Counter(ids_of(batches)) == Counter(all_region_ids(ds_path))  # tiles are kept
+    for b in batches:
+        assert not points & {f for fs in b.feature_ids for f in fs}
+        assert not highway & set(b.tag_ids.unique().tolist())
+        assert b.entity_valid.sum().item() == sum(len(f) for f in b.feature_ids)
+
+
+def test_images(image_ds_path) -> None:
+    ds = open_dataset(image_ds_path)
+    vocab = TagVocabulary.from_dataset(ds)
+    tiles = ds.read_tiles()
+    raw = dict(
+        zip(tiles.column("region_id").to_pylist(), tiles.column("image").to_pylist(), strict=True)
+    )
+    cfg = CFG.replace(use_image=True, image_size=16, patch_size=8)
+    seen = 0
+    for b in make_dataloader(ds, vocab, cfg, batch_size=4, shuffle=False, seed=0):
+        assert b.image is not None and b.image.dtype == torch.uint8
+        assert b.image.shape == (len(b), 3, 16, 16)
+        for i, rid in enumerate(b.region_ids):
+            assert bool(b.image_valid[i]) == (raw[rid] is not None)
+            if raw[rid] is None:
+                assert (b.image[i] == 0).all()
+            else:
+                hwc = np.frombuffer(raw[rid], dtype=np.uint8).reshape(16, 16, 3)
+                assert np.array_equal(b.image[i].permute(1, 2, 0).numpy(), hwc)
+                seen += 1
+    assert seen > 0
+    # without use_image the image column is not even read
+    b = next(iter(make_dataloader(ds, vocab, CFG, batch_size=4, shuffle=False, seed=0)))
+    assert b.image is None and not b.image_valid.any()
+
+
+def test_batch_to_and_errors(ds_path, vocab, tmp_path) -> None:
+    b = next(iter(make_dataloader(ds_path, vocab, CFG, batch_size=2, shuffle=False, seed=0)))
+    moved = b.to("cpu")
+    assert torch.equal(moved.tag_ids, b.tag_ids) and moved.region_ids == b.region_ids
+    with pytest.raises(InputError):
+        make_dataloader(tmp_path, vocab, CFG, batch_size=2, shuffle=False, seed=0)
+    with pytest.raises(ConfigError):
+        make_dataloader(ds_path, vocab, CFG, batch_size=0, shuffle=False, seed=0)
