@@ -1,0 +1,893 @@
+"""`prepare_tiles`: OSM data (+ imagery) → a sharded tile dataset (layout: `data/schema.py`).
+
+Stream, then shard:
+
+1. *Read* (main process, in order): pyosmium streams tagged elements as WKB + raw tags
+   (`data/osm.py`), or a features table is read in record batches (`data/features.py`).
+2. *Bucket* (worker pool, per batch): decode and filter tags, close area ways into polygons,
+   reproject to Web-Mercator, repair invalid geometries, find the tiles each element's bounds
+   touch, and append the element to an on-disk bucket per shard (the parent tile at
+   ``zoom - shard_levels``). An element spanning several shards goes to each.
+3. *Shard* (worker pool, per shard): map each (element, tile) candidate into the tile's local
+   frame, clip to the unit square (vectorised ``clip_by_rect``: a way through a tile without a
+   vertex in it is kept, multi-part clips stay multi-part), drop candidates whose clip is
+   empty, compute boxes, read imagery, and write the shard atomically.
+
+Memory is bounded by a batch in step 2 and by a shard in step 3, never by the input. Finished
+shards are skipped on a re-run with the same config and source; ``manifest.json`` and
+``vocab.parquet`` are written last, from the shard files, so they are right after a resume.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.feather as feather
+import pyarrow.parquet as pq
+import shapely
+from tqdm.auto import tqdm
+
+from geojepa.data import schema
+from geojepa.data.boxes import min_rotated_boxes
+from geojepa.data.config import PrepareConfig
+from geojepa.data.features import (
+    is_features_file,
+    iter_feature_file_batches,
+    iter_geodataframe_batches,
+)
+from geojepa.data.osm import RawBatch, ReadStats, is_osm_file, iter_osm_batches
+from geojepa.data.reader import TileDataset, open_dataset
+from geojepa.data.tags import TagFilter, decode_opl_tags, decode_tags, is_area
+from geojepa.data.tiling import (
+    lonlat_to_merc,
+    lonlat_to_tile_index,
+    merc_to_lonlat,
+    merc_to_tile_index,
+    tile_bounds_lonlat,
+    tile_origin,
+    tile_size,
+)
+from geojepa.errors import InputError, OutputError
+
+WORK_DIR = ".work"  # scratch space inside the dataset, removed when the build completes
+STATS_KEY = b"geojepa_shard_stats"
+_TYPE_NAMES = np.array(
+    [
+        "Point",
+        "LineString",
+        "LinearRing",
+        "Polygon",
+        "MultiPoint",
+        "MultiLineString",
+        "MultiPolygon",
+        "GeometryCollection",
+    ]
+)
+_BUCKET_SCHEMA = pa.schema(
+    [
+        pa.field("feature_id", pa.string()),
+        pa.field("tags", schema.TAGS_TYPE),
+        pa.field("geometry", pa.binary()),  # WKB, Web-Mercator metres
+    ]
+)
+
+
+# --------------------------------------------------------------------------- step 2: bucket
+
+
+_FILTERS: dict[tuple, TagFilter] = {}
+
+
+def _tag_filter(config: PrepareConfig) -> TagFilter:
+    """One TagFilter per process and config, so its per-key cache is reused across batches."""
+    key = (config.tag_filter, config.drop_keys, config.key_only)
+    if key not in _FILTERS:
+        _FILTERS[key] = TagFilter(config.tag_filter, config.drop_keys, config.key_only)
+    return _FILTERS[key]
+
+
+def _region_merc(config: PrepareConfig) -> shapely.Geometry | None:
+    """The bbox/polygon filter in Web-Mercator (intersection of both when both are given)."""
+    region = None
+    if config.bbox is not None:
+        region = shapely.box(*config.bbox)
+    if config.polygon_wkt is not None:
+        poly = shapely.from_wkt(config.polygon_wkt)
+        region = poly if region is None else shapely.intersection(region, poly)
+    if region is None:
+        return None
+
+    def fn(c: np.ndarray) -> np.ndarray:
+        return np.column_stack(lonlat_to_merc(c[:, 0], c[:, 1]))
+
+    return shapely.transform(region, fn)
+
+
+def _region_tile_range(config: PrepareConfig) -> tuple[int, int, int, int] | None:
+    region = None
+    if config.bbox is not None:
+        region = shapely.box(*config.bbox)
+    if config.polygon_wkt is not None:
+        poly = shapely.from_wkt(config.polygon_wkt)
+        region = poly if region is None else shapely.intersection(region, poly)
+    if region is None:
+        return None
+    if region.is_empty:
+        raise InputError("the bbox and polygon filters do not overlap")
+    west, south, east, north = region.bounds
+    x0, y0 = lonlat_to_tile_index(config.zoom, np.array([west]), np.array([north]))
+    x1, y1 = lonlat_to_tile_index(config.zoom, np.array([east]), np.array([south]))
+    return int(x0[0]), int(x1[0]), int(y0[0]), int(y1[0])
+
+
+def _keep_dimension(geoms: np.ndarray, dims: np.ndarray) -> np.ndarray:
+    """Per geometry, keep only parts of dimension ``dims`` (make_valid/clip may mix types)."""
+    out = geoms.copy()
+    for i, (g, d) in enumerate(zip(geoms, dims, strict=True)):
+        if g is None or g.is_empty:
+            continue
+        parts = shapely.get_parts(g)
+        keep = parts[shapely.get_dimensions(parts) == d]
+        if len(keep) == len(parts) and g.geom_type != "GeometryCollection":
+            continue
+        if len(keep) == 0:
+            out[i] = shapely.Point()  # empty: dropped by the caller
+        elif len(keep) == 1:
+            out[i] = keep[0]
+        elif d == 0:
+            out[i] = shapely.multipoints(keep)
+        elif d == 1:
+            out[i] = shapely.multilinestrings(keep)
+        else:
+            out[i] = shapely.union_all(keep)  # polygons may touch after make_valid
+    return out
+
+
+def _decode_batch_tags(batch: RawBatch, tf: TagFilter) -> tuple[list, list]:
+    raw_tags: list[list[tuple[str, str]]] = []
+    for i, raw in enumerate(batch.tags):
+        try:
+            if isinstance(raw, str) and batch.tags_format == "opl":
+                raw_tags.append(decode_opl_tags(raw))
+            else:
+                raw_tags.append(decode_tags(raw))
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"{batch.ids[i]}: tags are not a JSON object or map ({exc})") from None
+    return raw_tags, [tf(t) for t in raw_tags]
+
+
+def _to_merc(geoms: np.ndarray, crs: str | None) -> np.ndarray:
+    if crs is None:
+
+        def fn(c: np.ndarray) -> np.ndarray:
+            return np.column_stack(lonlat_to_merc(c[:, 0], c[:, 1]))
+
+        return shapely.transform(geoms, fn)
+    import pyproj
+
+    transformer = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+
+    def fn2(c: np.ndarray) -> np.ndarray:
+        lon, lat = transformer.transform(c[:, 0], c[:, 1])
+        return np.column_stack(lonlat_to_merc(lon, lat))
+
+    return shapely.transform(geoms, fn2)
+
+
+def bucket_batch(batch: RawBatch, bucket_dir: Path, config: PrepareConfig) -> dict[str, Any]:
+    """Step 2 for one batch: returns counts and the Mercator bounds of what it kept."""
+    stats = {"read": len(batch), "kept": 0, "untagged": 0, "repaired": 0, "skipped": 0}
+    stats.update({"bad_wkb": 0, "outside": 0, "bounds": None, "parents": {}})
+    if not len(batch):
+        return stats
+    tf = _tag_filter(config)
+    geoms = shapely.from_wkb(np.asarray(batch.geoms, dtype=object), on_invalid="ignore")
+    raw_tags, tags = _decode_batch_tags(batch, tf)
+    ok = ~shapely.is_missing(geoms) & ~shapely.is_empty(geoms)
+    stats["bad_wkb"] = int((~ok).sum())
+    has_tags = np.fromiter((len(t) > 0 for t in tags), bool, len(tags))
+    stats["untagged"] = int((ok & ~has_tags).sum())
+    ok &= has_tags
+
+    if batch.from_osm:  # closed ways with area tags become polygons
+        lines = ok & (shapely.get_type_id(geoms) == 1)
+        cand = np.flatnonzero(lines & shapely.is_closed(geoms))
+        cand = cand[shapely.get_num_coordinates(geoms[cand]) >= 4]
+        cand = np.array([i for i in cand if is_area(raw_tags[i])], dtype=np.int64)
+        if len(cand):
+            coords, idx = shapely.get_coordinates(geoms[cand], return_index=True)
+            geoms[cand] = shapely.polygons(shapely.linearrings(coords, indices=idx))
+
+    keep = np.flatnonzero(ok)
+    g = _to_merc(geoms[keep], batch.crs)
+    dims = shapely.get_dimensions(g)
+    invalid = np.flatnonzero(~shapely.is_valid(g))
+    if len(invalid):
+        fixed = _keep_dimension(shapely.make_valid(g[invalid]), dims[invalid])
+        g[invalid] = fixed
+        good = ~shapely.is_empty(fixed)
+        stats["repaired"] = int(good.sum())
+        stats["skipped"] = int((~good).sum())
+    alive = ~shapely.is_empty(g)
+    keep, g = keep[alive], g[alive]
+
+    z = config.zoom
+    b = shapely.bounds(g)
+    tx0, ty0 = merc_to_tile_index(z, b[:, 0], b[:, 3])
+    tx1, ty1 = merc_to_tile_index(z, b[:, 2], b[:, 1])
+    rng = _region_tile_range(config)
+    if rng is not None:
+        rx0, rx1, ry0, ry1 = rng
+        tx0, tx1 = np.maximum(tx0, rx0), np.minimum(tx1, rx1)
+        ty0, ty1 = np.maximum(ty0, ry0), np.minimum(ty1, ry1)
+        inside = (tx0 <= tx1) & (ty0 <= ty1)
+        region = _region_merc(config)
+        inside &= shapely.intersects(g, region)
+        stats["outside"] = int((~inside).sum())
+        keep, g, b = keep[inside], g[inside], b[inside]
+        tx0, tx1, ty0, ty1 = tx0[inside], tx1[inside], ty0[inside], ty1[inside]
+    stats["kept"] = len(keep)
+    if not len(keep):
+        return stats
+    stats["bounds"] = [float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()),
+                       float(b[:, 3].max())]  # fmt: skip
+
+    lv = config.shard_levels
+    px0, px1, py0, py1 = tx0 >> lv, tx1 >> lv, ty0 >> lv, ty1 >> lv
+    nx, ny = px1 - px0 + 1, py1 - py0 + 1
+    rep = np.repeat(np.arange(len(keep)), nx * ny)
+    local = np.arange(len(rep)) - np.repeat(np.cumsum(nx * ny) - nx * ny, nx * ny)
+    px = px0[rep] + local % nx[rep]
+    py = py0[rep] + local // nx[rep]
+    multi = np.flatnonzero((nx * ny)[rep] > 1)
+    if len(multi):  # an element whose bounds span shards goes only to those it really meets
+        left, top = tile_origin(z - lv, px[multi], py[multi])
+        size = tile_size(z - lv)
+        squares = shapely.box(left, top - size, left + size, top)
+        meets = shapely.intersects(g[rep[multi]], squares)
+        drop = multi[~meets]
+        px, py, rep = np.delete(px, drop), np.delete(py, drop), np.delete(rep, drop)
+
+    order = np.lexsort((rep, py, px))
+    px, py, rep = px[order], py[order], rep[order]
+    table = pa.table(
+        {
+            "feature_id": pa.array([batch.ids[i] for i in keep], pa.string()),
+            "tags": pa.array([tags[i] for i in keep], schema.TAGS_TYPE),
+            "geometry": pa.array(shapely.to_wkb(g), pa.binary()),
+        },
+        schema=_BUCKET_SCHEMA,
+    ).take(pa.array(rep))
+    path = bucket_dir / f"batch-{batch.index:06d}.arrow"
+    tmp = path.with_name(f".{path.name}.tmp")
+    feather.write_feather(table, tmp, compression="uncompressed")
+    tmp.replace(path)
+    cuts = np.flatnonzero((np.diff(px) != 0) | (np.diff(py) != 0)) + 1
+    stats["parents"] = {
+        (int(px[lo]), int(py[lo])): (str(path), int(lo), int(hi))
+        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(rep)], strict=True)
+    }
+    return stats
+
+
+# --------------------------------------------------------------------------- step 3: shard
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    shard: int
+    px: int
+    py: int
+    pieces: tuple[tuple[str, int, int], ...]  # (bucket file, first row, end row)
+    output: Path
+
+
+def _cell_rect(zc: int, cx: int, cy: int) -> tuple[float, float, float, float]:
+    left, top = tile_origin(zc, np.array(cx), np.array(cy))
+    size = tile_size(zc)
+    return float(left), float(top - size), float(left + size), float(top)
+
+
+def _clip_quadtree(
+    src: np.ndarray, job: ShardJob, config: PrepareConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Clip every element to every tile of the shard it intersects: (element, tx, ty, clip).
+
+    Clipping descends the quadtree from the shard's parent tile to the tiles, one
+    ``clip_by_rect`` call per cell and level, so a large polygon is cut into ever smaller
+    pieces instead of being clipped whole against each of its tiles (that is quadratic-ish for
+    a boundary polygon that covers thousands of tiles). Clips are in Web-Mercator; elements
+    that only touch a cell's edge produce an empty or lower-dimensional piece and are dropped.
+    """
+    z, lv = config.zoom, config.shard_levels
+    dims = shapely.get_dimensions(src)
+    points = np.flatnonzero(shapely.get_type_id(src) == 0)
+    others = np.flatnonzero(shapely.get_type_id(src) != 0)
+
+    # points: the tile holding them (edges belong to the east/south tile), no clipping
+    pxy = shapely.get_coordinates(src[points]) if len(points) else np.zeros((0, 2))
+    ptx, pty = merc_to_tile_index(z, pxy[:, 0], pxy[:, 1])
+    x_lo, y_lo, span = job.px << lv, job.py << lv, 1 << lv
+    inside = (ptx >= x_lo) & (ptx < x_lo + span) & (pty >= y_lo) & (pty < y_lo + span)
+    out_e, out_x, out_y, out_g = (
+        [points[inside]],
+        [ptx[inside]],
+        [pty[inside]],
+        [src[points[inside]]],
+    )
+
+    def clip(idx: np.ndarray, geoms: np.ndarray, rect: tuple) -> tuple[np.ndarray, np.ndarray]:
+        g = shapely.clip_by_rect(geoms, *rect)
+        ok = ~shapely.is_empty(g) & (shapely.get_dimensions(g) == dims[idx])
+        return idx[ok], g[ok]
+
+    cells = [(job.px, job.py, *clip(others, src[others], _cell_rect(z - lv, job.px, job.py)))]
+    for level in range(1, lv + 1):
+        zc = z - lv + level
+        children = []
+        for cx, cy, idx, geoms in cells:
+            b = shapely.bounds(geoms)
+            for dx in (0, 1):
+                for dy in (0, 1):
+                    nx, ny = 2 * cx + dx, 2 * cy + dy
+                    rect = _cell_rect(zc, nx, ny)
+                    m = (b[:, 0] <= rect[2]) & (b[:, 2] >= rect[0])
+                    m &= (b[:, 1] <= rect[3]) & (b[:, 3] >= rect[1])
+                    if m.any():
+                        ci, cg = clip(idx[m], geoms[m], rect)
+                        if len(ci):
+                            children.append((nx, ny, ci, cg))
+        cells = children
+    for cx, cy, idx, geoms in cells:
+        out_e.append(idx)
+        out_x.append(np.full(len(idx), cx))
+        out_y.append(np.full(len(idx), cy))
+        out_g.append(geoms)
+    return (
+        np.concatenate(out_e).astype(np.int64),
+        np.concatenate(out_x).astype(np.int64),
+        np.concatenate(out_y).astype(np.int64),
+        np.concatenate(out_g),
+    )
+
+
+def _to_local(geoms: np.ndarray, z: int, tx: np.ndarray, ty: np.ndarray) -> np.ndarray:
+    """Each candidate's Mercator geometry in its own tile's frame (one vectorised pass)."""
+    left, top = tile_origin(z, tx, ty)
+    size = tile_size(z)
+    coords, index = shapely.get_coordinates(geoms, return_index=True)
+    out = np.empty_like(coords)
+    out[:, 0] = (coords[:, 0] - left[index]) / size
+    out[:, 1] = (top[index] - coords[:, 1]) / size
+    np.clip(out, 0.0, 1.0, out=out)  # clipped in Mercator: only float noise lies outside
+    return shapely.set_coordinates(geoms.copy(), out)
+
+
+def build_shard(
+    job: ShardJob, config: PrepareConfig, imagery: Any = None
+) -> tuple[int, dict[str, Any]]:
+    """Step 3: turn one shard's buckets into its tiles/entities files, written atomically."""
+    t = pa.concat_tables(
+        [feather.read_table(f, memory_map=True).slice(lo, hi - lo) for f, lo, hi in job.pieces]
+    )
+    z = config.zoom
+    src = shapely.from_wkb(t.column("geometry").to_numpy(zero_copy_only=False))
+    elem, tx, ty, merc = _clip_quadtree(src, job, config)
+
+    rng = _region_tile_range(config)
+    if rng is not None:  # the filter keeps whole tiles: those whose square meets the area
+        keep = (tx >= rng[0]) & (tx <= rng[1]) & (ty >= rng[2]) & (ty <= rng[3])
+        if config.polygon_wkt is not None:
+            left, top = tile_origin(z, tx, ty)
+            size = tile_size(z)
+            squares = shapely.box(left, top - size, left + size, top)
+            keep &= shapely.intersects(squares, _region_merc(config))
+        elem, tx, ty, merc = elem[keep], tx[keep], ty[keep], merc[keep]
+
+    clip = _to_local(merc, z, tx, ty)
+    dims = shapely.get_dimensions(clip)
+    mixed = np.flatnonzero(shapely.get_type_id(clip) == 7)
+    if len(mixed):
+        clip[mixed] = _keep_dimension(clip[mixed], dims[mixed])
+    repaired = 0
+    poly = np.flatnonzero(dims == 2)
+    bad = poly[~shapely.is_valid(clip[poly])]
+    if len(bad):  # clip_by_rect is fast but may return invalid polygons
+        clip[bad] = _keep_dimension(shapely.make_valid(clip[bad]), dims[bad])
+        repaired = len(bad)
+    alive = ~shapely.is_empty(clip)
+    elem, tx, ty, clip = elem[alive], tx[alive], ty[alive], clip[alive]
+
+    order = np.lexsort((elem, tx, ty))  # tiles row by row, elements in input order
+    elem, tx, ty, clip = elem[order], tx[order], ty[order], clip[order]
+    tkey = ty.astype(np.int64) * (1 << 31) + tx
+    first = np.r_[0, np.flatnonzero(np.diff(tkey) != 0) + 1] if len(tkey) else np.array([], int)
+    counts = np.diff(np.r_[first, len(tkey)])
+    ux, uy = tx[first], ty[first]
+    region_ids = np.array([f"{z}/{x}/{y}" for x, y in zip(ux, uy, strict=True)], dtype=object)
+
+    boxes = min_rotated_boxes(clip).astype(np.float32)
+    entities = pa.table(
+        {
+            "region_id": pa.array(np.repeat(region_ids, counts), pa.string()),
+            "feature_id": t.column("feature_id").take(pa.array(elem)),
+            "tags": t.column("tags").take(pa.array(elem)),
+            "geom_type": pa.array(_TYPE_NAMES[shapely.get_type_id(clip)], pa.string()),
+            "geometry": pa.array(shapely.to_wkb(clip), pa.binary()),
+            "box": pa.FixedSizeListArray.from_arrays(pa.array(boxes.reshape(-1)), 8),
+        }
+    ).cast(schema.ENTITY_SCHEMA)
+
+    west, south, east, north = tile_bounds_lonlat(z, ux, uy)
+    images: list[bytes | None] = [None] * len(ux)
+    coverage: list[float | None] = [None] * len(ux)
+    if imagery is not None:
+        for i, (x, y) in enumerate(zip(ux, uy, strict=True)):
+            img = imagery.read_tile(z, int(x), int(y), config.image_size)
+            if img is not None:
+                images[i] = np.ascontiguousarray(img.rgb, dtype=np.uint8).tobytes()
+                coverage[i] = float(img.coverage)
+    tiles = pa.table(
+        {
+            "region_id": pa.array(region_ids, pa.string()),
+            "z": pa.array(np.full(len(ux), z), pa.int8()),
+            "x": pa.array(ux, pa.int32()),
+            "y": pa.array(uy, pa.int32()),
+            "west": west,
+            "south": south,
+            "east": east,
+            "north": north,
+            "n_entities": pa.array(counts, pa.int32()),
+            "image": pa.array(images, pa.binary()),
+            "image_coverage": pa.array(coverage, pa.float32()),
+        }
+    ).cast(schema.TILE_SCHEMA)
+    stats = {"tiles": len(ux), "entities": len(elem), "clip_repaired": repaired}
+    tiles = tiles.replace_schema_metadata({STATS_KEY: json.dumps(stats)})
+    _write_shard(job, tiles, entities)
+    return job.shard, shard_summary(tiles, entities, repaired)
+
+
+def _write_shard(job: ShardJob, tiles: pa.Table, entities: pa.Table) -> None:
+    """Entities first, tiles last, each via a temporary name: tiles present = shard complete."""
+    for table, name in ((entities, schema.entities_file), (tiles, schema.tiles_file)):
+        final = job.output / name(job.shard)
+        tmp = final.with_name(f".{final.name}.tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        tmp.replace(final)
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+class _Inline(Executor):
+    """Runs tasks in the calling process (workers=1): simpler to debug, no pickling."""
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            fut.set_exception(exc)
+        return fut
+
+
+def _n_workers(config: PrepareConfig) -> int:
+    if config.workers:
+        return config.workers
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _make_executor(n: int) -> Executor:
+    if n <= 1:
+        return _Inline()
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("fork" if "fork" in methods else None)
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx)
+    # start every worker now, before pyosmium's reader threads exist
+    for f in [pool.submit(os.getpid) for _ in range(n)]:
+        f.result()
+    return pool
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _Hasher(threading.Thread):
+    """SHA-256 of the source in a thread (hashlib releases the GIL), overlapping the read."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path, self.result, self.error = path, None, None
+
+    def run(self) -> None:
+        try:
+            self.result = _sha256(self.path)
+        except OSError as exc:
+            self.error = exc
+
+    def value(self) -> str:
+        self.join()
+        if self.error is not None:
+            raise InputError(f"cannot read {self.path}: {self.error}")
+        assert self.result is not None
+        return self.result
+
+
+def _check_source(source: Any) -> tuple[str, Path | None]:
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise InputError(f"source not found: {path}")
+        if not path.is_file():
+            raise InputError(f"source is not a file: {path}")
+        try:
+            with open(path, "rb") as f:
+                head = f.read(16)
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if not head:
+            raise InputError(f"source is empty: {path}")
+        if is_features_file(path):
+            return "features", path
+        if is_osm_file(path):
+            return "osm", path
+        raise InputError(
+            f"unsupported source {path.name}: expected an OSM file (.osm.pbf, .osm, .osm.bz2) "
+            "or a features GeoParquet (.parquet)"
+        )
+    if hasattr(source, "geometry") and hasattr(source, "crs"):
+        return "geodataframe", None
+    raise InputError(f"unsupported source of type {type(source).__name__}")
+
+
+def _prepare_output(output: Path, config: PrepareConfig, overwrite: bool) -> tuple[bool, bool]:
+    """Make ``output`` usable. Returns (created, resuming)."""
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"output {output} exists and is not a directory")
+    if not output.exists():
+        try:
+            output.mkdir(parents=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create {output}: {exc.strerror or exc}") from None
+        return True, False
+    entries = [p for p in output.iterdir() if p.name != WORK_DIR]
+    if not entries:
+        return False, False
+    cfg_path = output / schema.CONFIG_FILE
+    if not cfg_path.is_file():
+        raise OutputError(
+            f"output {output} is not empty and is not a geojepa dataset; choose another "
+            "directory (refusing to replace it, even with --overwrite)"
+        )
+    if overwrite:
+        shutil.rmtree(output)
+        output.mkdir(parents=True)
+        return True, False
+    try:
+        old = json.loads(cfg_path.read_text())
+        old = {k: v for k, v in old.items() if k not in ("workers", "location_index")}
+    except (OSError, json.JSONDecodeError):
+        old = None
+    if old != config.content_dict():
+        raise OutputError(
+            f"output {output} holds a dataset built with a different config; "
+            "use --overwrite to replace it or choose another directory"
+        )
+    return False, True
+
+
+def _check_same_source(output: Path, source_id: dict) -> None:
+    recorded = output / WORK_DIR / "source.json"
+    manifest = output / schema.MANIFEST_FILE
+    old = None
+    if manifest.is_file():
+        old = json.loads(manifest.read_text()).get("source")
+    elif recorded.is_file():
+        old = json.loads(recorded.read_text())
+    if old is not None and old.get("sha256") != source_id.get("sha256"):
+        raise OutputError(
+            f"output {output} was built from a different source; "
+            "use --overwrite to replace it or choose another directory"
+        )
+
+
+def _bounded_map(
+    executor: Executor, fn: Callable, items: Iterable, limit: int, *args: Any
+) -> Iterator[Any]:
+    """Submit ``fn(item, *args)`` keeping at most ``limit`` in flight; yield results in order."""
+    pending: list[Future] = []
+    for item in items:
+        pending.append(executor.submit(fn, item, *args))
+        while len(pending) >= limit:
+            yield pending.pop(0).result()
+    while pending:
+        yield pending.pop(0).result()
+
+
+def _quantiles(values: np.ndarray) -> dict[str, float]:
+    if not len(values):
+        return {}
+    qs = np.quantile(values, [0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0])
+    names = ["min", "q25", "median", "q75", "q90", "q99", "max"]
+    out = {n: float(q) for n, q in zip(names, qs, strict=True)}
+    out["mean"] = float(values.mean())
+    return out
+
+
+def shard_summary(tiles: pa.Table, entities: pa.Table, clip_repaired: int) -> dict[str, Any]:
+    """What the manifest needs from one shard (small; returned by the worker)."""
+    tags = entities.column("tags").combine_chunks()
+    kv = pa.table({"key": tags.keys, "value": tags.items})
+    return {
+        "n_entities": tiles.column("n_entities").to_numpy(),
+        "coverage": tiles.column("image_coverage").to_numpy(zero_copy_only=False),
+        "types": {
+            r["values"]: r["counts"]
+            for r in entities.column("geom_type").value_counts().to_pylist()
+        },
+        "vocab": kv.group_by(["key", "value"]).aggregate([([], "count_all")]),
+        "clip_repaired": clip_repaired,
+    }
+
+
+def _summary_from_files(output: Path, shard: int) -> dict[str, Any]:
+    """The summary of a shard finished by an earlier (interrupted) run."""
+    path = output / schema.tiles_file(shard)
+    tiles = pq.read_table(path, columns=["n_entities", "image_coverage"])
+    meta = pq.read_schema(path).metadata or {}
+    repaired = json.loads(meta.get(STATS_KEY, b"{}")).get("clip_repaired", 0)
+    ents = pq.read_table(output / schema.entities_file(shard), columns=["geom_type", "tags"])
+    return shard_summary(tiles, ents, repaired)
+
+
+def _merge_summaries(summaries: dict[int, dict[str, Any]]) -> tuple[dict[str, Any], pa.Table]:
+    """Manifest statistics and the vocabulary (counted over entity rows, i.e. clips)."""
+    shards = sorted(s for s, v in summaries.items() if len(v["n_entities"]))
+    parts = [summaries[s] for s in shards]
+    types: dict[str, int] = {}
+    for p in parts:
+        for k, v in p["types"].items():
+            types[k] = types.get(k, 0) + v
+    vocab_schema = pa.schema([("key", pa.string()), ("value", pa.string()), ("count", pa.int64())])
+    if parts:
+        vocab = (
+            pa.concat_tables([p["vocab"] for p in parts])
+            .group_by(["key", "value"])
+            .aggregate([("count_all", "sum")])
+            .rename_columns(["key", "value", "count"])
+            .select(["key", "value", "count"])
+            .cast(vocab_schema)
+        )
+    else:
+        vocab = vocab_schema.empty_table()
+    vocab = vocab.sort_by([("count", "descending"), ("key", "ascending"), ("value", "ascending")])
+    per_tile = np.concatenate([p["n_entities"] for p in parts]) if parts else np.zeros(0)
+    coverage = (
+        np.concatenate([p["coverage"] for p in parts]).astype(np.float64) if parts else np.zeros(0)
+    )
+    with_image = ~np.isnan(coverage)
+    stats = {
+        "n_tiles": len(per_tile),
+        "n_entities": int(per_tile.sum()),
+        "entities_per_tile": _quantiles(per_tile),
+        "geometry_types": dict(sorted(types.items(), key=lambda kv: -kv[1])),
+        "vocab_size": vocab.num_rows,
+        "n_keys": len(pc.unique(vocab.column("key"))),
+        "imagery": {
+            "tiles_with_image": int(with_image.sum()),
+            "mean_coverage": float(coverage[with_image].mean()) if with_image.any() else None,
+        },
+        "clip_repaired": sum(p["clip_repaired"] for p in parts),
+        "shards": shards,
+    }
+    return stats, vocab
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def prepare_tiles(
+    source: str | Path | Any,
+    output: str | Path,
+    config: PrepareConfig | None = None,
+    imagery: Any = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> TileDataset:
+    """Build (or resume) a tile dataset; see the module docstring and docs/dataset.md.
+
+    ``source``: an OSM PBF/XML file, a features GeoParquet, or a GeoDataFrame.
+    ``imagery``: None, one or more raster/XYZ-folder paths, or an opened ``Imagery``.
+    """
+    started = time.perf_counter()
+    config = config or PrepareConfig()
+    output = Path(output)
+    kind, path = _check_source(source)
+
+    imagery_obj = None
+    if imagery is not None:
+        if isinstance(imagery, (str, os.PathLike, list, tuple)):
+            from geojepa.data.imagery import open_imagery
+
+            sources = [imagery] if isinstance(imagery, (str, os.PathLike)) else list(imagery)
+            if sources:
+                imagery_obj = open_imagery(sources)
+                config = config.replace(imagery=tuple(str(Path(s).resolve()) for s in sources))
+        else:
+            imagery_obj = imagery
+    _region_tile_range(config)  # fails early if bbox and polygon do not overlap
+
+    hasher = _Hasher(path) if path is not None else None
+    if hasher is not None:
+        hasher.start()
+    created, resuming = _prepare_output(output, config, overwrite)
+    if resuming and (output / schema.MANIFEST_FILE).is_file():
+        # already complete: nothing to do unless the source changed
+        if hasher is not None:
+            _check_same_source(output, {"sha256": hasher.value()})
+        return open_dataset(output)
+    work = output / WORK_DIR
+    bucket_dir = work / "buckets"
+    executor: Executor | None = None
+    shards_written = 0
+    try:
+        if work.exists():
+            shutil.rmtree(work)
+        bucket_dir.mkdir(parents=True)
+        (output / schema.SHARD_DIR).mkdir(exist_ok=True)
+        config.save(output / schema.CONFIG_FILE)
+
+        n_workers = _n_workers(config)
+        executor = _make_executor(n_workers)
+        read_stats = ReadStats()
+        if kind == "osm":
+            batches: Iterable[RawBatch] = iter_osm_batches(
+                path, work, read_stats, location_index=config.location_index
+            )
+        elif kind == "features":
+            batches = iter_feature_file_batches(path)
+        else:
+            batches = iter_geodataframe_batches(source)
+        totals = {"read": 0, "kept": 0, "untagged": 0, "repaired": 0, "skipped": 0,
+                  "bad_wkb": 0, "outside": 0}  # fmt: skip
+        bounds = [np.inf, np.inf, -np.inf, -np.inf]
+        pieces: dict[tuple[int, int], list[tuple[str, int, int]]] = {}
+        bar = tqdm(desc="reading", unit=" elements", disable=not progress, leave=False)
+        for st in _bounded_map(executor, bucket_batch, batches, n_workers + 1, bucket_dir, config):
+            for k in totals:
+                totals[k] += st[k]
+            if st["bounds"] is not None:
+                b = st["bounds"]
+                bounds = [min(bounds[0], b[0]), min(bounds[1], b[1]),
+                          max(bounds[2], b[2]), max(bounds[3], b[3])]  # fmt: skip
+            for parent, piece in st["parents"].items():
+                pieces.setdefault(parent, []).append(piece)
+            bar.update(st["read"])
+        bar.close()
+
+        source_id: dict[str, Any] = {"kind": kind}
+        if path is not None:
+            source_id.update(
+                {"path": str(path.resolve()), "size": path.stat().st_size, "sha256": hasher.value()}
+            )
+        _check_same_source(output, source_id)
+        _write_json_atomic(work / "source.json", source_id)
+
+        parents = sorted(pieces)
+        if not parents:
+            what = "the bbox/polygon filter area" if totals["outside"] else str(source)
+            raise InputError(f"no tagged entities in {what}: nothing to prepare")
+        if imagery_obj is not None:
+            west, south = merc_to_lonlat(bounds[0], bounds[1])
+            east, north = merc_to_lonlat(bounds[2], bounds[3])
+            iw, is_, ie, in_ = imagery_obj.bounds_lonlat
+            if iw >= east or ie <= west or is_ >= north or in_ <= south:
+                raise InputError(
+                    f"imagery ({iw:.4f},{is_:.4f},{ie:.4f},{in_:.4f}) does not overlap the data "
+                    f"({west:.4f},{south:.4f},{east:.4f},{north:.4f})"
+                )
+
+        jobs = [
+            ShardJob(i, px, py, tuple(pieces[(px, py)]), output)
+            for i, (px, py) in enumerate(parents)
+        ]
+        todo = [j for j in jobs if not (output / schema.tiles_file(j.shard)).is_file()]
+        for stale in (output / schema.SHARD_DIR).glob(".*.tmp"):
+            stale.unlink()
+        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="shards",
+                   unit=" shards", disable=not progress, leave=False)  # fmt: skip
+        summaries = {j.shard: _summary_from_files(output, j.shard) for j in jobs if j not in todo}
+        for shard, summary in _bounded_map(
+            executor, build_shard, todo, 2 * n_workers, config, imagery_obj
+        ):
+            summaries[shard] = summary
+            shards_written += 1
+            bar.update(1)
+        bar.close()
+    except BaseException:
+        if executor is not None and not isinstance(executor, _Inline):
+            executor.shutdown(wait=True, cancel_futures=True)
+            executor = None
+        if created and shards_written == 0 and not resuming:
+            shutil.rmtree(output, ignore_errors=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        if executor is not None and not isinstance(executor, _Inline):
+            executor.shutdown(wait=True)
+
+    stats, vocab = _merge_summaries(summaries)
+    nonempty = stats.pop("shards")
+    if stats["n_tiles"] == 0:
+        if created:
+            shutil.rmtree(output, ignore_errors=True)
+        raise InputError(f"no entities fall inside any tile of {source}: nothing to prepare")
+    manifest = {
+        "format_version": schema.FORMAT_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "geojepa_version": _version(),
+        "source": source_id,
+        "zoom": config.zoom,
+        "shard_zoom": config.shard_zoom,
+        "shards": nonempty,
+        "n_shards": len(nonempty),
+        **{k: v for k, v in stats.items() if k != "clip_repaired"},
+        "input": {
+            "elements_read": totals["read"],
+            "elements_kept": totals["kept"],
+            "empty_after_tag_filter": totals["untagged"],
+            "outside_filter_area": totals["outside"],
+            "unreadable_geometry": totals["bad_wkb"],
+            "skipped_ways": read_stats.skipped_ways,
+            "skipped_relations": read_stats.skipped_relations,
+            "other_relations_skipped": read_stats.other_relations,
+        },
+        "geometry_repair": {
+            "repaired": totals["repaired"],
+            "skipped": totals["skipped"],
+            "clip_repaired": stats["clip_repaired"],
+        },
+        "build_seconds": round(time.perf_counter() - started, 3),
+    }
+    pq.write_table(vocab, work / "vocab.parquet")
+    (work / "vocab.parquet").replace(output / schema.VOCAB_FILE)
+    _write_json_atomic(output / schema.MANIFEST_FILE, manifest)
+    shutil.rmtree(work, ignore_errors=True)
+    return open_dataset(output)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("geojepa")
+    except Exception:
+        return "unknown"
