@@ -176,6 +176,23 @@ def test_maxspeed_removal_removes_every_maxspeed_key(tiles):
     assert TASKS["max_speed"].labels(tiles, masked).empty
 
 
+def test_maxspeed_removal_removes_speed_limit_signs(tiles):
+    entities = make_entities(
+        [
+            (A, "node/1", {"traffic_sign": "FI:363[40]"}, "Point"),
+            (A, "node/2", {"traffic_sign": "DE:274", "highway": "give_way"}, "Point"),
+            (A, "node/3", {"traffic_sign:forward": "maxspeed"}, "Point"),
+            (A, "node/4", {"traffic_sign": "DE:206"}, "Point"),  # a stop sign stays
+        ]
+    )
+    assert tags_of(remove_maxspeed(entities)) == [
+        {},
+        {"highway": "give_way"},
+        {},
+        {"traffic_sign": "DE:206"},
+    ]
+
+
 # ---------------------------------------------------------------------------- buildings
 
 

@@ -278,14 +278,22 @@ def remove_traffic_signals(entities: pa.Table) -> pa.Table:
     return entities.filter(pa.array(~_signal_points(entities, tags)))
 
 
+#: ``traffic_sign*`` values that state a speed limit: ``maxspeed``, a bracketed number
+#: (``FI:363[40]``, ``DE:274[60]``) or a known speed-limit sign code (DE 274/275, FI 361–364 and
+#: their C32–C35 renumbering).
+SPEED_SIGN = r"maxspeed|\[\d+(\.\d+)?\]|DE:27[45]|FI:36[1-4]|FI:C3[2-5]"
+
+
 def _maxspeed_entries(tags: _Tags) -> np.ndarray:
     """Every entry whose key contains "maxspeed" (``maxspeed``, ``maxspeed:*``,
-    ``source:maxspeed``, ``zone:maxspeed``, …)."""
-    return tags.key_contains("maxspeed")
+    ``source:maxspeed``, ``zone:maxspeed``, …), and speed-limit ``traffic_sign*`` entries."""
+    speed_sign = _np_bool(pc.match_substring_regex(tags.values, SPEED_SIGN))
+    return tags.key_contains("maxspeed") | (tags.key_startswith("traffic_sign") & speed_sign)
 
 
 def remove_maxspeed(entities: pa.Table) -> pa.Table:
-    """Strip every ``*maxspeed*`` key from every entity (all clips of every way included)."""
+    """Strip every ``*maxspeed*`` key and speed-limit traffic sign from every entity (all clips
+    of every way included)."""
     tags = _Tags.of(entities)
     return _without_entries(entities, tags, _maxspeed_entries(tags))
 
