@@ -30,7 +30,7 @@ class PrepareConfig(Config):
         None, description="keep only tiles intersecting this EPSG:4326 (multi)polygon, as WKT"
     )
     shard_levels: int = Field(
-        3,
+        4,
         ge=0,
         le=8,
         description="a shard is one parent tile at zoom - shard_levels (<= 4**shard_levels tiles)",

@@ -80,7 +80,7 @@ def iter_osm_batches(
     path: Path,
     work_dir: Path,
     stats: ReadStats,
-    batch_size: int = 20000,
+    batch_size: int = 10000,
     location_index: str = "flex_mem",
 ) -> Iterator[RawBatch]:
     """Yield batches of tagged elements of an OSM file; raise InputError if it is unreadable."""

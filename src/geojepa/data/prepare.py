@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import shapely
 from tqdm.auto import tqdm
@@ -158,17 +157,32 @@ def _keep_dimension(geoms: np.ndarray, dims: np.ndarray) -> np.ndarray:
     return out
 
 
-def _decode_batch_tags(batch: RawBatch, tf: TagFilter) -> tuple[list, list]:
-    raw_tags: list[list[tuple[str, str]]] = []
+def _decode_batch_tags(batch: RawBatch, tf: TagFilter) -> tuple[list, np.ndarray]:
+    """Filtered tags per element, and whether its raw tags make a closed way an area.
+
+    OPL tag texts repeat a lot (``building=yes``), so decoded results are cached per process.
+    """
+    filtered: list[list[tuple[str, str | None]]] = []
+    area = np.zeros(len(batch.tags), bool)
+    cache = tf.text_cache
+    if len(cache) > 200_000:
+        cache.clear()
     for i, raw in enumerate(batch.tags):
+        if isinstance(raw, str) and batch.tags_format == "opl":
+            hit = cache.get(raw)
+            if hit is None:
+                pairs = decode_opl_tags(raw)
+                hit = cache[raw] = (tf(pairs), is_area(pairs))
+            filtered.append(hit[0])
+            area[i] = hit[1]
+            continue
         try:
-            if isinstance(raw, str) and batch.tags_format == "opl":
-                raw_tags.append(decode_opl_tags(raw))
-            else:
-                raw_tags.append(decode_tags(raw))
+            pairs = decode_tags(raw)
         except (ValueError, TypeError) as exc:
             raise InputError(f"{batch.ids[i]}: tags are not a JSON object or map ({exc})") from None
-    return raw_tags, [tf(t) for t in raw_tags]
+        filtered.append(tf(pairs))
+        area[i] = is_area(pairs)
+    return filtered, area
 
 
 def _to_merc(geoms: np.ndarray, crs: str | None) -> np.ndarray:
@@ -197,7 +211,7 @@ def bucket_batch(batch: RawBatch, bucket_dir: Path, config: PrepareConfig) -> di
         return stats
     tf = _tag_filter(config)
     geoms = shapely.from_wkb(np.asarray(batch.geoms, dtype=object), on_invalid="ignore")
-    raw_tags, tags = _decode_batch_tags(batch, tf)
+    tags, area_tags = _decode_batch_tags(batch, tf)
     ok = ~shapely.is_missing(geoms) & ~shapely.is_empty(geoms)
     stats["bad_wkb"] = int((~ok).sum())
     has_tags = np.fromiter((len(t) > 0 for t in tags), bool, len(tags))
@@ -208,7 +222,7 @@ def bucket_batch(batch: RawBatch, bucket_dir: Path, config: PrepareConfig) -> di
         lines = ok & (shapely.get_type_id(geoms) == 1)
         cand = np.flatnonzero(lines & shapely.is_closed(geoms))
         cand = cand[shapely.get_num_coordinates(geoms[cand]) >= 4]
-        cand = np.array([i for i in cand if is_area(raw_tags[i])], dtype=np.int64)
+        cand = cand[area_tags[cand]]
         if len(cand):
             coords, idx = shapely.get_coordinates(geoms[cand], return_index=True)
             geoms[cand] = shapely.polygons(shapely.linearrings(coords, indices=idx))
@@ -275,7 +289,8 @@ def bucket_batch(batch: RawBatch, bucket_dir: Path, config: PrepareConfig) -> di
     ).take(pa.array(rep))
     path = bucket_dir / f"batch-{batch.index:06d}.arrow"
     tmp = path.with_name(f".{path.name}.tmp")
-    feather.write_feather(table, tmp, compression="uncompressed")
+    with pa.ipc.new_file(tmp, table.schema) as sink:
+        sink.write_table(table)
     tmp.replace(path)
     cuts = np.flatnonzero((np.diff(px) != 0) | (np.diff(py) != 0)) + 1
     stats["parents"] = {
@@ -316,20 +331,16 @@ def _clip_quadtree(
     """
     z, lv = config.zoom, config.shard_levels
     dims = shapely.get_dimensions(src)
-    points = np.flatnonzero(shapely.get_type_id(src) == 0)
-    others = np.flatnonzero(shapely.get_type_id(src) != 0)
-
-    # points: the tile holding them (edges belong to the east/south tile), no clipping
-    pxy = shapely.get_coordinates(src[points]) if len(points) else np.zeros((0, 2))
-    ptx, pty = merc_to_tile_index(z, pxy[:, 0], pxy[:, 1])
+    b = shapely.bounds(src)
+    tx0, ty0 = merc_to_tile_index(z, b[:, 0], b[:, 3])
+    tx1, ty1 = merc_to_tile_index(z, b[:, 2], b[:, 1])
     x_lo, y_lo, span = job.px << lv, job.py << lv, 1 << lv
-    inside = (ptx >= x_lo) & (ptx < x_lo + span) & (pty >= y_lo) & (pty < y_lo + span)
-    out_e, out_x, out_y, out_g = (
-        [points[inside]],
-        [ptx[inside]],
-        [pty[inside]],
-        [src[points[inside]]],
-    )
+    # fast path: elements whose bounds lie inside one tile (all points) need no clipping
+    single = (tx0 == tx1) & (ty0 == ty1)
+    in_shard = (tx0 >= x_lo) & (tx0 < x_lo + span) & (ty0 >= y_lo) & (ty0 < y_lo + span)
+    one = np.flatnonzero(single & in_shard)
+    others = np.flatnonzero(~single)
+    out_e, out_x, out_y, out_g = [one], [tx0[one]], [ty0[one]], [src[one]]
 
     def clip(idx: np.ndarray, geoms: np.ndarray, rect: tuple) -> tuple[np.ndarray, np.ndarray]:
         g = shapely.clip_by_rect(geoms, *rect)
@@ -383,7 +394,10 @@ def build_shard(
 ) -> tuple[int, dict[str, Any]]:
     """Step 3: turn one shard's buckets into its tiles/entities files, written atomically."""
     t = pa.concat_tables(
-        [feather.read_table(f, memory_map=True).slice(lo, hi - lo) for f, lo, hi in job.pieces]
+        [
+            pa.ipc.open_file(pa.memory_map(f)).read_all().slice(lo, hi - lo)
+            for f, lo, hi in job.pieces
+        ]
     )
     z = config.zoom
     src = shapely.from_wkb(t.column("geometry").to_numpy(zero_copy_only=False))
@@ -766,6 +780,7 @@ def prepare_tiles(
 
         n_workers = _n_workers(config)
         executor = _make_executor(n_workers)
+        t_setup = time.perf_counter()
         read_stats = ReadStats()
         if kind == "osm":
             batches: Iterable[RawBatch] = iter_osm_batches(
@@ -791,6 +806,7 @@ def prepare_tiles(
                 pieces.setdefault(parent, []).append(piece)
             bar.update(st["read"])
         bar.close()
+        t_read = time.perf_counter()
 
         source_id: dict[str, Any] = {"kind": kind}
         if path is not None:
@@ -844,6 +860,7 @@ def prepare_tiles(
         if executor is not None and not isinstance(executor, _Inline):
             executor.shutdown(wait=True)
 
+    t_shards = time.perf_counter()
     stats, vocab = _merge_summaries(summaries)
     nonempty = stats.pop("shards")
     if stats["n_tiles"] == 0:
@@ -876,6 +893,11 @@ def prepare_tiles(
             "clip_repaired": stats["clip_repaired"],
         },
         "build_seconds": round(time.perf_counter() - started, 3),
+        "phase_seconds": {
+            "setup": round(t_setup - started, 3),
+            "read_and_bucket": round(t_read - t_setup, 3),
+            "shards": round(t_shards - t_read, 3),
+        },
     }
     pq.write_table(vocab, work / "vocab.parquet")
     (work / "vocab.parquet").replace(output / schema.VOCAB_FILE)

@@ -144,6 +144,8 @@ class TagFilter:
         self._drop = _compile((*DROP_KEYS, *drop_keys)) if enabled else _compile(drop_keys)
         self._key_only = _compile((*KEY_ONLY_KEYS, *key_only)) if enabled else _compile(key_only)
         self._cache: dict[str, int] = {}
+        #: free for callers: decoded results per raw tag text (tag texts repeat a lot)
+        self.text_cache: dict[str, object] = {}
 
     def decision(self, key: str) -> int:
         """KEEP, KEY_ONLY or DROP for ``key``."""
@@ -204,10 +206,7 @@ def decode_tags(raw: object) -> list[tuple[str, str]]:
         raw = json.loads(raw) if raw else {}
         if not isinstance(raw, dict):
             raise ValueError("tags JSON is not an object")
-    if isinstance(raw, Mapping):
-        items = raw.items()
-    else:
-        items = raw  # type: ignore[assignment]
+    items = raw.items() if isinstance(raw, Mapping) else raw
     return [(str(k), "" if v is None else str(v)) for k, v in items]
 
 
