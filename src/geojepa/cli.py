@@ -7,6 +7,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -26,6 +27,104 @@ err_console = Console(stderr=True)
 @app.callback()
 def _root() -> None:
     """Prepare OSM tiles, pretrain GeoJEPA, embed places and entities, evaluate, explore."""
+
+
+# --------------------------------------------------------------------------- prepare / info
+
+
+def _parse_bbox(text: str) -> tuple[float, float, float, float]:
+    from geojepa.errors import ConfigError
+
+    try:
+        parts = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 4:
+        raise ConfigError(f"--bbox must be W,S,E,N (four numbers), got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def _read_polygon(path: Path) -> str:
+    """WKT of a polygon given as a .wkt file or a GeoJSON file (geometry/feature/collection)."""
+    import json
+
+    import shapely
+
+    from geojepa.errors import InputError
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InputError(f"cannot read polygon file {path}: {exc.strerror or exc}") from None
+    try:
+        if text.lstrip().startswith("{"):
+            data = json.loads(text)
+            if data.get("type") == "FeatureCollection":
+                geoms = [shapely.geometry.shape(f["geometry"]) for f in data["features"]]
+                geom = shapely.union_all(geoms)
+            elif data.get("type") == "Feature":
+                geom = shapely.geometry.shape(data["geometry"])
+            else:
+                geom = shapely.geometry.shape(data)
+        else:
+            geom = shapely.from_wkt(text.strip())
+    except (ValueError, KeyError, TypeError, shapely.errors.ShapelyError) as exc:
+        raise InputError(f"{path} is not a WKT or GeoJSON polygon ({exc})") from None
+    return geom.wkt
+
+
+@app.command()
+def prepare(
+    source: Path = typer.Argument(..., help="OSM .osm.pbf/.osm file or features .parquet"),
+    output: Path = typer.Option(..., "--output", "-o", help="dataset directory to write"),
+    zoom: int = typer.Option(16, help="XYZ tile zoom"),
+    bbox: str | None = typer.Option(None, help="keep tiles meeting W,S,E,N (EPSG:4326)"),
+    polygon: Path | None = typer.Option(None, help="keep tiles meeting this WKT/GeoJSON area"),
+    imagery: list[Path] | None = typer.Option(
+        None, help="GeoTIFF/COG/VRT raster or XYZ tile folder (repeatable)"
+    ),
+    image_size: int = typer.Option(224, help="tile image side in pixels"),
+    shard_levels: int = typer.Option(4, help="a shard = one tile at zoom - shard_levels"),
+    workers: int = typer.Option(0, help="worker processes (0 = all cores)"),
+    no_tag_filter: bool = typer.Option(False, help="keep every tag value (no filter)"),
+    overwrite: bool = typer.Option(False, help="replace an existing dataset at OUTPUT"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
+) -> None:
+    """Cut an OSM extract (and optional imagery) into a sharded tile dataset."""
+    from geojepa.data.config import PrepareConfig
+    from geojepa.data.info import dataset_info, format_info
+    from geojepa.data.prepare import prepare_tiles
+
+    config = PrepareConfig.from_dict(
+        {
+            "zoom": zoom,
+            "image_size": image_size,
+            "bbox": _parse_bbox(bbox) if bbox else None,
+            "polygon_wkt": _read_polygon(polygon) if polygon else None,
+            "shard_levels": shard_levels,
+            "tag_filter": not no_tag_filter,
+            "workers": workers,
+        }
+    )
+    ds = prepare_tiles(
+        source, output, config, imagery=imagery or None, overwrite=overwrite, progress=not quiet
+    )
+    if not quiet:
+        typer.echo(format_info(dataset_info(ds.path)))
+
+
+@app.command()
+def info(
+    dataset: Path = typer.Argument(..., help="dataset directory written by `geojepa prepare`"),
+    as_json: bool = typer.Option(False, "--json", help="print the statistics as JSON"),
+) -> None:
+    """Print a prepared dataset's statistics (tiles, entities, vocabulary, imagery)."""
+    import json
+
+    from geojepa.data.info import dataset_info, format_info
+
+    stats = dataset_info(dataset)
+    typer.echo(json.dumps(stats, indent=2) if as_json else format_info(stats))
 
 
 def main(argv: list[str] | None = None) -> int:
