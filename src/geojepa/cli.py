@@ -127,6 +127,37 @@ def info(
     typer.echo(json.dumps(stats, indent=2) if as_json else format_info(stats))
 
 
+@app.command()
+def pretrain(
+    dataset: Path = typer.Argument(..., help="dataset directory written by `geojepa prepare`"),
+    output: Path = typer.Option(..., "--output", "-o", help="run / model directory to write"),
+    preset: str = typer.Option(
+        "cpu-small", help="cpu-small | paper-t | paper-gt | paper-gti (ignored with --config)"
+    ),
+    config: Path | None = typer.Option(None, help="PretrainConfig JSON file"),
+    devices: str = typer.Option("1", help="devices per node (N or 'auto'); N > 1 uses DDP"),
+    max_steps: int | None = typer.Option(None, help="optimiser steps (overrides the config)"),
+    max_epochs: int | None = typer.Option(None, help="epochs (overrides the config)"),
+    batch_size: int | None = typer.Option(None, help="tiles per device per step"),
+    resume: bool = typer.Option(True, help="continue from OUTPUT/checkpoints/last.ckpt"),
+) -> None:
+    """Pretrain GeoJEPA on a tile dataset; writes checkpoints, logs and a model directory."""
+    from geojepa.train.pretrain import pretrain as run_pretrain
+
+    out = run_pretrain(
+        dataset,
+        output,
+        config=config,
+        preset=preset,
+        devices=int(devices) if devices.isdigit() else devices,
+        max_steps=max_steps,
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        resume=resume,
+    )
+    typer.echo(f"model directory: {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
     try:

@@ -1,0 +1,172 @@
+"""`PretrainConfig`: everything a pretraining run depends on, saved beside every checkpoint.
+
+Presets (``PRESETS``):
+
+- ``cpu-small``: a tiny model that trains in minutes on two CPU cores (tests, demo);
+- ``paper-t`` / ``paper-gt`` / ``paper-gti``: the paper's settings (DESIGN.md §1.5) with tags
+  only / tags + geometry / tags + geometry + imagery (224 px, 14×14 patches of 16 px).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from geojepa.config import Config
+from geojepa.errors import ConfigError
+from geojepa.model.jepa import ModelConfig
+from geojepa.model.masking import MaskingConfig
+from geojepa.tokenize.tokenizer import TokenizerConfig
+
+#: Version of the model-directory format written by `geojepa.train.export`.
+FORMAT_VERSION = 1
+
+
+class OptimConfig(Config):
+    """AdamW with warmup + cosine learning rate and a linear weight-decay ramp."""
+
+    lr: float = Field(1e-3, gt=0.0)
+    min_lr: float = Field(1e-6, ge=0.0)
+    warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    weight_decay: tuple[float, float] = (0.04, 0.4)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = Field(10.0, ge=0.0, description="0 disables clipping")
+
+    @model_validator(mode="after")
+    def _check(self) -> OptimConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr {self.min_lr} is larger than lr {self.lr}")
+        if min(self.weight_decay) < 0:
+            raise ValueError("weight_decay values must be >= 0")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
+        return self
+
+
+class DataConfig(Config):
+    """Batching and loading."""
+
+    batch_size: int = Field(48, ge=1, description="tiles per device per step")
+    num_workers: int = Field(0, ge=0)
+    shuffle_buffer: int = Field(1024, ge=1)
+
+
+class TrainerConfig(Config):
+    """Run length, precision, checkpointing and logging."""
+
+    max_steps: int = Field(-1, ge=-1, description="optimiser steps; -1 = use max_epochs")
+    max_epochs: int | None = Field(100, ge=1)
+    accumulate_grad_batches: int = Field(1, ge=1)
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
+        "auto", description="auto = bf16-mixed on CUDA GPUs with bf16, else 32-true"
+    )
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    num_nodes: int = Field(1, ge=1)
+    log_every_n_steps: int = Field(10, ge=1)
+    checkpoint_every_n_steps: int = Field(500, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainerConfig:
+        if self.max_steps == -1 and self.max_epochs is None:
+            raise ValueError("set max_steps or max_epochs (a run must end)")
+        return self
+
+
+class PretrainConfig(Config):
+    """One pretraining run. ``model.width`` must equal ``tokenizer.width``."""
+
+    preset: str | None = None
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    model: ModelConfig = ModelConfig()
+    masking: MaskingConfig = MaskingConfig()
+    optim: OptimConfig = OptimConfig()
+    data: DataConfig = DataConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> PretrainConfig:
+        if self.model.width != self.tokenizer.width:
+            raise ValueError(
+                f"model.width ({self.model.width}) must equal tokenizer.width "
+                f"({self.tokenizer.width})"
+            )
+        return self
+
+    def with_overrides(self, **sections: dict[str, Any]) -> PretrainConfig:
+        """A validated copy with some fields of some sections changed (None values ignored)."""
+        data = self.model_dump()
+        for section, changes in sections.items():
+            data[section].update({k: v for k, v in changes.items() if v is not None})
+        return type(self).from_dict(data)
+
+
+def _paper(name: str, use_geometry: bool, use_image: bool) -> dict[str, Any]:
+    return {
+        "preset": name,
+        "tokenizer": {
+            "width": 384,
+            "use_tags": True,
+            "use_geometry": use_geometry,
+            "use_image": use_image,
+            "image_size": 224,
+            "patch_size": 16,
+        },
+        "model": {"width": 384, "depth": 12, "heads": 8, "predictor_width": 256},
+        "masking": {
+            "p_random": 0.2 if use_image else 0.4,
+            "p_area": 0.6,
+            "p_modality": 0.2 if use_image else 0.0,
+            "random_target_fraction": 0.45,
+            "area_fraction": (0.15, 0.35),
+            "num_targets": 4,
+            "min_context_fraction": 0.15,
+        },
+        # effective batch ~480 tiles (DESIGN.md §1.5)
+        "data": {"batch_size": 48 if use_image else 96},
+        "trainer": {"accumulate_grad_batches": 10 if use_image else 5, "max_epochs": 100},
+    }
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu-small": {
+        "preset": "cpu-small",
+        "tokenizer": {
+            "width": 64,
+            "use_tags": True,
+            "use_geometry": True,
+            "use_image": False,
+            "geometry_hidden": 64,
+            "max_entities": 128,
+        },
+        "model": {
+            "width": 64,
+            "depth": 2,
+            "heads": 4,
+            "predictor_width": 32,
+            "predictor_depth": 2,
+            "predictor_heads": 4,
+            "reg_weight": 0.02,
+        },
+        "masking": {"p_random": 0.4, "p_area": 0.6, "p_modality": 0.0},
+        "optim": {"lr": 1e-3},
+        "data": {"batch_size": 16},
+        "trainer": {
+            "max_steps": 200,
+            "max_epochs": None,
+            "log_every_n_steps": 5,
+            "checkpoint_every_n_steps": 100,
+        },
+    },
+    "paper-t": _paper("paper-t", use_geometry=False, use_image=False),
+    "paper-gt": _paper("paper-gt", use_geometry=True, use_image=False),
+    "paper-gti": _paper("paper-gti", use_geometry=True, use_image=True),
+}
+
+
+def preset_config(name: str) -> PretrainConfig:
+    """The PretrainConfig of a named preset (ConfigError for an unknown name)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})")
+    return PretrainConfig.from_dict(PRESETS[name])

@@ -1,0 +1,159 @@
+"""The model directory: what `geojepa pretrain` leaves for `embed`/`evaluate` and for users.
+
+Layout (format version ``FORMAT_VERSION``)::
+
+    config.json          the PretrainConfig of the run
+    model.safetensors    every weight except the frozen tag table (no pickle)
+    tag_table.safetensors the frozen text-embedding table (one row per vocabulary entry)
+    vocab.json           the tag vocabulary (TagVocabulary.save)
+    MODEL_CARD.md        data, steps, final losses, date
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from geojepa.errors import InputError
+from geojepa.model.jepa import GeoJEPA
+from geojepa.tokenize.tags import TagVocabulary
+from geojepa.train.config import FORMAT_VERSION, PretrainConfig
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TAG_TABLE_FILE = "tag_table.safetensors"
+VOCAB_FILE = "vocab.json"
+CARD_FILE = "MODEL_CARD.md"
+REQUIRED = (CONFIG_FILE, WEIGHTS_FILE, TAG_TABLE_FILE, VOCAB_FILE)
+
+
+def _is_tag_table(key: str) -> bool:
+    return key.endswith("tag_table")
+
+
+def export_model(
+    model: GeoJEPA,
+    config: PretrainConfig,
+    vocab: TagVocabulary,
+    out: str | Path,
+    info: dict[str, Any] | None = None,
+) -> Path:
+    """Write the model directory ``out`` (files are replaced atomically one by one)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save(out / CONFIG_FILE)
+    state = {
+        k: v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if not _is_tag_table(k)
+    }
+    meta = {"format_version": str(FORMAT_VERSION), "geojepa": "model"}
+    _atomic(out / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata=meta))
+    table = model.tokenizer.tag_table.detach().cpu().contiguous()
+    _atomic(out / TAG_TABLE_FILE, lambda p: save_file({"tag_table": table}, str(p), metadata=meta))
+    vocab.save(out / VOCAB_FILE)
+    (out / CARD_FILE).write_text(model_card(config, info or {}))
+    return out
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
+def model_card(config: PretrainConfig, info: dict[str, Any]) -> str:
+    """A short Markdown card filled from the run."""
+    date = info.get("date") or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    losses = info.get("final_losses") or {}
+    loss_lines = "\n".join(f"| {k} | {v:.4f} |" for k, v in losses.items()) or "| – | – |"
+    t, m = config.tokenizer, config.model
+    inputs = [n for n, on in (("tags", t.use_tags), ("geometry", t.use_geometry),
+                              ("imagery", t.use_image)) if on]  # fmt: skip
+    return f"""# GeoJEPA model card
+
+Self-supervised embeddings of map tiles and OpenStreetMap entities (GeoJEPA,
+arXiv 2503.05774), trained with `geojepa pretrain`.
+
+| field | value |
+|---|---|
+| format version | {FORMAT_VERSION} |
+| date | {date} |
+| preset | {config.preset or "custom"} |
+| training data | `{info.get("dataset", "?")}` ({info.get("n_tiles", "?")} tiles) |
+| inputs | {", ".join(inputs)} |
+| text model | {t.text_model} |
+| encoder | width {m.width}, {m.depth} layers, {m.heads} heads |
+| predictor | width {m.predictor_width}, {m.predictor_depth} layers |
+| optimiser steps | {info.get("steps", "?")} (epochs: {info.get("epochs", "?")}) |
+| devices | {info.get("devices", "?")} |
+
+## Final training losses
+
+| term | value |
+|---|---|
+{loss_lines}
+
+## Use
+
+```python
+from geojepa.model import GeoJEPA
+model = GeoJEPA.from_pretrained("{info.get("name", "RUN")}")
+```
+
+`tile_embedding(batch)` gives [max ‖ mean] over the target encoder's token outputs
+({2 * m.width} numbers); `entity_embeddings(batch)` gives one {m.width}-d vector per entity.
+
+Data: © OpenStreetMap contributors, ODbL.
+"""
+
+
+def load_model(path: str | Path, map_location: str = "cpu") -> GeoJEPA:
+    """Rebuild a GeoJEPA from a model directory (InputError if incomplete or too new)."""
+    from geojepa.train.module import build_model
+
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"model directory not found: {path}")
+    missing = [name for name in REQUIRED if not (path / name).exists()]
+    if missing:
+        raise InputError(f"{path} is not a complete geojepa model directory (missing: "
+                         f"{', '.join(missing)})")  # fmt: skip
+    with safe_open(str(path / WEIGHTS_FILE), framework="pt") as f:
+        meta = f.metadata() or {}
+    try:
+        version = int(meta.get("format_version", "-1"))
+    except ValueError:
+        version = -1
+    if version < 1:
+        raise InputError(f"{path / WEIGHTS_FILE} has no geojepa format version")
+    if version > FORMAT_VERSION:
+        raise InputError(
+            f"{path} was written by a newer geojepa (format {version}; this version reads up "
+            f"to {FORMAT_VERSION}): upgrade geojepa"
+        )
+    config = PretrainConfig.load(path / CONFIG_FILE)
+    table = load_file(str(path / TAG_TABLE_FILE))["tag_table"]
+    vocab = TagVocabulary.load(path / VOCAB_FILE)
+    if len(vocab) != table.shape[0]:
+        raise InputError(f"{path}: vocabulary ({len(vocab)}) and tag table "
+                         f"({table.shape[0]} rows) do not match")  # fmt: skip
+    model = build_model(config, table)
+    state = load_file(str(path / WEIGHTS_FILE), device=map_location)
+    result = model.load_state_dict(state, strict=False)
+    bad = [k for k in result.missing_keys if not _is_tag_table(k)] + list(result.unexpected_keys)
+    if bad:
+        raise InputError(f"{path / WEIGHTS_FILE} does not match its config ({bad[:3]} ...)")
+    model.vocab = vocab  # type: ignore[attr-defined]
+    model.pretrain_config = config  # type: ignore[attr-defined]
+    return model.to(map_location).eval()
+
+
+def read_model_info(path: str | Path) -> dict[str, Any]:
+    """config.json of a model directory as a dict (for `geojepa info`-style tools)."""
+    return json.loads((Path(path) / CONFIG_FILE).read_text())

@@ -1,0 +1,221 @@
+"""Lightning glue: optimiser and schedules, EMA after each optimiser step, logging, RNG state."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from geojepa.model.jepa import GeoJEPA, StepOutput, ema_momentum
+from geojepa.tokenize.tokenizer import TileTokenizer
+from geojepa.train.config import OptimConfig, PretrainConfig
+
+
+def build_model(config: PretrainConfig, tag_table: torch.Tensor) -> GeoJEPA:
+    """A fresh GeoJEPA (tokenizer included) for ``config``."""
+    tokenizer = TileTokenizer(config.tokenizer, tag_table)
+    return GeoJEPA(config.model, tokenizer, config.masking)
+
+
+def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
+    """Linear warmup over ``warmup_fraction`` of the run, then cosine down to ``min_lr``."""
+    warm = int(cfg.warmup_fraction * total)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    t = min((step - warm) / max(total - warm, 1), 1.0)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * t))
+
+
+def weight_decay_at(step: int, total: int, cfg: OptimConfig) -> float:
+    """Linear ramp from ``weight_decay[0]`` to ``weight_decay[1]`` over the run."""
+    lo, hi = cfg.weight_decay
+    return lo + (hi - lo) * min(step / max(total, 1), 1.0)
+
+
+def param_groups(model: GeoJEPA) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(decayed, not decayed) trainable parameters.
+
+    Norm weights, biases, embeddings (nn.Embedding tables, position embeddings) and learned
+    tokens (mask/unknown/missing tokens) are not decayed: decay would pull them towards zero
+    without any regularising benefit.
+    """
+    no_decay_ids: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, nn.Embedding | nn.LayerNorm):
+            no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad or name.startswith("target."):
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if (
+            p.ndim < 2
+            or id(p) in no_decay_ids
+            or "token" in leaf
+            or "embed" in leaf  # e.g. position embeddings stored as parameters
+            or leaf.startswith(("missing_", "unknown"))
+        ):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return decay, no_decay
+
+
+def effective_rank(x: torch.Tensor) -> torch.Tensor:
+    """exp(entropy of the normalised singular values) of centred rows: 1 = collapsed."""
+    x = x.float() - x.float().mean(0)
+    s = torch.linalg.svdvals(x)
+    p = s / s.sum().clamp(min=1e-12)
+    return torch.exp(-(p * torch.log(p.clamp(min=1e-12))).sum())
+
+
+class EpochLoader:
+    """Wraps the tile loader so each pass uses the trainer's current epoch (also after resume).
+
+    Lightning only calls ``set_epoch`` on samplers; the tile stream is an IterableDataset, so
+    the epoch is read lazily when iteration starts. After a mid-epoch resume the batches of that
+    epoch that were already trained on are skipped, so a resumed run sees the same data as an
+    uninterrupted one.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.module: PretrainModule | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch, skip = 0, 0
+        if self.module is not None and self.module._trainer is not None:
+            epoch = self.module.trainer.current_epoch
+            skip, self.module.resume_skip = self.module.resume_skip, 0
+        self.loader.set_epoch(epoch)
+        for i, batch in enumerate(self.loader):
+            if i >= skip:
+                yield batch
+
+
+class PretrainModule(L.LightningModule):
+    """Trains a GeoJEPA; ``total_steps`` (optimiser steps) drives every schedule."""
+
+    def __init__(self, config: PretrainConfig, model: GeoJEPA, total_steps: int) -> None:
+        super().__init__()
+        self.config = config
+        self.model = model
+        self.total_steps = max(int(total_steps), 1)
+        self.mask_generator: torch.Generator | None = None
+        self.resume_skip = 0
+        self._batches_in_epoch = 0
+
+    # --- setup -----------------------------------------------------------------------------
+    def _generator(self) -> torch.Generator:
+        if self.mask_generator is None or self.mask_generator.device != self.device:
+            g = torch.Generator(device=self.device)
+            g.manual_seed(self.config.trainer.seed * 1000 + self.global_rank)
+            self.mask_generator = g
+        return self.mask_generator
+
+    def configure_optimizers(self) -> Any:
+        cfg = self.config.optim
+        decay, no_decay = param_groups(self.model)
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay[0], "decayed": True},
+            {"params": no_decay, "weight_decay": 0.0, "decayed": False},
+        ]
+        fused = self.device.type == "cuda"
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_at(step, self.total_steps, cfg) / cfg.lr
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_epoch_start(self) -> None:
+        self._batches_in_epoch = 0
+
+    # --- step ------------------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        out: StepOutput = self.model(batch, self._generator())
+        self._batches_in_epoch = batch_idx + 1
+        bs = len(batch) if hasattr(batch, "__len__") else None
+        if self._logging_step():
+            self._log_step(out, bs)
+        return out.loss
+
+    def _logging_step(self) -> bool:
+        """True on the steps Lightning writes to the loggers (monitors sync, so only then)."""
+        connector = getattr(self.trainer, "_logger_connector", None)
+        flag = getattr(connector, "should_update_logs", None)
+        if isinstance(flag, bool):
+            return flag
+        return self.global_step % self.config.trainer.log_every_n_steps == 0
+
+    def _log_step(self, out: StepOutput, batch_size: int | None) -> None:
+        """Loss terms, schedules and collapse monitors (only on logging steps: they sync)."""
+        opt = self.optimizers()
+        lr = opt.param_groups[0]["lr"] if opt is not None else 0.0
+        terms = {
+            "train/loss": out.loss.detach(),
+            "train/pred_loss": out.pred_loss,
+            "train/reg_pred": out.reg_pred,
+            "train/reg_context": out.reg_context,
+            "train/n_targets": out.n_targets,
+        }
+        with torch.no_grad():
+            h = out.target_outputs[out.target_valid].float()
+            if h.shape[0] > 1:
+                terms["monitor/target_std"] = h.std(0).mean()
+                sample = h[torch.randperm(h.shape[0], device=h.device)[:2048]]
+                terms["monitor/effective_rank"] = effective_rank(sample)
+        self.log_dict(terms, batch_size=batch_size, sync_dist=False)
+        self.log("sched/lr", lr, batch_size=batch_size)
+        self.log("sched/ema_momentum", self._momentum(), batch_size=batch_size)
+        wd = weight_decay_at(self.global_step, self.total_steps, self.config.optim)
+        self.log("sched/weight_decay", wd, batch_size=batch_size)
+
+    def _momentum(self) -> float:
+        lo, hi = self.config.model.ema_momentum
+        return ema_momentum(self.global_step, self.total_steps, lo, hi)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure=None):
+        wd = weight_decay_at(self.global_step, self.total_steps, self.config.optim)
+        for group in optimizer.param_groups:
+            if group.get("decayed"):
+                group["weight_decay"] = wd
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.model.update_target(self._momentum())  # EMA after every optimiser step
+
+    # --- state -----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["geojepa"] = {
+            "config": self.config.model_dump(mode="json"),
+            "total_steps": self.total_steps,
+            "batches_in_epoch": self._batches_in_epoch,
+            "mask_generator": self._generator().get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("geojepa", {})
+        self.resume_skip = int(state.get("batches_in_epoch", 0))
+        self._batches_in_epoch = self.resume_skip
+        self._pending_rng = state or None  # applied in on_train_start, right before training
+
+    def on_train_start(self) -> None:
+        state = getattr(self, "_pending_rng", None)
+        if not state:
+            return
+        self._pending_rng = None
+        if "mask_generator" in state:
+            self._generator().set_state(state["mask_generator"].cpu())
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"].cpu())
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def train(self, mode: bool = True) -> PretrainModule:
+        super().train(mode)
+        self.model.train(mode)  # keeps the teacher (and any frozen backbone) in eval mode
+        return self

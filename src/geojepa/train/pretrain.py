@@ -1,0 +1,217 @@
+"""`pretrain()`: a Lightning run from a tile dataset to a model directory.
+
+The run directory holds ``checkpoints/`` (periodic + ``last.ckpt``, with ``config.json`` beside
+them), ``logs/`` (CSV and TensorBoard), ``vocab.json`` and, at the end, the model directory
+files (see `geojepa.train.export`). Re-running on the same directory resumes from
+``last.ckpt`` (model, EMA teacher, optimiser, schedules, data position and RNG).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from geojepa.data.reader import open_dataset
+from geojepa.errors import ConfigError, OutputError
+from geojepa.tokenize.loader import make_dataloader
+from geojepa.tokenize.tags import TagVocabulary, build_tag_table
+from geojepa.train.config import PretrainConfig, preset_config
+from geojepa.train.export import VOCAB_FILE, export_model
+from geojepa.train.module import EpochLoader, PretrainModule, build_model
+
+CKPT_DIR = "checkpoints"
+RUN_CONFIG = "run_config.json"
+
+
+def resolve_config(
+    preset: str = "cpu-small",
+    config: PretrainConfig | str | Path | None = None,
+    batch_size: int | None = None,
+    max_steps: int | None = None,
+    max_epochs: int | None = None,
+) -> PretrainConfig:
+    """Preset, or a config object/file, then command-line overrides."""
+    if config is None:
+        cfg = preset_config(preset)
+    elif isinstance(config, PretrainConfig):
+        cfg = config
+    else:
+        cfg = PretrainConfig.load(config)
+    trainer: dict[str, Any] = {}
+    if max_steps is not None:
+        trainer["max_steps"] = max_steps
+        if max_epochs is None:
+            trainer["max_epochs"] = None if max_steps > 0 else cfg.trainer.max_epochs
+    if max_epochs is not None:
+        trainer["max_epochs"] = max_epochs
+        if max_steps is None:
+            trainer["max_steps"] = -1
+    data = cfg.model_dump()
+    data["trainer"].update(trainer)
+    if batch_size is not None:
+        data["data"]["batch_size"] = batch_size
+    return PretrainConfig.from_dict(data)
+
+
+def _precision(cfg: PretrainConfig, accelerator: str) -> str:
+    if cfg.trainer.precision != "auto":
+        return cfg.trainer.precision
+    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def _total_steps(cfg: PretrainConfig, n_tiles: int, world: int) -> int:
+    """Optimiser steps of the whole run (drives lr, weight-decay and EMA schedules)."""
+    t = cfg.trainer
+    per_epoch = math.ceil(max(n_tiles, 1) / (cfg.data.batch_size * world))
+    per_epoch = max(per_epoch // t.accumulate_grad_batches, 1)
+    by_epochs = per_epoch * t.max_epochs if t.max_epochs else None
+    if t.max_steps > 0:
+        return t.max_steps if by_epochs is None else min(t.max_steps, by_epochs)
+    assert by_epochs is not None
+    return by_epochs
+
+
+def pretrain(
+    dataset: str | Path,
+    output: str | Path,
+    config: PretrainConfig | str | Path | None = None,
+    preset: str = "cpu-small",
+    devices: int | str = 1,
+    max_steps: int | None = None,
+    max_epochs: int | None = None,
+    batch_size: int | None = None,
+    resume: bool = True,
+    strategy: str | None = None,
+    progress: bool | None = None,
+) -> Path:
+    """Pretrain GeoJEPA on ``dataset``; write checkpoints and the model directory to ``output``.
+
+    ``devices > 1`` (or ``num_nodes > 1``) trains with DDP (gloo on CPU, NCCL on GPUs).
+    Returns ``output``, which ``GeoJEPA.from_pretrained`` accepts.
+    """
+    out = Path(output)
+    ds = open_dataset(dataset)
+    ckpt_dir = out / CKPT_DIR
+    last = ckpt_dir / "last.ckpt"
+    resuming = resume and last.exists()
+    if resuming:
+        saved = PretrainConfig.load(ckpt_dir / "config.json")
+        cfg = resolve_config(config=saved, max_steps=max_steps, max_epochs=max_epochs)
+        if config is not None or batch_size is not None:
+            wanted = resolve_config(preset, config, batch_size, max_steps, max_epochs)
+            if wanted.model_dump(exclude={"trainer"}) != cfg.model_dump(exclude={"trainer"}):
+                raise ConfigError(
+                    f"{out} holds a run with a different config: use a new output directory "
+                    "or --no-resume"
+                )
+    else:
+        cfg = resolve_config(preset, config, batch_size, max_steps, max_epochs)
+        if out.exists() and any(out.iterdir()) and not (ckpt_dir.exists() or resume is False):
+            raise OutputError(f"{out} exists and is not a geojepa run directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt_dir.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {out}: {exc}") from None
+
+    # The vocabulary is fixed at the start of a run (resume reuses it).
+    vocab_path = out / VOCAB_FILE
+    vocab = TagVocabulary.load(vocab_path) if resuming else TagVocabulary.from_dataset(ds)
+    if not resuming and _rank() == 0:
+        vocab.save(vocab_path)
+    cfg.save(ckpt_dir / "config.json") if _rank() == 0 else None
+    tag_table = build_tag_table(vocab, cfg.tokenizer.text_model, cache_dir=ds.path)
+
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    model = build_model(cfg, tag_table)
+    t = cfg.trainer
+    world = (int(devices) if str(devices).isdigit() else 1) * t.num_nodes
+    n_tiles = int(ds.manifest.get("n_tiles") or 0) or sum(
+        ds.read_tiles(s, columns=["region_id"]).num_rows for s in ds.shards
+    )
+    total = _total_steps(cfg, n_tiles, world)
+    module = PretrainModule(cfg, model, total)
+    loader = make_dataloader(
+        ds,
+        vocab,
+        cfg.tokenizer,
+        batch_size=cfg.data.batch_size,
+        shuffle=True,
+        seed=cfg.trainer.seed,
+        num_workers=cfg.data.num_workers,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        pin_memory=torch.cuda.is_available(),
+    )
+    epoch_loader = EpochLoader(loader)
+    epoch_loader.module = module
+
+    accelerator = t.accelerator
+    checkpoints = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="step={step}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=t.checkpoint_every_n_steps,
+        save_top_k=-1,
+        save_last=True,
+    )
+    if strategy is None:
+        strategy = "ddp" if world > 1 else "auto"
+    trainer = L.Trainer(
+        default_root_dir=out,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=t.num_nodes,
+        strategy=strategy,
+        precision=_precision(cfg, accelerator),
+        max_steps=t.max_steps,
+        max_epochs=t.max_epochs if t.max_epochs is not None else -1,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        log_every_n_steps=t.log_every_n_steps,
+        logger=[
+            CSVLogger(out, name="logs", version="csv"),
+            TensorBoardLogger(out, name="logs", version="tensorboard"),
+        ],
+        callbacks=[checkpoints],
+        enable_progress_bar=progress if progress is not None else _is_tty(),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # the tile stream splits shards across ranks itself
+    )
+    trainer.fit(module, train_dataloaders=epoch_loader, ckpt_path=str(last) if resuming else None)
+    trainer.save_checkpoint(last)  # the final state, also when the run ended mid-interval
+    if trainer.global_rank == 0:
+        metrics = {
+            k.split("/", 1)[1]: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith("train/") and "n_targets" not in k
+        }
+        info = {
+            "dataset": str(ds.path),
+            "name": out.name,
+            "n_tiles": n_tiles,
+            "steps": trainer.global_step,
+            "epochs": trainer.current_epoch,
+            "devices": f"{world} × {trainer.accelerator.__class__.__name__}",
+            "final_losses": metrics,
+        }
+        export_model(module.model, cfg, vocab, out, info)
+    return out
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+
+
+def _is_tty() -> bool:
+    import sys
+
+    return sys.stderr.isatty()
