@@ -139,3 +139,24 @@ def test_box_corners_order_and_min_side() -> None:
     # clockwise on screen (y down) = positive shoelace area in raw coordinates
     area = 0.5 * np.sum(c[:, 0] * np.roll(c[:, 1], -1) - np.roll(c[:, 0], -1) * c[:, 1])
     assert area > 0
+
+
+def test_stored_boxes_give_the_same_frame() -> None:
+    """The loader frames entities with the dataset's boxes; for shapes wider than MIN_BOX_SIDE
+    that is the same frame as GEOS' minimum rotated rectangle."""
+    geoms = np.array(
+        [L_SHAPE, affinity.rotate(L_SHAPE, 33), shapely.box(0.1, 0.1, 0.5, 0.3),
+         affinity.rotate(shapely.Polygon([(0, 0), (0.2, 0), (0.05, 0.1)]), 71)],
+        dtype=object,
+    )  # fmt: skip
+    o1, s1 = geometry_features(geoms)
+    o2, s2 = geometry_features(geoms, boxes=box_corners(geoms))
+    np.testing.assert_allclose(o1, o2, atol=1e-4)
+    np.testing.assert_allclose(s1, s2, atol=1e-4)
+    # a point and a straight line: only box sides differ (MIN_BOX_SIDE instead of 0)
+    line = np.array([BENT_LINE.boundary.geoms[0], shapely.LineString([(0, 0), (0.3, 0.1)])])
+    o1, s1 = geometry_features(line)
+    o2, s2 = geometry_features(line, boxes=box_corners(line))
+    np.testing.assert_allclose(o1, o2, atol=1e-4)
+    same = [i for i, n in enumerate(SCALAR_NAMES) if "side" not in n and n != "elongation"]
+    np.testing.assert_allclose(s1[:, same], s2[:, same], atol=1e-4)

@@ -82,7 +82,7 @@ def test_collation_matches_the_data(ds_path, vocab) -> None:
         boxes = np.asarray(rows.column("box").to_pylist(), dtype=np.float32)
         np.testing.assert_allclose(batch.entity_box[i, :n].numpy(), boxes)
         outline, scalars = geometry_features(
-            shapely.from_wkb(rows.column("geometry").to_numpy(zero_copy_only=False)), 8
+            shapely.from_wkb(rows.column("geometry").to_numpy(zero_copy_only=False)), 8, boxes
         )
         np.testing.assert_allclose(batch.geometry[i, :n].numpy(), outline, atol=1e-6)
         np.testing.assert_allclose(batch.geometry_scalars[i, :n].numpy(), scalars, atol=1e-6)

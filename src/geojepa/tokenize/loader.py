@@ -152,18 +152,19 @@ def tokenize_shard(
     span = (int(off[0]), int(off[-1] - off[0])) if len(off) else (0, 0)
     pos = np.arange(span[1]) - np.repeat(_offsets(n_tags), n_tags)
     sel = pos < config.max_tags
-    keys = tags.keys.slice(*span).to_numpy(zero_copy_only=False)[sel]
-    values = tags.items.slice(*span).to_numpy(zero_copy_only=False)[sel]
+    sel = pa.array(sel)
+    keys = tags.keys.slice(*span).filter(sel)
+    values = tags.items.slice(*span).filter(sel)
     tag_ids = vocab.encode(keys, values)
     tag_count = np.minimum(n_tags, config.max_tags).astype(np.int64)
 
-    geoms = shapely.from_wkb(ents.column("geometry").to_numpy(zero_copy_only=False))
-    outline, scalars = geometry_features(geoms, config.geometry_points)
     if n_ent:
         boxes = pc.list_flatten(ents.column("box").combine_chunks()).to_numpy()
         boxes = np.asarray(boxes, dtype=np.float32).reshape(n_ent, 8)
     else:
         boxes = np.zeros((0, 8), dtype=np.float32)
+    geoms = shapely.from_wkb(ents.column("geometry").to_numpy(zero_copy_only=False))
+    outline, scalars = geometry_features(geoms, config.geometry_points, boxes=boxes)
     return TileArrays(
         region_ids=region_ids,
         ent_count=counts,

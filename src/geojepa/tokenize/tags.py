@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from geojepa.errors import InputError
@@ -160,16 +160,18 @@ class TagVocabulary:
                 return i
         return UNKNOWN
 
-    def encode(self, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """Rows of many tags at once (values may hold None). Looks up each distinct tag once."""
+    def encode(self, keys: np.ndarray | pa.Array, values: np.ndarray | pa.Array) -> np.ndarray:
+        """Rows of many tags at once (values may hold None/null). Each distinct tag is looked
+        up once; the strings are joined and deduplicated in Arrow."""
         if len(keys) == 0:
             return np.zeros(0, dtype=np.int64)
-        k = pd.Series(keys, dtype=object).astype(str)
-        v = pd.Series(values, dtype=object)
-        has_value = v.notna().to_numpy()
-        # "\x1f" never occurs in OSM text; a missing value gets its own code.
-        joined = k + np.where(has_value, "\x1f" + v.fillna("").astype(str), "")
-        codes, uniques = pd.factorize(joined)
+        keys = keys if isinstance(keys, pa.Array) else pa.array(keys, type=pa.string())
+        values = values if isinstance(values, pa.Array) else pa.array(values, type=pa.string())
+        # "\x1f" never occurs in OSM text; a null value leaves the key alone.
+        joined = pc.coalesce(pc.binary_join_element_wise(keys, values, "\x1f"), keys)
+        encoded = joined.dictionary_encode()
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        uniques = encoded.dictionary.to_pylist()
         lut = np.empty(len(uniques), dtype=np.int64)
         for i, u in enumerate(uniques):
             key, sep, value = u.partition("\x1f")

@@ -121,10 +121,15 @@ class TileTokenizer(nn.Module):
 
     def tag_embedding(self, tag_ids: torch.Tensor) -> torch.Tensor:
         """[B, E, T] → [B, E, D]: layer-norm(sum of tag vectors), projected."""
-        vec = nn.functional.embedding(tag_ids, self.tag_table)
-        vec = torch.where((tag_ids == UNKNOWN)[..., None], self.unknown_tag.to(vec.dtype), vec)
-        vec = vec * (tag_ids != PAD)[..., None]
-        return self.tag_proj(self.tag_norm(vec.sum(dim=2)))
+        b, e, t = tag_ids.shape
+        # embedding_bag sums without materialising [B, E, T, D_text]; rows PAD and UNKNOWN of
+        # the frozen table are zero, and each UNKNOWN adds the learned vector instead.
+        summed = nn.functional.embedding_bag(
+            tag_ids.reshape(b * e, t), self.tag_table, mode="sum", padding_idx=PAD
+        ).view(b, e, -1)
+        n_unknown = (tag_ids == UNKNOWN).sum(dim=2, keepdim=True).to(summed.dtype)
+        summed = summed + n_unknown * self.unknown_tag.to(summed.dtype)
+        return self.tag_proj(self.tag_norm(summed))
 
     def geometry_embedding(self, geometry: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
         """[B, E, P, 2] + [B, E, S] → [B, E, D]."""
