@@ -244,6 +244,10 @@ def test_images(image_ds_path) -> None:
                 assert np.array_equal(b.image[i].permute(1, 2, 0).numpy(), hwc)
                 seen += 1
     assert seen > 0
+    # a stored image of the wrong size is a clear input error, not a crash
+    arrays = loader_mod.tokenize_shard(tiles, ds.read_entities(), vocab, cfg, seed=0)
+    with pytest.raises(InputError, match="bytes, expected"):
+        loader_mod.collate(arrays, 8)
     # without use_image the image column is not even read
     b = next(iter(make_dataloader(ds, vocab, CFG, batch_size=4, shuffle=False, seed=0)))
     assert b.image is None and not b.image_valid.any()

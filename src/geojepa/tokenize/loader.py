@@ -210,15 +210,18 @@ def collate(arrays: TileArrays, image_size: int | None) -> TileBatch:
     image = None
     if image_size is not None and has_image.any():
         npx = image_size * image_size * 3
+        have = np.flatnonzero(has_image)
+        raws = [arrays.images[i] for i in have]
+        bad = [i for i, raw in zip(have, raws, strict=True) if len(raw) != npx]
+        if bad:
+            i = bad[0]
+            raise InputError(
+                f"tile {arrays.region_ids[i]}: image has {len(arrays.images[i])} bytes, "
+                f"expected {npx} ({image_size}×{image_size}×3)"
+            )
         pixels = np.zeros((b, image_size, image_size, 3), dtype=np.uint8)
-        for i in np.flatnonzero(has_image):
-            raw = arrays.images[i]
-            if len(raw) != npx:
-                raise InputError(
-                    f"tile {arrays.region_ids[i]}: image has {len(raw)} bytes, expected "
-                    f"{npx} ({image_size}×{image_size}×3)"
-                )
-            pixels[i] = np.frombuffer(raw, dtype=np.uint8).reshape(image_size, image_size, 3)
+        shape = (len(have), image_size, image_size, 3)
+        pixels[have] = np.frombuffer(b"".join(raws), dtype=np.uint8).reshape(shape)
         image = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
 
     split = np.cumsum(counts)[:-1]

@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -198,7 +200,11 @@ def resolve_text_model(text_model: str) -> str:
 
 
 def sentence_transformer_embed(text_model: str, batch_size: int = 256) -> EmbedFn:
-    """An embed function backed by a frozen sentence-transformers model (imported lazily)."""
+    """An embed function backed by a frozen sentence-transformers model (imported lazily).
+
+    It runs on the CPU: the table is built once per (model, vocabulary) and cached, and the CPU
+    gives the same numbers on every machine and rank.
+    """
     from sentence_transformers import SentenceTransformer
 
     name = resolve_text_model(text_model)
@@ -211,7 +217,10 @@ def sentence_transformer_embed(text_model: str, batch_size: int = 256) -> EmbedF
     def embed(texts: list[str]) -> np.ndarray:
         with torch.inference_mode():
             out = model.encode(
-                texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
+                texts,
+                batch_size=batch_size,
+                convert_to_numpy=True,
+                show_progress_bar=len(texts) > 2000 and sys.stderr.isatty(),
             )
         return np.asarray(out, dtype=np.float32)
 
@@ -263,7 +272,8 @@ def build_tag_table(
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
+            # a per-process temporary name: DDP ranks may build the same table at once
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             save_file({"table": table.contiguous()}, str(tmp), metadata={"text_model": text_model})
             tmp.replace(path)
         except OSError as exc:
