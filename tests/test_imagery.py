@@ -462,6 +462,20 @@ def test_xyz_parent_is_cropped_and_upsampled_at_the_right_place(tmp_path: Path) 
     assert imagery.read_tile(Z, 2 * px + 2, 2 * py, SIZE) is None
 
 
+def test_xyz_transparent_pixels_are_invalid_and_filled_from_next_source(tmp_path: Path) -> None:
+    root = tmp_path / "xyz"
+    tile = solid((*RED, 255))
+    tile[:, :128, 3] = 0  # west half transparent
+    write_tile(root, Z, TX, TY, tile)
+    alone = open_imagery([root]).read_tile(Z, TX, TY, SIZE)
+    assert alone is not None and abs(alone.coverage - 0.5) <= 1 / SIZE
+    assert (alone.rgb[:, : SIZE // 2 - 1] == 0).all()
+    backdrop = mercator_raster(tmp_path / "b.tif", solid(BLUE, 32).transpose(2, 0, 1), (0, 0, 1, 1))
+    both = open_imagery([root, backdrop]).read_tile(Z, TX, TY, SIZE)
+    assert both is not None and both.coverage == 1.0
+    assert tuple(both.rgb[50, 5]) == BLUE and tuple(both.rgb[50, -5]) == RED
+
+
 def test_xyz_and_raster_agree_on_geometry(tmp_path: Path) -> None:
     """The same pattern as a UTM raster and as XYZ children lands on the same tile pixels."""
     squares = [(0.3, 0.6, RED)]
@@ -509,3 +523,34 @@ def test_picklable_and_reopens_in_forked_workers(tmp_path: Path) -> None:
         np.testing.assert_array_equal(rgb, expected.rgb)
     imagery.close()
     np.testing.assert_array_equal(imagery.read_tile(Z, TX, TY, SIZE).rgb, expected.rgb)
+
+
+@pytest.mark.slow
+def test_read_tile_speed(tmp_path: Path) -> None:
+    """Median time of one 224² tile; prints the figures (run with -m slow -s)."""
+    import time
+
+    utm = utm_raster_with_squares(tmp_path / "utm.tif", 0.5, [(0.5, 0.5, RED)], half=5.0)
+    root = tmp_path / "xyz"
+    write_tile(root, Z, TX, TY, solid(RED))
+    for i in range(2):
+        for j in range(2):
+            write_tile(root, Z + 1, 2 * (TX + 1) + i, 2 * TY + j, solid(BLUE))
+    cases = {
+        "UTM GeoTIFF 0.5 m, z16": (open_imagery([utm]), TX),
+        "XYZ png, same zoom": (open_imagery([root]), TX),
+        "XYZ png, 4 children": (open_imagery([root]), TX + 1),
+    }
+    for label, (imagery, x) in cases.items():
+        imagery.read_tile(Z, x, TY, SIZE)
+        wall, cpu = [], []
+        for _ in range(200):
+            t0, c0 = time.perf_counter(), time.thread_time()
+            imagery.read_tile(Z, x, TY, SIZE)
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
+        print(
+            f"{label}: wall median {np.median(wall) * 1e3:.2f} ms (min {min(wall) * 1e3:.2f}), "
+            f"cpu median {np.median(cpu) * 1e3:.2f} ms"
+        )
+        assert np.median(cpu) < 0.05

