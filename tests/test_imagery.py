@@ -197,6 +197,31 @@ def test_utm_raster_pattern_lands_on_expected_tile_pixels(tmp_path: Path, res: f
     assert np.median(rgb[..., 1]) == 40
 
 
+def test_rotated_geotransform(tmp_path: Path) -> None:
+    """A raster whose pixel grid is rotated by 30° (ModelTransformation) is sampled correctly."""
+    cx, cy = merc_of_local(Z, TX, TY, 0.5, 0.5)
+    n, res = 400, 1.6
+    transform = (
+        Affine.translation(cx, cy)
+        @ Affine.rotation(30)
+        @ Affine.scale(res, -res)
+        @ Affine.translation(-n / 2, -n / 2)
+    )
+    cols, rows = np.meshgrid(np.arange(n) + 0.5, np.arange(n) + 0.5)
+    wx = transform.a * cols + transform.b * rows + transform.c
+    wy = transform.d * cols + transform.e * rows + transform.f
+    data = np.full((3, n, n), 40, np.uint8)
+    u, v = 0.3, 0.65
+    sx, sy = merc_of_local(Z, TX, TY, u, v)
+    data[:, (np.abs(wx - sx) <= 10) & (np.abs(wy - sy) <= 10)] = 250
+    path = write_raster(tmp_path / "rot.tif", data, "EPSG:3857", transform)
+    tile = open_imagery([path]).read_tile(Z, TX, TY, SIZE)
+    assert tile is not None
+    col, row = centroid(tile.rgb[..., 0] > 145)
+    assert abs(col - u * SIZE) < 1.0 and abs(row - v * SIZE) < 1.0
+    assert abs(tile.coverage - footprint_fraction(path, Z, TX, TY)) < 0.01
+
+
 def test_zoomed_out_tile_reads_a_small_decimated_window(tmp_path: Path) -> None:
     """At z14 the raster is ~10x finer than the tile: the read must be decimated (via overviews),
     never the full-resolution window, and the pattern must still be where it belongs."""
