@@ -286,6 +286,36 @@ def test_nodata_pixels_are_black_and_excluded_from_coverage(tmp_path: Path) -> N
     assert (tile.rgb[:, SIZE // 2 + 1 :] == 200).all()
 
 
+def test_jpeg_cog_with_internal_mask_and_overviews(tmp_path: Path) -> None:
+    """The usual orthophoto COG: YCbCr JPEG tiles, an internal mask, overviews."""
+    n = 512
+    data = np.full((3, n, n), 120, np.uint8)
+    data[0] = np.linspace(0, 255, n).astype(np.uint8)  # red ramps west → east
+    left, top = merc_of_local(Z, TX, TY, 0, 0)
+    right, bottom = merc_of_local(Z, TX, TY, 1, 1)
+    path = tmp_path / "cog.tif"
+    profile = dict(
+        driver="GTiff", width=n, height=n, count=3, dtype="uint8", crs="EPSG:3857",
+        transform=from_bounds(left, bottom, right, top, n, n), compress="JPEG",
+        photometric="YCBCR", tiled=True, blockxsize=256, blockysize=256,
+    )  # fmt: skip
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as ds:
+        ds.write(data)
+        mask = np.full((n, n), 255, np.uint8)
+        mask[: n // 4] = 0  # north quarter masked
+        ds.write_mask(mask)
+        ds.build_overviews([2, 4])
+    imagery = open_imagery([path])
+    tile = imagery.read_tile(Z, TX, TY, SIZE)
+    assert tile is not None and tile.coverage == 0.75
+    assert (tile.rgb[: SIZE // 4] == 0).all()
+    red = tile.rgb[SIZE // 2, :, 0].astype(int)
+    expected = (np.arange(SIZE) + 0.5) / SIZE * 255
+    assert np.abs(red - expected).max() <= 8  # JPEG
+    parent = imagery.read_tile(Z - 2, TX >> 2, TY >> 2, SIZE)
+    assert parent is not None and abs(parent.coverage - 0.75 / 16) < 1e-3
+
+
 def test_partly_overlapping_raster_has_partial_coverage(tmp_path: Path) -> None:
     """A lon/lat raster over local x in [0.6, 1.3] (past the east edge), y in [-0.2, 1.2]."""
     west, north = merc_to_lonlat(*merc_of_local(Z, TX, TY, 0.6, -0.2))
