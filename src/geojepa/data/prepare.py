@@ -426,6 +426,12 @@ def build_shard(
         repaired = len(bad)
     alive = ~shapely.is_empty(clip)
     elem, tx, ty, clip = elem[alive], tx[alive], ty[alive], clip[alive]
+    # a one-part Multi* (pyosmium builds every area as a MultiPolygon) is stored as its part,
+    # so the type says whether the clip really has several parts
+    single = np.flatnonzero(
+        np.isin(shapely.get_type_id(clip), (4, 5, 6)) & (shapely.get_num_geometries(clip) == 1)
+    )
+    clip[single] = shapely.get_geometry(clip[single], 0)
 
     order = np.lexsort((elem, tx, ty))  # tiles row by row, elements in input order
     elem, tx, ty, clip = elem[order], tx[order], ty[order], clip[order]
