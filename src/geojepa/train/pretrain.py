@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +187,11 @@ def pretrain(
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # the tile stream splits shards across ranks itself
     )
-    trainer.fit(module, train_dataloaders=epoch_loader, ckpt_path=str(last) if resuming else None)
+    with warnings.catch_warnings():
+        # The EMA teacher is in eval mode on purpose; the run directory holds config.json.
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+        warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+        trainer.fit(module, epoch_loader, ckpt_path=str(last) if resuming else None)
     trainer.save_checkpoint(last)  # the final state, also when the run ended mid-interval
     if trainer.global_rank == 0:
         metrics = {

@@ -1,0 +1,178 @@
+"""Pretraining: config validation, optimiser groups, loss decreases, export, resume, DDP."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from geojepa.errors import ConfigError, InputError, OutputError
+from geojepa.model import GeoJEPA
+from geojepa.tokenize.synthetic import write_synthetic_dataset
+from geojepa.train import PretrainConfig, preset_config, pretrain
+from geojepa.train.config import PRESETS
+from geojepa.train.module import build_model, lr_at, param_groups, weight_decay_at
+from geojepa.train.pretrain import resolve_config
+
+
+@pytest.fixture(scope="module")
+def synthetic_ds(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ds") / "tiles"
+    return write_synthetic_dataset(
+        path, n_shards=3, tiles_per_shard=(6, 9), entities_per_tile=(2, 30), seed=0
+    )
+
+
+def _tiny(**trainer) -> PretrainConfig:
+    cfg = preset_config("cpu-small")
+    data = cfg.model_dump()
+    data["model"].update(depth=1, predictor_depth=1)
+    data["data"]["batch_size"] = 4
+    data["trainer"].update({"log_every_n_steps": 1, **trainer})
+    return PretrainConfig.from_dict(data)
+
+
+def _losses(run: Path) -> list[float]:
+    with open(run / "logs" / "csv" / "metrics.csv") as f:
+        return [float(r["train/pred_loss"]) for r in csv.DictReader(f) if r["train/pred_loss"]]
+
+
+def test_presets_and_bad_configs(tmp_path: Path) -> None:
+    for name in PRESETS:
+        cfg = preset_config(name)
+        assert cfg.model.width == cfg.tokenizer.width
+    gti = preset_config("paper-gti")
+    assert gti.tokenizer.use_image and gti.tokenizer.n_image_tokens == 197
+    assert gti.model.depth == 12 and gti.model.predictor_width == 256
+    with pytest.raises(ConfigError, match="unknown preset 'paper-x'"):
+        preset_config("paper-x")
+    with pytest.raises(ConfigError, match=r"must equal tokenizer\.width"):
+        PretrainConfig.from_dict({"model": {"width": 64}})
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"optim": {"lrr": 0.1}}))
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim\.lrr'"):
+        resolve_config(config=bad)
+    with pytest.raises(ConfigError, match="min_lr"):
+        PretrainConfig.from_dict({"optim": {"lr": 1e-4, "min_lr": 1e-3}})
+    with pytest.raises(ConfigError, match="batch_size"):
+        resolve_config(batch_size=0)
+    cfg = resolve_config("cpu-small", max_epochs=3)
+    assert cfg.trainer.max_epochs == 3 and cfg.trainer.max_steps == -1
+
+
+def test_schedules() -> None:
+    o = preset_config("cpu-small").optim
+    lrs = [lr_at(s, 100, o) for s in range(101)]
+    assert lrs[0] < lrs[9] == pytest.approx(o.lr)  # warmup over 10% of the run
+    assert lrs[100] == pytest.approx(o.min_lr)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))  # cosine decreases
+    assert weight_decay_at(0, 100, o) == pytest.approx(0.04)
+    assert weight_decay_at(100, 100, o) == pytest.approx(0.4)
+
+
+def test_no_decay_on_norms_biases_embeddings_tokens() -> None:
+    cfg = preset_config("cpu-small")
+    table = torch.randn(12, 8)
+    model = build_model(cfg, table)
+    decay, no_decay = param_groups(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay}
+    assert all(p.ndim >= 2 for p in decay)
+    leaves = {n.rsplit(".", 1)[-1] for n in decayed}
+    assert leaves <= {"weight"}  # no biases, tokens or other vectors
+    assert not any("norm" in n or ".modality." in n for n in decayed)
+    assert "prior.modality.weight" in {names[id(p)] for p in no_decay}
+    assert "encoder.blocks.0.qkv.weight" in decayed
+    # teacher and frozen tables are never optimised
+    ids = {id(p) for p in decay + no_decay}
+    assert not any(id(p) in ids for p in model.target.parameters())
+    assert "tokenizer.tag_table" in dict(model.named_buffers())
+
+
+def test_pretrain_learns_and_exports(synthetic_ds: Path, tmp_path: Path) -> None:
+    run = pretrain(synthetic_ds, tmp_path / "run", config=_tiny(max_steps=40), progress=False)
+    losses = _losses(run)
+    assert len(losses) >= 30
+    assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5, losses
+    for name in ("config.json", "model.safetensors", "tag_table.safetensors", "vocab.json"):
+        assert (run / name).exists()
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert (run / "checkpoints" / "config.json").exists()
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "optimiser steps | 40" in card and "pred_loss" in card
+    assert any((run / "logs" / "tensorboard").iterdir())
+    # no pickle in the model directory: safetensors + JSON only
+    model = GeoJEPA.from_pretrained(run)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items()}
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, state[k])
+    assert not model.training and not model.target.training
+
+    # incomplete / newer-format directories are refused clearly
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    (broken / "vocab.json").unlink()
+    with pytest.raises(InputError, match=r"missing: vocab\.json"):
+        GeoJEPA.from_pretrained(broken)
+    newer = tmp_path / "newer"
+    shutil.copytree(run, newer)
+    weights = load_file(str(newer / "model.safetensors"))
+    save_file(weights, str(newer / "model.safetensors"), metadata={"format_version": "99"})
+    with pytest.raises(InputError, match="newer geojepa"):
+        GeoJEPA.from_pretrained(newer)
+
+
+def test_resume_equals_uninterrupted(synthetic_ds: Path, tmp_path: Path) -> None:
+    # ~22 tiles / batch 4 = 6 batches per epoch: step 4 is mid-epoch, step 9 is in epoch 2
+    cfg = _tiny(max_steps=9, checkpoint_every_n_steps=4)
+    full = pretrain(synthetic_ds, tmp_path / "full", config=cfg, progress=False)
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copy(full / "vocab.json", part / "vocab.json")
+    shutil.copy(full / "checkpoints" / "config.json", part / "checkpoints" / "config.json")
+    shutil.copy(full / "checkpoints" / "step=4.ckpt", part / "checkpoints" / "last.ckpt")
+    resumed = pretrain(synthetic_ds, part, progress=False)
+    a = load_file(str(full / "model.safetensors"))
+    b = load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
+    ca = torch.load(full / "checkpoints" / "last.ckpt", weights_only=False)
+    cb = torch.load(part / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ca["global_step"] == cb["global_step"] == 9
+
+
+def test_output_that_is_not_a_run_is_refused(synthetic_ds: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not a geojepa run directory"):
+        pretrain(synthetic_ds, other, config=_tiny(max_steps=1), progress=False)
+    with pytest.raises(InputError):
+        pretrain(tmp_path / "missing", tmp_path / "run", config=_tiny(max_steps=1))
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(synthetic_ds: Path, tmp_path: Path) -> None:
+    """`geojepa pretrain --devices 2` on CPU: Lightning DDP with gloo, 2 processes."""
+    cfg_file = tmp_path / "cfg.json"
+    _tiny(max_steps=4, accelerator="cpu").save(cfg_file)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "geojepa.cli", "pretrain", str(synthetic_ds), "-o",
+           str(tmp_path / "ddp"), "--config", str(cfg_file), "--devices", "2"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = GeoJEPA.from_pretrained(tmp_path / "ddp")
+    assert isinstance(model, GeoJEPA)
+    ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 4
