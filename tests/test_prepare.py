@@ -423,7 +423,7 @@ def test_killed_subprocess_resumes(helsinki_pbf: Path, tmp_path: Path) -> None:
             os.kill(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.005)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL, "the run was killed midway"
     assert main(["prepare", str(helsinki_pbf), "-o", str(out), "--shard-levels", "0", "-q"]) == 0
     ref = tmp_path / "ref"
     assert main(["prepare", str(helsinki_pbf), "-o", str(ref), "--shard-levels", "0", "-q"]) == 0
