@@ -457,6 +457,15 @@ def test_input_errors(tmp_path: Path) -> None:
     assert "\n" not in message
 
 
+def test_truncated_raster_is_a_one_line_input_error(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).integers(0, 255, (3, 448, 448), dtype=np.uint8)
+    path = mercator_raster(tmp_path / "cut.tif", data, (0, 0, 1, 1))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(InputError, match="cannot read raster") as info:
+        open_imagery([path]).read_tile(Z, TX, TY, SIZE)
+    assert "\n" not in str(info.value) and "previous exception" not in str(info.value)
+
+
 def test_corrupt_xyz_tile_is_an_input_error(tmp_path: Path) -> None:
     path = tmp_path / "xyz" / str(Z) / str(TX) / f"{TY}.png"
     path.parent.mkdir(parents=True)

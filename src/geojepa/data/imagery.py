@@ -199,22 +199,31 @@ class RasterImagery(Imagery):
     ) -> None:
         self.path = Path(path)
         with _open_raster(self.path) as ds:
-            if ds.crs is None:
-                raise InputError(
-                    f"{self.path}: raster has no CRS (georeference it first, e.g. with "
-                    "gdal_translate -a_srs/-a_ullr or gdalwarp)"
-                )
-            if ds.transform.is_identity:
-                raise InputError(f"{self.path}: raster has a CRS but no geotransform")
-            self.crs_wkt: str = ds.crs.to_wkt()
-            self.bands = _choose_bands(ds, bands, self.path)
-            self.palette = _palette(ds, self.bands)
-            self.dtype = np.dtype(ds.dtypes[self.bands[0] - 1])
-            self.stretch = self._stretch(ds, value_range)
-            self._set_bounds(*_footprint_lonlat(ds))
+            try:
+                self._inspect(ds, bands, value_range)
+            except RasterioError as exc:
+                raise InputError(f"{self.path}: cannot read raster ({_one_line(exc)})") from None
         self._ds: Any = None
         self._pid: int | None = None
         self._to_src: Transformer | None = None
+
+    def _inspect(
+        self, ds: Any, bands: Sequence[int] | None, value_range: tuple[float, float] | None
+    ) -> None:
+        """Check georeferencing, choose bands, decide the value rule, compute the bounds."""
+        if ds.crs is None:
+            raise InputError(
+                f"{self.path}: raster has no CRS (georeference it first, e.g. with "
+                "gdal_translate -a_srs/-a_ullr or gdalwarp)"
+            )
+        if ds.transform.is_identity:
+            raise InputError(f"{self.path}: raster has a CRS but no geotransform")
+        self.crs_wkt: str = ds.crs.to_wkt()
+        self.bands = _choose_bands(ds, bands, self.path)
+        self.palette = _palette(ds, self.bands)
+        self.dtype = np.dtype(ds.dtypes[self.bands[0] - 1])
+        self.stretch = self._stretch(ds, value_range)
+        self._set_bounds(*_footprint_lonlat(ds))
 
     def __repr__(self) -> str:
         return f"RasterImagery({str(self.path)!r}, bands={self.bands})"
@@ -388,10 +397,11 @@ class XYZImagery(Imagery):
     def _read_layer(self, z: int, x: int, y: int, size: int) -> Layer | None:
         rgb = np.zeros((size, size, 3), np.uint8)
         valid = np.zeros((size, size), bool)
-        attempts = [(z, 0)]
-        attempts += [(z + d, d) for d in range(1, MAX_CHILD_LEVELS + 1) if z + d in self.levels]
-        attempts += [(z - d, -d) for d in range(1, MAX_PARENT_LEVELS + 1) if z - d in self.levels]
-        for _, depth in attempts:
+        # this zoom, then finer levels (more detail), then coarser ones; > 0 = children
+        depths = [0]
+        depths += [d for d in range(1, MAX_CHILD_LEVELS + 1) if z + d in self.levels]
+        depths += [-d for d in range(1, MAX_PARENT_LEVELS + 1) if z - d in self.levels]
+        for depth in depths:
             if depth >= 0:
                 layer = self._from_children(z, x, y, depth, size)
             else:
@@ -538,6 +548,9 @@ def _clamp(values: np.ndarray, high: float) -> np.ndarray:
 
 
 def _one_line(exc: BaseException) -> str:
+    """First line of the most specific message (GDAL's own reason is often the cause)."""
+    while exc.__cause__ is not None and str(exc.__cause__).strip():
+        exc = exc.__cause__
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
