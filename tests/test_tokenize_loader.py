@@ -261,3 +261,46 @@ def test_batch_to_and_errors(ds_path, vocab, tmp_path) -> None:
         make_dataloader(tmp_path, vocab, CFG, batch_size=2, shuffle=False, seed=0)
     with pytest.raises(ConfigError):
         make_dataloader(ds_path, vocab, CFG, batch_size=0, shuffle=False, seed=0)
+
+
+def _batches_equal(a: list[TileBatch], b: list[TileBatch]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.region_ids == y.region_ids and x.feature_ids == y.feature_ids
+        for name in ("entity_valid", "tag_ids", "geometry", "geometry_scalars", "entity_box"):
+            assert torch.equal(getattr(x, name), getattr(y, name)), name
+        assert torch.equal(x.image_valid, y.image_valid)
+        assert (x.image is None) == (y.image is None)
+        if x.image is not None:
+            assert torch.equal(x.image, y.image)
+
+
+def test_token_cache(tmp_path, monkeypatch) -> None:
+    path = write_synthetic_dataset(tmp_path / "ds", n_shards=3, image_size=16, seed=9)
+    ds = open_dataset(path)
+    vocab = TagVocabulary.from_dataset(ds)
+    cfg = CFG.replace(use_image=True, image_size=16, patch_size=8)
+
+    def run(**kw) -> list[TileBatch]:
+        return list(make_dataloader(ds, vocab, cfg, batch_size=4, shuffle=True, seed=0, **kw))
+
+    first = run()
+    files = sorted((path / "cache").glob("tokens-*/shard-*.npz"))
+    assert len(files) == len(ds.shards)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("tokenize_shard called despite the cache")
+
+    monkeypatch.setattr(loader_mod, "tokenize_shard", fail)
+    _batches_equal(first, run())  # served from the cache, images re-read: identical
+    with pytest.raises(AssertionError, match="despite the cache"):
+        run(cache=False)
+    with pytest.raises(AssertionError, match="despite the cache"):
+        run(entity_transform=drop_points_and_highway)  # transforms are never cached
+    monkeypatch.undo()
+    # another config (e.g. more outline points) is another cache entry
+    list(make_dataloader(ds, vocab, CFG.replace(geometry_points=4), 4, shuffle=False, seed=0))
+    assert len(list((path / "cache").glob("tokens-*"))) == 2
+    # a corrupt cache file is ignored (rebuilt), not fatal
+    files[0].write_bytes(b"garbage")
+    _batches_equal(first, run())

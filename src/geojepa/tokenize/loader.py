@@ -26,6 +26,11 @@ exactly once but batches of different workers interleave.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
@@ -47,6 +52,8 @@ from geojepa.tokenize.batch import TileBatch
 from geojepa.tokenize.geometry import N_SCALARS, geometry_features
 from geojepa.tokenize.tags import TagVocabulary
 from geojepa.tokenize.tokenizer import TokenizerConfig
+
+log = logging.getLogger(__name__)
 
 EntityTransform = Callable[[pa.Table], pa.Table]
 
@@ -105,6 +112,54 @@ class TileArrays:
             return parts[0]
         names = [f.name for f in fields(parts[0])]
         return TileArrays(**{n: np.concatenate([getattr(p, n) for p in parts]) for n in names})
+
+
+_CACHE_FORMAT = 1
+_NUMERIC = ("ent_count", "tag_count", "tag_ids", "geometry", "scalars", "boxes")
+
+
+def token_cache_dir(
+    ds: TileDataset, vocab: TagVocabulary, config: TokenizerConfig, seed: int
+) -> Path:
+    """Where tokenised shards of this (dataset build, vocabulary, config, seed) are cached."""
+    key = json.dumps(
+        {
+            "format": _CACHE_FORMAT,
+            "manifest": ds.manifest,
+            "vocab": vocab.digest,
+            "points": config.geometry_points,
+            "max_entities": config.max_entities,
+            "max_tags": config.max_tags,
+            "seed": seed,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return ds.path / "cache" / f"tokens-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _write_cache(arrays: TileArrays, path: Path) -> None:
+    """Everything but the images (read from the tiles file each time), without pickles."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(
+        tmp,
+        region_ids=np.asarray(arrays.region_ids, dtype=str),
+        feature_ids=np.asarray(arrays.feature_ids, dtype=str),
+        **{k: getattr(arrays, k) for k in _NUMERIC},
+    )
+    tmp.replace(path)
+
+
+def _read_cache(path: Path) -> TileArrays:
+    with np.load(path, allow_pickle=False) as z:
+        data = {k: z[k] for k in _NUMERIC}
+        region_ids = z["region_ids"].astype(object)
+        feature_ids = z["feature_ids"].astype(object)
+    if len(feature_ids) == 0:
+        feature_ids = np.zeros(0, dtype=object)
+    images = np.full(len(region_ids), None, dtype=object)
+    return TileArrays(region_ids=region_ids, images=images, feature_ids=feature_ids, **data)
 
 
 def tokenize_shard(
@@ -227,7 +282,7 @@ def collate(arrays: TileArrays, image_size: int | None) -> TileBatch:
     split = np.cumsum(counts)[:-1]
     return TileBatch(
         region_ids=[str(r) for r in arrays.region_ids],
-        feature_ids=[list(f) for f in np.split(arrays.feature_ids, split)],
+        feature_ids=[f.tolist() for f in np.split(arrays.feature_ids, split)],
         entity_valid=torch.from_numpy(valid),
         tag_ids=torch.from_numpy(tag_ids),
         geometry=torch.from_numpy(geometry),
@@ -294,6 +349,7 @@ class TileStream(IterableDataset):
         drop_last: bool = False,
         shuffle_buffer: int = 1024,
         even_ranks: bool = True,
+        cache: bool = True,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -308,6 +364,12 @@ class TileStream(IterableDataset):
         self.drop_last = drop_last
         self.shuffle_buffer = max(shuffle_buffer, batch_size) if shuffle else batch_size
         self.even_ranks = even_ranks
+        # An entity_transform may do anything, so its output is never cached.
+        self.cache_dir = (
+            token_cache_dir(dataset, vocab, config, seed)
+            if cache and entity_transform is None
+            else None
+        )
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -320,12 +382,33 @@ class TileStream(IterableDataset):
 
     def _load(self, shard: int) -> TileArrays:
         ds = self.dataset
-        columns = ["region_id"] + (["image"] if self.config.use_image else [])
+        use_image = self.config.use_image
+        path = None if self.cache_dir is None else self.cache_dir / f"shard-{shard:05d}.npz"
+        if path is not None and path.is_file():
+            try:
+                arrays = _read_cache(path)
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+                log.warning("ignoring unreadable token cache %s: %s", path, exc)
+            else:
+                if use_image:
+                    images = ds.read_tiles(shard, columns=["image"]).column("image").to_pylist()
+                    if len(images) != len(arrays):
+                        raise InputError(f"{path}: stale token cache (delete {path.parent})")
+                    arrays.images[:] = images
+                return arrays
+        columns = ["region_id"] + (["image"] if use_image else [])
         tiles = ds.read_tiles(shard, columns=columns)
         entities = ds.read_entities(shard)
         if self.entity_transform is not None:
             entities = self.entity_transform(entities)
-        return tokenize_shard(tiles, entities, self.vocab, self.config, self.seed)
+        arrays = tokenize_shard(tiles, entities, self.vocab, self.config, self.seed)
+        if path is not None:
+            try:
+                _write_cache(arrays, path)
+            except OSError as exc:
+                log.warning("cannot write the token cache in %s (%s); not caching", path, exc)
+                self.cache_dir = None
+        return arrays
 
     def __iter__(self) -> Iterator[TileBatch]:
         rank, world = _dist_info()
@@ -411,11 +494,15 @@ def make_dataloader(
     shuffle_buffer: int = 1024,
     even_ranks: bool = True,
     pin_memory: bool = False,
+    cache: bool = True,
 ) -> TileLoader:
     """A streaming DataLoader of `TileBatch` (see the module docstring for the guarantees).
 
     ``entity_transform`` must be a picklable module-level callable when ``num_workers > 0``.
     ``even_ranks=False`` keeps every tile under DDP (ranks may then yield different counts).
+    ``cache``: keep tokenised shards (all but images) under ``DATASET/cache/tokens-<key>/``
+    so later epochs skip parsing geometry and tags; off with an ``entity_transform``, and
+    silently off when the dataset directory is not writable.
     """
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
     if num_workers < 0:
@@ -431,5 +518,6 @@ def make_dataloader(
         drop_last=drop_last,
         shuffle_buffer=shuffle_buffer,
         even_ranks=even_ranks,
+        cache=cache,
     )
     return TileLoader(stream, num_workers=num_workers, pin_memory=pin_memory)
