@@ -577,6 +577,10 @@ def test_bad_inputs_fail_cleanly(
     nocrs = tmp_path / "nocrs.tif"
     _write_geotiff(nocrs, None, (24.9, 60.1, 25.0, 60.2))
     _bad(["prepare", src, "--imagery", str(nocrs)], out, capsys, "crs")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["prepare", str(trunc), "-o", str(empty), "-q"]) == 2
+    assert list(empty.iterdir()) == [], "an existing empty output is left empty"
     assert main(["info", str(tmp_path / "nope")]) == 2
     assert "not found" in capsys.readouterr().err
 

@@ -623,6 +623,17 @@ def _prepare_output(output: Path, config: PrepareConfig, overwrite: bool) -> tup
     return False, True
 
 
+def _discard(output: Path, created: bool) -> None:
+    """Remove what a failed fresh build wrote (the directory too if this run created it)."""
+    if created:
+        shutil.rmtree(output, ignore_errors=True)
+        return
+    for name in (WORK_DIR, schema.SHARD_DIR):
+        shutil.rmtree(output / name, ignore_errors=True)
+    for name in (schema.CONFIG_FILE, schema.MANIFEST_FILE, schema.VOCAB_FILE):
+        (output / name).unlink(missing_ok=True)
+
+
 def _check_same_source(output: Path, source_id: dict) -> None:
     recorded = output / WORK_DIR / "source.json"
     manifest = output / schema.MANIFEST_FILE
@@ -860,8 +871,8 @@ def prepare_tiles(
         if executor is not None and not isinstance(executor, _Inline):
             executor.shutdown(wait=True, cancel_futures=True)
             executor = None
-        if created and shards_written == 0 and not resuming:
-            shutil.rmtree(output, ignore_errors=True)
+        if shards_written == 0 and not resuming:
+            _discard(output, created)
         else:
             shutil.rmtree(work, ignore_errors=True)
         raise
@@ -873,8 +884,7 @@ def prepare_tiles(
     stats, vocab = _merge_summaries(summaries)
     nonempty = stats.pop("shards")
     if stats["n_tiles"] == 0:
-        if created:
-            shutil.rmtree(output, ignore_errors=True)
+        _discard(output, created)
         raise InputError(f"no entities fall inside any tile of {source}: nothing to prepare")
     manifest = {
         "format_version": schema.FORMAT_VERSION,
