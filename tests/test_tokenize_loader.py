@@ -304,3 +304,14 @@ def test_token_cache(tmp_path, monkeypatch) -> None:
     # a corrupt cache file is ignored (rebuilt), not fatal
     files[0].write_bytes(b"garbage")
     _batches_equal(first, run())
+
+
+def test_shard_without_entities(ds_path, vocab) -> None:
+    ds = open_dataset(ds_path)
+    tiles = ds.read_tiles(ds.shards[0], columns=["region_id"])
+    empty = ds.read_entities(ds.shards[0]).slice(0, 0)
+    arrays = loader_mod.tokenize_shard(tiles, empty, vocab, CFG, seed=0)
+    batch = loader_mod.collate(arrays, None)
+    assert batch.region_ids == tiles.column("region_id").to_pylist()
+    assert batch.entity_valid.shape == (tiles.num_rows, 1) and not batch.entity_valid.any()
+    assert batch.feature_ids == [[] for _ in range(tiles.num_rows)]

@@ -64,12 +64,16 @@ def _ragged(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     total = int(counts.sum())
     if total == 0:
         return np.zeros(0, dtype=np.int64)
-    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    return np.repeat(np.asarray(starts, dtype=np.int64) - first, counts) + np.arange(total)
+    return np.repeat(np.asarray(starts, dtype=np.int64) - _offsets(counts), counts) + np.arange(
+        total
+    )
 
 
 def _offsets(counts: np.ndarray) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    """Start of each run given run lengths (exclusive cumulative sum)."""
+    out = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=out[1:])
+    return out
 
 
 @dataclass
