@@ -163,7 +163,11 @@ class GeoJEPA(nn.Module):
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
         """target ← momentum · target + (1 − momentum) · online, for every learned tensor."""
-        src, dst = self._pair_ema_tensors()  # re-paired each call: survives .to() and DDP
+        # .to(), load_state_dict and DDP keep parameter identity, so the pairing is cached.
+        pairs = self.__dict__.get("_ema_cache")
+        if pairs is None:
+            pairs = self.__dict__["_ema_cache"] = self._pair_ema_tensors()
+        src, dst = pairs
         torch._foreach_mul_(dst, momentum)
         torch._foreach_add_(dst, src, alpha=1.0 - momentum)
 

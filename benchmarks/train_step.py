@@ -1,0 +1,234 @@
+"""Training-step throughput of GeoJEPA on synthetic tokens, against a naive baseline.
+
+Measures full training steps (tokenizer stand-in, masking, target encoder, context encoder,
+predictor, loss, backward, AdamW step, EMA update) in tiles/s, tokens/s and peak memory:
+
+- ``ours``: `GeoJEPA` as trained by `geojepa pretrain` — key-padding masks, all K targets in one
+  predictor call, no host syncs in the step except the two mask sizes;
+- ``naive``: the published design on the same modules and the same data — the predictor called
+  once per target in a Python loop, no key-padding masks (padding is attended), and a ``.item()``
+  host sync per loss term per step (as the published logging does).
+
+Both run in the same process on the same batches, so the speed-up is a ratio from one run.
+
+Settings: ``gti`` = the paper's GTI setting (batch 48, width 384, 12 layers, 8 heads, predictor
+256×4, 4 targets, 10–300 entity tokens + 197 image tokens per tile); ``gti-b4`` = the same with
+batch 4 (for CPUs); ``cpu-small`` = the cpu-small preset's model (batch 16, 10–128 entities, no
+image). Examples::
+
+    python benchmarks/train_step.py --device cpu --settings cpu-small gti-b4
+    python benchmarks/train_step.py --device cuda --settings gti cpu-small
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geojepa.model import GeoJEPA, MaskingConfig, ModelConfig
+from geojepa.model.jepa import StepOutput, _gather, masked_vicreg
+from geojepa.model.masking import Masks
+from geojepa.train.config import preset_config
+
+SETTINGS = {
+    "gti": dict(batch=48, width=384, depth=12, heads=8, pred=256, pred_depth=4, ent=(10, 300),
+                image_tokens=197),
+    "gti-b4": dict(batch=4, width=384, depth=12, heads=8, pred=256, pred_depth=4, ent=(10, 300),
+                   image_tokens=197),
+    "cpu-small": dict(batch=16, width=64, depth=2, heads=4, pred=32, pred_depth=2, ent=(10, 128),
+                      image_tokens=0),
+}  # fmt: skip
+
+
+@dataclass
+class SynthTokens:
+    tokens: torch.Tensor
+    boxes: torch.Tensor
+    modality: torch.Tensor
+    valid: torch.Tensor
+    n_entity_slots: int
+
+
+class SynthTokenizer(nn.Module):
+    """Stand-in tokenizer: a learned linear map of precomputed content vectors."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, b: dict) -> SynthTokens:
+        x = self.proj(b["content"]) * b["valid"][..., None]
+        return SynthTokens(x, b["boxes"], b["modality"], b["valid"], b["n_entity_slots"])
+
+
+def make_batch(s: dict, seed: int, device: torch.device) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    b, d = s["batch"], s["width"]
+    n_ent = torch.randint(s["ent"][0], s["ent"][1] + 1, (b,), generator=g)
+    e = int(n_ent.max())
+    n_img = s["image_tokens"]
+    length = e + n_img
+    ent_valid = torch.arange(e)[None] < n_ent[:, None]
+    valid = torch.cat([ent_valid, torch.ones(b, n_img, dtype=torch.bool)], 1)
+    centre = torch.rand(b, length, 1, 2, generator=g)
+    half = torch.rand(b, length, 1, 2, generator=g) * 0.05
+    corners = torch.tensor([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=torch.float32)
+    boxes = (centre + half * corners).clamp(0, 1).reshape(b, length, 8) * valid[..., None]
+    modality = torch.zeros(b, length, dtype=torch.long)
+    if n_img:
+        modality[:, e] = 2
+        modality[:, e + 1 :] = 1
+    batch = {
+        "content": torch.randn(b, length, d, generator=g) * valid[..., None],
+        "boxes": boxes,
+        "modality": modality,
+        "valid": valid,
+    }
+    out = {k: v.to(device) for k, v in batch.items()}
+    out["n_entity_slots"] = e
+    return out
+
+
+class NaiveGeoJEPA(GeoJEPA):
+    """The published design on our modules: per-target predictor loop, no padding masks."""
+
+    def loss_from_tokens(self, tok, h: torch.Tensor, masks: Masks) -> StepOutput:
+        k = masks.target_index.shape[1]
+        prior = self.prior(tok.boxes, tok.modality).to(tok.tokens.dtype)
+        x = tok.tokens + prior
+        ctx_x = _gather(x, masks.context_index)
+        everything = torch.ones_like(masks.context_valid)  # no key-padding mask
+        z = self.encoder(ctx_x, everything)
+        ctx_in = z + _gather(prior, masks.context_index)
+        losses, regs = [], []
+        for i in range(k):  # one predictor call per target
+            idx = masks.target_index[:, i]
+            t_valid = torch.ones_like(masks.target_valid[:, i])
+            pred = self.predictor(ctx_in, everything, _gather(prior, idx), t_valid)
+            target = _gather(h, idx)
+            with torch.autocast(device_type=pred.device.type, enabled=False):
+                losses.append(F.smooth_l1_loss(pred.float(), target, beta=1.0))
+                regs.append(masked_vicreg(pred, t_valid))
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            pred_loss = torch.stack(losses).mean()
+            reg_pred = torch.stack(regs).mean()
+            reg_ctx = masked_vicreg(z, everything)
+            loss = pred_loss + self.config.reg_weight * (reg_pred + reg_ctx)
+        for t in (pred_loss, reg_pred, reg_ctx):  # per-step logging with host syncs
+            t.item()
+        return StepOutput(loss, pred_loss.detach(), reg_pred.detach(), reg_ctx.detach(),
+                          masks.target_valid.sum(), h, tok.valid)  # fmt: skip
+
+
+def build(s: dict, naive: bool, device: torch.device) -> GeoJEPA:
+    cfg = ModelConfig(
+        width=s["width"], depth=s["depth"], heads=s["heads"], predictor_width=s["pred"],
+        predictor_depth=s["pred_depth"], predictor_heads=s["heads"],
+    )  # fmt: skip
+    masking = MaskingConfig() if s["image_tokens"] else preset_config("cpu-small").masking
+    torch.manual_seed(0)
+    cls = NaiveGeoJEPA if naive else GeoJEPA
+    return cls(cfg, SynthTokenizer(s["width"]), masking).to(device).train()
+
+
+def run(s: dict, naive: bool, device: torch.device, steps: int, warmup: int) -> dict:
+    model = build(s, naive, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), fused=device.type == "cuda")
+    batches = [make_batch(s, seed, device) for seed in range(4)]
+    gen = torch.Generator(device=device).manual_seed(0)
+    amp = device.type == "cuda"
+    n_tokens = sum(int(b["valid"].sum()) for b in batches) / len(batches)
+
+    def step(batch: dict) -> None:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(batch, gen)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0, foreach=True)
+        opt.step()
+        model.update_target(0.996)
+
+    for i in range(warmup):
+        step(batches[i % len(batches)])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(batches[i % len(batches)])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt_s = (time.perf_counter() - t0) / steps
+    result = {
+        "s_per_step": dt_s,
+        "tiles_per_s": s["batch"] / dt_s,
+        "tokens_per_s": n_tokens / dt_s,
+        "mean_real_tokens_per_batch": n_tokens,
+    }
+    if device.type == "cuda":
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    else:  # process-wide high-water mark (includes earlier settings)
+        result["process_max_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return result
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--settings", nargs="+", default=["cpu-small", "gti-b4"], choices=SETTINGS)
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default: per device)")
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
+    ap.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    steps = args.steps or (30 if device.type == "cuda" else 5)
+    warmup = args.warmup if args.warmup is not None else (5 if device.type == "cuda" else 1)
+    report = {"machine": machine_info(device), "steps": steps, "warmup": warmup, "results": {}}
+    for name in args.settings:
+        s = SETTINGS[name]
+        entry: dict = {"setting": s}
+        entry["ours"] = run(s, False, device, steps, warmup)
+        if not args.no_naive:
+            entry["naive"] = run(s, True, device, steps, warmup)
+            entry["speedup"] = entry["naive"]["s_per_step"] / entry["ours"]["s_per_step"]
+        report["results"][name] = entry
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        print(json.dumps({name: entry}, indent=2), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
