@@ -160,3 +160,15 @@ def test_stored_boxes_give_the_same_frame() -> None:
     np.testing.assert_allclose(o1, o2, atol=1e-4)
     same = [i for i, n in enumerate(SCALAR_NAMES) if "side" not in n and n != "elongation"]
     np.testing.assert_allclose(s1[:, same], s2[:, same], atol=1e-4)
+
+
+def test_nested_collection_parts_are_not_glued() -> None:
+    mp = shapely.MultiPolygon([shapely.box(0, 0, 0.1, 0.1), shapely.box(0.5, 0.5, 0.6, 0.6)])
+    gc = shapely.GeometryCollection([mp, shapely.LineString([(0.8, 0.0), (0.8, 0.3)])])
+    pts, counts, _ = _resample(np.array([shapely.Point(1, 1), gc, L_SHAPE]), 64)
+    assert counts.tolist() == [1, 12, 7]
+    assert (
+        shapely.distance(shapely.points(pts[1]), shapely.union(mp.boundary, gc.geoms[1])).max()
+        < 1e-9
+    )
+    assert shapely.distance(shapely.points(pts[2]), L_SHAPE.boundary).max() < 1e-9

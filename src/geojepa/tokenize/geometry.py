@@ -85,6 +85,12 @@ def _resample(geoms: np.ndarray, n_points: int) -> tuple[np.ndarray, np.ndarray,
     """Points [N, P, 2] at equal arc length along each entity's path; vertex and hole counts."""
     n = len(geoms)
     parts, part_entity = shapely.get_parts(geoms, return_index=True)
+    while (nested := shapely.get_type_id(parts) >= 4).any():  # collections of multi-parts
+        sub, sub_idx = shapely.get_parts(parts[nested], return_index=True)
+        owner = part_entity[nested][sub_idx]
+        order = np.argsort(np.concatenate([part_entity[~nested], owner]), kind="stable")
+        parts = np.concatenate([parts[~nested], sub])[order]
+        part_entity = np.concatenate([part_entity[~nested], owner])[order]
     ptype = shapely.get_type_id(parts)
     is_poly = ptype == 3
     holes = np.bincount(

@@ -118,7 +118,7 @@ class TileArrays:
         return TileArrays(**{n: np.concatenate([getattr(p, n) for p in parts]) for n in names})
 
 
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # bump when tokenize_shard or geometry_features change their output
 _NUMERIC = ("ent_count", "tag_count", "tag_ids", "geometry", "scalars", "boxes")
 
 
