@@ -355,7 +355,7 @@ def _shard_tables(path: Path) -> dict[str, pa.Table]:
 def test_resume_after_interrupted_run_equals_uninterrupted(
     helsinki_pbf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = PrepareConfig(shard_levels=1)
+    cfg = PrepareConfig(shard_levels=1, min_shard_elements=1)
     full = prepare_tiles(helsinki_pbf, tmp_path / "full", cfg.replace(workers=2), progress=False)
     assert len(full.shards) >= 4
 
@@ -415,7 +415,7 @@ def test_killed_subprocess_resumes(helsinki_pbf: Path, tmp_path: Path) -> None:
     """A real SIGKILL midway (slow: several interpreter starts)."""
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "geojepa.cli", "prepare", str(helsinki_pbf), "-o", str(out)]
-    cmd += ["--shard-levels", "0", "--workers", "1", "-q"]
+    cmd += ["--shard-levels", "0", "--min-shard-elements", "1", "--workers", "1", "-q"]
     proc = subprocess.Popen(cmd)
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
@@ -424,9 +424,10 @@ def test_killed_subprocess_resumes(helsinki_pbf: Path, tmp_path: Path) -> None:
             break
         time.sleep(0.005)
     assert proc.wait() == -signal.SIGKILL, "the run was killed midway"
-    assert main(["prepare", str(helsinki_pbf), "-o", str(out), "--shard-levels", "0", "-q"]) == 0
+    opts = ["--shard-levels", "0", "--min-shard-elements", "1", "-q"]
+    assert main(["prepare", str(helsinki_pbf), "-o", str(out), *opts]) == 0
     ref = tmp_path / "ref"
-    assert main(["prepare", str(helsinki_pbf), "-o", str(ref), "--shard-levels", "0", "-q"]) == 0
+    assert main(["prepare", str(helsinki_pbf), "-o", str(ref), *opts]) == 0
     assert _shard_tables(out) == _shard_tables(ref)
 
 

@@ -19,7 +19,12 @@ from geojepa.errors import InputError
 @pytest.fixture(scope="module")
 def small_ds(finland_test_pbf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("reader") / "ds"
-    prepare_tiles(finland_test_pbf, out, PrepareConfig(shard_levels=2, workers=1), progress=False)
+    prepare_tiles(
+        finland_test_pbf,
+        out,
+        PrepareConfig(shard_levels=2, min_shard_elements=1, workers=1),
+        progress=False,
+    )
     return out
 
 

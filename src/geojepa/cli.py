@@ -84,7 +84,8 @@ def prepare(
         None, help="GeoTIFF/COG/VRT raster or XYZ tile folder (repeatable)"
     ),
     image_size: int = typer.Option(224, help="tile image side in pixels"),
-    shard_levels: int = typer.Option(4, help="a shard = one tile at zoom - shard_levels"),
+    shard_levels: int = typer.Option(3, help="shards are made of tiles at zoom - shard_levels"),
+    min_shard_elements: int = typer.Option(2000, help="pack small neighbouring shards up to this"),
     workers: int = typer.Option(0, help="worker processes (0 = all cores)"),
     no_tag_filter: bool = typer.Option(False, help="keep every tag value (no filter)"),
     overwrite: bool = typer.Option(False, help="replace an existing dataset at OUTPUT"),
@@ -102,6 +103,7 @@ def prepare(
             "bbox": _parse_bbox(bbox) if bbox else None,
             "polygon_wkt": _read_polygon(polygon) if polygon else None,
             "shard_levels": shard_levels,
+            "min_shard_elements": min_shard_elements,
             "tag_filter": not no_tag_filter,
             "workers": workers,
         }

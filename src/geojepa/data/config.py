@@ -30,10 +30,16 @@ class PrepareConfig(Config):
         None, description="keep only tiles intersecting this EPSG:4326 (multi)polygon, as WKT"
     )
     shard_levels: int = Field(
-        4,
+        3,
         ge=0,
         le=8,
-        description="a shard is one parent tile at zoom - shard_levels (<= 4**shard_levels tiles)",
+        description="shards are made of parent tiles at zoom - shard_levels",
+    )
+    min_shard_elements: int = Field(
+        2000,
+        ge=1,
+        description="neighbouring parent tiles are packed into one shard until it holds this "
+        "many elements (avoids many tiny shards); 1 = one parent tile per shard",
     )
     tag_filter: bool = Field(True, description="apply the documented tag filter")
     drop_keys: tuple[str, ...] = Field(

@@ -308,11 +308,34 @@ def bucket_batch(batch: RawBatch, bucket_dir: Path, config: PrepareConfig) -> di
 
 @dataclass(frozen=True)
 class ShardJob:
+    """One shard: one or more neighbouring parent tiles and where their elements lie."""
+
     shard: int
-    px: int
-    py: int
-    pieces: tuple[tuple[str, int, int], ...]  # (bucket file, first row, end row)
+    #: per parent tile (px, py): its bucket pieces (bucket file, first row, end row)
+    parents: tuple[tuple[int, int, tuple[tuple[str, int, int], ...]], ...]
     output: Path
+
+
+def _group_parents(
+    pieces: dict[tuple[int, int], list[tuple[str, int, int]]], min_elements: int
+) -> list[tuple[tuple[int, int], ...]]:
+    """Pack parent tiles, in sorted order, into shards of at least ``min_elements`` rows.
+
+    Big polygons reach many parent tiles that hold little else; one shard each would make
+    many tiny files whose fixed costs dominate. Deterministic, so a resumed run agrees.
+    """
+    groups: list[tuple[tuple[int, int], ...]] = []
+    current: list[tuple[int, int]] = []
+    rows = 0
+    for parent in sorted(pieces):
+        current.append(parent)
+        rows += sum(hi - lo for _, lo, hi in pieces[parent])
+        if rows >= min_elements:
+            groups.append(tuple(current))
+            current, rows = [], 0
+    if current:
+        groups.append(tuple(current))
+    return groups
 
 
 def _cell_rect(zc: int, cx: int, cy: int) -> tuple[float, float, float, float]:
@@ -322,7 +345,7 @@ def _cell_rect(zc: int, cx: int, cy: int) -> tuple[float, float, float, float]:
 
 
 def _clip_quadtree(
-    src: np.ndarray, job: ShardJob, config: PrepareConfig
+    src: np.ndarray, px: int, py: int, config: PrepareConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Clip every element to every tile of the shard it intersects: (element, tx, ty, clip).
 
@@ -337,7 +360,7 @@ def _clip_quadtree(
     b = shapely.bounds(src)
     tx0, ty0 = merc_to_tile_index(z, b[:, 0], b[:, 3])
     tx1, ty1 = merc_to_tile_index(z, b[:, 2], b[:, 1])
-    x_lo, y_lo, span = job.px << lv, job.py << lv, 1 << lv
+    x_lo, y_lo, span = px << lv, py << lv, 1 << lv
     # fast path: elements whose bounds lie inside one tile (all points) need no clipping
     single = (tx0 == tx1) & (ty0 == ty1)
     in_shard = (tx0 >= x_lo) & (tx0 < x_lo + span) & (ty0 >= y_lo) & (ty0 < y_lo + span)
@@ -350,7 +373,7 @@ def _clip_quadtree(
         ok = ~shapely.is_empty(g) & (shapely.get_dimensions(g) == dims[idx])
         return idx[ok], g[ok]
 
-    cells = [(job.px, job.py, *clip(others, src[others], _cell_rect(z - lv, job.px, job.py)))]
+    cells = [(px, py, *clip(others, src[others], _cell_rect(z - lv, px, py)))]
     for level in range(1, lv + 1):
         zc = z - lv + level
         children = []
@@ -396,15 +419,21 @@ def build_shard(
     job: ShardJob, config: PrepareConfig, imagery: Any = None
 ) -> tuple[int, dict[str, Any]]:
     """Step 3: turn one shard's buckets into its tiles/entities files, written atomically."""
-    t = pa.concat_tables(
-        [
-            pa.ipc.open_file(pa.memory_map(f)).read_all().slice(lo, hi - lo)
-            for f, lo, hi in job.pieces
-        ]
-    )
+    files: dict[str, pa.Table] = {}
+    parts, found, offset = [], [], 0
+    for px, py, pieces in job.parents:
+        for f, _, _ in pieces:
+            if f not in files:
+                files[f] = pa.ipc.open_file(pa.memory_map(f)).read_all()
+        t = pa.concat_tables([files[f].slice(lo, hi - lo) for f, lo, hi in pieces])
+        src = shapely.from_wkb(t.column("geometry").to_numpy(zero_copy_only=False))
+        elem, tx, ty, merc = _clip_quadtree(src, px, py, config)
+        parts.append(t)
+        found.append((elem + offset, tx, ty, merc))
+        offset += t.num_rows
+    t = pa.concat_tables(parts)
+    elem, tx, ty, merc = (np.concatenate(a) for a in zip(*found, strict=True))
     z = config.zoom
-    src = shapely.from_wkb(t.column("geometry").to_numpy(zero_copy_only=False))
-    elem, tx, ty, merc = _clip_quadtree(src, job, config)
 
     rng = _region_tile_range(config)
     if rng is not None:  # the filter keeps whole tiles: those whose square meets the area
@@ -836,8 +865,7 @@ def prepare_tiles(
         _check_same_source(output, source_id)
         _write_json_atomic(work / "source.json", source_id)
 
-        parents = sorted(pieces)
-        if not parents:
+        if not pieces:
             what = "the bbox/polygon filter area" if totals["outside"] else str(source)
             raise InputError(f"no tagged entities in {what}: nothing to prepare")
         if imagery_obj is not None:
@@ -850,9 +878,10 @@ def prepare_tiles(
                     f"({west:.4f},{south:.4f},{east:.4f},{north:.4f})"
                 )
 
+        groups = _group_parents(pieces, config.min_shard_elements)
         jobs = [
-            ShardJob(i, px, py, tuple(pieces[(px, py)]), output)
-            for i, (px, py) in enumerate(parents)
+            ShardJob(i, tuple((px, py, tuple(pieces[(px, py)])) for px, py in g), output)
+            for i, g in enumerate(groups)
         ]
         todo = [j for j in jobs if not (output / schema.tiles_file(j.shard)).is_file()]
         for stale in (output / schema.SHARD_DIR).glob(".*.tmp"):
