@@ -1,0 +1,241 @@
+"""`embed_tiles`: a trained model + a tile dataset → GeoParquet embeddings of tiles and entities.
+
+Works shard by shard, so memory is bounded by one shard whatever the dataset's size, and each
+output file is written to a temporary name and renamed only when complete.
+
+Output format (what `knn`, `map`, `plot` and `evaluate` read):
+
+* tiles: index ``region_id`` (``z/x/y``), ``n_entities``, ``top_tags`` (the tile's most frequent
+  ``key=value`` tags, ``; ``-separated), ``emb_0 … emb_{2W-1}`` ([max ‖ mean] of the target
+  encoder's outputs over the tile's real tokens), geometry = the tile polygon, EPSG:4326.
+* entities (optional): index ``feature_id``, ``region_id``, ``tags`` (JSON), ``emb_0 …
+  emb_{W-1}`` (the entity's output token, in the context of its tile), geometry = the clip in
+  EPSG:4326. A feature clipped into several tiles has one row per tile.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import shapely
+import torch
+from tqdm.auto import tqdm
+
+from geojepa.data.reader import TileDataset, local_to_lonlat, open_dataset
+from geojepa.errors import InputError
+from geojepa.eval.baselines import tag_strings
+from geojepa.io.geoparquet import GeoParquetWriter
+from geojepa.model.jepa import GeoJEPA, pool_tiles
+from geojepa.tokenize.loader import make_dataloader
+
+EMBEDDING_PREFIX = "emb_"
+TOP_TAGS = 5
+
+EntityTransform = Callable[[pa.Table], pa.Table]
+
+
+@dataclass
+class ShardEmbeddings:
+    """Embeddings of one shard: tile frame + polygons, and optionally entity frame + clips."""
+
+    tiles: pd.DataFrame
+    tile_geometry: np.ndarray
+    entities: pd.DataFrame | None = None
+    entity_geometry: np.ndarray | None = None
+
+
+def embedding_columns(width: int) -> list[str]:
+    return [f"{EMBEDDING_PREFIX}{i}" for i in range(width)]
+
+
+def load_model(model: GeoJEPA | str | Path, device: str | torch.device = "cpu") -> GeoJEPA:
+    """A model directory path or an in-memory GeoJEPA, in eval mode on ``device``."""
+    if not isinstance(model, GeoJEPA):
+        model = GeoJEPA.from_pretrained(model)
+    if getattr(model, "vocab", None) is None:
+        raise InputError("this GeoJEPA has no tag vocabulary (load it with from_pretrained)")
+    return model.to(device).eval()
+
+
+def check_compatible(model: GeoJEPA, ds: TileDataset) -> None:
+    """Refuse a dataset the model cannot read the way it was trained."""
+    trained = getattr(model, "dataset_config", None)
+    if trained is not None:
+        mine = ds.config
+        if trained.zoom != mine.zoom:
+            raise InputError(
+                f"{ds.path} has zoom {mine.zoom}, the model was trained on zoom {trained.zoom} "
+                f"tiles: re-run `geojepa prepare --zoom {trained.zoom}`"
+            )
+        if (trained.tag_filter, trained.drop_keys, trained.key_only) != (
+            mine.tag_filter,
+            mine.drop_keys,
+            mine.key_only,
+        ):
+            raise InputError(
+                f"{ds.path} was built with other tag-filter settings than the model's training "
+                "data: re-run `geojepa prepare` with the same tag filter"
+            )
+    tok = model.pretrain_config.tokenizer
+    if tok.use_image and ds.config.image_size != tok.image_size:
+        raise InputError(
+            f"{ds.path} has {ds.config.image_size}px images, the model expects {tok.image_size}px"
+        )
+
+
+def top_tags(entities: pa.Table, k: int = TOP_TAGS) -> pd.Series:
+    """Per region_id: its ``k`` most frequent ``key=value`` tags (``key`` when value dropped)."""
+    parent, text = tag_strings(entities)
+    region = np.asarray(entities.column("region_id").to_numpy(zero_copy_only=False), object)
+    frame = pd.DataFrame({"region_id": region[parent], "tag": text})
+    if frame.empty:
+        return pd.Series(dtype=object)
+    counted = frame.value_counts(["region_id", "tag"]).reset_index(name="n")
+    counted = counted.sort_values(["region_id", "n", "tag"], ascending=[True, False, True])
+    best = counted.groupby("region_id", sort=False).head(k)
+    return best.groupby("region_id", sort=False)["tag"].agg("; ".join)
+
+
+def _single_shard(ds: TileDataset, shard: int) -> TileDataset:
+    return TileDataset(ds.path, ds.config, {**ds.manifest, "shards": [shard]})
+
+
+def embed_shard(
+    model: GeoJEPA,
+    ds: TileDataset,
+    shard: int,
+    *,
+    entities: bool = False,
+    batch_size: int = 64,
+    entity_transform: EntityTransform | None = None,
+) -> ShardEmbeddings:
+    """Embed every tile of one shard (and its entities, if asked) with the target encoder."""
+    device = next(model.parameters()).device
+    tiles = ds.read_tiles(shard, columns=["region_id", "west", "south", "east", "north"])
+    ents = ds.read_entities(shard)
+    if entity_transform is not None:
+        ents = entity_transform(ents)
+    loader = make_dataloader(
+        _single_shard(ds, shard),
+        model.vocab,
+        model.pretrain_config.tokenizer,
+        batch_size=batch_size,
+        shuffle=False,
+        seed=0,
+        entity_transform=entity_transform,
+        cache=entity_transform is None,
+    )
+    ids: list[str] = []
+    tile_vecs: list[np.ndarray] = []
+    ent_keys: list[tuple[str, str]] = []
+    ent_vecs: list[np.ndarray] = []
+    with torch.inference_mode():
+        for batch in loader:
+            batch = batch.to(device)
+            h, valid = model.encode(batch)
+            tile_vecs.append(pool_tiles(h, valid).float().cpu().numpy())
+            ids += batch.region_ids
+            if entities:
+                e = h[:, : batch.entity_valid.shape[1]].float().cpu().numpy()
+                for b, fids in enumerate(batch.feature_ids):
+                    ent_keys += [(batch.region_ids[b], f) for f in fids]
+                    ent_vecs.append(e[b, : len(fids)])
+    width = tile_vecs[0].shape[1] if tile_vecs else 0
+    frame = pd.DataFrame(
+        np.concatenate(tile_vecs) if tile_vecs else np.zeros((0, width), np.float32),
+        index=pd.Index(ids, name="region_id"),
+        columns=embedding_columns(width),
+    )
+    bounds = tiles.to_pandas().set_index("region_id").loc[frame.index]
+    counts = pd.Series(
+        pc.value_counts(ents.column("region_id")).field("counts").to_numpy(),
+        index=pc.value_counts(ents.column("region_id"))
+        .field("values")
+        .to_numpy(zero_copy_only=False),
+    )
+    frame.insert(0, "n_entities", counts.reindex(frame.index).fillna(0).astype("int32").values)
+    frame.insert(1, "top_tags", top_tags(ents).reindex(frame.index).fillna("").values)
+    geometry = shapely.box(bounds["west"], bounds["south"], bounds["east"], bounds["north"])
+    result = ShardEmbeddings(frame, np.asarray(geometry))
+    if entities:
+        result.entities, result.entity_geometry = _entity_frame(ents, ent_keys, ent_vecs)
+    return result
+
+
+def _entity_frame(
+    ents: pa.Table, keys: list[tuple[str, str]], vecs: list[np.ndarray]
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Entity embeddings joined with their tags and their clip in EPSG:4326."""
+    matrix = np.concatenate(vecs) if vecs else np.zeros((0, 0), np.float32)
+    key_frame = pd.DataFrame(keys, columns=["region_id", "feature_id"])
+    table = ents.select(["region_id", "feature_id", "tags", "geometry"]).to_pandas()
+    table["row"] = np.arange(len(table))
+    joined = key_frame.merge(table, on=["region_id", "feature_id"], how="left", validate="1:1")
+    local = shapely.from_wkb(joined["geometry"].to_numpy())
+    geometry = np.empty(len(joined), dtype=object)
+    for region, rows in joined.groupby("region_id", sort=False).indices.items():
+        z, x, y = (int(v) for v in region.split("/"))
+        geometry[rows] = local_to_lonlat(local[rows], z, x, y)
+    frame = pd.DataFrame(
+        matrix, index=pd.Index(joined["feature_id"], name="feature_id"),
+        columns=embedding_columns(matrix.shape[1]),
+    )  # fmt: skip
+    frame.insert(0, "region_id", joined["region_id"].to_numpy())
+    frame.insert(
+        1, "tags", [json.dumps(dict(t), ensure_ascii=False) for t in joined["tags"].to_numpy()]
+    )
+    return frame, geometry
+
+
+def embed_tiles(
+    model: GeoJEPA | str | Path,
+    dataset: str | Path | TileDataset,
+    output: str | Path,
+    *,
+    entities_output: str | Path | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    entity_transform: EntityTransform | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write tile (and optionally entity) embeddings of ``dataset`` as GeoParquet.
+
+    Tile embeddings do not depend on the batch a tile lands in: padding never enters attention
+    or pooling. ``entity_transform`` rewrites each shard's entities before embedding (the
+    evaluation uses it to remove the tags that define a label).
+    """
+    net = load_model(model, device)
+    ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
+    check_compatible(net, ds)
+    tile_writer = GeoParquetWriter(output, "region_id", ["Polygon"])
+    ent_writer = GeoParquetWriter(entities_output, "feature_id", []) if entities_output else None
+    bar = tqdm(total=int(ds.manifest.get("n_tiles", 0)) or None, unit="tile",
+               desc="embed", disable=not progress)  # fmt: skip
+    try:
+        for shard in ds.shards:
+            part = embed_shard(
+                net, ds, shard, entities=ent_writer is not None, batch_size=batch_size,
+                entity_transform=entity_transform,
+            )  # fmt: skip
+            tile_writer.write(part.tiles, part.tile_geometry)
+            if ent_writer is not None and part.entities is not None:
+                ent_writer.write(part.entities, part.entity_geometry)
+            bar.update(len(part.tiles))
+    except BaseException:
+        tile_writer.abort()
+        if ent_writer is not None:
+            ent_writer.abort()
+        raise
+    finally:
+        bar.close()
+    tile_writer.close()
+    if ent_writer is not None:
+        ent_writer.close()
+    return Path(output)
