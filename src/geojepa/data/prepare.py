@@ -157,30 +157,31 @@ def _keep_dimension(geoms: np.ndarray, dims: np.ndarray) -> np.ndarray:
     return out
 
 
-def _decode_batch_tags(batch: RawBatch, tf: TagFilter) -> tuple[list, np.ndarray]:
-    """Filtered tags per element, and whether its raw tags make a closed way an area.
+def _decode_batch_tags(batch: RawBatch, tf: TagFilter, idx: np.ndarray) -> tuple[list, np.ndarray]:
+    """Filtered tags of elements ``idx``, and whether their raw tags make a closed way an area.
 
     OPL tag texts repeat a lot (``building=yes``), so decoded results are cached per process.
     """
-    filtered: list[list[tuple[str, str | None]]] = []
+    filtered: list[list[tuple[str, str | None]]] = [[] for _ in range(len(batch.tags))]
     area = np.zeros(len(batch.tags), bool)
     cache = tf.text_cache
     if len(cache) > 200_000:
         cache.clear()
-    for i, raw in enumerate(batch.tags):
-        if isinstance(raw, str) and batch.tags_format == "opl":
+    opl = batch.tags_format == "opl"
+    for i in idx.tolist():
+        raw = batch.tags[i]
+        if opl and isinstance(raw, str):
             hit = cache.get(raw)
             if hit is None:
                 pairs = decode_opl_tags(raw)
                 hit = cache[raw] = (tf(pairs), is_area(pairs))
-            filtered.append(hit[0])
-            area[i] = hit[1]
+            filtered[i], area[i] = hit
             continue
         try:
             pairs = decode_tags(raw)
         except (ValueError, TypeError) as exc:
             raise InputError(f"{batch.ids[i]}: tags are not a JSON object or map ({exc})") from None
-        filtered.append(tf(pairs))
+        filtered[i] = tf(pairs)
         area[i] = is_area(pairs)
     return filtered, area
 
@@ -214,9 +215,18 @@ def bucket_batch(batch: RawBatch, bucket_dir: Path, config: PrepareConfig) -> di
     if raw and isinstance(raw[0], str):  # pyosmium's hex WKB: GEOS parses hex ~5x slower
         raw = [bytes.fromhex(h) for h in raw]
     geoms = shapely.from_wkb(np.asarray(raw, dtype=object), on_invalid="ignore")
-    tags, area_tags = _decode_batch_tags(batch, tf)
     ok = ~shapely.is_missing(geoms) & ~shapely.is_empty(geoms)
     stats["bad_wkb"] = int((~ok).sum())
+    rng = _region_tile_range(config)
+    if rng is not None and batch.crs is None:
+        # cheap pre-filter on lon/lat bounds, so tags outside the area are never decoded
+        b = shapely.bounds(geoms[ok])
+        x0, y0 = lonlat_to_tile_index(config.zoom, b[:, 0], b[:, 3])
+        x1, y1 = lonlat_to_tile_index(config.zoom, b[:, 2], b[:, 1])
+        near = (x1 >= rng[0]) & (x0 <= rng[1]) & (y1 >= rng[2]) & (y0 <= rng[3])
+        stats["outside"] += int((~near).sum())
+        ok[np.flatnonzero(ok)[~near]] = False
+    tags, area_tags = _decode_batch_tags(batch, tf, np.flatnonzero(ok))
     has_tags = np.fromiter((len(t) > 0 for t in tags), bool, len(tags))
     stats["untagged"] = int((ok & ~has_tags).sum())
     ok &= has_tags
@@ -247,7 +257,6 @@ def bucket_batch(batch: RawBatch, bucket_dir: Path, config: PrepareConfig) -> di
     b = shapely.bounds(g)
     tx0, ty0 = merc_to_tile_index(z, b[:, 0], b[:, 3])
     tx1, ty1 = merc_to_tile_index(z, b[:, 2], b[:, 1])
-    rng = _region_tile_range(config)
     if rng is not None:
         rx0, rx1, ry0, ry1 = rng
         tx0, tx1 = np.maximum(tx0, rx0), np.minimum(tx1, rx1)
@@ -255,7 +264,7 @@ def bucket_batch(batch: RawBatch, bucket_dir: Path, config: PrepareConfig) -> di
         inside = (tx0 <= tx1) & (ty0 <= ty1)
         region = _region_merc(config)
         inside &= shapely.intersects(g, region)
-        stats["outside"] = int((~inside).sum())
+        stats["outside"] += int((~inside).sum())
         keep, g, b = keep[inside], g[inside], b[inside]
         tx0, tx1, ty0, ty1 = tx0[inside], tx1[inside], ty0[inside], ty1[inside]
     stats["kept"] = len(keep)
