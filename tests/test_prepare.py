@@ -181,9 +181,10 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 # --------------------------------------------------------------------------- real extracts
 
 
-def test_helsinki_tiles_match_independent_computation(helsinki_pbf: Path, helsinki_ds: Path):
-    tiles, ents = _dataset_tables(helsinki_ds)
-    source = _source_elements(helsinki_pbf)
+def _check_against_independent(pbf: Path, ds_path: Path) -> None:
+    """(feature, tile) pairs of a dataset == a brute-force recomputation from pyosmium."""
+    tiles, ents = _dataset_tables(ds_path)
+    source = _source_elements(pbf)
     tf = TagFilter()
     polygonal_ways = {
         f
@@ -212,6 +213,19 @@ def test_helsinki_tiles_match_independent_computation(helsinki_pbf: Path, helsin
     assert len(set(regions)) == len(regions) == len({r for _, r in expected})
     counts = dict(zip(regions, tiles.column("n_entities").to_pylist(), strict=True))
     assert sum(counts.values()) == ents.num_rows
+
+
+def test_helsinki_tiles_match_independent_computation(helsinki_pbf: Path, helsinki_ds: Path):
+    _check_against_independent(helsinki_pbf, helsinki_ds)
+
+
+@pytest.mark.slow
+def test_liechtenstein_tiles_match_independent_computation(
+    liechtenstein_pbf: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "li"
+    prepare_tiles(liechtenstein_pbf, out, PrepareConfig(), progress=False)
+    _check_against_independent(liechtenstein_pbf, out)
 
 
 def test_helsinki_clips_inside_tiles_boxes_contain_and_lengths_add_up(
