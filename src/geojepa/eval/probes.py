@@ -50,7 +50,7 @@ class ProbeConfig(Config):
     ridge_alphas: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
     logistic_cs: tuple[float, ...] = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0)
     mlp_hidden: tuple[int, ...] = (64, 256)
-    mlp_weight_decays: tuple[float, ...] = (0.0001, 0.01, 0.1)
+    mlp_weight_decays: tuple[float, ...] = (0.0001, 0.01)
     mlp_lr: float = 0.001
     mlp_batch_size: int = 256
     mlp_max_epochs: int = 200
@@ -150,16 +150,16 @@ def _prepare(X: pd.DataFrame, labels: pd.Series, split, task: Task) -> _Data:
     if task.level == "entity":
         names = drop_shared_entities(names)
     labels = labels.loc[names.index]
-    missing = ~labels.index.isin(X.index)
+    if X.index.has_duplicates:
+        raise InputError("feature table has duplicate index entries")
+    positions = X.index.get_indexer(labels.index)
+    missing = positions < 0
     if missing.any():
         raise InputError(
             f"{int(missing.sum())} labelled row(s) of task {task.name} have no features "
             f"(e.g. {labels.index[missing][0]}); embeddings are incomplete"
         )
-    if X.index.has_duplicates:
-        raise InputError("feature table has duplicate index entries")
-    X = X.loc[labels.index]
-    matrix = _matrix(X)
+    matrix = _matrix(X)[positions]  # row selection on the array: pandas sparse .loc is slow
     x, y = {}, {}
     for name in SPLITS:
         rows = np.flatnonzero(names.to_numpy() == name)
