@@ -53,6 +53,7 @@ from geojepa.data.osm import RawBatch, ReadStats, is_osm_file, iter_osm_batches
 from geojepa.data.reader import TileDataset, open_dataset
 from geojepa.data.tags import TagFilter, decode_opl_tags, decode_tags, is_area
 from geojepa.data.tiling import (
+    HALF_WORLD,
     lonlat_to_merc,
     lonlat_to_tile_index,
     merc_to_lonlat,
@@ -348,21 +349,29 @@ def _group_parents(
 
 
 def _cell_rect(zc: int, cx: int, cy: int) -> tuple[float, float, float, float]:
-    left, top = tile_origin(zc, np.array(cx), np.array(cy))
-    size = tile_size(zc)
-    return float(left), float(top - size), float(left + size), float(top)
+    """Mercator (xmin, ymin, xmax, ymax) of tile ``zc/cx/cy`` (plain floats: called often)."""
+    size = 2.0 * HALF_WORLD / (1 << zc)
+    left = -HALF_WORLD + cx * size
+    top = HALF_WORLD - cy * size
+    return left, top - size, left + size, top
 
 
-def _clip_quadtree(
+#: the quadtree stops this many levels above the tiles; the rest is one vectorised local clip
+_DIRECT_LEVELS = 2
+
+
+def _clip_to_tiles(
     src: np.ndarray, px: int, py: int, config: PrepareConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Clip every element to every tile of the shard it intersects: (element, tx, ty, clip).
+    """Clip every element to every tile of parent ``px, py`` it intersects.
 
-    Clipping descends the quadtree from the shard's parent tile to the tiles, one
-    ``clip_by_rect`` call per cell and level, so a large polygon is cut into ever smaller
-    pieces instead of being clipped whole against each of its tiles (that is quadratic-ish for
-    a boundary polygon that covers thousands of tiles). Clips are in Web-Mercator; elements
-    that only touch a cell's edge produce an empty or lower-dimensional piece and are dropped.
+    Returns (element index, tx, ty, clip in the tile's local frame). Elements whose bounds lie
+    in one tile (all points, most buildings) need no clipping. The others descend a quadtree
+    from the parent tile, one ``clip_by_rect`` call per cell, until cells are
+    ``2**_DIRECT_LEVELS`` tiles wide: a big polygon is cut into ever smaller pieces instead of
+    being clipped whole against each of thousands of tiles. Each piece is then mapped into the
+    frame of every tile its bounds touch and all are clipped to the unit square in one call.
+    Clips that only touch a tile's edge are empty or of lower dimension and are dropped.
     """
     z, lv = config.zoom, config.shard_levels
     dims = shapely.get_dimensions(src)
@@ -370,40 +379,60 @@ def _clip_quadtree(
     tx0, ty0 = merc_to_tile_index(z, b[:, 0], b[:, 3])
     tx1, ty1 = merc_to_tile_index(z, b[:, 2], b[:, 1])
     x_lo, y_lo, span = px << lv, py << lv, 1 << lv
-    # fast path: elements whose bounds lie inside one tile (all points) need no clipping
     single = (tx0 == tx1) & (ty0 == ty1)
     in_shard = (tx0 >= x_lo) & (tx0 < x_lo + span) & (ty0 >= y_lo) & (ty0 < y_lo + span)
     one = np.flatnonzero(single & in_shard)
     others = np.flatnonzero(~single)
-    out_e, out_x, out_y, out_g = [one], [tx0[one]], [ty0[one]], [src[one]]
+    out_e, out_x, out_y = [one], [tx0[one]], [ty0[one]]
+    out_g = [_to_local(src[one], z, tx0[one], ty0[one], clamp=True)]
 
     def clip(idx: np.ndarray, geoms: np.ndarray, rect: tuple) -> tuple[np.ndarray, np.ndarray]:
         g = shapely.clip_by_rect(geoms, *rect)
         ok = ~shapely.is_empty(g) & (shapely.get_dimensions(g) == dims[idx])
         return idx[ok], g[ok]
 
+    stop = max(lv - _DIRECT_LEVELS, 0)
     cells = [(px, py, *clip(others, src[others], _cell_rect(z - lv, px, py)))]
-    for level in range(1, lv + 1):
+    for level in range(1, stop + 1):
         zc = z - lv + level
         children = []
         for cx, cy, idx, geoms in cells:
-            b = shapely.bounds(geoms)
+            cb = shapely.bounds(geoms)
             for dx in (0, 1):
                 for dy in (0, 1):
                     nx, ny = 2 * cx + dx, 2 * cy + dy
                     rect = _cell_rect(zc, nx, ny)
-                    m = (b[:, 0] <= rect[2]) & (b[:, 2] >= rect[0])
-                    m &= (b[:, 1] <= rect[3]) & (b[:, 3] >= rect[1])
+                    m = (cb[:, 0] <= rect[2]) & (cb[:, 2] >= rect[0])
+                    m &= (cb[:, 1] <= rect[3]) & (cb[:, 3] >= rect[1])
                     if m.any():
                         ci, cg = clip(idx[m], geoms[m], rect)
                         if len(ci):
                             children.append((nx, ny, ci, cg))
         cells = children
-    for cx, cy, idx, geoms in cells:
-        out_e.append(idx)
-        out_x.append(np.full(len(idx), cx))
-        out_y.append(np.full(len(idx), cy))
-        out_g.append(geoms)
+
+    # last levels: every (piece, tile its bounds touch) in the tile's frame, one clip call
+    width = 1 << (lv - stop)
+    if cells:
+        idx = np.concatenate([c[2] for c in cells])
+        pieces = np.concatenate([c[3] for c in cells])
+        cx = np.concatenate([np.full(len(c[2]), c[0]) for c in cells])
+        cy = np.concatenate([np.full(len(c[2]), c[1]) for c in cells])
+        pb = shapely.bounds(pieces)
+        a0, b0 = merc_to_tile_index(z, pb[:, 0], pb[:, 3])
+        a1, b1 = merc_to_tile_index(z, pb[:, 2], pb[:, 1])
+        a0, a1 = np.maximum(a0, cx * width), np.minimum(a1, cx * width + width - 1)
+        b0, b1 = np.maximum(b0, cy * width), np.minimum(b1, cy * width + width - 1)
+        nx, ny = a1 - a0 + 1, b1 - b0 + 1
+        n = nx * ny
+        rep = np.repeat(np.arange(len(n)), n)
+        k = np.arange(len(rep)) - np.repeat(np.cumsum(n) - n, n)
+        tx, ty = a0[rep] + k % nx[rep], b0[rep] + k // nx[rep]
+        local = shapely.clip_by_rect(_to_local(pieces[rep], z, tx, ty), 0.0, 0.0, 1.0, 1.0)
+        ok = ~shapely.is_empty(local) & (shapely.get_dimensions(local) == dims[idx[rep]])
+        out_e.append(idx[rep][ok])
+        out_x.append(tx[ok])
+        out_y.append(ty[ok])
+        out_g.append(local[ok])
     return (
         np.concatenate(out_e).astype(np.int64),
         np.concatenate(out_x).astype(np.int64),
@@ -412,15 +441,22 @@ def _clip_quadtree(
     )
 
 
-def _to_local(geoms: np.ndarray, z: int, tx: np.ndarray, ty: np.ndarray) -> np.ndarray:
-    """Each candidate's Mercator geometry in its own tile's frame (one vectorised pass)."""
+def _to_local(
+    geoms: np.ndarray, z: int, tx: np.ndarray, ty: np.ndarray, clamp: bool = False
+) -> np.ndarray:
+    """Each Mercator geometry in its own tile's frame (one vectorised pass).
+
+    ``clamp`` snaps coordinates into [0, 1]: only for geometries already inside their tile,
+    where float noise is all that lies outside.
+    """
     left, top = tile_origin(z, tx, ty)
     size = tile_size(z)
     coords, index = shapely.get_coordinates(geoms, return_index=True)
     out = np.empty_like(coords)
     out[:, 0] = (coords[:, 0] - left[index]) / size
     out[:, 1] = (top[index] - coords[:, 1]) / size
-    np.clip(out, 0.0, 1.0, out=out)  # clipped in Mercator: only float noise lies outside
+    if clamp:
+        np.clip(out, 0.0, 1.0, out=out)
     return shapely.set_coordinates(geoms.copy(), out)
 
 
@@ -436,12 +472,12 @@ def build_shard(
                 files[f] = pa.ipc.open_file(pa.memory_map(f)).read_all()
         t = pa.concat_tables([files[f].slice(lo, hi - lo) for f, lo, hi in pieces])
         src = shapely.from_wkb(t.column("geometry").to_numpy(zero_copy_only=False))
-        elem, tx, ty, merc = _clip_quadtree(src, px, py, config)
+        elem, tx, ty, local = _clip_to_tiles(src, px, py, config)
         parts.append(t)
-        found.append((elem + offset, tx, ty, merc))
+        found.append((elem + offset, tx, ty, local))
         offset += t.num_rows
     t = pa.concat_tables(parts)
-    elem, tx, ty, merc = (np.concatenate(a) for a in zip(*found, strict=True))
+    elem, tx, ty, clip = (np.concatenate(a) for a in zip(*found, strict=True))
     z = config.zoom
 
     rng = _region_tile_range(config)
@@ -452,9 +488,8 @@ def build_shard(
             size = tile_size(z)
             squares = shapely.box(left, top - size, left + size, top)
             keep &= shapely.intersects(squares, _region_merc(config))
-        elem, tx, ty, merc = elem[keep], tx[keep], ty[keep], merc[keep]
+        elem, tx, ty, clip = elem[keep], tx[keep], ty[keep], clip[keep]
 
-    clip = _to_local(merc, z, tx, ty)
     dims = shapely.get_dimensions(clip)
     mixed = np.flatnonzero(shapely.get_type_id(clip) == 7)
     if len(mixed):
