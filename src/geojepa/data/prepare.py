@@ -852,13 +852,11 @@ def prepare_tiles(
     _region_tile_range(config)  # fails early if bbox and polygon do not overlap
 
     hasher = _Hasher(path) if path is not None else None
-    if hasher is not None:
-        hasher.start()
     created, resuming = _prepare_output(output, config, overwrite)
     if resuming and (output / schema.MANIFEST_FILE).is_file():
         # already complete: nothing to do unless the source changed
-        if hasher is not None:
-            _check_same_source(output, {"sha256": hasher.value()})
+        if path is not None:
+            _check_same_source(output, {"sha256": _sha256(path)})
         return open_dataset(output)
     work = output / WORK_DIR
     bucket_dir = work / "buckets"
@@ -873,6 +871,8 @@ def prepare_tiles(
 
         n_workers = _n_workers(config)
         executor = _make_executor(n_workers)
+        if hasher is not None:  # started after the fork: no thread is running at fork time
+            hasher.start()
         t_setup = time.perf_counter()
         read_stats = ReadStats()
         if kind == "osm":
