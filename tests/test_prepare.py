@@ -359,6 +359,22 @@ def test_bbox_filter_keeps_only_tiles_meeting_it(synthetic, tmp_path: Path) -> N
     assert ds.read_entities().column("feature_id").to_pylist() == ["way/1"]
 
 
+def test_polygon_filter_from_geojson_via_cli(synthetic, tmp_path: Path) -> None:
+    out, facts = synthetic
+    row = facts["row"]
+    # a small triangle inside row[3]: only that tile meets it (way/1 passes through)
+    pts = [_tile_point(row[3], fx, fy) for fx, fy in ((0.2, 0.2), (0.8, 0.2), (0.5, 0.8))]
+    poly = {"type": "Polygon", "coordinates": [[*map(list, pts), list(pts[0])]]}
+    path = tmp_path / "area.geojson"
+    path.write_text(json.dumps({"type": "Feature", "geometry": poly, "properties": {}}))
+    dest = tmp_path / "poly"
+    args = ["prepare", str(out.parent / "synthetic.osm"), "-o", str(dest), "--polygon", str(path)]
+    assert main([*args, "--workers", "1", "-q"]) == 0
+    ds = open_dataset(dest)
+    assert ds.read_tiles().column("region_id").to_pylist() == [f"{Z}/{row[3].x}/{row[3].y}"]
+    assert shapely.from_wkt(ds.config.polygon_wkt).equals(shapely.geometry.shape(poly))
+
+
 # --------------------------------------------------------------------------- resume
 
 
