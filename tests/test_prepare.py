@@ -383,7 +383,7 @@ def _shard_tables(path: Path) -> dict[str, pa.Table]:
 
 
 def test_resume_after_interrupted_run_equals_uninterrupted(
-    helsinki_pbf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    helsinki_pbf: Path, finland_test_pbf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = PrepareConfig(shard_levels=1, min_shard_elements=1)
     full = prepare_tiles(helsinki_pbf, tmp_path / "full", cfg.replace(workers=2), progress=False)
@@ -414,6 +414,8 @@ def test_resume_after_interrupted_run_equals_uninterrupted(
     (out / schema.SHARD_DIR / ".tiles-00003.parquet.tmp").write_bytes(b"partial")
     mtimes = {p: p.stat().st_mtime_ns for p in done}
 
+    with pytest.raises(OutputError, match="different source"):
+        prepare_tiles(finland_test_pbf, out, cfg.replace(workers=1), progress=False)
     resumed = prepare_tiles(helsinki_pbf, out, cfg.replace(workers=1), progress=False)
     assert {p: p.stat().st_mtime_ns for p in done} == mtimes, "finished shards are skipped"
     stale.unlink()
@@ -423,6 +425,7 @@ def test_resume_after_interrupted_run_equals_uninterrupted(
         assert resumed.manifest[key] == full.manifest[key]
     assert resumed.vocab().equals(full.vocab())
     assert not list((out / schema.SHARD_DIR).glob(".*.tmp"))
+    assert not (out / prep.SOURCE_FILE).exists() and not (out / prep.WORK_DIR).exists()
 
 
 def test_rerun_same_config_is_a_no_op_and_other_config_needs_overwrite(

@@ -65,6 +65,7 @@ from geojepa.data.tiling import (
 from geojepa.errors import InputError, OutputError
 
 WORK_DIR = ".work"  # scratch space inside the dataset, removed when the build completes
+SOURCE_FILE = ".source.json"  # source fingerprint of an unfinished build (resume checks it)
 STATS_KEY = b"geojepa_shard_stats"
 _TYPE_NAMES = np.array(
     [
@@ -703,12 +704,12 @@ def _discard(output: Path, created: bool) -> None:
         return
     for name in (WORK_DIR, schema.SHARD_DIR):
         shutil.rmtree(output / name, ignore_errors=True)
-    for name in (schema.CONFIG_FILE, schema.MANIFEST_FILE, schema.VOCAB_FILE):
+    for name in (schema.CONFIG_FILE, schema.MANIFEST_FILE, schema.VOCAB_FILE, SOURCE_FILE):
         (output / name).unlink(missing_ok=True)
 
 
 def _check_same_source(output: Path, source_id: dict) -> None:
-    recorded = output / WORK_DIR / "source.json"
+    recorded = output / SOURCE_FILE
     manifest = output / schema.MANIFEST_FILE
     old = None
     if manifest.is_file():
@@ -907,7 +908,7 @@ def prepare_tiles(
                 {"path": str(path.resolve()), "size": path.stat().st_size, "sha256": hasher.value()}
             )
         _check_same_source(output, source_id)
-        _write_json_atomic(work / "source.json", source_id)
+        _write_json_atomic(output / SOURCE_FILE, source_id)
 
         if not pieces:
             what = "the bbox/polygon filter area" if totals["outside"] else str(source)
@@ -994,6 +995,7 @@ def prepare_tiles(
     pq.write_table(vocab, work / "vocab.parquet")
     (work / "vocab.parquet").replace(output / schema.VOCAB_FILE)
     _write_json_atomic(output / schema.MANIFEST_FILE, manifest)
+    (output / SOURCE_FILE).unlink(missing_ok=True)
     shutil.rmtree(work, ignore_errors=True)
     return open_dataset(output)
 
