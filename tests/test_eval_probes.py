@@ -8,7 +8,7 @@ import pytest
 
 from geojepa.errors import InputError
 from geojepa.eval.metrics import mae
-from geojepa.eval.probes import ProbeConfig, evaluate_embeddings
+from geojepa.eval.probes import ProbeConfig, embedding_features, evaluate_embeddings
 from geojepa.eval.split import SplitConfig, make_split
 from geojepa.eval.tasks import TASKS
 
@@ -183,3 +183,26 @@ def test_entity_task_drops_ways_shared_across_splits(split):
     out = evaluate_embeddings(X, labels, split, TASKS["road_speed"], [0], ["linear"], config=FAST)
     assert (out[0].n_train, out[0].n_val, out[0].n_test) == (19, 20, 20)
     assert out[0].metrics["mae"] < 2.0
+
+
+def test_embedding_features_from_embed_tables():
+    import geopandas as gpd
+    import shapely
+
+    tiles = gpd.GeoDataFrame(
+        {"e0": [1.0, 2.0], "e1": [3.0, 4.0]},
+        geometry=[shapely.Point(0, 0)] * 2,
+        index=pd.Index(["17/1/1", "17/1/2"], name="region_id"),
+        crs="EPSG:4326",
+    )
+    X = embedding_features(tiles)
+    assert list(X.columns) == ["e0", "e1"] and X.index.name == "region_id"
+    entities = pd.DataFrame(
+        {"region_id": ["17/1/1", "17/1/2"], "e0": [1.0, 2.0]},
+        index=pd.Index(["way/1", "way/1"], name="feature_id"),
+    )
+    E = embedding_features(entities, level="entity")
+    assert list(E.index) == [("17/1/1", "way/1"), ("17/1/2", "way/1")]
+    assert E.index.names == ["region_id", "feature_id"] and list(E.columns) == ["e0"]
+    with pytest.raises(InputError):
+        embedding_features(entities.drop(columns="region_id"), level="entity")

@@ -2,7 +2,7 @@
 metrics, baselines and report helpers. See ``docs/evaluation.md`` for the exact rules."""
 
 from geojepa.eval.metrics import auroc, balanced_accuracy, compute_metrics, mae, rmse
-from geojepa.eval.probes import ProbeConfig, ResultRow, evaluate_embeddings
+from geojepa.eval.probes import ProbeConfig, ResultRow, embedding_features, evaluate_embeddings
 from geojepa.eval.report import make_provenance, summarize, write_report
 from geojepa.eval.split import SplitConfig, assign_split, load_split, make_split, save_split
 from geojepa.eval.suite import evaluate_baselines
@@ -20,6 +20,7 @@ __all__ = [
     "auroc",
     "balanced_accuracy",
     "compute_metrics",
+    "embedding_features",
     "evaluate_baselines",
     "evaluate_embeddings",
     "get_task",

@@ -55,6 +55,9 @@ class ProbeConfig(Config):
     mlp_batch_size: int = 256
     mlp_max_epochs: int = 200
     mlp_patience: int = 10
+    #: torch threads while training probe MLPs: their batches are tiny, and several intra-op
+    #: threads on a busy machine were measured 30× slower than one (0 = leave torch's setting)
+    mlp_threads: int = 1
 
 
 @dataclass
@@ -132,6 +135,26 @@ def evaluate_embeddings(
                 )
             )
     return rows
+
+
+def embedding_features(frame: pd.DataFrame, level: str = "tile") -> pd.DataFrame:
+    """The numeric ``X`` of an embeddings table as written by ``geojepa embed``.
+
+    Tile embeddings: index ``region_id``. Entity embeddings: index ``feature_id`` and a
+    ``region_id`` column → index (``region_id``, ``feature_id``). The geometry and any other
+    non-numeric column are dropped.
+    """
+    if level == "entity":
+        if "region_id" not in frame.columns:
+            raise InputError("entity embeddings need a 'region_id' column")
+        frame = frame.set_index("region_id", append=True).swaplevel(0, 1)
+        frame.index = frame.index.set_names(["region_id", "feature_id"])
+    elif level != "tile":
+        raise InputError(f"level must be 'tile' or 'entity', got {level!r}")
+    numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
+    if not numeric:
+        raise InputError("the embeddings table has no numeric columns")
+    return pd.DataFrame(frame[numeric])
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,6 +282,18 @@ def _dense_tensor(matrix: np.ndarray | sp.csr_matrix) -> torch.Tensor:
 
 def _run_mlp(data: _Data, config: ProbeConfig, seed: int) -> tuple[dict, dict, float]:
     import torch  # lazy: importing geojepa.eval stays light
+
+    previous = torch.get_num_threads()
+    if config.mlp_threads > 0:
+        torch.set_num_threads(config.mlp_threads)
+    try:
+        return _run_mlp_inner(data, config, seed)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_mlp_inner(data: _Data, config: ProbeConfig, seed: int) -> tuple[dict, dict, float]:
+    import torch
 
     x = {name: _dense_tensor(m) for name, m in _standardise(data).items()}
     y_train = data.y["train"]
