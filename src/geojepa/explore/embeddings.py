@@ -17,6 +17,7 @@ from typing import Literal
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from geojepa.errors import ConfigError, InputError
 
@@ -64,15 +65,9 @@ def _read(path: Path) -> pd.DataFrame:
     if path.is_dir():
         raise InputError(f"{path} is a directory, not an embedding .parquet file")
     try:
-        return gpd.read_parquet(path)
-    except ValueError as exc:
-        if "geo" not in str(exc).lower():
-            raise InputError(f"cannot read {path} as GeoParquet: {exc}") from None
-    except Exception as exc:  # pyarrow raises several types for a non-parquet file
-        raise InputError(f"{path} is not a readable Parquet file ({exc})") from None
-    try:
-        return pd.read_parquet(path)
-    except Exception as exc:
+        has_geo = b"geo" in (pq.read_schema(path).metadata or {})
+        return gpd.read_parquet(path) if has_geo else pd.read_parquet(path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise InputError(f"{path} is not a readable Parquet file ({exc})") from None
 
 
