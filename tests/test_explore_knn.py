@@ -186,10 +186,34 @@ def test_ann_index_agrees_with_exact_when_installed():
     rng = np.random.default_rng(4)
     db = rng.normal(size=(2000, 16)).astype(np.float32)
     db /= np.linalg.norm(db, axis=1, keepdims=True)
-    exact, _ = topk_inner(db, db[:50], 10)
-    approx, _ = topk_ann(db, db[:50], 10)
+    exact, exact_sc = topk_inner(db, db[:50], 10)
+    approx, approx_sc = topk_ann(db, db[:50], 10)
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
     assert recall > 0.9
+    # scores are similarities (not distances), consistent with the exact ones
+    np.testing.assert_allclose(approx_sc[:, 0], exact_sc[:, 0], atol=1e-4)
+    np.testing.assert_allclose(approx_sc, (db[:50, None, :] * db[approx]).sum(-1), atol=1e-4)
+
+
+def test_nearest_through_ann_index(tiles_file):
+    if not any(_has(m) for m in ("usearch", "faiss")):
+        pytest.skip("neither usearch nor faiss-cpu is installed (optional fast index)")
+    path, labels = tiles_file
+    result = nearest(path, "16/37308/18963", k=5, search="ann")
+    assert result.attrs["search"] == "ann"
+    assert {labels[r] for r in result["id"]} == {0}
+    assert "16/37308/18963" not in set(result["id"])
+
+
+def test_ann_without_a_backend_is_a_clear_error(tiles_file, monkeypatch):
+    import geojepa.explore.knn as knn
+
+    monkeypatch.setattr(knn, "_ann_backend", lambda: None)
+    with pytest.raises(ConfigError, match="usearch"):
+        nearest(tiles_file[0], "16/37308/18963", search="ann")
+    # auto stays exact without a backend, whatever the size
+    monkeypatch.setattr(knn, "ANN_THRESHOLD", 1)
+    assert nearest(tiles_file[0], "16/37308/18963", k=2).attrs["search"] == "exact"
 
 
 def _has(module: str) -> bool:
