@@ -130,6 +130,22 @@ def test_tile_neighbours_come_from_the_same_cluster(tiles_file):
         assert result.attrs["kind"] == "tiles" and result.attrs["search"] == "exact"
 
 
+def test_nearest_accepts_a_geodataframe(tiles_file):
+    import geopandas as gpd
+
+    path, _ = tiles_file
+    gdf = gpd.read_parquet(path)
+    before = gdf.copy()
+    from_frame = nearest(gdf, "16/37308/18963", k=5)
+    pd.testing.assert_frame_equal(from_frame, nearest(path, "16/37308/18963", k=5))
+    pd.testing.assert_frame_equal(gdf, before)  # the caller's frame is untouched
+    # an id column instead of the index is accepted too
+    assert (
+        nearest(gdf.reset_index(), "16/37308/18963", k=5)["id"].tolist()
+        == from_frame["id"].tolist()
+    )
+
+
 def test_distance_km_matches_tile_geometry(tiles_file):
     path, _ = tiles_file
     result = nearest(path, "16/37308/18963", k=63)

@@ -93,7 +93,8 @@ def load_embeddings(source: EmbeddingSource, *, name: str | None = None) -> pd.D
     matrix = frame[embedding_columns(frame)]
     if matrix.isna().to_numpy().any():
         raise InputError(f"{label} has missing values in its emb_* columns")
-    frame.index = frame.index.astype(str)
+    if frame.index.dtype != object:  # a new frame: never mutate the caller's
+        frame = frame.set_axis(frame.index.astype(str))
     return frame
 
 
