@@ -117,6 +117,9 @@ def make_provenance(
     return provenance
 
 
+_PROBE_COLORS = {"dummy": "tab:gray", "linear": "tab:blue", "mlp": "tab:orange"}
+
+
 def plot_results(summary: pd.DataFrame, path: str | Path) -> Path:
     """Bar chart: one panel per (task, headline metric), one bar per (model, probe), ±std."""
     import matplotlib
@@ -129,8 +132,9 @@ def plot_results(summary: pd.DataFrame, path: str | Path) -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 1, 3.6), squeeze=False)
     for ax, (task, metric) in zip(axes[0], panels, strict=True):
         part = summary[(summary["task"] == task) & (summary["metric"] == metric)]
-        labels = [f"{m}\n{p}" for m, p in zip(part["model"], part["probe"], strict=True)]
-        ax.bar(range(len(part)), part["mean"], yerr=part["std"], color="tab:blue", capsize=3)
+        labels = [f"{m} ({p})" for m, p in zip(part["model"], part["probe"], strict=True)]
+        colors = [_PROBE_COLORS.get(p, "tab:gray") for p in part["probe"]]
+        ax.bar(range(len(part)), part["mean"], yerr=part["std"], color=colors, capsize=3)
         ax.set_xticks(range(len(part)), labels, rotation=60, ha="right", fontsize=7)
         arrow = METRICS[metric].arrow if metric in METRICS else ""
         ax.set_title(f"{task}: {metric} {arrow}", fontsize=9)
