@@ -193,6 +193,8 @@ def machine_info(device: torch.device) -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
+        # other processes share the CPU: the 1-minute load average before the run tells how much
+        "loadavg_1min_before": os.getloadavg()[0],
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

