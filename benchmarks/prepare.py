@@ -8,6 +8,8 @@
   it into shapely geometries.
 * prepare: ``prepare_tiles`` at zoom 16 on all cores, timed inside its process (no interpreter
   start-up); ``cli_s`` is the whole ``geojepa prepare`` command, start-up included.
+* cpu_s: user + system CPU seconds of each process tree (interpreter start-up included), a
+  figure less sensitive than wall time to other load on the machine.
 * peak memory: the process tree's summed PSS (main process + pool workers), sampled from
   /proc every 10 ms.
 
@@ -34,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PBF = ROOT.parent / "shared" / "data" / "neubrandenburg.osm.pbf"
 
 FLOOR_CODE = """
-import json, sys, time
+import json, resource, sys, time
 import osmium, shapely
 from osmium.filter import EmptyTagFilter
 t = time.perf_counter()
@@ -55,18 +57,22 @@ for o in fp:
 t1 = time.perf_counter()
 geoms = shapely.from_wkb([bytes.fromhex(h) for h in wkb])  # faster than GEOS's hex parser
 t2 = time.perf_counter()
-print(json.dumps({"seconds": t1 - t, "shapely_seconds": t2 - t, "elements": len(wkb)}))
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"seconds": t1 - t, "shapely_seconds": t2 - t, "elements": len(wkb),
+                  "cpu_seconds": ru.ru_utime + ru.ru_stime}))
 """
 
 PREPARE_CODE = """
-import json, sys, time
+import json, resource, sys, time
 from geojepa.data.config import PrepareConfig
 from geojepa.data.prepare import prepare_tiles
 t = time.perf_counter()
 ds = prepare_tiles(sys.argv[1], sys.argv[2], PrepareConfig(zoom=16, workers=0), progress=False)
 s = time.perf_counter() - t
 m = ds.manifest
-print(json.dumps({"seconds": s, "n_tiles": m["n_tiles"], "n_entities": m["n_entities"],
+cpu = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                            resource.getrusage(resource.RUSAGE_CHILDREN)))
+print(json.dumps({"seconds": s, "cpu_seconds": cpu, "n_tiles": m["n_tiles"], "n_entities": m["n_entities"],
                   "n_shards": m["n_shards"], "phase_seconds": m["phase_seconds"]}))
 """
 
@@ -164,15 +170,18 @@ def main() -> None:
     py = sys.executable
     geojepa = str(Path(py).with_name("geojepa"))
     floor, floor_shapely, prep, cli, rss_floor, rss_prep = [], [], [], [], [], []
+    cpu_floor, cpu_prep = [], []
     info: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
             data, _, rss = _run([py, "-c", FLOOR_CODE, str(pbf)])
             floor.append(data["seconds"])
             floor_shapely.append(data["shapely_seconds"])
+            cpu_floor.append(data["cpu_seconds"])
             rss_floor.append(rss)
             data, _, rss = _run([py, "-c", PREPARE_CODE, str(pbf), f"{tmp}/api{i}"])
             prep.append(data["seconds"])
+            cpu_prep.append(data["cpu_seconds"])
             rss_prep.append(rss)
             info = data
             _, wall, _ = _run([geojepa, "prepare", str(pbf), "-o", f"{tmp}/cli{i}", "-q"])
@@ -193,6 +202,7 @@ def main() -> None:
         "ratio_to_floor": round(med(prep) / med(floor), 2),
         "target_ratio": 3.0,
         "target_met": med(prep) <= 3.0 * med(floor),
+        "cpu_s": {"floor": round(med(cpu_floor), 3), "prepare": round(med(cpu_prep), 3)},
         "peak_pss_mib": {"prepare": round(max(rss_prep), 1), "floor": round(max(rss_floor), 1)},
         "phase_seconds_last_run": info.get("phase_seconds"),
         "dataset": {k: info.get(k) for k in ("n_tiles", "n_entities", "n_shards")},
