@@ -72,8 +72,9 @@ s = time.perf_counter() - t
 m = ds.manifest
 cpu = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
                                             resource.getrusage(resource.RUSAGE_CHILDREN)))
-print(json.dumps({"seconds": s, "cpu_seconds": cpu, "n_tiles": m["n_tiles"], "n_entities": m["n_entities"],
-                  "n_shards": m["n_shards"], "phase_seconds": m["phase_seconds"]}))
+print(json.dumps({"seconds": s, "cpu_seconds": cpu, "n_tiles": m["n_tiles"],
+                  "n_entities": m["n_entities"], "n_shards": m["n_shards"],
+                  "phase_seconds": m["phase_seconds"]}))
 """
 
 
