@@ -130,20 +130,19 @@ def pretrain(
     # The vocabulary is fixed at the start of a run (resume reuses it).
     vocab_path = out / VOCAB_FILE
     vocab = TagVocabulary.load(vocab_path) if resuming else TagVocabulary.from_dataset(ds)
-    if not resuming and _rank() == 0:
-        vocab.save(vocab_path)
-    cfg.save(ckpt_dir / "config.json") if _rank() == 0 else None
+    if _rank() == 0:
+        if not resuming:
+            vocab.save(vocab_path)
+        cfg.save(ckpt_dir / "config.json")  # beside every checkpoint of the run
     tag_table = build_tag_table(vocab, cfg.tokenizer.text_model, cache_dir=ds.path)
 
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     model = build_model(cfg, tag_table)
     t = cfg.trainer
-    world = (int(devices) if str(devices).isdigit() else 1) * t.num_nodes
     n_tiles = int(ds.manifest.get("n_tiles") or 0) or sum(
         ds.read_tiles(s, columns=["region_id"]).num_rows for s in ds.shards
     )
-    total = _total_steps(cfg, n_tiles, world)
-    module = PretrainModule(cfg, model, total)
+    module = PretrainModule(cfg, model, 1)  # total_steps is set once the world size is known
     loader = make_dataloader(
         ds,
         vocab,
@@ -168,7 +167,10 @@ def pretrain(
         save_last=True,
     )
     if strategy is None:
-        strategy = "ddp" if world > 1 else "auto"
+        multi = (str(devices).isdigit() and int(devices) > 1) or t.num_nodes > 1
+        # Batches without imagery leave the image encoder unused: DDP must allow that.
+        unused = "_find_unused_parameters_true" if cfg.tokenizer.use_image else ""
+        strategy = f"ddp{unused}" if multi else "auto"
     trainer = L.Trainer(
         default_root_dir=out,
         accelerator=accelerator,
@@ -191,6 +193,8 @@ def pretrain(
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # the tile stream splits shards across ranks itself
     )
+    world = trainer.world_size
+    module.total_steps = _total_steps(cfg, n_tiles, world)
     with warnings.catch_warnings():
         # The EMA teacher is in eval mode on purpose; the run directory holds config.json.
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
