@@ -127,3 +127,15 @@ def test_decode_tags_accepts_json_mapping_and_pairs() -> None:
 )
 def test_closed_way_area_rule(tags: list[tuple[str, str]], area: bool) -> None:
     assert is_area(tags) is area
+
+
+def test_fused_opl_filter_equals_decode_then_filter() -> None:
+    tf = TagFilter()
+    fields = [
+        "name=A%20%B%2c%C,highway=primary,created_by=JOSM,addr:street=X%3d%Y",
+        "building=yes",
+        "",
+        "note=a%25%b,surface=asphalt,tiger:cfcc=A41,name:ja=%30ce%",
+    ]
+    for field in fields:
+        assert tf.filter_opl(field) == tf(decode_opl_tags(field))

@@ -51,7 +51,7 @@ from geojepa.data.features import (
 )
 from geojepa.data.osm import RawBatch, ReadStats, is_osm_file, iter_osm_batches
 from geojepa.data.reader import TileDataset, open_dataset
-from geojepa.data.tags import TagFilter, decode_opl_tags, decode_tags, is_area
+from geojepa.data.tags import TagFilter, decode_tags, is_area
 from geojepa.data.tiling import (
     HALF_WORLD,
     lonlat_to_merc,
@@ -175,8 +175,8 @@ def _decode_batch_tags(batch: RawBatch, tf: TagFilter, idx: np.ndarray) -> tuple
         if opl and isinstance(raw, str):
             hit = cache.get(raw)
             if hit is None:
-                pairs = decode_opl_tags(raw)
-                hit = cache[raw] = (tf(pairs), is_area(pairs))
+                tags = tf.filter_opl(raw)
+                hit = cache[raw] = (tags, is_area(tags))
             filtered[i], area[i] = hit
             continue
         try:

@@ -17,6 +17,9 @@ import fnmatch
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from operator import itemgetter
+
+_KEY = itemgetter(0)
 
 #: Keys dropped entirely: editor, import and bookkeeping metadata.
 DROP_KEYS: tuple[str, ...] = (
@@ -170,7 +173,25 @@ class TagFilter:
                 out.append((k, v))
             elif d == 1:
                 out.append((k, None))
-        out.sort(key=lambda kv: kv[0])
+        out.sort(key=_KEY)
+        return out
+
+    def filter_opl(self, field: str) -> list[tuple[str, str | None]]:
+        """``self(decode_opl_tags(field))``, fused: values that are dropped are never decoded."""
+        if not field:
+            return []
+        out: list[tuple[str, str | None]] = []
+        decision = self.decision
+        for kv in field.split(","):
+            k, _, v = kv.partition("=")
+            if "%" in k:
+                k = _opl_unescape(k)
+            d = decision(k)
+            if d == 0:
+                out.append((k, _opl_unescape(v) if "%" in v else v))
+            elif d == 1:
+                out.append((k, None))
+        out.sort(key=_KEY)
         return out
 
 
@@ -263,8 +284,11 @@ _AREA_ONLY_VALUES = {
 }
 
 
-def is_area(tags: Iterable[tuple[str, str]]) -> bool:
-    """Whether a *closed* way with these tags is a polygon (else a closed line)."""
+def is_area(tags: Iterable[tuple[str, str | None]]) -> bool:
+    """Whether a *closed* way with these tags is a polygon (else a closed line).
+
+    Works on raw or filtered tags: the filter never drops the keys this rule looks at.
+    """
     verdict = False
     for k, v in tags:
         if k == "area":
