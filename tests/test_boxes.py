@@ -79,3 +79,17 @@ def test_order_corners_is_invariant_to_input_rotation_and_direction() -> None:
     for k in range(4):
         for r in (np.roll(rect, k, axis=0), np.roll(rect[::-1], k, axis=0)):
             np.testing.assert_allclose(order_corners(r[None])[0], expected)
+
+
+def test_boxes_are_minimum_area_rectangles_without_min_side() -> None:
+    rng = np.random.default_rng(7)
+    geoms = [shapely.Point(0.5, 0.5).buffer(0.3, quad_segs=40)]
+    for _ in range(200):
+        pts = rng.normal(0.5, rng.uniform(0.01, 0.2), size=(rng.integers(2, 40), 2))
+        geoms.append(shapely.MultiPoint(pts).convex_hull)
+    geoms = np.array(geoms)
+    boxes = min_rotated_boxes(geoms, min_side=0.0)
+    polys = shapely.polygons(boxes.reshape(-1, 4, 2))
+    expected = shapely.area(shapely.oriented_envelope(geoms))
+    np.testing.assert_allclose(shapely.area(polys), expected, rtol=1e-9, atol=1e-12)
+    assert shapely.contains(shapely.buffer(polys, 1e-9), geoms).all()
