@@ -202,3 +202,11 @@ def test_loss_decreases_on_real_osm_tiles(helsinki_pbf: Path, tmp_path: Path) ->
         ranks = [float(r["monitor/effective_rank"]) for r in csv.DictReader(f)
                  if r.get("monitor/effective_rank")]  # fmt: skip
     assert ranks and min(ranks) > 2.0  # not collapsed to a point
+
+
+def test_cli_reports_bad_preset(synthetic_ds: Path, tmp_path: Path, capsys) -> None:
+    from geojepa.cli import main
+
+    code = main(["pretrain", str(synthetic_ds), "-o", str(tmp_path / "r"), "--preset", "nope"])
+    assert code == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
