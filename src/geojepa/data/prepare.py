@@ -866,8 +866,9 @@ def prepare_tiles(
             if sources:
                 imagery_obj = open_imagery(sources)
                 config = config.replace(imagery=tuple(str(Path(s).resolve()) for s in sources))
-        else:
+        else:  # an opened Imagery: recorded by type (its sources are its own business)
             imagery_obj = imagery
+            config = config.replace(imagery=(f"<{type(imagery).__name__} object>",))
     _region_tile_range(config)  # fails early if bbox and polygon do not overlap
 
     hasher = _Hasher(path) if path is not None else None
