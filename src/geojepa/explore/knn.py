@@ -2,8 +2,10 @@
 
 Search is exact by default: the database is scanned in chunks with a matrix product and a
 running top-k is kept, so memory stays bounded (about ``chunk_elems`` floats) whatever the file
-size. Above ``ANN_THRESHOLD`` rows an approximate index is used when `usearch` or `faiss` is
-installed; neither is a dependency, and without them search stays exact.
+size. Above ``ANN_THRESHOLD`` rows an approximate (HNSW) index is used when `usearch` or
+`faiss` is installed; neither is a dependency, and without them search stays exact. The index is
+built per call and not kept on disk, so it only pays off for very large files or for many
+queries at once (`topk_ann`); one exact query over 200k x 768 embeddings takes ~0.2 s.
 
 Entity files hold one row per (tile, feature) clip. A ``way/123`` query uses the mean of that
 feature's (unit-normalised, for cosine) clip embeddings, and results are deduplicated by
@@ -32,7 +34,7 @@ from geojepa.explore.embeddings import (
 
 Metric = Literal["cosine", "dot"]
 Search = Literal["auto", "exact", "ann"]
-ANN_THRESHOLD = 200_000
+ANN_THRESHOLD = 1_000_000
 EARTH_RADIUS_KM = 6371.0088
 _TILE_ID = re.compile(r"^(\d+)/(\d+)/(\d+)$")
 _FEATURE_ID = re.compile(r"^(node|way|relation)/(\d+)$")
