@@ -206,10 +206,12 @@ class GeoJEPA(nn.Module):
     # --- training --------------------------------------------------------------------------
     def forward(self, batch: Any, generator: torch.Generator | None = None) -> StepOutput:
         """One JEPA step: loss terms for ``batch`` with masks drawn from ``generator``."""
-        with torch.no_grad():
-            h, _ = self._target_outputs(batch)
+        # Masks first: their one host sync then waits only for the cheap tokenizer, not for
+        # the target encoder.
         tok = self.tokenizer(batch)
         masks = self.masker(tok.valid, tok.modality, tok.boxes, generator)
+        with torch.no_grad():
+            h, _ = self._target_outputs(batch)
         return self.loss_from_tokens(tok, h, masks)
 
     def loss_from_tokens(self, tok: TokensLike, h: torch.Tensor, masks: Masks) -> StepOutput:
