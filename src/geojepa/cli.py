@@ -160,6 +160,72 @@ def pretrain(
     typer.echo(f"model directory: {out}")
 
 
+# --------------------------------------------------------------------------- explore
+
+
+@app.command()
+def knn(
+    embeddings: Path = typer.Argument(..., help="tile or entity embeddings (GeoParquet)"),
+    region: str | None = typer.Option(None, "--region", help="query tile, z/x/y"),
+    feature: str | None = typer.Option(
+        None, "--feature", help="query entity, e.g. way/123 (mean of its clips)"
+    ),
+    k: int = typer.Option(10, "-k", "--k", min=1, help="number of neighbours"),
+    metric: str = typer.Option("cosine", help="cosine | dot"),
+    search: str = typer.Option("auto", help="auto | exact | ann (ann needs usearch or faiss)"),
+    as_json: bool = typer.Option(False, "--json", help="print the neighbours as JSON"),
+) -> None:
+    """Nearest places (tile file) or entities (entity file, deduplicated by feature_id)."""
+    from geojepa.errors import ConfigError
+    from geojepa.explore.knn import nearest, to_json, to_rich_table
+
+    if (region is None) == (feature is None):
+        raise ConfigError("give exactly one of --region z/x/y or --feature TYPE/ID")
+    result = nearest(embeddings, region or feature, k=k, metric=metric, search=search)  # type: ignore[arg-type]
+    if as_json:
+        typer.echo(to_json(result))
+    else:
+        Console(width=max(100, Console().width)).print(to_rich_table(result))
+
+
+@app.command("map")
+def map_(
+    embeddings: Path = typer.Argument(..., help="tile embeddings (GeoParquet, EPSG:4326)"),
+    output: Path = typer.Option(..., "--output", "-o", help="HTML file to write"),
+    entities: Path | None = typer.Option(None, "--entities", help="entity embeddings layer"),
+    method: str = typer.Option("pca", help="3-D projection to RGB: pca | umap (extra 'umap')"),
+    neighbours: int = typer.Option(5, min=0, help="nearest tiles listed in each popup"),
+) -> None:
+    """An interactive Leaflet map of tiles coloured by their embeddings (works offline)."""
+    from geojepa.explore.webmap import make_map
+
+    out = make_map(embeddings, output, entities=entities, method=method, neighbours=neighbours)
+    typer.echo(f"map: {out}")
+
+
+@app.command()
+def plot(
+    embeddings: Path | None = typer.Argument(None, help="tile embeddings (GeoParquet)"),
+    output: Path = typer.Option(..., "--output", "-o", help="PNG file to write"),
+    color_by: str = typer.Option("n_entities", help="n_entities, or a tag key counted in top_tags"),
+    method: str = typer.Option("pca", help="2-D projection: pca | umap (extra 'umap')"),
+    curves: Path | None = typer.Option(
+        None, "--curves", help="plot training curves of this run directory instead"
+    ),
+) -> None:
+    """PNG figures: 2-D projection of tile embeddings, or a run's training curves."""
+    from geojepa.errors import ConfigError
+    from geojepa.explore.plots import plot_curves, plot_embeddings
+
+    if (embeddings is None) == (curves is None):
+        raise ConfigError("give either an embedding file EMB or --curves RUN (not both)")
+    if curves is not None:
+        out = plot_curves(curves, output)
+    else:
+        out = plot_embeddings(embeddings, output, color_by=color_by, method=method)  # type: ignore[arg-type]
+    typer.echo(f"figure: {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
     try:
