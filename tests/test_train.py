@@ -100,16 +100,16 @@ def test_no_decay_on_norms_biases_embeddings_tokens() -> None:
 
 
 def test_pretrain_learns_and_exports(synthetic_ds: Path, tmp_path: Path) -> None:
-    run = pretrain(synthetic_ds, tmp_path / "run", config=_tiny(max_steps=40), progress=False)
+    run = pretrain(synthetic_ds, tmp_path / "run", config=_tiny(max_steps=30), progress=False)
     losses = _losses(run)
-    assert len(losses) >= 30
+    assert len(losses) >= 25
     assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5, losses
     for name in ("config.json", "model.safetensors", "tag_table.safetensors", "vocab.json"):
         assert (run / name).exists()
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert (run / "checkpoints" / "config.json").exists()
     card = (run / "MODEL_CARD.md").read_text()
-    assert "optimiser steps | 40" in card and "pred_loss" in card
+    assert "optimiser steps | 30" in card and "pred_loss" in card
     assert any((run / "logs" / "tensorboard").iterdir())
     # no pickle in the model directory: safetensors + JSON only
     model = GeoJEPA.from_pretrained(run)
