@@ -14,8 +14,10 @@ from test_explore_knn import write_entities, write_tiles
 from test_explore_plots import write_run
 
 
-@pytest.fixture
-def files(tmp_path: Path) -> dict[str, Path]:
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Read-only inputs shared by this module's tests (written once)."""
+    tmp_path = tmp_path_factory.mktemp("explore_cli")
     tiles, _ = write_tiles(tmp_path / "tiles.parquet")
     entities, _ = write_entities(tmp_path / "entities.parquet")
     gdf = gpd.read_parquet(tiles)

@@ -52,7 +52,7 @@ def test_tag_key_counts_counts_keys_not_values():
     assert tag_key_counts(tags, "highway").tolist() == [1, 0, 0]
 
 
-@pytest.mark.parametrize("color_by", ["n_entities", "building", "leisure"])
+@pytest.mark.parametrize("color_by", ["n_entities", "leisure"])
 def test_embedding_scatter_is_written(tmp_path: Path, color_by: str):
     tiles, _ = write_tiles(tmp_path / "t.parquet")
     out = plot_embeddings(tiles, tmp_path / "figs" / "emb.png", color_by=color_by)
