@@ -70,6 +70,21 @@ def test_embedding_scatter_errors(tmp_path: Path):
         plot_embeddings(entities, tmp_path / "x.png")
 
 
+def test_umap_falls_back_to_pca_when_not_installed(monkeypatch):
+    import sys
+
+    from geojepa.explore.embeddings import project
+
+    monkeypatch.setitem(sys.modules, "umap", None)  # `import umap` raises ImportError
+    x = np.random.default_rng(0).normal(size=(30, 6))
+    with pytest.warns(UserWarning, match="umap-learn is not installed"):
+        got = project(x, 2, "umap")
+    np.testing.assert_allclose(got, project(x, 2, "pca"))
+    # PCA: uncorrelated axes, the first carrying the most variance
+    assert abs(np.corrcoef(got.T)[0, 1]) < 1e-8
+    assert got[:, 0].var() >= got[:, 1].var()
+
+
 @pytest.mark.slow
 def test_umap_scatter(tmp_path: Path):
     pytest.importorskip("umap", reason="umap-learn (extra 'umap') is not installed")

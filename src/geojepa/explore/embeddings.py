@@ -152,6 +152,7 @@ def project(
                     n_neighbors=min(15, n - 1),
                     metric="cosine",
                     random_state=seed,
+                    n_jobs=1,  # a seed forces one job anyway; saying so silences UMAP's warning
                 )
                 return np.asarray(reducer.fit_transform(x), dtype=np.float64)
             warnings.warn(f"only {n} rows: too few for UMAP, using PCA", stacklevel=2)
