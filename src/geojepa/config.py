@@ -60,10 +60,21 @@ def _describe(cls: type[BaseModel], exc: ValidationError) -> str:
     for err in exc.errors():
         loc = ".".join(str(part) for part in err["loc"]) or "<root>"
         if err["type"] == "extra_forbidden":
-            known = list(cls.model_fields)
+            known = list(_model_at(cls, err["loc"][:-1]).model_fields)
             close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(known)})"
             messages.append(f"unknown config key '{loc}'{hint}")
         else:
             messages.append(f"invalid config value for '{loc}': {err['msg']}")
     return f"{cls.__name__}: " + "; ".join(messages)
+
+
+def _model_at(cls: type[BaseModel], path: tuple) -> type[BaseModel]:
+    """The (nested) config class that a validation error location points into."""
+    for part in path:
+        field = cls.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        cls = annotation
+    return cls
