@@ -129,6 +129,14 @@ def test_bad_inputs_are_clear_errors(trained, tmp_path, capsys):
     assert not (tmp_path / "x.parquet").exists()
 
 
+def test_dataset_of_another_zoom_is_refused(trained, tmp_path):
+    _, run = trained
+    other = write_synthetic_dataset(tmp_path / "z15", n_shards=1, zoom=15, seed=1)
+    with pytest.raises(InputError, match=r"zoom 15.*trained on zoom 16"):
+        embed_tiles(run, other, tmp_path / "x.parquet", progress=False)
+    assert not (tmp_path / "x.parquet").exists()
+
+
 def test_cli_writes_both_files(trained, tmp_path):
     ds_path, run = trained
     out, ents = tmp_path / "t.parquet", tmp_path / "e.parquet"

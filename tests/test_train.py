@@ -21,7 +21,8 @@ from geojepa.tokenize.synthetic import write_synthetic_dataset
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
 from geojepa.train import PretrainConfig, preset_config, pretrain
 from geojepa.train.config import PRESETS
-from geojepa.train.module import build_model, lr_at, param_groups, weight_decay_at
+from geojepa.train.export import build_model
+from geojepa.train.module import lr_at, param_groups, weight_decay_at
 from geojepa.train.pretrain import resolve_config
 
 

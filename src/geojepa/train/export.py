@@ -16,12 +16,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from geojepa.data.config import PrepareConfig
 from geojepa.errors import InputError
 from geojepa.model.jepa import GeoJEPA
 from geojepa.tokenize.tags import TagVocabulary
+from geojepa.tokenize.tokenizer import TileTokenizer
 from geojepa.train.config import FORMAT_VERSION, PretrainConfig
 
 CONFIG_FILE = "config.json"
@@ -29,7 +32,14 @@ WEIGHTS_FILE = "model.safetensors"
 TAG_TABLE_FILE = "tag_table.safetensors"
 VOCAB_FILE = "vocab.json"
 CARD_FILE = "MODEL_CARD.md"
+DATASET_CONFIG_FILE = "dataset.json"  # PrepareConfig of the training data (zoom, tag filter)
 REQUIRED = (CONFIG_FILE, WEIGHTS_FILE, TAG_TABLE_FILE, VOCAB_FILE)
+
+
+def build_model(config: PretrainConfig, tag_table: torch.Tensor) -> GeoJEPA:
+    """A fresh GeoJEPA (tokenizer included, random weights) for ``config``."""
+    tokenizer = TileTokenizer(config.tokenizer, tag_table)
+    return GeoJEPA(config.model, tokenizer, config.masking)
 
 
 def _is_tag_table(key: str) -> bool:
@@ -42,6 +52,7 @@ def export_model(
     vocab: TagVocabulary,
     out: str | Path,
     info: dict[str, Any] | None = None,
+    dataset_config: PrepareConfig | None = None,
 ) -> Path:
     """Write the model directory ``out`` (files are replaced atomically one by one)."""
     out = Path(out)
@@ -57,6 +68,8 @@ def export_model(
     table = model.tokenizer.tag_table.detach().cpu().contiguous()
     _atomic(out / TAG_TABLE_FILE, lambda p: save_file({"tag_table": table}, str(p), metadata=meta))
     vocab.save(out / VOCAB_FILE)
+    if dataset_config is not None:  # lets `embed` refuse data of another zoom or tag filter
+        dataset_config.save(out / DATASET_CONFIG_FILE)
     (out / CARD_FILE).write_text(model_card(config, info or {}))
     return out
 
@@ -115,8 +128,6 @@ Data: © OpenStreetMap contributors, ODbL.
 
 def load_model(path: str | Path, map_location: str = "cpu") -> GeoJEPA:
     """Rebuild a GeoJEPA from a model directory (InputError if incomplete or too new)."""
-    from geojepa.train.module import build_model
-
     path = Path(path)
     if not path.is_dir():
         raise InputError(f"model directory not found: {path}")
@@ -151,6 +162,10 @@ def load_model(path: str | Path, map_location: str = "cpu") -> GeoJEPA:
         raise InputError(f"{path / WEIGHTS_FILE} does not match its config ({bad[:3]} ...)")
     model.vocab = vocab  # type: ignore[attr-defined]
     model.pretrain_config = config  # type: ignore[attr-defined]
+    dataset_json = path / DATASET_CONFIG_FILE
+    model.dataset_config = (  # type: ignore[attr-defined]
+        PrepareConfig.load(dataset_json) if dataset_json.exists() else None
+    )
     return model.to(map_location).eval()
 
 

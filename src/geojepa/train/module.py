@@ -11,14 +11,7 @@ import torch
 from torch import nn
 
 from geojepa.model.jepa import GeoJEPA, StepOutput, ema_momentum
-from geojepa.tokenize.tokenizer import TileTokenizer
 from geojepa.train.config import OptimConfig, PretrainConfig
-
-
-def build_model(config: PretrainConfig, tag_table: torch.Tensor) -> GeoJEPA:
-    """A fresh GeoJEPA (tokenizer included) for ``config``."""
-    tokenizer = TileTokenizer(config.tokenizer, tag_table)
-    return GeoJEPA(config.model, tokenizer, config.masking)
 
 
 def lr_at(step: int, total: int, cfg: OptimConfig) -> float:

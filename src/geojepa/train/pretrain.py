@@ -14,18 +14,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from geojepa.data.reader import open_dataset
 from geojepa.errors import ConfigError, OutputError
 from geojepa.tokenize.loader import make_dataloader
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
 from geojepa.train.config import PretrainConfig, preset_config
-from geojepa.train.export import VOCAB_FILE, export_model
-from geojepa.train.module import EpochLoader, PretrainModule, build_model
+from geojepa.train.export import VOCAB_FILE, build_model, export_model
 
 CKPT_DIR = "checkpoints"
 RUN_CONFIG = "run_config.json"
@@ -98,6 +94,14 @@ def pretrain(
     ``devices > 1`` (or ``num_nodes > 1``) trains with DDP (gloo on CPU, NCCL on GPUs).
     Returns ``output``, which ``GeoJEPA.from_pretrained`` accepts.
     """
+    # Lightning is imported here, not at module level: `import geojepa` and loading a model
+    # directory must stay fast.
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from geojepa.train.module import EpochLoader, PretrainModule
+
     out = Path(output)
     ds = open_dataset(dataset)
     ckpt_dir = out / CKPT_DIR
@@ -216,7 +220,7 @@ def pretrain(
             "devices": f"{world} × {trainer.accelerator.__class__.__name__}",
             "final_losses": metrics,
         }
-        export_model(module.model, cfg, vocab, out, info)
+        export_model(module.model, cfg, vocab, out, info, dataset_config=ds.config)
     return out
 
 
