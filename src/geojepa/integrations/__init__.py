@@ -1,0 +1,1 @@
+"""Adapters that let other geospatial ML libraries use GeoJEPA (optional extras)."""
