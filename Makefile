@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/python -m pip
 CONSTRAINTS := requirements/ci-constraints.txt
 
-.PHONY: venv demo test test-all lint benchmark clean
+.PHONY: venv demo test test-all lint benchmark benchmark-prepare clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+# The whole chain on ../shared/data (prepare, split, pretrain on train blocks, evaluate);
+# writes reports/benchmark/. About 45 minutes on 2 CPU cores.
 benchmark: $(STAMP)
+	$(BIN)/python benchmarks/evaluate.py
+
+benchmark-prepare: $(STAMP)
 	$(BIN)/python benchmarks/prepare.py
 
 clean:

@@ -226,6 +226,42 @@ def plot(
     typer.echo(f"figure: {out}")
 
 
+@app.command()
+def evaluate(
+    dataset: list[Path] = typer.Option(..., "--dataset", "-d", help="tile dataset (repeatable)"),
+    output: Path = typer.Option(..., "--output", "-o", help="report directory to write"),
+    run: Path | None = typer.Option(None, help="pretrained run / model directory"),
+    tasks: list[str] | None = typer.Option(
+        None, "--tasks", "-t", help="task names (repeatable or comma-separated; default all)"
+    ),
+    seeds: int = typer.Option(5, help="number of seeds (0 .. N-1)"),
+    split: Path | None = typer.Option(None, help="saved split file (default: a new block split)"),
+    baselines: str | None = typer.Option(
+        None, help="comma-separated baselines (default: all available)"
+    ),
+    config: Path | None = typer.Option(None, help="EvaluateConfig JSON file"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress messages"),
+) -> None:
+    """Probe frozen embeddings against baselines on leakage-free tasks; write a report."""
+    from geojepa.eval.evaluate import evaluate as run_evaluate
+    from geojepa.eval.evaluate import format_summary, load_config
+
+    names = [t for item in tasks or [] for t in item.split(",") if t] or None
+    result = run_evaluate(
+        run,
+        dataset,
+        output,
+        tasks=names,
+        seeds=range(seeds),
+        baselines=[b for b in baselines.split(",") if b] if baselines else None,
+        split=split,
+        config=load_config(config),
+        progress=not quiet,
+    )
+    if not quiet:
+        typer.echo(format_summary(result))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
     try:

@@ -1,0 +1,304 @@
+"""`geojepa evaluate`: dataset subset/merge, embedding path, end-to-end report, bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import torch
+
+from geojepa.cli import main
+from geojepa.data.combine import merge_datasets, subset_dataset
+from geojepa.data.reader import open_dataset
+from geojepa.embed import embed_shard
+from geojepa.errors import InputError, OutputError
+from geojepa.eval import ProbeConfig, SplitConfig, get_task, load_split, make_split, save_split
+from geojepa.eval.evaluate import EvaluateConfig, encode_arrays, evaluate, tokenize_masked
+from geojepa.eval.split import file_sha256
+from geojepa.eval.supervised import SupervisedConfig
+from geojepa.tokenize.synthetic import write_synthetic_dataset
+from geojepa.tokenize.tags import TagVocabulary, build_tag_table
+from geojepa.train import PretrainConfig, preset_config, pretrain
+from geojepa.train.export import build_model
+
+
+def fake_embed(texts: list[str]) -> np.ndarray:
+    """Deterministic stand-in for the sentence encoder (no model load in fast tests)."""
+    out = np.zeros((len(texts), 16), dtype=np.float32)
+    for i, text in enumerate(texts):
+        out[i] = np.random.default_rng(abs(hash(text)) % 2**32).standard_normal(16)
+    return out
+
+
+def tiny_config() -> PretrainConfig:
+    data = preset_config("cpu-small").model_dump()
+    data["model"].update(depth=1, predictor_depth=1)
+    data["data"]["batch_size"] = 8
+    data["trainer"].update(log_every_n_steps=1)
+    return PretrainConfig.from_dict(data)
+
+
+def fast_config(**changes) -> EvaluateConfig:
+    base = EvaluateConfig(
+        split=SplitConfig(block_zoom=15),
+        probes=("linear", "mlp"),
+        probe=ProbeConfig(
+            mlp_hidden=(16,), mlp_weight_decays=(0.01,), mlp_max_epochs=15, mlp_patience=3
+        ),
+        supervised=SupervisedConfig(depth=1, max_epochs=2, patience=1),
+        batch_tokens=2048,
+    )
+    return base.replace(**changes) if changes else base
+
+
+def entity_keys(ds) -> set[tuple[str, str]]:
+    table = ds.read_entities(columns=["region_id", "feature_id"])
+    return set(
+        zip(*(table.column(c).to_pylist() for c in ("region_id", "feature_id")), strict=True)
+    )
+
+
+def vocab_counts(entities: pa.Table) -> dict[tuple[str, str | None], int]:
+    tags = entities.column("tags").combine_chunks()
+    frame = pd.DataFrame({"k": tags.keys.to_pylist(), "v": tags.items.to_pylist()}).fillna(
+        {"v": "\0"}
+    )
+    return {(k, None if v == "\0" else v): n for (k, v), n in frame.value_counts().items()}
+
+
+# --------------------------------------------------------------------------- subset / merge
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("syn") / "tiles"
+    return write_synthetic_dataset(
+        path, n_shards=3, tiles_per_shard=(6, 9), entities_per_tile=(1, 12), seed=3
+    )
+
+
+def test_subset_and_merge_roundtrip(synthetic: Path, tmp_path: Path) -> None:
+    ds = open_dataset(synthetic)
+    ids = ds.read_tiles(columns=["region_id"]).column("region_id").to_pylist()
+    half_a, half_b = ids[::2], ids[1::2]
+    a = subset_dataset(ds, half_a, tmp_path / "a")
+    b = subset_dataset(synthetic, half_b, tmp_path / "b")
+    a_ids = a.read_tiles(columns=["region_id"]).column("region_id").to_pylist()
+    assert sorted(a_ids) == sorted(half_a)
+    assert {r for r, _ in entity_keys(a)} <= set(half_a)
+    assert a.manifest["n_tiles"] == len(half_a)
+    assert a.manifest["n_entities"] == a.read_entities().num_rows
+    assert a.manifest["source"]["kind"] == "subset"
+    # the vocabulary is recomputed from the kept entities only
+    kept = vocab_counts(a.read_entities())
+    stored = a.vocab().to_pylist()
+    assert {(r["key"], r["value"]): r["count"] for r in stored} == kept
+    counts = [r["count"] for r in stored]
+    assert counts == sorted(counts, reverse=True)
+
+    merged = merge_datasets([a, b], tmp_path / "merged")
+    assert merged.config.zoom == ds.config.zoom
+    assert sorted(merged.read_tiles(columns=["region_id"]).column("region_id").to_pylist()) == (
+        sorted(ids)
+    )
+    assert entity_keys(merged) == entity_keys(ds)
+    assert merged.manifest["n_entities"] == ds.read_entities().num_rows
+    full = vocab_counts(ds.read_entities())
+    assert {(r["key"], r["value"]): r["count"] for r in merged.vocab().to_pylist()} == full
+    assert [s["dataset"] for s in merged.manifest["source"]["of"]] == [
+        str(a.path.resolve()),
+        str(b.path.resolve()),
+    ]
+    # every shard is complete and readable in the order of its tiles
+    for _, tiles, entities in merged.iter_shards():
+        order = {r: i for i, r in enumerate(tiles.column("region_id").to_pylist())}
+        pos = [order[r] for r in entities.column("region_id").to_pylist()]
+        assert pos == sorted(pos)
+
+
+def test_subset_and_merge_bad_inputs(synthetic: Path, tmp_path: Path) -> None:
+    ds = open_dataset(synthetic)
+    some = ds.read_tiles(columns=["region_id"]).column("region_id").to_pylist()[:3]
+    with pytest.raises(InputError, match=r"not tiles of .*e\.g\. 16/1/1"):
+        subset_dataset(ds, [*some, "16/1/1"], tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # nothing half-written is left behind
+    with pytest.raises(InputError, match="no region ids"):
+        subset_dataset(ds, [], tmp_path / "empty")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not empty"):
+        subset_dataset(ds, some, tmp_path / "taken")
+    with pytest.raises(OutputError, match="not a tile dataset"):
+        subset_dataset(ds, some, tmp_path / "taken", overwrite=True)
+    assert (tmp_path / "taken" / "x.txt").read_text() == "mine"
+    with pytest.raises(OutputError, match="input datasets"):
+        merge_datasets([ds], synthetic)
+    with pytest.raises(InputError, match="overlapping"):
+        merge_datasets([ds, ds], tmp_path / "twice")
+    other = write_synthetic_dataset(tmp_path / "z15", n_shards=1, zoom=15, seed=1)
+    with pytest.raises(InputError, match=r"different zoom \(16 vs 15\)"):
+        merge_datasets([ds, other], tmp_path / "mixed")
+
+
+# ------------------------------------------------------------------------- embedding path
+
+
+def test_encode_arrays_matches_embed_shard(synthetic: Path) -> None:
+    """The evaluation's sorted batching gives the embeddings `geojepa embed` writes."""
+    ds = open_dataset(synthetic)
+    cfg = tiny_config()
+    vocab = TagVocabulary.from_dataset(ds)
+    torch.manual_seed(0)
+    model = build_model(cfg, build_tag_table(vocab, "fake", None, embed_fn=fake_embed)).eval()
+    model.vocab, model.pretrain_config = vocab, cfg
+    task = get_task("way_bridge")
+    arrays = tokenize_masked([ds], task, vocab, cfg.tokenizer, seed=cfg.trainer.seed)
+    tiles, ents = encode_arrays(model, arrays, entities=True, batch_tokens=64)
+    for shard in ds.shards:
+        ref = embed_shard(
+            model, ds, shard, entities=True, batch_size=5, entity_transform=task.remove
+        )
+        cols = [c for c in ref.tiles.columns if c.startswith("emb_")]
+        np.testing.assert_allclose(tiles.loc[ref.tiles.index, cols], ref.tiles[cols], atol=1e-5)
+        keys = pd.MultiIndex.from_arrays(
+            [ref.entities["region_id"], ref.entities.index], names=["region_id", "feature_id"]
+        )
+        ecols = [c for c in ref.entities.columns if c.startswith("emb_")]
+        np.testing.assert_allclose(ents.loc[keys, ecols].to_numpy(), ref.entities[ecols], atol=1e-5)
+    assert len(tiles) == ds.manifest["n_tiles"]
+
+
+# ------------------------------------------------------------------------------ Helsinki
+
+
+@pytest.fixture(scope="module")
+def helsinki(helsinki_pbf: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """Helsinki at zoom 17 and a GeoJEPA pretrained on it for a few steps (fake text table)."""
+    from geojepa.data.config import PrepareConfig
+    from geojepa.data.prepare import prepare_tiles
+
+    root = tmp_path_factory.mktemp("helsinki")
+    config = PrepareConfig(zoom=17, workers=1, shard_levels=2, min_shard_elements=500)
+    ds = prepare_tiles(helsinki_pbf, root / "ds", config, progress=False)
+    cfg = tiny_config()
+    # pre-fill the tag-table cache so pretraining does not load the sentence encoder
+    build_tag_table(
+        TagVocabulary.from_dataset(ds), cfg.tokenizer.text_model, ds.path, embed_fn=fake_embed
+    )
+    run = pretrain(ds.path, root / "run", config=cfg, max_steps=3, progress=False)
+    return ds.path, run
+
+
+def test_evaluate_helsinki_end_to_end(helsinki: tuple[Path, Path], tmp_path: Path) -> None:
+    dataset, run = helsinki
+    out = tmp_path / "report"
+    result = evaluate(
+        run,
+        [dataset],
+        out,
+        tasks=["traffic_signals", "way_bridge"],
+        seeds=(0, 1),
+        baselines=("dummy", "tag_counts", "random_init", "supervised"),
+        config=fast_config(supervised_seeds=1),
+        progress=False,
+    )
+    for name in ("results.csv", "results_per_seed.csv", "results.md", "results.png"):
+        assert (out / name).stat().st_size > 0, name
+    summary = pd.read_csv(out / "results.csv")
+    models = set(zip(summary["model"], summary["probe"], strict=True))
+    assert {("geojepa", "linear"), ("geojepa", "mlp"), ("random_init", "mlp")} <= models
+    assert {("dummy", "dummy"), ("tag_counts", "linear"), ("supervised", "end2end")} <= models
+    assert set(summary["task"]) == {"traffic_signals", "way_bridge"}
+    seeds_of = summary.groupby(["model", "probe"])["n_seeds"].max()
+    assert seeds_of[("geojepa", "mlp")] == 2 and seeds_of[("supervised", "end2end")] == 1
+    assert np.isfinite(summary.loc[summary["metric"] == "mae", "mean"]).all()
+    # random weights really are another network: different features, same probes
+    geo = summary.query("model == 'geojepa' and probe == 'linear' and metric == 'mae'")
+    rnd = summary.query("model == 'random_init' and probe == 'linear' and metric == 'mae'")
+    assert not np.allclose(geo["mean"].to_numpy(), rnd["mean"].to_numpy(), atol=0, rtol=1e-9)
+
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["split_sha256"] == file_sha256(out / "split.parquet")
+    assert provenance["git"] is None or len(provenance["git"]["commit"]) == 40
+    assert provenance["machine"]["cpus"] >= 1 and provenance["wall_seconds"] > 0
+    assert provenance["run_training_data"] == str(dataset)
+    # the run was pretrained on all of Helsinki, and the report says so
+    assert provenance["split"]["pretraining_overlap"]["test"] > 0
+    text = (out / "results.md").read_text()
+    assert "## Notes" in text and "supervised transformer ran on seeds [0] only" in text
+
+    # the saved split is spatial and disjoint: each tile once, each block in one split
+    split = load_split(out / "split.parquet")
+    assert split["region_id"].is_unique
+    assert (split.groupby("block_id")["split"].nunique() == 1).all()
+    assert set(split["split"]) == {"train", "val", "test"}
+    assert len(result.rows) == len(pd.read_csv(out / "results_per_seed.csv")["seed"].index) // 2
+
+
+def test_removed_tags_absent_from_embedded_input(helsinki: tuple[Path, Path]) -> None:
+    """What the networks embed for a task holds no vocabulary row of its removed tags."""
+    from geojepa.model import GeoJEPA
+
+    dataset, run = helsinki
+    ds = open_dataset(dataset)
+    model = GeoJEPA.from_pretrained(run)
+    cfg, vocab = model.pretrain_config.tokenizer, model.vocab
+    checks = {
+        "way_bridge": lambda e: "bridge" in e or e.split("=")[0] == "layer",
+        "max_speed": lambda e: "maxspeed" in e.split("=")[0],
+        "traffic_signals": lambda e: "traffic_signals" in e,
+    }
+    for name, is_label_tag in checks.items():
+        rows = {i for i, entry in enumerate(vocab.entries) if is_label_tag(entry)}
+        assert rows, name
+        original = tokenize_masked([ds], None, vocab, cfg)
+        masked = tokenize_masked([ds], get_task(name), vocab, cfg)
+        assert rows & set(original.tag_ids.tolist()), f"{name}: nothing to remove (weak test)"
+        assert not rows & set(masked.tag_ids.tolist()), name
+    # traffic-signal points are gone as entities, not only as tags
+    signals = tokenize_masked([ds], get_task("traffic_signals"), vocab, cfg)
+    assert signals.ent_count.sum() < original.ent_count.sum()
+
+
+# ---------------------------------------------------------------------------- bad inputs
+
+
+def test_cli_bad_inputs(
+    helsinki: tuple[Path, Path], synthetic: Path, tmp_path: Path, capsys
+) -> None:
+    dataset, run = helsinki
+    base = ["evaluate", "--run", str(run), "-o", str(tmp_path / "r"), "--seeds", "1", "-q"]
+
+    def error(*args: str) -> str:
+        assert main([*base, *args]) == 2
+        return capsys.readouterr().err
+
+    assert "zoom=16" in error("--dataset", str(synthetic))
+    assert "split file not found" in error(
+        "--dataset", str(dataset), "--split", str(tmp_path / "nope.parquet")
+    )
+    assert "unknown task 'bridges'" in error("--dataset", str(dataset), "--tasks", "bridges")
+    assert "model directory not found" in main_err(
+        capsys, ["evaluate", "--run", str(tmp_path / "none"), "-d", str(dataset), "-o", "x"]
+    )
+
+    # a split that puts every block holding a bridge into test: no positive train label
+    ds = open_dataset(dataset)
+    tiles, entities = ds.read_tiles(), ds.read_entities()
+    labels = get_task("bridge").labels(tiles, entities)
+    split = make_split(labels.index, SplitConfig(block_zoom=15))
+    positive_blocks = set(split.loc[split["region_id"].isin(labels.index[labels == 1]), "block_id"])
+    assert positive_blocks
+    split.loc[split["block_id"].isin(positive_blocks), "split"] = "test"
+    path = save_split(split, tmp_path / "split.csv")
+    err = error("--dataset", str(dataset), "--split", str(path), "--tasks", "bridge")
+    assert "no positive label in the train split" in err
+
+
+def main_err(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    return capsys.readouterr().err
