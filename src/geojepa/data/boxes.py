@@ -39,7 +39,10 @@ def min_rotated_boxes(geoms: np.ndarray, min_side: float = MIN_BOX_SIDE) -> np.n
     n = len(geoms)
     if n == 0:
         return np.zeros((0, 8))
-    env = shapely.oriented_envelope(geoms)
+    # a point is its own envelope: only the others go through GEOS's rotating calipers
+    env = geoms.copy()
+    other = np.flatnonzero(shapely.get_type_id(geoms) != 0)
+    env[other] = shapely.oriented_envelope(geoms[other])
     coords, index = shapely.get_coordinates(env, return_index=True)
     counts = np.bincount(index, minlength=n)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])

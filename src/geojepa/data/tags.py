@@ -181,12 +181,14 @@ class TagFilter:
         if not field:
             return []
         out: list[tuple[str, str | None]] = []
-        decision = self.decision
+        decision, cached = self.decision, self._cache.get
         for kv in field.split(","):
             k, _, v = kv.partition("=")
             if "%" in k:
                 k = _opl_unescape(k)
-            d = decision(k)
+            d = cached(k)
+            if d is None:
+                d = decision(k)
             if d == 0:
                 out.append((k, _opl_unescape(v) if "%" in v else v))
             elif d == 1:
