@@ -13,6 +13,7 @@ import torch
 
 from geojepa.cli import main
 from geojepa.data.combine import merge_datasets, subset_dataset
+from geojepa.data.config import PrepareConfig
 from geojepa.data.reader import open_dataset
 from geojepa.embed import embed_shard
 from geojepa.errors import InputError, OutputError
@@ -47,9 +48,9 @@ def fast_config(**changes) -> EvaluateConfig:
         split=SplitConfig(block_zoom=15),
         probes=("linear", "mlp"),
         probe=ProbeConfig(
-            mlp_hidden=(16,), mlp_weight_decays=(0.01,), mlp_max_epochs=15, mlp_patience=3
+            mlp_hidden=(16,), mlp_weight_decays=(0.01,), mlp_max_epochs=8, mlp_patience=2
         ),
-        supervised=SupervisedConfig(depth=1, max_epochs=2, patience=1),
+        supervised=SupervisedConfig(depth=1, max_epochs=1, patience=1),
         batch_tokens=2048,
     )
     return base.replace(**changes) if changes else base
@@ -172,13 +173,69 @@ def test_encode_arrays_matches_embed_shard(synthetic: Path) -> None:
     assert len(tiles) == ds.manifest["n_tiles"]
 
 
+def test_supervised_learns_a_visible_label(synthetic: Path, tmp_path: Path) -> None:
+    """With nothing removed, "the tile has a tree" is in the tokens: the transformer finds it."""
+    from geojepa.eval.supervised import train_supervised
+    from geojepa.eval.tasks import Task, _per_tile, _Tags
+
+    def trees(tiles: pa.Table, entities: pa.Table) -> pd.Series:
+        tags = _Tags.of(entities)
+        rows = tags.rows_with(tags.key_is("natural")).astype(np.int64)
+        return _per_tile(entities, rows, tiles, "max")
+
+    ds_path = write_synthetic_dataset(
+        tmp_path / "many", n_shards=4, tiles_per_shard=(20, 28), entities_per_tile=(1, 6), seed=5
+    )
+    ds = open_dataset(ds_path)
+    task = Task("has_tree", "binary", "tile", lambda e: e, "a tree in the tile", trees)
+    labels = task.labels(ds.read_tiles(), ds.read_entities())
+    split = make_split(labels.index, SplitConfig(block_zoom=15, seed=1))
+    cfg = tiny_config()
+    vocab = TagVocabulary.from_dataset(ds)
+    table = build_tag_table(vocab, "fake", None, embed_fn=fake_embed)
+    arrays = tokenize_masked([ds], task, vocab, cfg.tokenizer)
+    sup = SupervisedConfig(depth=1, max_epochs=8, patience=3, tokens_per_batch=256)
+    rows = train_supervised(arrays, labels, split, task, cfg.tokenizer, table, (0,), sup)
+    assert 0.3 < labels.mean() < 0.9
+    assert rows[0].model == "supervised" and rows[0].probe == "end2end"
+    assert rows[0].n_train + rows[0].n_val + rows[0].n_test == len(labels)
+    assert rows[0].metrics["auroc"] > 0.8, rows[0]
+
+
+def test_evaluate_without_a_run(synthetic: Path, tmp_path: Path) -> None:
+    """Baselines only, plus the preset network with random weights; a given split is used."""
+    ds = open_dataset(synthetic)
+    cfg = preset_config("cpu-small")
+    build_tag_table(
+        TagVocabulary.from_dataset(ds), cfg.tokenizer.text_model, ds.path, embed_fn=fake_embed
+    )
+    ids = ds.read_tiles(columns=["region_id"]).column("region_id").to_pylist()
+    split_path = save_split(make_split(ids, SplitConfig(block_zoom=15, seed=2)), tmp_path / "s.csv")
+    result = evaluate(
+        None,
+        [synthetic],
+        tmp_path / "report",
+        tasks=["building_count"],
+        seeds=(0,),
+        baselines=("dummy", "random_init"),
+        split=split_path,
+        config=fast_config(),
+        progress=False,
+    )
+    assert set(result.summary["model"]) == {"dummy", "random_init"}
+    provenance = json.loads((tmp_path / "report" / "provenance.json").read_text())
+    assert provenance["split"]["given_split_sha256"] == file_sha256(split_path)
+    assert provenance["run"] is None
+    saved = load_split(tmp_path / "report" / "split.parquet")
+    assert saved.equals(load_split(split_path))
+
+
 # ------------------------------------------------------------------------------ Helsinki
 
 
 @pytest.fixture(scope="module")
 def helsinki(helsinki_pbf: Path, tmp_path_factory) -> tuple[Path, Path]:
     """Helsinki at zoom 17 and a GeoJEPA pretrained on it for a few steps (fake text table)."""
-    from geojepa.data.config import PrepareConfig
     from geojepa.data.prepare import prepare_tiles
 
     root = tmp_path_factory.mktemp("helsinki")
@@ -230,6 +287,7 @@ def test_evaluate_helsinki_end_to_end(helsinki: tuple[Path, Path], tmp_path: Pat
     assert provenance["split"]["pretraining_overlap"]["test"] > 0
     text = (out / "results.md").read_text()
     assert "## Notes" in text and "supervised transformer ran on seeds [0] only" in text
+    assert "**Warning**: the run was pretrained on data holding" in text
 
     # the saved split is spatial and disjoint: each tile once, each block in one split
     split = load_split(out / "split.parquet")
@@ -278,6 +336,9 @@ def test_cli_bad_inputs(
         return capsys.readouterr().err
 
     assert "zoom=16" in error("--dataset", str(synthetic))
+    unfiltered = write_synthetic_dataset(tmp_path / "unfiltered", n_shards=1, zoom=17, seed=4)
+    PrepareConfig(zoom=17, image_size=32, tag_filter=False).save(unfiltered / "config.json")
+    assert "tag_filter=False" in error("--dataset", str(unfiltered))
     assert "split file not found" in error(
         "--dataset", str(dataset), "--split", str(tmp_path / "nope.parquet")
     )

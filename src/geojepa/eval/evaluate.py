@@ -514,7 +514,7 @@ def evaluate(
         arrays, embedded = token_cache.get(task.remove, (None, {}))
         if arrays is None:
             _log(progress, f"{task.name}: tokenizing the masked input")
-            arrays = tokenize_masked(opened, task, vocab, tok_cfg, pcfg.trainer.seed)
+            arrays = tokenize_masked(opened, task, vocab, tok_cfg, seed=0)  # as `embed`
             token_cache.clear()  # one group at a time bounds memory
             token_cache[task.remove] = (arrays, embedded)
         if task.level == "entity":
@@ -595,7 +595,8 @@ def evaluate(
         wall_seconds=round(wall, 1),
     )
     paths = write_report(rows, output, provenance, title=config.title)
-    _append_notes(paths["markdown"], config, skipped, sup_seeds, seeds, entity_coverage)
+    overlap = split_info.get("pretraining_overlap") or {}
+    _append_notes(paths["markdown"], config, skipped, sup_seeds, seeds, entity_coverage, overlap)
     _log(progress, f"report written to {output} ({wall:.0f} s)")
     return EvaluateResult(summarize(rows), rows, paths, skipped, wall)
 
@@ -637,6 +638,7 @@ def _append_notes(
     sup_seeds: Sequence[int],
     seeds: Sequence[int],
     entity_coverage: dict[str, dict[str, int]],
+    overlap: dict[str, int],
 ) -> None:
     """Notes a reader needs next to the table (inserted before the provenance block)."""
     lines = list(config.notes)
@@ -648,6 +650,14 @@ def _append_notes(
     )
     if list(sup_seeds) != list(seeds):
         lines.append(f"The supervised transformer ran on seeds {list(sup_seeds)} only (cost).")
+    if overlap.get("val", 0) or overlap.get("test", 0):
+        lines.append(
+            f"**Warning**: the run was pretrained on data holding {overlap.get('val', 0)} val "
+            f"and {overlap.get('test', 0)} test tiles of this split; its scores are not "
+            "those of a model that never saw the test area."
+        )
+    elif overlap:
+        lines.append("The run's pretraining data holds no val or test tile of this split.")
     for name, why in skipped.items():
         lines.append(f"Skipped `{name}`: {why}.")
     for name, cov in entity_coverage.items():
@@ -668,7 +678,9 @@ def format_summary(result: EvaluateResult) -> str:
     """A short text summary for the CLI: headline metric per task and model."""
     s = result.summary
     head = s[s["metric"].isin(["mae", "auroc"])]
-    table = head.pivot_table(index=["model", "probe"], columns="task", values="mean", sort=False)
+    table = head.pivot_table(
+        index=["model", "probe"], columns="task", values="mean", sort=False, dropna=False
+    )
     return table.round(3).to_string() + f"\n\nreport: {result.paths['markdown']}"
 
 
