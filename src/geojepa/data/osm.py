@@ -152,7 +152,7 @@ def iter_osm_batches(
                 continue
             opl_slots.append(len(batch.tags))
             batch.tags.append(None)
-            if len(batch) >= batch_size:
+            if len(batch.ids) >= batch_size:  # (the list's len: no Python-level __len__)
                 stats.elements += len(batch)
                 yield finish()
                 batch_no += 1

@@ -117,18 +117,27 @@ def _validity(valid: np.ndarray) -> pa.Buffer | None:
 
 def _bytes_array(items: list, type_: pa.DataType = pa.binary()) -> pa.Array:
     """A string (items: str or None) or binary (bytes or None) Arrow array."""
+    if None in items:
+        valid = np.array([v is not None for v in items], bool)
+        chunks = [v for v in items if v is not None]
+    else:
+        valid, chunks = np.ones(len(items), bool), items
     if type_ == pa.string():
-        items = [None if v is None else v.encode() for v in items]
-    valid = np.fromiter((v is not None for v in items), bool, len(items))
-    chunks = [v for v in items if v is not None] if not valid.all() else items
+        text = "".join(chunks)
+        if text.isascii():  # (almost always) one encode call; characters = bytes
+            data = text.encode("ascii")
+        else:
+            chunks = [v.encode() for v in chunks]
+            data = b"".join(chunks)
+    else:
+        data = b"".join(chunks)
     lengths = np.zeros(len(items), np.int64)
     lengths[valid] = np.fromiter(map(len, chunks), np.int64, len(chunks))
     offsets = np.zeros(len(items) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     if offsets[-1] >= 2**31:
         raise ValueError("more than 2 GiB of data in one Arrow array")
-    data = pa.py_buffer(b"".join(chunks))
-    buffers = [_validity(valid), pa.py_buffer(offsets.astype(np.int32)), data]
+    buffers = [_validity(valid), pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)]
     return pa.Array.from_buffers(type_, len(items), buffers)
 
 
@@ -617,12 +626,15 @@ def build_shard(
 
     boxes = min_rotated_boxes(clip).astype(np.float32)
     take = _buffer_array(elem, pa.int64())
+    tile_ids = _bytes_array(region_ids.tolist(), pa.string())
+    tile_of = _buffer_array(np.repeat(np.arange(len(ux)), counts), pa.int64())
+    type_ids = _buffer_array(shapely.get_type_id(clip), pa.int64())
     entities = pa.table(
         {
-            "region_id": _bytes_array(np.repeat(region_ids, counts).tolist(), pa.string()),
+            "region_id": tile_ids.take(tile_of),
             "feature_id": t.column("feature_id").take(take),
             "tags": t.column("tags").take(take),
-            "geom_type": _bytes_array(_TYPE_NAMES[shapely.get_type_id(clip)].tolist(), pa.string()),
+            "geom_type": _bytes_array(_TYPE_NAMES.tolist(), pa.string()).take(type_ids),
             "geometry": _bytes_array(shapely.to_wkb(clip).tolist()),
             "box": pa.FixedSizeListArray.from_arrays(
                 _buffer_array(boxes.reshape(-1), pa.float32()), 8
@@ -642,7 +654,7 @@ def build_shard(
     no_image = all(c is None for c in coverage)
     tiles = pa.table(
         {
-            "region_id": _bytes_array(region_ids.tolist(), pa.string()),
+            "region_id": tile_ids,
             "z": _buffer_array(np.full(len(ux), z), pa.int8()),
             "x": _buffer_array(ux, pa.int32()),
             "y": _buffer_array(uy, pa.int32()),
