@@ -578,7 +578,9 @@ def build_shard(
         if all(files[f][1] is not None for f, _, _ in pieces):
             src = np.concatenate([files[f][1][lo:hi] for f, lo, hi in pieces])
         else:
-            src = shapely.from_wkb(t.column("geometry").to_numpy(zero_copy_only=False))
+            wkb = np.empty(t.num_rows, dtype=object)  # (to_numpy would import pandas)
+            wkb[:] = t.column("geometry").to_pylist()
+            src = shapely.from_wkb(wkb)
         elem, tx, ty, local = _clip_to_tiles(src, px, py, config)
         parts.append(t)
         found.append((elem + offset, tx, ty, local))
@@ -750,7 +752,7 @@ def _make_executor(n: int) -> Executor:
         return _Inline()
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("fork" if "fork" in methods else None)
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_warm_worker)
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx)
     # the first submit forks the workers (all at once with "fork"): do it now, before
     # pyosmium's reader threads exist; not waiting lets their warm-up overlap the reading
     pool.submit(os.getpid)
@@ -923,10 +925,11 @@ def shard_summary(tiles: pa.Table, entities: pa.Table, clip_repaired: int) -> di
 def _summary_from_files(output: Path, shard: int) -> dict[str, Any]:
     """The summary of a shard finished by an earlier (interrupted) run."""
     path = output / schema.tiles_file(shard)
-    tiles = pq.read_table(path, columns=["n_entities", "image_coverage"])
+    # ParquetFile.read, not pq.read_table: the latter imports pandas
+    tiles = pq.ParquetFile(path).read(columns=["n_entities", "image_coverage"])
     meta = pq.read_schema(path).metadata or {}
     repaired = json.loads(meta.get(STATS_KEY, b"{}")).get("clip_repaired", 0)
-    ents = pq.read_table(output / schema.entities_file(shard), columns=["geom_type", "tags"])
+    ents = pq.ParquetFile(output / schema.entities_file(shard)).read(columns=["geom_type", "tags"])
     return shard_summary(tiles, ents, repaired)
 
 
@@ -981,17 +984,12 @@ def _finalize(
     output: Path, summaries: dict[int, dict[str, Any]], missing: list[int], vocab_tmp: Path
 ) -> dict[str, Any]:
     """Merge shard summaries (reading those of shards finished by an earlier run) and write
-    the vocabulary to ``vocab_tmp``. Runs in a worker, so the main process never needs pandas
-    (which pyarrow imports on first use: ~0.4 s of CPU on the critical path)."""
+    the vocabulary to ``vocab_tmp``. Runs in a worker when there is a pool (reading the shards
+    of an earlier run imports pandas: kept off the main process)."""
     summaries = {**summaries, **{s: _summary_from_files(output, s) for s in missing}}
     stats, vocab = _merge_summaries(summaries)
     pq.write_table(vocab, vocab_tmp)
     return stats
-
-
-def _warm_worker() -> None:
-    """Pool initializer: pay pyarrow's lazy pandas import while the main process reads."""
-    pa.array([0])
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
