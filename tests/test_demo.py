@@ -95,3 +95,16 @@ def test_full_demo(helsinki_pbf: Path, tmp_path: Path) -> None:
     for key in ("map helsinki", "map town", "embedding plot", "training curves"):
         assert result[key].is_file()
     assert result.steps >= MIN_STEPS
+
+
+def test_planned_steps_are_reused_for_the_same_data_and_budget(tmp_path: Path) -> None:
+    stages = demo._Stages(tmp_path, None)
+    key = {"dataset": "d", "n_tiles": 3, "config": {"a": (1, 2)}}
+    stages.state["planned_steps"] = {"key": json.loads(json.dumps(key)), "minutes": 10.0,
+                                     "steps": 123}  # fmt: skip
+    assert demo._planned_steps(stages, key, None, 10.0) == 123
+    assert demo._planned_steps(stages, key, None, 20.0) is None  # new budget: plan again
+    assert demo._planned_steps(stages, {**key, "n_tiles": 4}, None, 10.0) is None
+    assert demo._planned_steps(stages, key, 7, 10.0) == 7
+    with pytest.raises(ConfigError, match="--steps"):
+        demo._planned_steps(stages, key, 0, 10.0)

@@ -329,14 +329,15 @@ def _run_demo(
         "n_tiles": train_ds.manifest.get("n_tiles"),
         "config": cfg.model_dump(mode="json", exclude={"trainer"}),
     }
-    planned = _planned_steps(root, stages, train_key, steps)
+    planned = _planned_steps(stages, train_key, steps, minutes)
     if planned is None:
         stages.say("[bold cyan]→[/] timing a few training steps to size the run")
         threads, step_s = fastest_threads(train_ds, cfg)
         left = minutes * 60 - (time.perf_counter() - started)
         planned = plan_steps(left, step_s)
         stages.state["planned_steps"] = {
-            "key": train_key, "steps": planned, "step_s": step_s, "threads": threads
+            "key": train_key, "minutes": minutes, "steps": planned, "step_s": step_s,
+            "threads": threads,
         }  # fmt: skip
         stages.save()
         stages.say(
@@ -456,22 +457,18 @@ def _merge(merge: Callable[..., Any], parts: list[Path], out: Path) -> None:
 
 
 def _planned_steps(
-    root: Path, stages: _Stages, key: dict[str, Any], steps: int | None
+    stages: _Stages, key: dict[str, Any], steps: int | None, minutes: float
 ) -> int | None:
-    """Explicit ``steps``, else the count a finished or interrupted run chose for this key."""
+    """Explicit ``steps``, else the count an earlier run planned for this data and budget."""
     if steps is not None:
         if steps < 1:
             from geojepa.errors import ConfigError
 
             raise ConfigError(f"--steps must be at least 1, got {steps}")
         return steps
-    old = stages.state.get("pretrain", {}).get("key", {})
-    key = json.loads(json.dumps(key))
     planned = stages.state.get("planned_steps", {})
-    if planned.get("key") == key:
+    if planned.get("key") == json.loads(json.dumps(key)) and planned.get("minutes") == minutes:
         return int(planned["steps"])
-    if old and {k: v for k, v in old.items() if k != "steps"} == key:
-        return int(old["steps"])
     return None
 
 
