@@ -6,7 +6,8 @@
   C++) that builds the WKB geometry of every tagged node, way and multipolygon relation — the
   least any OSM → geometry tool on pyosmium must do. ``floor_shapely_s`` adds decoding all of
   it into shapely geometries.
-* prepare: ``prepare_tiles`` at zoom 16 on all cores, timed inside its process (no interpreter
+* prepare: ``prepare_tiles`` at zoom 16 with ``workers=0`` (automatic: in-process for an input
+  this small, a pool on all cores for big ones), timed inside its process (no interpreter
   start-up); ``cli_s`` is the whole ``geojepa prepare`` command, start-up included.
 * cpu_s: user + system CPU seconds of each process tree (interpreter start-up included), a
   figure less sensitive than wall time to other load on the machine.
