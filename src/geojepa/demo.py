@@ -345,6 +345,10 @@ def _run_demo(
             f"fit in the {minutes:g}-minute budget"
         )
     steps_used = planned
+    done = dict(stages.state.get("pretrain", {}).get("key", {}))
+    done_steps = done.pop("steps", 0)
+    if steps is None and done == json.loads(json.dumps(train_key)) and done_steps >= planned:
+        steps_used = done_steps  # a longer finished run of the same model: keep it
     threads = stages.state.get("planned_steps", {}).get("threads")
     if threads and steps is None:
         import torch
@@ -393,7 +397,7 @@ def _run_demo(
             "evaluate",
             {**model_key, "tasks": EVAL_TASKS, "seeds": EVAL_SEEDS, "baselines": EVAL_BASELINES},
             [eval_dir / "results.md"],
-            lambda: _evaluate(model_dir, list(datasets.values()), eval_dir),
+            lambda: _evaluate(model_dir, list(datasets.values()), eval_dir, progress),
             note=f"(reduced: {len(EVAL_TASKS)} tasks, {len(EVAL_SEEDS)} seeds, "
             f"{len(EVAL_BASELINES)} baselines)",
         )  # fmt: skip
@@ -409,12 +413,14 @@ def _run_demo(
         maps = [root / f"map-{a}.html" for a in areas]
         figures = [root / "plots" / f"embeddings-{first}.png", root / "plots" / "curves.png"]
         stages.run(
-            "map and plots", model_key, maps + figures,
+            "map and plots", model_key, maps + figures[:1],
             lambda: _pictures(root, emb_dir, areas, model_dir, maps, figures),
         )  # fmt: skip
         for area, path in zip(areas, maps, strict=True):
             paths[f"map {area}"] = path
-        paths["embedding plot"], paths["training curves"] = figures
+        paths["embedding plot"] = figures[0]
+        if figures[1].exists():
+            paths["training curves"] = figures[1]
 
     total = time.perf_counter() - started
     result = DemoResult(root, stages.reports, paths, steps_used, total)
@@ -485,11 +491,11 @@ def _embed(embed: Callable[..., Any], model: Path, ds: Path, tiles: Path, ents: 
     embed(model, ds, tiles, entities_output=ents, progress=progress)
 
 
-def _evaluate(model: Path, datasets: list[Path], out: Path) -> None:
+def _evaluate(model: Path, datasets: list[Path], out: Path, progress: bool) -> None:
     from geojepa.eval.evaluate import evaluate
 
     evaluate(model, datasets, out, tasks=list(EVAL_TASKS), seeds=list(EVAL_SEEDS),
-             baselines=list(EVAL_BASELINES))  # fmt: skip
+             baselines=list(EVAL_BASELINES), progress=progress)  # fmt: skip
 
 
 def _pictures(
@@ -501,12 +507,15 @@ def _pictures(
     for area, path in zip(areas, maps, strict=True):
         make_map(emb_dir / f"{area}-tiles.parquet", path)
     figures[0].parent.mkdir(parents=True, exist_ok=True)
+    try:
+        plot_curves(model, figures[1])
+    except InputError:  # no training log (e.g. removed): the other pictures still stand
+        figures[1].unlink(missing_ok=True)
     tiles = emb_dir / f"{areas[0]}-tiles.parquet"
     try:
         plot_embeddings(tiles, figures[0], color_by="building")
     except InputError:  # no tile has a building among its top tags
         plot_embeddings(tiles, figures[0], color_by="n_entities")
-    plot_curves(model, figures[1])
 
 
 def print_summary(result: DemoResult, console: Console) -> None:
@@ -529,10 +538,16 @@ def print_summary(result: DemoResult, console: Console) -> None:
     for name, path in result.paths.items():
         where.add_row(name, str(path))
     console.print(where)
+    tiles = next((p for k, p in result.paths.items() if k.startswith("tile embeddings")), None)
+    hint = ""
+    if tiles is not None and tiles.exists():
+        import pyarrow.parquet as pq
+
+        region = pq.read_table(tiles, columns=["region_id"]).column(0)[0].as_py()
+        hint = f" or try `geojepa knn {tiles} --region {region}`"
     console.print(
         f"{result.steps} training steps; total {result.seconds / 60:.1f} min. "
-        "Next: open a map-*.html in a browser, or try "
-        f"`geojepa knn {result.output / 'embeddings'}/{next(iter(AREAS))}-tiles.parquet "
-        "--region <z/x/y>`.\nData © OpenStreetMap contributors (ODbL).",
+        f"Next: open a map-*.html in a browser{hint}.\n"
+        "Data © OpenStreetMap contributors (ODbL).",
         highlight=False,
     )
