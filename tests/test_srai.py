@@ -172,6 +172,8 @@ def test_bad_inputs(setup, tmp_path: Path) -> None:
         emb.transform(regions, features.reset_index(drop=True))
     with pytest.raises(ConfigError, match="zoom"):
         GeoJEPAEmbedder(model_dir, zoom=40)
+    with pytest.raises(ConfigError, match="trained on zoom 17 tiles, not zoom 16"):
+        GeoJEPAEmbedder(model_dir, zoom=16).fit()
     # a model directory that does not say which zoom it was trained on
     bare = write_model(ds, tmp_path / "bare", dataset_info=False)
     with pytest.raises(ConfigError, match="pass zoom"):

@@ -167,6 +167,12 @@ class GeoJEPAEmbedder:
             }
             if self._zoom is None:
                 self._zoom = trained.zoom
+            elif self._zoom != trained.zoom:
+                self._net = None
+                raise ConfigError(
+                    f"the model was trained on zoom {trained.zoom} tiles, not zoom {self._zoom}: "
+                    "leave zoom=None"
+                )
         if self._zoom is None:
             raise ConfigError(
                 "this model does not record the tile zoom it was trained on: pass zoom=..."
