@@ -166,9 +166,11 @@ class TagFilter:
     def __call__(self, tags: Iterable[tuple[str, str]]) -> list[tuple[str, str | None]]:
         """Filtered tags sorted by key (value None = key kept, value dropped)."""
         out: list[tuple[str, str | None]] = []
-        decision = self.decision
+        decision, cached = self.decision, self._cache.get
         for k, v in tags:
-            d = decision(k)
+            d = cached(k)
+            if d is None:
+                d = decision(k)
             if d == 0:
                 out.append((k, v))
             elif d == 1:
@@ -229,8 +231,17 @@ def decode_tags(raw: object) -> list[tuple[str, str]]:
         raw = json.loads(raw) if raw else {}
         if not isinstance(raw, dict):
             raise ValueError("tags JSON is not an object")
-    items = raw.items() if isinstance(raw, Mapping) else raw
+    if isinstance(raw, Mapping):
+        # the usual case, all text: no per-tag conversion (map/set of types run in C)
+        if set(map(type, raw)) <= _STR and set(map(type, raw.values())) <= _STR:
+            return list(raw.items())
+        items = raw.items()
+    else:
+        items = raw
     return [(str(k), "" if v is None else str(v)) for k, v in items]
+
+
+_STR = {str}
 
 
 # Closed ways are areas when they carry one of these keys (any value, unless excluded below),
