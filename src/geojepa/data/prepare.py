@@ -4,17 +4,21 @@ Stream, then shard:
 
 1. *Read* (main process, in order): pyosmium streams tagged elements as WKB + raw tags
    (`data/osm.py`), or a features table is read in record batches (`data/features.py`).
-2. *Bucket* (worker pool, per batch): decode and filter tags, close area ways into polygons,
+2. *Bucket* (per batch): decode and filter tags, close area ways into polygons,
    reproject to Web-Mercator, repair invalid geometries, find the tiles each element's bounds
-   touch, and append the element to an on-disk bucket per shard (the parent tile at
+   touch, and append the element to a bucket per shard (the parent tile at
    ``zoom - shard_levels``). An element spanning several shards goes to each.
-3. *Shard* (worker pool, per shard): map each (element, tile) candidate into the tile's local
+3. *Shard* (per shard): map each (element, tile) candidate into the tile's local
    frame, clip to the unit square (vectorised ``clip_by_rect``: a way through a tile without a
    vertex in it is kept, multi-part clips stay multi-part), drop candidates whose clip is
    empty, compute boxes, read imagery, and write the shard atomically.
 
-Memory is bounded by a batch in step 2 and by a shard in step 3, never by the input. Finished
-shards are skipped on a re-run with the same config and source; ``manifest.json`` and
+Steps 2 and 3 run in a process pool with buckets in Arrow files on disk, so memory is bounded
+by a batch in step 2 and by a shard in step 3, never by the input; with ``workers=0`` an input
+estimated under ``INLINE_MAX_ELEMENTS`` is instead built in the calling process with its
+buckets kept in memory (a pool's start-up and the file round trip cost more than they save
+there; ``workers=1`` on a big input runs in-process with its buckets on disk). Finished shards
+are skipped on a re-run with the same config and source; ``manifest.json`` and
 ``vocab.parquet`` are written last, from the shard files, so they are right after a resume.
 """
 
