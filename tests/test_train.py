@@ -43,8 +43,8 @@ def _tiny(**trainer) -> PretrainConfig:
     return PretrainConfig.from_dict(data)
 
 
-def _losses(run: Path) -> list[float]:
-    with open(run / "logs" / "csv" / "metrics.csv") as f:
+def _losses(run: Path, version: str = "csv") -> list[float]:
+    with open(run / "logs" / version / "metrics.csv") as f:
         return [float(r["train/pred_loss"]) for r in csv.DictReader(f) if r["train/pred_loss"]]
 
 
@@ -150,7 +150,12 @@ def test_resume_equals_uninterrupted(synthetic_ds: Path, tmp_path: Path) -> None
     shutil.copy(full / "vocab.json", part / "vocab.json")
     shutil.copy(full / "checkpoints" / "config.json", part / "checkpoints" / "config.json")
     shutil.copy(full / "checkpoints" / "step=4.ckpt", part / "checkpoints" / "last.ckpt")
+    first_log = part / "logs" / "csv" / "metrics.csv"  # stands for the interrupted attempt's log
+    first_log.parent.mkdir(parents=True)
+    first_log.write_text("step,train/pred_loss\n3,0.5\n")
     resumed = pretrain(synthetic_ds, part, progress=False)
+    assert first_log.read_text() == "step,train/pred_loss\n3,0.5\n"  # not overwritten
+    assert _losses(resumed, "csv-2")  # the resumed attempt logs beside it
     a = load_file(str(full / "model.safetensors"))
     b = load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys()

@@ -188,7 +188,7 @@ def pretrain(
         gradient_clip_val=cfg.optim.grad_clip or None,
         log_every_n_steps=t.log_every_n_steps,
         logger=[
-            CSVLogger(out, name="logs", version="csv"),
+            CSVLogger(out, name="logs", version=_fresh_csv_version(out / "logs")),
             TensorBoardLogger(out, name="logs", version="tensorboard"),
         ],
         callbacks=[checkpoints],
@@ -232,3 +232,16 @@ def _is_tty() -> bool:
     import sys
 
     return sys.stderr.isatty()
+
+
+def _fresh_csv_version(logs: Path) -> str:
+    """`csv` for the first attempt, `csv-2`, `csv-3`… after resumes: no attempt's log is lost.
+
+    Lightning's CSV logger rewrites ``metrics.csv`` when a run resumes into the same version;
+    `geojepa plot --curves` merges every ``metrics.csv`` under the run by step.
+    """
+    version, n = "csv", 1
+    while (logs / version / "metrics.csv").exists():
+        n += 1
+        version = f"csv-{n}"
+    return version
