@@ -40,7 +40,9 @@ def log(message: str) -> None:
     print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def measure_step_seconds(dataset: Path, steps: int = 12, warmup: int = 3) -> float:
+def measure_step_seconds(
+    dataset: Path, steps: int = 12, warmup: int = 3, config: Path | None = None
+) -> float:
     """Seconds per optimiser step of the preset on ``dataset`` (forward, backward, AdamW, EMA).
 
     Uses the same vocabulary, tag table cache, token cache and loader as `pretrain`, so the
@@ -49,10 +51,10 @@ def measure_step_seconds(dataset: Path, steps: int = 12, warmup: int = 3) -> flo
     from geojepa.data.reader import open_dataset
     from geojepa.tokenize.loader import make_dataloader
     from geojepa.tokenize.tags import TagVocabulary, build_tag_table
-    from geojepa.train import preset_config
+    from geojepa.train import PretrainConfig, preset_config
     from geojepa.train.export import build_model
 
-    cfg = preset_config(PRESET)
+    cfg = PretrainConfig.load(config) if config is not None else preset_config(PRESET)
     ds = open_dataset(dataset)
     vocab = TagVocabulary.from_dataset(ds)
     table = build_tag_table(vocab, cfg.tokenizer.text_model, cache_dir=ds.path)
@@ -98,6 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--supervised-epochs", type=int, default=4)
     parser.add_argument("--supervised-tiles", type=int, default=512, help="train tiles/epoch")
     parser.add_argument("--tasks", default=None, help="comma-separated (default: all)")
+    parser.add_argument(
+        "--baselines", default=None,
+        help="comma-separated baselines (default: all; 'none' = the pretrained model only, "
+        "e.g. for a training-length ablation)",
+    )  # fmt: skip
+    parser.add_argument("--run-name", default="run", help="run directory inside --work")
+    parser.add_argument(
+        "--config", type=Path, default=None,
+        help=f"PretrainConfig JSON instead of the {PRESET} preset (e.g. an ablation)",
+    )  # fmt: skip
+    parser.add_argument("--title", default=None, help="report title")
     parser.add_argument("--fresh", action="store_true", help="delete --work first")
     parser.add_argument("--note", action="append", default=[], help="extra report note")
     args = parser.parse_args(argv)
@@ -148,13 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     phases["split_merge_subset_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    run_dir = args.work / "run"
+    run_dir = args.work / args.run_name
+    run_info = args.work / f"{args.run_name}.json"
     if (run_dir / "model.safetensors").is_file():
-        info = json.loads((args.work / "pretrain.json").read_text())
+        info = json.loads(run_info.read_text())
         steps, step_s, seconds = info["steps"], info["measured_step_s"], info["seconds"]
         log(f"reusing the finished run {run_dir} ({steps} steps)")
     else:
-        step_s = measure_step_seconds(train_ds.path)
+        step_s = measure_step_seconds(train_ds.path, config=args.config)
         budget = args.pretrain_minutes * 60
         steps = int(min(args.max_steps, max(args.min_steps, budget / (step_s * args.overhead))))
         if args.steps is not None:
@@ -163,10 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(run_dir, ignore_errors=True)
         phases["calibrate_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        pretrain(train_ds.path, run_dir, preset=PRESET, max_steps=steps, progress=False)
+        pretrain(
+            train_ds.path, run_dir, config=args.config, preset=PRESET, max_steps=steps,
+            progress=False,
+        )  # fmt: skip
         seconds = time.perf_counter() - t
         info = {"steps": steps, "measured_step_s": step_s, "seconds": seconds}
-        (args.work / "pretrain.json").write_text(json.dumps(info) + "\n")
+        run_info.write_text(json.dumps(info) + "\n")
     phases["pretrain_s"] = time.perf_counter() - t
     pretrain_s = seconds
 
@@ -200,14 +217,19 @@ def main(argv: list[str] | None = None) -> int:
         ),
         tag_count_max_features=1000,
         supervised_seeds=args.supervised_seeds,
-        title="GeoJEPA benchmark: Neubrandenburg, Liechtenstein, Montevideo (zoom 16, CPU)",
+        title=args.title
+        or "GeoJEPA benchmark: Neubrandenburg, Liechtenstein, Montevideo (zoom 16, CPU)",
         notes=tuple(notes),
     )  # fmt: skip
+    baselines = None
+    if args.baselines is not None:
+        baselines = [] if args.baselines == "none" else args.baselines.split(",")
     result = evaluate(
         run_dir,
         [ds.path for ds in datasets.values()],
         args.report,
         tasks=args.tasks.split(",") if args.tasks else None,
+        baselines=baselines,
         seeds=range(seeds),
         split=split_path,
         config=config,

@@ -596,7 +596,10 @@ def evaluate(
     )
     paths = write_report(rows, output, provenance, title=config.title)
     overlap = split_info.get("pretraining_overlap") or {}
-    _append_notes(paths["markdown"], config, skipped, sup_seeds, seeds, entity_coverage, overlap)
+    shown_sup_seeds = sup_seeds if SUPERVISED in baselines else None
+    _append_notes(
+        paths["markdown"], config, skipped, shown_sup_seeds, seeds, entity_coverage, overlap
+    )
     _log(progress, f"report written to {output} ({wall:.0f} s)")
     return EvaluateResult(summarize(rows), rows, paths, skipped, wall)
 
@@ -635,7 +638,7 @@ def _append_notes(
     path: Path,
     config: EvaluateConfig,
     skipped: dict[str, str],
-    sup_seeds: Sequence[int],
+    sup_seeds: Sequence[int] | None,
     seeds: Sequence[int],
     entity_coverage: dict[str, dict[str, int]],
     overlap: dict[str, int],
@@ -648,7 +651,7 @@ def _append_notes(
         "to end on the same masked tokens (probe `end2end`); the others are tag baselines on "
         "the same masked input. Probes choose every setting on val; test is scored once."
     )
-    if list(sup_seeds) != list(seeds):
+    if sup_seeds is not None and list(sup_seeds) != list(seeds):
         lines.append(f"The supervised transformer ran on seeds {list(sup_seeds)} only (cost).")
     if overlap.get("val", 0) or overlap.get("test", 0):
         lines.append(
