@@ -190,11 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     seeds = args.seeds
     batch = preset_config(PRESET).data.batch_size
+    what = f"config `{args.config.name}`" if args.config else f"preset `{PRESET}`"
     notes = [
         "Benchmark (`make benchmark`, benchmarks/evaluate.py): Neubrandenburg 2016 (PBF), "
         "Liechtenstein 2013 (PBF) and Montevideo 2016–17 (features GeoParquet), zoom 16; data "
         "© OpenStreetMap contributors, ODbL.",
-        f"Pretraining: preset `{PRESET}` on the merged **train** blocks only "
+        f"Pretraining: {what} on the merged **train** blocks only "
         f"({train_ds.manifest['n_tiles']} tiles), {steps} optimiser steps of "
         f"{batch} tiles ({pretrain_s / 60:.1f} min on this machine; a bare step measured "
         f"{step_s:.2f} s) — a short CPU run, far from the paper's 100 epochs.",
