@@ -189,14 +189,20 @@ def _tag_filter(config: PrepareConfig) -> TagFilter:
     return _FILTERS[key]
 
 
-def _region_merc(config: PrepareConfig) -> shapely.Geometry | None:
-    """The bbox/polygon filter in Web-Mercator (intersection of both when both are given)."""
+def _region_lonlat(config: PrepareConfig) -> shapely.Geometry | None:
+    """The bbox/polygon filter in EPSG:4326 (intersection of both when both are given)."""
     region = None
     if config.bbox is not None:
         region = shapely.box(*config.bbox)
     if config.polygon_wkt is not None:
         poly = shapely.from_wkt(config.polygon_wkt)
         region = poly if region is None else shapely.intersection(region, poly)
+    return region
+
+
+def _region_merc(config: PrepareConfig) -> shapely.Geometry | None:
+    """The bbox/polygon filter in Web-Mercator."""
+    region = _region_lonlat(config)
     if region is None:
         return None
 
@@ -207,12 +213,7 @@ def _region_merc(config: PrepareConfig) -> shapely.Geometry | None:
 
 
 def _region_tile_range(config: PrepareConfig) -> tuple[int, int, int, int] | None:
-    region = None
-    if config.bbox is not None:
-        region = shapely.box(*config.bbox)
-    if config.polygon_wkt is not None:
-        poly = shapely.from_wkt(config.polygon_wkt)
-        region = poly if region is None else shapely.intersection(region, poly)
+    region = _region_lonlat(config)
     if region is None:
         return None
     if region.is_empty:
