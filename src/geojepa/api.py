@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from geojepa.demo import DemoResult
     from geojepa.model.jepa import GeoJEPA
     from geojepa.train.config import PretrainConfig, preset_config
+    from geojepa.train.pretrain import pretrain
 
 __all__ = [
     "GeoJEPA",
@@ -57,6 +58,7 @@ _LAZY = {
     "preset_config": ("geojepa.train.config", "preset_config"),
     "TileDataset": ("geojepa.data.reader", "TileDataset"),
     "open_dataset": ("geojepa.data.reader", "open_dataset"),
+    "pretrain": ("geojepa.train.pretrain", "pretrain"),
 }
 
 
@@ -101,48 +103,6 @@ def prepare_tiles(
     if zoom is not None:
         cfg = cfg.replace(zoom=zoom)
     return _prepare(source, output, cfg, imagery=imagery, overwrite=overwrite, progress=progress)
-
-
-# --------------------------------------------------------------------------- pretrain
-
-
-def pretrain(
-    dataset: str | Path | TileDataset,
-    output: str | Path,
-    config: PretrainConfig | str | Path | None = None,
-    preset: str = "cpu-small",
-    *,
-    devices: int | str = 1,
-    max_steps: int | None = None,
-    max_epochs: int | None = None,
-    batch_size: int | None = None,
-    resume: bool = True,
-    progress: bool | None = None,
-) -> Path:
-    """Pretrain GeoJEPA on a tile dataset (``geojepa pretrain``); returns the model directory.
-
-    ``config`` (a ``PretrainConfig`` or a JSON file) replaces ``preset``; ``max_steps``,
-    ``max_epochs`` and ``batch_size`` override it. ``devices > 1`` trains with DDP; several
-    nodes are set with ``trainer.num_nodes`` in the config. Re-running on the same ``output``
-    resumes from its last checkpoint. The returned directory is what
-    ``GeoJEPA.from_pretrained`` and ``embed_tiles`` accept.
-    """
-    from geojepa.data.reader import TileDataset
-    from geojepa.train.pretrain import pretrain as _pretrain
-
-    path = dataset.path if isinstance(dataset, TileDataset) else dataset
-    return _pretrain(
-        path,
-        output,
-        config=config,
-        preset=preset,
-        devices=devices,
-        max_steps=max_steps,
-        max_epochs=max_epochs,
-        batch_size=batch_size,
-        resume=resume,
-        progress=progress,
-    )
 
 
 # --------------------------------------------------------------------------- embed

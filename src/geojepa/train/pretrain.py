@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from geojepa.data.reader import open_dataset
+from geojepa.data.reader import TileDataset, open_dataset
 from geojepa.errors import ConfigError, OutputError
 from geojepa.tokenize.loader import make_dataloader
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
@@ -77,7 +77,7 @@ def _total_steps(cfg: PretrainConfig, n_tiles: int, world: int) -> int:
 
 
 def pretrain(
-    dataset: str | Path,
+    dataset: str | Path | TileDataset,
     output: str | Path,
     config: PretrainConfig | str | Path | None = None,
     preset: str = "cpu-small",
@@ -91,8 +91,11 @@ def pretrain(
 ) -> Path:
     """Pretrain GeoJEPA on ``dataset``; write checkpoints and the model directory to ``output``.
 
-    ``devices > 1`` (or ``num_nodes > 1``) trains with DDP (gloo on CPU, NCCL on GPUs).
-    Returns ``output``, which ``GeoJEPA.from_pretrained`` accepts.
+    ``config`` (a ``PretrainConfig`` or a JSON file) replaces ``preset``; ``max_steps``,
+    ``max_epochs`` and ``batch_size`` override it. ``devices > 1`` (or ``trainer.num_nodes > 1``
+    in the config) trains with DDP (gloo on CPU, NCCL on GPUs). Re-running on the same
+    ``output`` resumes from its last checkpoint. Returns ``output``, which
+    ``GeoJEPA.from_pretrained`` and ``embed_tiles`` accept. Also ``geojepa.pretrain``.
     """
     # Lightning is imported here, not at module level: `import geojepa` and loading a model
     # directory must stay fast.
@@ -103,7 +106,7 @@ def pretrain(
     from geojepa.train.module import EpochLoader, PretrainModule
 
     out = Path(output)
-    ds = open_dataset(dataset)
+    ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
     ckpt_dir = out / CKPT_DIR
     last = ckpt_dir / "last.ckpt"
     resuming = resume and last.exists()
