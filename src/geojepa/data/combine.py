@@ -10,7 +10,6 @@ file via a temporary name, so an interrupted run never leaves a dataset that rea
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -23,7 +22,12 @@ import pyarrow.parquet as pq
 
 from geojepa.data import schema
 from geojepa.data.config import PrepareConfig
-from geojepa.data.prepare import _merge_summaries, _version, _write_json_atomic, shard_summary
+from geojepa.data.prepare import (
+    _merge_summaries,
+    _write_json_atomic,
+    manifest_header,
+    shard_summary,
+)
 from geojepa.data.reader import TileDataset, open_dataset
 from geojepa.errors import InputError, OutputError
 
@@ -85,20 +89,9 @@ def _write_dataset(
             summaries[shard] = shard_summary(tiles, entities, 0)
         stats, vocab = _merge_summaries(summaries)
         shards = stats.pop("shards")
-        stats.pop("clip_repaired", None)
         if stats["n_tiles"] == 0:
             raise InputError("no tiles selected: the new dataset would be empty")
-        manifest = {
-            "format_version": schema.FORMAT_VERSION,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "geojepa_version": _version(),
-            "source": source,
-            "zoom": config.zoom,
-            "shard_zoom": config.shard_zoom,
-            "shards": shards,
-            "n_shards": len(shards),
-            **stats,
-        }
+        manifest = manifest_header(config, source, shards, stats)
         tmp = out / f".{schema.VOCAB_FILE}.tmp"
         pq.write_table(vocab, tmp)
         tmp.replace(out / schema.VOCAB_FILE)

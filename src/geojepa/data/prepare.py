@@ -1015,6 +1015,23 @@ def _progress_bar(enabled: bool, **kwargs: Any) -> Any:
     return tqdm(leave=False, **kwargs)
 
 
+def manifest_header(
+    config: PrepareConfig, source: Any, shards: list[int], stats: dict[str, Any]
+) -> dict[str, Any]:
+    """The manifest fields of every complete dataset, whether built by prepare or combined."""
+    return {
+        "format_version": schema.FORMAT_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "geojepa_version": _version(),
+        "source": source,
+        "zoom": config.zoom,
+        "shard_zoom": config.shard_zoom,
+        "shards": shards,
+        "n_shards": len(shards),
+        **{k: v for k, v in stats.items() if k != "clip_repaired"},
+    }
+
+
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -1193,15 +1210,7 @@ def _prepare_tiles(
         _discard(output, created)
         raise InputError(f"no entities fall inside any tile of {source}: nothing to prepare")
     manifest = {
-        "format_version": schema.FORMAT_VERSION,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "geojepa_version": _version(),
-        "source": source_id,
-        "zoom": config.zoom,
-        "shard_zoom": config.shard_zoom,
-        "shards": nonempty,
-        "n_shards": len(nonempty),
-        **{k: v for k, v in stats.items() if k != "clip_repaired"},
+        **manifest_header(config, source_id, nonempty, stats),
         "input": {
             "elements_read": totals["read"],
             "elements_kept": totals["kept"],
