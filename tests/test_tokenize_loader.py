@@ -315,3 +315,60 @@ def test_shard_without_entities(ds_path, vocab) -> None:
     assert batch.region_ids == tiles.column("region_id").to_pylist()
     assert batch.entity_valid.shape == (tiles.num_rows, 1) and not batch.entity_valid.any()
     assert batch.feature_ids == [[] for _ in range(tiles.num_rows)]
+
+
+def test_token_budget_batches_cover_every_tile_within_budget(ds_path, vocab) -> None:
+    budget = 40
+    for shuffle in (False, True):
+        loader = make_dataloader(
+            ds_path, vocab, CFG, batch_size=2, shuffle=shuffle, seed=1, tokens_per_batch=budget,
+            shuffle_buffer=16,
+        )  # fmt: skip
+        batches = list(loader)
+        assert Counter(ids_of(batches)) == Counter(all_region_ids(ds_path))
+        tokens = [np.maximum(b.entity_valid.sum(1).numpy(), 1) for b in batches]
+        # at most the budget, unless a single tile is bigger than the budget on its own
+        assert all(t.sum() <= budget or len(t) == 1 for t in tokens)
+        assert max(len(b) for b in batches) > 2  # batch_size does not cap a budgeted batch
+        # length bucketing: batches are cut from a length-sorted pool, so they are homogeneous
+        assert all(np.all(np.diff(t) >= 0) for t in tokens)
+        assert loader.dataset.planned_batches() == len(batches)
+    again = list(make_dataloader(ds_path, vocab, CFG, 2, True, 1, tokens_per_batch=budget))
+    other = list(make_dataloader(ds_path, vocab, CFG, 2, True, 2, tokens_per_batch=budget))
+    same = list(make_dataloader(ds_path, vocab, CFG, 2, True, 1, tokens_per_batch=budget))
+    assert [b.region_ids for b in again] == [b.region_ids for b in same]
+    assert [b.region_ids for b in again] != [b.region_ids for b in other]
+
+
+def test_tile_batcher_rules() -> None:
+    from geojepa.tokenize.loader import TileBatcher
+
+    rng = np.random.default_rng(0)
+    counts = np.array([0, 1, 5, 30, 2, 2, 9, 3])
+    full, rest = TileBatcher(4, tokens_per_batch=10).split(counts, rng, shuffle=False)
+    assert [list(b) for b in full] == [[0, 1, 4, 5, 7], [2], [6], [3]]  # 30 > 10: on its own
+    assert list(rest) == []
+    full, rest = TileBatcher(4, tokens_per_batch=100).split(counts, rng, shuffle=False)
+    assert full == [] and sorted(rest) == list(range(8))  # not full: carried to the next buffer
+    with pytest.raises(ConfigError, match="tokens_per_batch"):
+        TileBatcher(4, tokens_per_batch=0)
+
+
+@pytest.mark.parametrize("world,workers", [(2, 1), (3, 2)])
+def test_token_budget_equal_batches_per_rank(monkeypatch, ds_path, vocab, world, workers) -> None:
+    def slot(rank, wid):
+        monkeypatch.setattr(loader_mod, "_dist_info", lambda: (rank, world))
+        monkeypatch.setattr(
+            loader_mod, "get_worker_info", lambda: SimpleNamespace(id=wid, num_workers=workers)
+        )
+        loader = make_dataloader(
+            ds_path, vocab, CFG, batch_size=3, shuffle=True, seed=5, tokens_per_batch=30,
+            shuffle_buffer=8,
+        )  # fmt: skip
+        return list(loader.dataset)
+
+    runs = {(r, w): slot(r, w) for r in range(world) for w in range(workers)}
+    ids = Counter(rid for batches in runs.values() for rid in ids_of(batches))
+    assert max(ids.values()) == 1
+    for w in range(workers):
+        assert len({len(runs[(r, w)]) for r in range(world)}) == 1

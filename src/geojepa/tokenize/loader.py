@@ -19,6 +19,11 @@ How a pass (epoch) runs:
    rank and worker, in their on-disk order. Entities keep at most ``max_tags`` tags (the first
    ones in the stored map order).
 
+With ``tokens_per_batch`` (token-budget batching, `TileBatcher`), step 2 cuts each buffer,
+sorted by tile length, into batches of at most that many real tokens, and under DDP every rank
+runs all ranks' plans on the tiles files' entity counts alone to stop each worker slot after
+the same number of *batches* on every rank.
+
 ``shuffle=False`` with ``num_workers=0`` and one process yields every tile exactly once, in the
 dataset's order (the way to embed a whole dataset). With workers, every tile still comes
 exactly once but batches of different workers interleave.
@@ -338,8 +343,84 @@ def plan_shards(
     return nested, quotas
 
 
+class TileBatcher:
+    """The batch sampler: splits a buffer of tiles into batches, apart from the data and collate.
+
+    Fixed size (``tokens_per_batch=None``): runs of ``batch_size`` tiles of the (shuffled)
+    buffer, the rest carried over. Token budget: the buffer is sorted by token count (a stable
+    sort of the shuffled order, so equal lengths stay in random order), cut greedily into
+    batches of at most ``tokens_per_batch`` real tokens, and the batches are shuffled; the last,
+    unfilled batch is carried over. A tile bigger than the budget forms a batch on its own.
+    ``batch_size`` is not used in budget mode: the budget decides how many tiles a batch holds.
+    """
+
+    def __init__(
+        self, batch_size: int, tokens_per_batch: int | None = None, extra_tokens: int = 0
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1 (got {batch_size})")
+        if tokens_per_batch is not None and tokens_per_batch < 1:
+            raise ConfigError(f"tokens_per_batch must be at least 1 (got {tokens_per_batch})")
+        self.batch_size = batch_size
+        self.tokens_per_batch = tokens_per_batch
+        self.extra_tokens = extra_tokens  # e.g. image tokens, the same for every tile
+
+    def lengths(self, ent_count: np.ndarray) -> np.ndarray:
+        """Tokens each tile costs (at least 1: an empty tile still takes a row)."""
+        return np.maximum(np.asarray(ent_count, dtype=np.int64) + self.extra_tokens, 1)
+
+    def split(
+        self, ent_count: np.ndarray, rng: np.random.Generator, shuffle: bool
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """(full batches, leftover tiles) as index arrays into the buffer."""
+        n = len(ent_count)
+        order = rng.permutation(n) if shuffle else np.arange(n)
+        budget = self.tokens_per_batch
+        if budget is None:
+            bs = self.batch_size
+            n_full = (n // bs) * bs
+            return [order[j : j + bs] for j in range(0, n_full, bs)], order[n_full:]
+        lens = self.lengths(ent_count)
+        order = order[np.argsort(lens[order], kind="stable")]
+        batches: list[np.ndarray] = []
+        start, acc = 0, 0
+        for i, length in enumerate(lens[order].tolist()):
+            if acc and acc + length > budget:
+                batches.append(order[start:i])
+                start, acc = i, 0
+            acc += length
+        rest = order[start:]
+        if acc >= budget:  # the last batch is full (or one tile over the budget)
+            batches.append(rest)
+            rest = order[n:]
+        if shuffle and batches:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches, rest
+
+
+@dataclass
+class _Lengths:
+    """Entity counts only: stands in for `TileArrays` to plan batches without reading them."""
+
+    ent_count: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ent_count)
+
+    def take(self, tiles: np.ndarray) -> _Lengths:
+        return _Lengths(self.ent_count[np.asarray(tiles, dtype=np.int64)])
+
+    @staticmethod
+    def concat(parts: list[_Lengths]) -> _Lengths:
+        return _Lengths(np.concatenate([p.ent_count for p in parts]))
+
+
 class TileStream(IterableDataset):
-    """Iterable of `TileBatch` over a tile dataset (see the module docstring)."""
+    """Iterable of `TileBatch` over a tile dataset (see the module docstring).
+
+    Three parts, each replaceable: `_load` (the dataset of tokenised tiles, shard by shard, with
+    the token cache), ``batcher`` (a `TileBatcher`: which tiles go together) and `collate`.
+    """
 
     def __init__(
         self,
@@ -354,10 +435,11 @@ class TileStream(IterableDataset):
         shuffle_buffer: int = 1024,
         even_ranks: bool = True,
         cache: bool = True,
+        tokens_per_batch: int | None = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1 (got {batch_size})")
+        extra = config.n_image_tokens if config.use_image else 0
+        self.batcher = TileBatcher(batch_size, tokens_per_batch, extra)
         self.dataset = dataset
         self.vocab = vocab
         self.config = config
@@ -367,6 +449,8 @@ class TileStream(IterableDataset):
         self.entity_transform = entity_transform
         self.drop_last = drop_last
         self.shuffle_buffer = max(shuffle_buffer, batch_size) if shuffle else batch_size
+        if tokens_per_batch is not None:
+            self.shuffle_buffer = max(shuffle_buffer, 1)  # sorting needs a pool, shuffled or not
         self.even_ranks = even_ranks
         # An entity_transform may do anything, so its output is never cached.
         self.cache_dir = (
@@ -375,6 +459,7 @@ class TileStream(IterableDataset):
             else None
         )
         self.epoch = 0
+        self._counts: dict[int, np.ndarray] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle for ``epoch`` (the shuffling depends on ``(seed, epoch)`` only)."""
@@ -383,6 +468,22 @@ class TileStream(IterableDataset):
     def _shard_sizes(self) -> list[int]:
         ds = self.dataset
         return [pq.ParquetFile(ds.path / schema.tiles_file(s)).metadata.num_rows for s in ds.shards]
+
+    def entity_counts(self) -> dict[int, np.ndarray]:
+        """Per shard, the entities each tile keeps (capped), from the tiles files only."""
+        if self._counts is None:
+            cap = self.config.max_entities
+            self._counts = {
+                s: np.minimum(
+                    self.dataset.read_tiles(s, columns=["n_entities"])
+                    .column("n_entities")
+                    .to_numpy()
+                    .astype(np.int64),
+                    cap,
+                )
+                for s in self.dataset.shards
+            }
+        return self._counts
 
     def _load(self, shard: int) -> TileArrays:
         ds = self.dataset
@@ -414,6 +515,66 @@ class TileStream(IterableDataset):
                 self.cache_dir = None
         return arrays
 
+    def _index_batches(
+        self,
+        shards: list[int],
+        load: Callable[[int], TileArrays | _Lengths],
+        rng: np.random.Generator,
+        tile_quota: int | None,
+        batch_quota: int | None,
+    ) -> Iterator[tuple[TileArrays | _Lengths, np.ndarray]]:
+        """(buffer, tiles of one batch) for one (rank, worker) slot: the plan without collation."""
+        emitted, n_batches = 0, 0
+        buffer = None
+        for i, shard in enumerate(shards):
+            if tile_quota is not None and emitted >= tile_quota:
+                return
+            part = load(shard)
+            buffer = part if buffer is None else type(part).concat([buffer, part])
+            if len(buffer) < self.shuffle_buffer and i < len(shards) - 1:
+                continue
+            full, rest = self.batcher.split(buffer.ent_count, rng, self.shuffle)
+            for take in full:
+                if batch_quota is not None and n_batches >= batch_quota:
+                    return
+                if tile_quota is not None and len(take) > tile_quota - emitted:
+                    take = take[: tile_quota - emitted]  # this slot's quota ends in this batch
+                    if len(take) and not self.drop_last:
+                        yield buffer, take
+                    return
+                yield buffer, take
+                emitted += len(take)
+                n_batches += 1
+            buffer = buffer.take(rest)  # leftovers join the next buffer
+        if buffer is None or self.drop_last:
+            return
+        if batch_quota is not None and n_batches >= batch_quota:
+            return
+        n = len(buffer) if tile_quota is None else min(len(buffer), tile_quota - emitted)
+        if n > 0:
+            yield buffer, np.arange(n)
+
+    def _batch_quota(self, plan: list[list[list[int]]], wid: int) -> int:
+        """Batches worker ``wid`` yields on every rank under a token budget: the fewest over the
+        ranks, found by running every rank's plan on the entity counts alone (no tokenising)."""
+        counts = self.entity_counts()
+
+        def load(s: int) -> _Lengths:
+            return _Lengths(counts[s])
+
+        return min(
+            sum(
+                1
+                for _ in self._index_batches(
+                    plan[r][wid], load, self._rng(r, wid), tile_quota=None, batch_quota=None
+                )
+            )
+            for r in range(len(plan))
+        )
+
+    def _rng(self, rank: int, wid: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, rank, wid])
+
     def __iter__(self) -> Iterator[TileBatch]:
         rank, world = _dist_info()
         info = get_worker_info()
@@ -429,38 +590,43 @@ class TileStream(IterableDataset):
             self.epoch,
             self.even_ranks,
         )
-        quota = None if quotas is None else quotas[wid]
-        rng = np.random.default_rng([self.seed, self.epoch, rank, wid])
+        tile_quota = batch_quota = None
+        if quotas is not None:
+            if self.batcher.tokens_per_batch is None:
+                tile_quota = quotas[wid]
+            else:
+                batch_quota = self._batch_quota(plan, wid)
         image_size = self.dataset.config.image_size if self.config.use_image else None
-        bs = self.batch_size
-        emitted = 0
-        buffer: TileArrays | None = None
-        shards = plan[rank][wid]
-        for i, shard in enumerate(shards):
-            if quota is not None and emitted >= quota:
-                return
-            part = self._load(shard)
-            buffer = part if buffer is None else TileArrays.concat([buffer, part])
-            if len(buffer) < self.shuffle_buffer and i < len(shards) - 1:
-                continue
-            order = rng.permutation(len(buffer)) if self.shuffle else np.arange(len(buffer))
-            n_full = (len(order) // bs) * bs
-            for j in range(0, n_full, bs):
-                take = order[j : j + bs]
-                if quota is not None:
-                    take = take[: quota - emitted]
-                if len(take) < bs:  # this slot's quota ends inside this batch
-                    if len(take) and not self.drop_last:
-                        yield collate(buffer.take(take), image_size)
-                    return
-                yield collate(buffer.take(take), image_size)
-                emitted += bs
-            buffer = buffer.take(order[n_full:])  # leftovers join the next buffer
-        if buffer is None or self.drop_last:
-            return
-        n = len(buffer) if quota is None else min(len(buffer), quota - emitted)
-        if n > 0:
-            yield collate(buffer.take(np.arange(n)), image_size)
+        for buffer, take in self._index_batches(
+            plan[rank][wid], self._load, self._rng(rank, wid), tile_quota, batch_quota
+        ):
+            assert isinstance(buffer, TileArrays)
+            yield collate(buffer.take(take), image_size)
+
+    def planned_batches(self, world: int = 1, workers: int = 1) -> int:
+        """Batches rank 0 yields in this epoch (from entity counts only; for step schedules)."""
+        sizes = self._shard_sizes() if world > 1 else None
+        plan, quotas = plan_shards(
+            self.dataset.shards, sizes, world, workers, self.shuffle, self.seed, self.epoch,
+            self.even_ranks,
+        )  # fmt: skip
+        counts = self.entity_counts()
+        total = 0
+        for wid in range(workers):
+            tile_quota = batch_quota = None
+            if quotas is not None:
+                if self.batcher.tokens_per_batch is None:
+                    tile_quota = quotas[wid]
+                else:
+                    batch_quota = self._batch_quota(plan, wid)
+            total += sum(
+                1
+                for _ in self._index_batches(
+                    plan[0][wid], lambda s: _Lengths(counts[s]), self._rng(0, wid),
+                    tile_quota, batch_quota,
+                )  # fmt: skip
+            )
+        return total
 
 
 def _identity(batch: TileBatch) -> TileBatch:
@@ -499,6 +665,7 @@ def make_dataloader(
     even_ranks: bool = True,
     pin_memory: bool = False,
     cache: bool = True,
+    tokens_per_batch: int | None = None,
 ) -> TileLoader:
     """A streaming DataLoader of `TileBatch` (see the module docstring for the guarantees).
 
@@ -507,6 +674,9 @@ def make_dataloader(
     ``cache``: keep tokenised shards (all but images) under ``DATASET/cache/tokens-<key>/``
     so later epochs skip parsing geometry and tags; off with an ``entity_transform``, and
     silently off when the dataset directory is not writable.
+    ``tokens_per_batch``: form batches by a budget of real tokens with length bucketing
+    instead of ``batch_size`` tiles (see `TileBatcher`). Workers are not persistent: each
+    epoch's workers must see the epoch set on the stream.
     """
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
     if num_workers < 0:
@@ -523,5 +693,6 @@ def make_dataloader(
         shuffle_buffer=shuffle_buffer,
         even_ranks=even_ranks,
         cache=cache,
+        tokens_per_batch=tokens_per_batch,
     )
     return TileLoader(stream, num_workers=num_workers, pin_memory=pin_memory)
