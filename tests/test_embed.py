@@ -142,3 +142,18 @@ def test_cli_writes_both_files(trained, tmp_path):
     out, ents = tmp_path / "t.parquet", tmp_path / "e.parquet"
     assert main(["embed", str(run), str(ds_path), "-o", str(out), "--entities", str(ents)]) == 0
     assert len(gpd.read_parquet(out)) > 0 and len(gpd.read_parquet(ents)) > 0
+
+
+def test_token_budget_embedding_same_rows_same_order(trained, tmp_path):
+    ds_path, run = trained
+    a_t, a_e = tmp_path / "a.parquet", tmp_path / "ae.parquet"
+    b_t, b_e = tmp_path / "b.parquet", tmp_path / "be.parquet"
+    embed_tiles(run, ds_path, a_t, entities_output=a_e, batch_size=3, progress=False)
+    args = ["embed", str(run), str(ds_path), "-o", str(b_t), "--entities", str(b_e)]
+    assert main([*args, "--tokens-per-batch", "20"]) == 0
+    for x, y in ((a_t, b_t), (a_e, b_e)):
+        a, b = gpd.read_parquet(x), gpd.read_parquet(y)
+        assert list(a.index) == list(b.index)  # the dataset's order, not the length order
+        assert (a.drop(columns=[c for c in a if c.startswith("emb_")]) ==
+                b.drop(columns=[c for c in b if c.startswith("emb_")])).all().all()  # fmt: skip
+        assert np.abs(_emb(a) - _emb(b)).max() < 1e-4

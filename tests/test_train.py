@@ -141,9 +141,12 @@ def test_pretrain_learns_and_exports(synthetic_ds: Path, tmp_path: Path) -> None
         GeoJEPA.from_pretrained(newer)
 
 
-def test_resume_equals_uninterrupted(synthetic_ds: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("tokens_per_batch", [None, 60])
+def test_resume_equals_uninterrupted(synthetic_ds: Path, tmp_path: Path, tokens_per_batch) -> None:
     # ~22 tiles / batch 4 = 6 batches per epoch: step 4 is mid-epoch, step 9 is in epoch 2
+    # (~350 tokens / 60 per batch: 6-7 batches per epoch under the token budget)
     cfg = _tiny(max_steps=9, checkpoint_every_n_steps=4)
+    cfg = cfg.with_overrides(data={"tokens_per_batch": tokens_per_batch})
     full = pretrain(synthetic_ds, tmp_path / "full", config=cfg, progress=False)
     part = tmp_path / "part"
     (part / "checkpoints").mkdir(parents=True)
@@ -164,6 +167,22 @@ def test_resume_equals_uninterrupted(synthetic_ds: Path, tmp_path: Path) -> None
     ca = torch.load(full / "checkpoints" / "last.ckpt", weights_only=False)
     cb = torch.load(part / "checkpoints" / "last.ckpt", weights_only=False)
     assert ca["global_step"] == cb["global_step"] == 9
+
+
+def test_token_budget_schedules_count_planned_batches(synthetic_ds: Path, tmp_path: Path) -> None:
+    from geojepa.data.reader import open_dataset
+    from geojepa.tokenize.loader import make_dataloader
+
+    cfg = _tiny(max_steps=-1, max_epochs=2).with_overrides(data={"tokens_per_batch": 50})
+    run = pretrain(synthetic_ds, tmp_path / "run", config=cfg, progress=False)
+    ds = open_dataset(synthetic_ds)
+    vocab = TagVocabulary.load(run / "vocab.json")
+    loader = make_dataloader(ds, vocab, cfg.tokenizer, 4, True, 0, tokens_per_batch=50)
+    per_epoch = [len(list(loader)) for _ in range(2)]
+    assert per_epoch[0] > 22 / 4 + 1  # ~350 tokens / 50: more batches than batch_size 4 gives
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == sum(per_epoch)  # two epochs of budgeted batches were trained
+    assert ckpt["geojepa"]["total_steps"] == 2 * loader.dataset.planned_batches()
 
 
 def test_output_that_is_not_a_run_is_refused(synthetic_ds: Path, tmp_path: Path) -> None:

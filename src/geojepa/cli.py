@@ -143,6 +143,9 @@ def pretrain(
     max_steps: int | None = typer.Option(None, help="optimiser steps (overrides the config)"),
     max_epochs: int | None = typer.Option(None, help="epochs (overrides the config)"),
     batch_size: int | None = typer.Option(None, help="tiles per device per step"),
+    tokens_per_batch: int | None = typer.Option(
+        None, min=1, help="real tokens per device per step, length-bucketed (replaces batch size)"
+    ),
     resume: bool = typer.Option(True, help="continue from OUTPUT/checkpoints/last.ckpt"),
 ) -> None:
     """Pretrain GeoJEPA on a tile dataset; writes checkpoints, logs and a model directory."""
@@ -157,6 +160,7 @@ def pretrain(
         max_steps=max_steps,
         max_epochs=max_epochs,
         batch_size=batch_size,
+        tokens_per_batch=tokens_per_batch,
         resume=resume,
     )
     typer.echo(f"model directory: {out}")
@@ -171,14 +175,18 @@ def embed(
         None, "--entities", help="also write entity embeddings to this GeoParquet"
     ),
     batch_size: int = typer.Option(64, min=1, help="tiles per forward pass"),
+    tokens_per_batch: int | None = typer.Option(
+        None, min=1, help="real tokens per forward pass, length-sorted (replaces batch size)"
+    ),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu, cuda, cuda:1"),
 ) -> None:
     """Embed every tile (and optionally every entity) of a dataset; GeoParquet, EPSG:4326."""
     from geojepa.embed import embed_tiles
 
     out = embed_tiles(
-        run, dataset, output, entities_output=entities, batch_size=batch_size, device=device
-    )
+        run, dataset, output, entities_output=entities, batch_size=batch_size, device=device,
+        tokens_per_batch=tokens_per_batch,
+    )  # fmt: skip
     typer.echo(f"tile embeddings: {out}")
     if entities is not None:
         typer.echo(f"entity embeddings: {entities}")

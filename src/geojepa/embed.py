@@ -115,8 +115,13 @@ def embed_shard(
     entities: bool = False,
     batch_size: int = 64,
     entity_transform: EntityTransform | None = None,
+    tokens_per_batch: int | None = None,
 ) -> ShardEmbeddings:
-    """Embed every tile of one shard (and its entities, if asked) with the target encoder."""
+    """Embed every tile of one shard (and its entities, if asked) with the target encoder.
+
+    With ``tokens_per_batch`` the tiles are batched by length (few padded slots); the rows come
+    back in the shard's tile order either way.
+    """
     device = next(model.parameters()).device
     tiles = ds.read_tiles(shard, columns=["region_id", "west", "south", "east", "north"])
     ents = ds.read_entities(shard)
@@ -131,10 +136,12 @@ def embed_shard(
         seed=0,
         entity_transform=entity_transform,
         cache=entity_transform is None,
+        tokens_per_batch=tokens_per_batch,
     )
     ids: list[str] = []
     tile_vecs: list[np.ndarray] = []
     ent_keys: list[tuple[str, str]] = []
+    tile_keys: list[list[tuple[str, str]]] = []
     ent_vecs: list[np.ndarray] = []
     with torch.inference_mode():
         for batch in loader:
@@ -145,9 +152,18 @@ def embed_shard(
             if entities:
                 e = h[:, : batch.entity_valid.shape[1]].float().cpu().numpy()
                 for b, fids in enumerate(batch.feature_ids):
-                    ent_keys += [(batch.region_ids[b], f) for f in fids]
+                    tile_keys.append([(batch.region_ids[b], f) for f in fids])
+                    ent_keys += tile_keys[-1]
                     ent_vecs.append(e[b, : len(fids)])
     width = tile_vecs[0].shape[1] if tile_vecs else 0
+    if tokens_per_batch is not None:  # back to the shard's order (batches were length-sorted)
+        rank = pd.Index(tiles.column("region_id").to_pylist()).get_indexer(ids)
+        order = np.argsort(rank, kind="stable")
+        ids = [ids[i] for i in order]
+        tile_vecs = [np.concatenate(tile_vecs)[order]] if tile_vecs else tile_vecs
+        if entities:  # one entry per tile in both lists, in the same order as ids had
+            ent_vecs = [ent_vecs[i] for i in order]
+            ent_keys = [k for i in order for k in tile_keys[i]]
     frame = pd.DataFrame(
         np.concatenate(tile_vecs) if tile_vecs else np.zeros((0, width), np.float32),
         index=pd.Index(ids, name="region_id"),
@@ -204,12 +220,14 @@ def embed_tiles(
     device: str = "cpu",
     entity_transform: EntityTransform | None = None,
     progress: bool = True,
+    tokens_per_batch: int | None = None,
 ) -> Path:
     """Write tile (and optionally entity) embeddings of ``dataset`` as GeoParquet.
 
     Tile embeddings do not depend on the batch a tile lands in: padding never enters attention
     or pooling. ``entity_transform`` rewrites each shard's entities before embedding (the
-    evaluation uses it to remove the tags that define a label).
+    evaluation uses it to remove the tags that define a label). ``tokens_per_batch`` batches
+    tiles of similar length up to that many real tokens (``batch_size`` is then unused).
     """
     net = load_model(model, device)
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
@@ -222,7 +240,7 @@ def embed_tiles(
         for shard in ds.shards:
             part = embed_shard(
                 net, ds, shard, entities=ent_writer is not None, batch_size=batch_size,
-                entity_transform=entity_transform,
+                entity_transform=entity_transform, tokens_per_batch=tokens_per_batch,
             )  # fmt: skip
             tile_writer.write(part.tiles, part.tile_geometry)
             if ent_writer is not None and part.entities is not None:

@@ -48,6 +48,12 @@ class DataConfig(Config):
     """Batching and loading."""
 
     batch_size: int = Field(48, ge=1, description="tiles per device per step")
+    tokens_per_batch: int | None = Field(
+        None,
+        ge=1,
+        description="real tokens per device per step (length-bucketed batches); "
+        "replaces batch_size when set",
+    )
     num_workers: int = Field(0, ge=0)
     shuffle_buffer: int = Field(1024, ge=1)
 

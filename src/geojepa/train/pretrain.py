@@ -33,6 +33,7 @@ def resolve_config(
     batch_size: int | None = None,
     max_steps: int | None = None,
     max_epochs: int | None = None,
+    tokens_per_batch: int | None = None,
 ) -> PretrainConfig:
     """Preset, or a config object/file, then command-line overrides."""
     if config is None:
@@ -54,6 +55,8 @@ def resolve_config(
     data["trainer"].update(trainer)
     if batch_size is not None:
         data["data"]["batch_size"] = batch_size
+    if tokens_per_batch is not None:
+        data["data"]["tokens_per_batch"] = tokens_per_batch
     return PretrainConfig.from_dict(data)
 
 
@@ -64,10 +67,16 @@ def _precision(cfg: PretrainConfig, accelerator: str) -> str:
     return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
-def _total_steps(cfg: PretrainConfig, n_tiles: int, world: int) -> int:
-    """Optimiser steps of the whole run (drives lr, weight-decay and EMA schedules)."""
+def _total_steps(
+    cfg: PretrainConfig, n_tiles: int, world: int, batches_per_epoch: int | None = None
+) -> int:
+    """Optimiser steps of the whole run (drives lr, weight-decay and EMA schedules).
+
+    ``batches_per_epoch`` (per rank) comes from the loader's plan under a token budget, where
+    the number of tiles per batch varies; otherwise it follows from ``batch_size``.
+    """
     t = cfg.trainer
-    per_epoch = math.ceil(max(n_tiles, 1) / (cfg.data.batch_size * world))
+    per_epoch = batches_per_epoch or math.ceil(max(n_tiles, 1) / (cfg.data.batch_size * world))
     per_epoch = max(per_epoch // t.accumulate_grad_batches, 1)
     by_epochs = per_epoch * t.max_epochs if t.max_epochs else None
     if t.max_steps > 0:
@@ -85,6 +94,7 @@ def pretrain(
     max_steps: int | None = None,
     max_epochs: int | None = None,
     batch_size: int | None = None,
+    tokens_per_batch: int | None = None,
     resume: bool = True,
     strategy: str | None = None,
     progress: bool | None = None,
@@ -92,7 +102,7 @@ def pretrain(
     """Pretrain GeoJEPA on ``dataset``; write checkpoints and the model directory to ``output``.
 
     ``config`` (a ``PretrainConfig`` or a JSON file) replaces ``preset``; ``max_steps``,
-    ``max_epochs`` and ``batch_size`` override it. ``devices > 1`` (or ``trainer.num_nodes > 1``
+    ``max_epochs``, ``batch_size`` and ``tokens_per_batch`` override it. ``devices > 1`` (or ``trainer.num_nodes > 1``
     in the config) trains with DDP (gloo on CPU, NCCL on GPUs). Re-running on the same
     ``output`` resumes from its last checkpoint. Returns ``output``, which
     ``GeoJEPA.from_pretrained`` and ``embed_tiles`` accept. Also ``geojepa.pretrain``.
@@ -113,15 +123,17 @@ def pretrain(
     if resuming:
         saved = PretrainConfig.load(ckpt_dir / "config.json")
         cfg = resolve_config(config=saved, max_steps=max_steps, max_epochs=max_epochs)
-        if config is not None or batch_size is not None:
-            wanted = resolve_config(preset, config, batch_size, max_steps, max_epochs)
+        if config is not None or batch_size is not None or tokens_per_batch is not None:
+            wanted = resolve_config(
+                preset, config, batch_size, max_steps, max_epochs, tokens_per_batch
+            )
             if wanted.model_dump(exclude={"trainer"}) != cfg.model_dump(exclude={"trainer"}):
                 raise ConfigError(
                     f"{out} holds a run with a different config: use a new output directory "
                     "or --no-resume"
                 )
     else:
-        cfg = resolve_config(preset, config, batch_size, max_steps, max_epochs)
+        cfg = resolve_config(preset, config, batch_size, max_steps, max_epochs, tokens_per_batch)
         if out.exists() and any(out.iterdir()) and not ckpt_dir.exists():
             raise OutputError(f"{out} exists and is not a geojepa run directory")
         if any(ckpt_dir.glob("*.ckpt")):
@@ -160,6 +172,7 @@ def pretrain(
         num_workers=cfg.data.num_workers,
         shuffle_buffer=cfg.data.shuffle_buffer,
         pin_memory=torch.cuda.is_available(),
+        tokens_per_batch=cfg.data.tokens_per_batch,
     )
     epoch_loader = EpochLoader(loader)
     epoch_loader.module = module
@@ -201,7 +214,10 @@ def pretrain(
         use_distributed_sampler=False,  # the tile stream splits shards across ranks itself
     )
     world = trainer.world_size
-    module.total_steps = _total_steps(cfg, n_tiles, world)
+    planned = None
+    if cfg.data.tokens_per_batch is not None:
+        planned = loader.dataset.planned_batches(world, max(cfg.data.num_workers, 1))
+    module.total_steps = _total_steps(cfg, n_tiles, world, planned)
     with warnings.catch_warnings():
         # The EMA teacher is in eval mode on purpose; the run directory holds config.json.
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
