@@ -611,6 +611,10 @@ class TileStream(IterableDataset):
             self.even_ranks,
         )  # fmt: skip
         counts = self.entity_counts()
+
+        def load(s: int) -> _Lengths:
+            return _Lengths(counts[s])
+
         total = 0
         for wid in range(workers):
             tile_quota = batch_quota = None
@@ -619,13 +623,10 @@ class TileStream(IterableDataset):
                     tile_quota = quotas[wid]
                 else:
                     batch_quota = self._batch_quota(plan, wid)
-            total += sum(
-                1
-                for _ in self._index_batches(
-                    plan[0][wid], lambda s: _Lengths(counts[s]), self._rng(0, wid),
-                    tile_quota, batch_quota,
-                )  # fmt: skip
+            plan_0 = self._index_batches(
+                plan[0][wid], load, self._rng(0, wid), tile_quota, batch_quota
             )
+            total += sum(1 for _ in plan_0)
         return total
 
 

@@ -102,8 +102,8 @@ def pretrain(
     """Pretrain GeoJEPA on ``dataset``; write checkpoints and the model directory to ``output``.
 
     ``config`` (a ``PretrainConfig`` or a JSON file) replaces ``preset``; ``max_steps``,
-    ``max_epochs``, ``batch_size`` and ``tokens_per_batch`` override it. ``devices > 1`` (or ``trainer.num_nodes > 1``
-    in the config) trains with DDP (gloo on CPU, NCCL on GPUs). Re-running on the same
+    ``max_epochs``, ``batch_size`` and ``tokens_per_batch`` override it. ``devices > 1`` (or
+    ``trainer.num_nodes > 1`` in the config) trains with DDP (gloo on CPU, NCCL on GPUs). Re-running on the same
     ``output`` resumes from its last checkpoint. Returns ``output``, which
     ``GeoJEPA.from_pretrained`` and ``embed_tiles`` accept. Also ``geojepa.pretrain``.
     """
