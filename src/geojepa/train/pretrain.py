@@ -103,9 +103,9 @@ def pretrain(
 
     ``config`` (a ``PretrainConfig`` or a JSON file) replaces ``preset``; ``max_steps``,
     ``max_epochs``, ``batch_size`` and ``tokens_per_batch`` override it. ``devices > 1`` (or
-    ``trainer.num_nodes > 1`` in the config) trains with DDP (gloo on CPU, NCCL on GPUs). Re-running on the same
-    ``output`` resumes from its last checkpoint. Returns ``output``, which
-    ``GeoJEPA.from_pretrained`` and ``embed_tiles`` accept. Also ``geojepa.pretrain``.
+    ``trainer.num_nodes > 1`` in the config) trains with DDP (gloo on CPU, NCCL on GPUs).
+    Re-running on the same ``output`` resumes from its last checkpoint. Returns ``output``,
+    which ``GeoJEPA.from_pretrained`` and ``embed_tiles`` accept. Also ``geojepa.pretrain``.
     """
     # Lightning is imported here, not at module level: `import geojepa` and loading a model
     # directory must stay fast.
