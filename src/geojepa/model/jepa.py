@@ -171,6 +171,13 @@ class GeoJEPA(nn.Module):
         torch._foreach_mul_(dst, momentum)
         torch._foreach_add_(dst, src, alpha=1.0 - momentum)
 
+    def set_packed(self, packed: bool) -> GeoJEPA:
+        """Packed layout (default; cost follows real tokens) or padded (for comparison)."""
+        for m in self.modules():
+            if isinstance(m, Transformer):
+                m.packed = packed
+        return self
+
     def train(self, mode: bool = True) -> GeoJEPA:
         super().train(mode)
         self.target.eval()  # the teacher is deterministic (no dropout, frozen statistics)

@@ -1,15 +1,33 @@
-"""Pre-norm transformer with key-padding masks through ``scaled_dot_product_attention``.
+"""Pre-norm transformer over padded or packed tokens.
 
-Padding keys are never attended. A row with no valid key at all (an empty tile, an empty
-context) would make softmax produce NaN, so such rows are allowed to attend to their first slot
-only; their outputs are finite garbage that every consumer masks out with ``valid``.
+Padded layout: ``x [B,L,D]`` with a key-padding mask through ``scaled_dot_product_attention``.
+A row with no valid key at all (an empty tile, an empty context) would make softmax produce
+NaN, so such rows are allowed to attend to their first slot only; their outputs are finite
+garbage that every consumer masks out with ``valid``.
+
+Packed layout (the default, `Packing`): only the real tokens of a batch, ``[N,D]`` with
+``N = valid.sum()``, go through every Linear, LayerNorm and MLP, so their cost follows real
+tokens, not ``B × L``. Attention stays within a tile: on CPU the packed q/k/v are scattered
+into the padded ``[B,L]`` layout for one dense SDPA with the key-padding mask (measured faster
+on CPU than a block-diagonal mask over ``N × N``, and cheap once batches are length-bucketed,
+see ``tokens_per_batch``); on CUDA, when FlexAttention is available, attention runs on the
+packed sequence itself with a document mask (tokens attend only to tokens of the same tile).
+Both layouts compute the same function; outputs at padding positions are zero when packed.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+try:  # FlexAttention: PyTorch ≥ 2.5; used on CUDA only (on CPU it runs a slow eager path).
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:  # pragma: no cover - older torch
+    create_block_mask = flex_attention = None
 
 
 def key_mask(valid: torch.Tensor) -> torch.Tensor:
@@ -18,6 +36,58 @@ def key_mask(valid: torch.Tensor) -> torch.Tensor:
     first = torch.zeros_like(valid)
     first[:, 0] = True
     return (valid | (empty & first))[:, None, None, :]
+
+
+@dataclass
+class Packing:
+    """Where the real tokens of a padded ``[B,L]`` batch sit, to pack and unpack them.
+
+    ``index``: flat positions ``b·L + l`` of the real tokens, tile after tile; ``seq``: the tile
+    of each packed token; ``mask``: the key-padding mask for the dense fallback; ``block_mask``:
+    FlexAttention's document mask (set only when attention runs on the packed sequence).
+    """
+
+    index: torch.Tensor  # long [N]
+    seq: torch.Tensor  # long [N]
+    batch: int
+    length: int
+    mask: torch.Tensor  # bool [B,1,1,L]
+    block_mask: Any = None
+
+    @classmethod
+    def from_valid(cls, valid: torch.Tensor, flex: bool = False) -> Packing:
+        b, n = valid.shape
+        index = valid.reshape(-1).nonzero().squeeze(1)
+        seq = torch.div(index, max(n, 1), rounding_mode="floor")
+        packing = cls(index, seq, b, n, key_mask(valid))
+        if flex:
+            packing.block_mask = document_mask(seq)
+        return packing
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """[B,L,...] → [N,...]."""
+        return x.reshape(self.batch * self.length, *x.shape[2:]).index_select(0, self.index)
+
+    def unpack(self, y: torch.Tensor) -> torch.Tensor:
+        """[N,...] → [B,L,...], zeros at padding."""
+        out = y.new_zeros(self.batch * self.length, *y.shape[1:])
+        out.index_copy_(0, self.index, y)
+        return out.view(self.batch, self.length, *y.shape[1:])
+
+
+def document_mask(seq: torch.Tensor) -> Any:
+    """FlexAttention block mask: token q may attend token k iff both belong to the same tile."""
+
+    def same_tile(b, h, q, k):
+        return seq[q] == seq[k]
+
+    n = seq.shape[0]
+    return create_block_mask(same_tile, None, None, n, n, device=seq.device)
+
+
+def use_flex(x: torch.Tensor) -> bool:
+    """FlexAttention on the packed sequence: CUDA only (and only where PyTorch has it)."""
+    return flex_attention is not None and x.is_cuda
 
 
 class Block(nn.Module):
@@ -36,7 +106,10 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | Packing) -> torch.Tensor:
+        """Padded: x [B,L,D] and a key mask; packed: x [N,D] and its `Packing`."""
+        if isinstance(mask, Packing):
+            return self._packed(x, mask)
         b, n, d = x.shape
         qkv = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
@@ -45,21 +118,50 @@ class Block(nn.Module):
         x = x + self.proj(a.transpose(1, 2).reshape(b, n, d))
         return x + self.mlp(self.norm2(x))
 
+    def _packed(self, x: torch.Tensor, p: Packing) -> torch.Tensor:
+        n, d = x.shape
+        h = self.heads
+        drop = self.dropout if self.training else 0.0
+        qkv = self.qkv(self.norm1(x))  # [N, 3D]: only real tokens
+        if p.block_mask is not None:
+            q, k, v = qkv.view(1, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
+            a = flex_attention(q, k, v, block_mask=p.block_mask)  # [1,h,N,dh]
+            a = a.transpose(1, 2).reshape(n, d)
+        else:
+            dense = p.unpack(qkv).view(p.batch, p.length, 3, h, d // h)
+            q, k, v = dense.permute(2, 0, 3, 1, 4).unbind(0)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=p.mask, dropout_p=drop)
+            a = p.pack(a.transpose(1, 2)).reshape(n, d)
+        x = x + self.proj(a)
+        return x + self.mlp(self.norm2(x))
+
 
 class Transformer(nn.Module):
-    """A stack of pre-norm blocks and a final LayerNorm."""
+    """A stack of pre-norm blocks and a final LayerNorm; ``packed`` picks the layout."""
 
-    def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(
+        self, width: int, depth: int, heads: int, mlp_ratio: float = 4.0, packed: bool = True
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
+        self.packed = packed
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """x [B,L,D], valid bool [B,L] -> [B,L,D]; padded positions never influence others."""
-        mask = key_mask(valid)
+        if not self.packed:
+            mask = key_mask(valid)
+            for block in self.blocks:
+                x = block(x, mask)
+            return self.norm(x)
+        packing = Packing.from_valid(valid, flex=use_flex(x))
+        return packing.unpack(self.forward_packed(packing.pack(x), packing))
+
+    def forward_packed(self, y: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """Packed tokens [N,D] → [N,D]."""
         for block in self.blocks:
-            x = block(x, mask)
-        return self.norm(x)
+            y = block(y, packing)
+        return self.norm(y)
 
 
 class Predictor(nn.Module):
@@ -82,7 +184,11 @@ class Predictor(nn.Module):
     ) -> torch.Tensor:
         """context [N,Lc,D] (with prior added), target_prior [N,Lt,D] -> predictions [N,Lt,D]."""
         queries = self.mask_token.to(target_prior.dtype) + target_prior
-        x = self.embed(torch.cat([context, queries], dim=1))
+        x = torch.cat([context, queries], dim=1)
         valid = torch.cat([context_valid, target_valid], dim=1)
-        y = self.body(x, valid)
+        if self.body.packed:  # the in/out projections also touch real tokens only
+            p = Packing.from_valid(valid, flex=use_flex(x))
+            y = self.out(self.body.forward_packed(self.embed(p.pack(x)), p))
+            return p.unpack(y)[:, context.shape[1] :]
+        y = self.body(self.embed(x), valid)
         return self.out(y[:, context.shape[1] :])

@@ -120,43 +120,59 @@ class TileTokenizer(nn.Module):
             )
 
     def tag_embedding(self, tag_ids: torch.Tensor) -> torch.Tensor:
-        """[B, E, T] → [B, E, D]: layer-norm(sum of tag vectors), projected."""
-        b, e, t = tag_ids.shape
-        # embedding_bag sums without materialising [B, E, T, D_text]; rows PAD and UNKNOWN of
+        """[..., T] → [..., D]: layer-norm(sum of tag vectors), projected."""
+        lead, t = tag_ids.shape[:-1], tag_ids.shape[-1]
+        # embedding_bag sums without materialising [..., T, D_text]; rows PAD and UNKNOWN of
         # the frozen table are zero, and each UNKNOWN adds the learned vector instead.
         summed = nn.functional.embedding_bag(
-            tag_ids.reshape(b * e, t), self.tag_table, mode="sum", padding_idx=PAD
-        ).view(b, e, -1)
-        n_unknown = (tag_ids == UNKNOWN).sum(dim=2, keepdim=True).to(summed.dtype)
+            tag_ids.reshape(-1, t), self.tag_table, mode="sum", padding_idx=PAD
+        ).view(*lead, -1)
+        n_unknown = (tag_ids == UNKNOWN).sum(dim=-1, keepdim=True).to(summed.dtype)
         summed = summed + n_unknown * self.unknown_tag.to(summed.dtype)
         return self.tag_proj(self.tag_norm(summed))
 
     def geometry_embedding(self, geometry: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
-        """[B, E, P, 2] + [B, E, S] → [B, E, D]."""
-        x = torch.cat([geometry.flatten(2), scalars], dim=-1)
+        """[..., P, 2] + [..., S] → [..., D]."""
+        x = torch.cat([geometry.flatten(-2), scalars], dim=-1)
         return self.geometry_mlp(x)
 
     def entity_tokens(self, batch: TileBatch) -> torch.Tensor:
+        """[B, E, D]; computed on the real entities only (packed), zero at padding."""
         cfg = self.config
-        tags = self.tag_embedding(batch.tag_ids) if cfg.use_tags else None
+        ev = batch.entity_valid
+        b, e = ev.shape
+        index = ev.reshape(-1).nonzero().squeeze(1)
+
+        def pack(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(b * e, *x.shape[2:]).index_select(0, index)
+
+        tags = self.tag_embedding(pack(batch.tag_ids)) if cfg.use_tags else None
         geom = (
-            self.geometry_embedding(batch.geometry, batch.geometry_scalars)
+            self.geometry_embedding(pack(batch.geometry), pack(batch.geometry_scalars))
             if cfg.use_geometry
             else None
         )
         if tags is None or geom is None:
-            return tags if geom is None else geom
-        if self.training and cfg.modality_dropout > 0:
-            # One uniform draw per entity: [0, p) drops tags, [p, 2p) drops geometry (p ≤ 0.5),
-            # so each is dropped with probability p and never both.
-            u = torch.rand(tags.shape[:2], device=tags.device)
-            drop_tags = (u < cfg.modality_dropout)[..., None]
-            drop_geom = ((u >= cfg.modality_dropout) & (u < 2 * cfg.modality_dropout))[..., None]
-            tags = torch.where(drop_tags, self.missing_tags.to(tags.dtype), tags)
-            geom = torch.where(drop_geom, self.missing_geometry.to(geom.dtype), geom)
-        if cfg.fusion == "concat":
-            return self.fuse(torch.cat([tags, geom], dim=-1))
-        return tags + geom
+            out = tags if geom is None else geom
+        else:
+            if self.training and cfg.modality_dropout > 0:
+                # One uniform draw per entity slot: [0, p) drops tags, [p, 2p) drops geometry
+                # (p ≤ 0.5), so each is dropped with probability p and never both.
+                u = pack(torch.rand((b, e), device=ev.device))
+                drop_tags = (u < cfg.modality_dropout)[..., None]
+                drop_geom = ((u >= cfg.modality_dropout) & (u < 2 * cfg.modality_dropout))[
+                    ..., None
+                ]
+                tags = torch.where(drop_tags, self.missing_tags.to(tags.dtype), tags)
+                geom = torch.where(drop_geom, self.missing_geometry.to(geom.dtype), geom)
+            out = (
+                self.fuse(torch.cat([tags, geom], dim=-1))
+                if cfg.fusion == "concat"
+                else tags + geom
+            )
+        full = out.new_zeros(b * e, out.shape[-1])
+        full.index_copy_(0, index, out)
+        return full.view(b, e, -1)
 
     def forward(self, batch: TileBatch) -> Tokens:
         cfg = self.config
