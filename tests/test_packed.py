@@ -1,0 +1,139 @@
+"""Packed layout == padded layout, on real OSM tiles with skewed sizes; tiles never mix.
+
+The batch is real Neubrandenburg zoom-16 tiles holding 1 to 511 entities (the data's whole
+range), so the padded layout is mostly padding while the packed one holds only real tokens.
+Everything runs on CPU in float32; tolerances are 1e-5 relative.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from geojepa.data.config import PrepareConfig
+from geojepa.model.transformer import Block, Packing, document_mask, flex_attention
+from geojepa.tokenize.loader import TileArrays, TileStream, collate
+from geojepa.tokenize.tags import PAD, UNKNOWN, TagVocabulary
+from geojepa.train.config import preset_config
+from geojepa.train.export import build_model
+
+RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def real_batch(neubrandenburg_pbf, tmp_path_factory):
+    from geojepa.data.prepare import prepare_tiles
+
+    out = tmp_path_factory.mktemp("nb") / "nb16"
+    ds = prepare_tiles(neubrandenburg_pbf, out, PrepareConfig(zoom=16), progress=False)
+    cfg = preset_config("cpu-small")
+    cfg = cfg.with_overrides(tokenizer={"max_entities": 512})
+    vocab = TagVocabulary.from_dataset(ds)
+    stream = TileStream(ds, vocab, cfg.tokenizer, 8, shuffle=False, seed=0, cache=False)
+    arrays = TileArrays.concat([stream._load(s) for s in ds.shards])
+    counts = arrays.ent_count
+    # skewed sizes: the biggest tile, some mid-sized ones and several tiny ones
+    picks = [int(np.argmax(counts))]
+    for want in (1, 1, 2, 3, 7, 18, 60, 150):
+        picks.append(int(np.flatnonzero(counts >= want)[0]))
+    batch = collate(arrays.take(np.array(picks)), None)
+    torch.manual_seed(0)
+    table = torch.randn(len(vocab), 24)
+    table[[PAD, UNKNOWN]] = 0.0
+    model = build_model(cfg, table)
+    return model, batch
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp(min=1e-12))
+
+
+def _step(model, batch, packed: bool):
+    model.set_packed(packed).train()
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)  # modality dropout draws
+    out = model(batch, torch.Generator().manual_seed(2))
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out, grads
+
+
+def test_batch_is_skewed(real_batch) -> None:
+    _, batch = real_batch
+    n = batch.entity_valid.sum(1)
+    assert int(n.max()) == 511 and int(n.min()) == 1  # the data's full range
+    assert batch.entity_valid.float().mean() < 0.35  # the padded layout is mostly padding
+
+
+def test_packed_and_padded_give_the_same_loss_and_gradients(real_batch) -> None:
+    model, batch = real_batch
+    packed, g_packed = _step(model, batch, packed=True)
+    padded, g_padded = _step(model, batch, packed=False)
+    for name in ("loss", "pred_loss", "reg_pred", "reg_context", "n_targets"):
+        a, b = getattr(packed, name), getattr(padded, name)
+        assert abs(float(a) - float(b)) <= RTOL * abs(float(b)), name
+    assert g_packed.keys() == g_padded.keys() and len(g_padded) > 20
+    for name, g in g_padded.items():
+        assert _rel(g_packed[name], g) <= RTOL, name
+
+
+def test_packed_and_padded_give_the_same_embeddings(real_batch) -> None:
+    model, batch = real_batch
+    model.eval()
+    tiles = {p: model.set_packed(p).tile_embedding(batch) for p in (True, False)}
+    ents = {p: model.set_packed(p).entity_embeddings(batch) for p in (True, False)}
+    assert _rel(tiles[True], tiles[False]) <= RTOL
+    for b in range(len(batch)):  # per tile, so that the small tiles count as much as the big one
+        assert _rel(tiles[True][b], tiles[False][b]) <= RTOL
+        v = ents[False][1][b]
+        assert torch.equal(ents[True][1][b], v)
+        assert _rel(ents[True][0][b][v], ents[False][0][b][v]) <= RTOL
+    model.set_packed(True)
+
+
+def test_a_tile_never_attends_to_another_tile(real_batch) -> None:
+    """Changing one tile's input changes its own outputs and no other tile's, packed."""
+    model, batch = real_batch
+    model.set_packed(True).eval()
+    h, valid = model.encode(batch)
+    changed = batch.to("cpu")
+    changed.geometry = batch.geometry.clone()
+    changed.geometry[0] += 0.5  # tile 0, the biggest one
+    h2, _ = model.encode(changed)
+    assert (h2[0] - h[0]).abs().max() > 1e-3
+    others = valid[1:]
+    torch.testing.assert_close(h2[1:][others], h[1:][others], rtol=0, atol=1e-6)
+    # also within the predictor (context and mask tokens share one packed sequence)
+    pred = model.predictor.eval()
+    ctx, tgt = torch.randn(3, 5, 64), torch.randn(3, 4, 64)
+    cv = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    tv = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    y = pred(ctx, cv, tgt, tv)
+    ctx2 = ctx.clone()
+    ctx2[1] += 1.0
+    y2 = pred(ctx2, cv, tgt, tv)
+    assert (y2[1] - y[1]).abs().max() > 1e-3
+    torch.testing.assert_close(y2[[0, 2]][tv[[0, 2]]], y[[0, 2]][tv[[0, 2]]], rtol=0, atol=1e-6)
+    model.train()
+
+
+@pytest.mark.skipif(flex_attention is None, reason="this PyTorch has no FlexAttention")
+def test_flex_document_mask_path_matches_dense() -> None:
+    """The CUDA path (FlexAttention with a document mask), run on CPU for shape and values."""
+    torch.manual_seed(0)
+    block = Block(32, 4).eval()
+    valid = torch.arange(20)[None] < torch.tensor([20, 3, 9, 1])[:, None]
+    dense = Packing.from_valid(valid)
+    flex = Packing.from_valid(valid)
+    flex.block_mask = document_mask(flex.seq)
+    x = torch.randn(int(valid.sum()), 32)
+    with torch.no_grad():
+        a = block(x, dense)
+        b = block(x, flex)
+        x2 = x.clone()
+        x2[flex.seq == 0] += 1.0  # change tile 0 only
+        c = block(x2, flex)
+    assert b.shape == a.shape == x.shape
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(c[flex.seq != 0], b[flex.seq != 0], rtol=0, atol=1e-6)
