@@ -18,6 +18,20 @@ image). Examples::
 
     python benchmarks/train_step.py --device cpu --settings cpu-small gti-b4
     python benchmarks/train_step.py --device cuda --settings gti cpu-small
+
+Real data (``--data DATASET``, a directory written by ``geojepa prepare``): full training steps
+of the real tokenizer + model on the dataset's tiles, in real tokens/s and tiles/s, comparing
+
+- ``padded``: random batches of ``--batch-size`` tiles (48), padded to their longest tile, the
+  padded layout (the design before token budgets and packing);
+- ``packed``: length-bucketed batches of ``--tokens-per-batch`` real tokens (default: batch
+  size × the dataset's mean tokens per tile, i.e. the same real tokens per step on average),
+  the packed layout.
+
+Both run in the same process on batches of the same shuffled epoch (the first ``--steps``
+batches of each loader), so the ratio is from one run::
+
+    python benchmarks/train_step.py --data DATASET --preset cpu-small --out results.json
 """
 
 from __future__ import annotations
@@ -184,6 +198,85 @@ def run(s: dict, naive: bool, device: torch.device, steps: int, warmup: int) -> 
     return result
 
 
+def _real_step(model: GeoJEPA, opt, params: list, gen: torch.Generator, batch) -> None:
+    loss = model(batch, gen).loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 10.0, foreach=True)
+    opt.step()
+    model.update_target(0.996)
+
+
+def run_real(
+    ds_path: Path, preset: str, batch_size: int, tokens_per_batch: int | None, steps: int,
+    warmup: int, device: torch.device,
+) -> dict:  # fmt: skip
+    """Padded random batches vs packed token-budget batches on one prepared dataset."""
+    import numpy as np
+
+    from geojepa.data.reader import open_dataset
+    from geojepa.tokenize.loader import make_dataloader
+    from geojepa.tokenize.tags import PAD, UNKNOWN, TagVocabulary
+    from geojepa.train.export import build_model
+
+    ds = open_dataset(ds_path)
+    cfg = preset_config(preset)
+    vocab = TagVocabulary.from_dataset(ds)
+    counts = np.concatenate([
+        np.minimum(ds.read_tiles(s, columns=["n_entities"]).column(0).to_numpy(),
+                   cfg.tokenizer.max_entities)
+        for s in ds.shards
+    ])  # fmt: skip
+    mean_tokens = float(np.maximum(counts, 1).mean())
+    budget = tokens_per_batch or round(batch_size * mean_tokens)
+    torch.manual_seed(0)
+    table = torch.randn(len(vocab), 384)  # a random stand-in of the frozen text table
+    table[[PAD, UNKNOWN]] = 0.0
+    out: dict = {
+        "dataset": str(ds_path), "n_tiles": len(counts), "preset": preset,
+        "max_entities": cfg.tokenizer.max_entities, "tiles_losing_entities":
+        int(sum((ds.read_tiles(s, columns=["n_entities"]).column(0).to_numpy()
+                 > cfg.tokenizer.max_entities).sum() for s in ds.shards)),
+        "mean_tokens_per_tile": mean_tokens, "batch_size": batch_size,
+        "tokens_per_batch": budget,
+    }  # fmt: skip
+    for name, packed, kw in (
+        ("padded", False, {"batch_size": batch_size}),
+        ("packed", True, {"batch_size": batch_size, "tokens_per_batch": budget}),
+    ):
+        loader = make_dataloader(ds, vocab, cfg.tokenizer, shuffle=True, seed=0, **kw)
+        batches = [b.to(device) for _, b in zip(range(steps + warmup), loader, strict=False)]
+        model = build_model(cfg, table).to(device).set_packed(packed).train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
+        gen = torch.Generator(device=device).manual_seed(0)
+
+        for b in batches[:warmup]:
+            _real_step(model, opt, params, gen, b)
+        timed = batches[warmup:]
+        t0 = time.perf_counter()
+        for b in timed:
+            _real_step(model, opt, params, gen, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+        real = sum(int(b.entity_valid.sum()) for b in timed)
+        slots = sum(b.entity_valid.numel() for b in timed)
+        n_tiles = sum(len(b) for b in timed)
+        out[name] = {
+            "steps": len(timed), "seconds": elapsed, "real_tokens": real,
+            "padded_slots": slots, "tiles": n_tiles,
+            "real_tokens_per_s": real / elapsed, "tiles_per_s": n_tiles / elapsed,
+            "s_per_step": elapsed / len(timed), "fill": real / slots,
+        }  # fmt: skip
+        print(json.dumps({name: out[name]}), flush=True)
+    out["ratio_real_tokens_per_s"] = (
+        out["packed"]["real_tokens_per_s"] / out["padded"]["real_tokens_per_s"]
+    )
+    out["ratio_tiles_per_s"] = out["packed"]["tiles_per_s"] / out["padded"]["tiles_per_s"]
+    return out
+
+
 def machine_info(device: torch.device) -> dict:
     info = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -209,6 +302,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     ap.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    ap.add_argument("--data", type=Path, default=None, help="prepared dataset: real-data mode")
+    ap.add_argument("--preset", default="cpu-small", help="model preset (real-data mode)")
+    ap.add_argument("--batch-size", type=int, default=48, help="padded baseline's batch")
+    ap.add_argument("--tokens-per-batch", type=int, default=None, help="packed side's budget")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -216,6 +313,17 @@ def main() -> None:
     steps = args.steps or (30 if device.type == "cuda" else 5)
     warmup = args.warmup if args.warmup is not None else (5 if device.type == "cuda" else 1)
     report = {"machine": machine_info(device), "steps": steps, "warmup": warmup, "results": {}}
+    if args.data is not None:
+        steps = args.steps or 40
+        report["steps"] = steps
+        report["real_data"] = run_real(
+            args.data, args.preset, args.batch_size, args.tokens_per_batch, steps, warmup, device
+        )
+        print(json.dumps(report["real_data"], indent=2), flush=True)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
+        return
     for name in args.settings:
         s = SETTINGS[name]
         entry: dict = {"setting": s}

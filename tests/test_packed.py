@@ -28,7 +28,6 @@ def real_batch(neubrandenburg_pbf, tmp_path_factory):
     out = tmp_path_factory.mktemp("nb") / "nb16"
     ds = prepare_tiles(neubrandenburg_pbf, out, PrepareConfig(zoom=16), progress=False)
     cfg = preset_config("cpu-small")
-    cfg = cfg.with_overrides(tokenizer={"max_entities": 512})
     vocab = TagVocabulary.from_dataset(ds)
     stream = TileStream(ds, vocab, cfg.tokenizer, 8, shuffle=False, seed=0, cache=False)
     arrays = TileArrays.concat([stream._load(s) for s in ds.shards])
@@ -42,7 +41,7 @@ def real_batch(neubrandenburg_pbf, tmp_path_factory):
     table = torch.randn(len(vocab), 24)
     table[[PAD, UNKNOWN]] = 0.0
     model = build_model(cfg, table)
-    return model, batch
+    return model, batch, ds
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -60,14 +59,14 @@ def _step(model, batch, packed: bool):
 
 
 def test_batch_is_skewed(real_batch) -> None:
-    _, batch = real_batch
+    _, batch, _ = real_batch
     n = batch.entity_valid.sum(1)
     assert int(n.max()) == 511 and int(n.min()) == 1  # the data's full range
     assert batch.entity_valid.float().mean() < 0.35  # the padded layout is mostly padding
 
 
 def test_packed_and_padded_give_the_same_loss_and_gradients(real_batch) -> None:
-    model, batch = real_batch
+    model, batch, _ = real_batch
     packed, g_packed = _step(model, batch, packed=True)
     padded, g_padded = _step(model, batch, packed=False)
     for name in ("loss", "pred_loss", "reg_pred", "reg_context", "n_targets"):
@@ -79,7 +78,7 @@ def test_packed_and_padded_give_the_same_loss_and_gradients(real_batch) -> None:
 
 
 def test_packed_and_padded_give_the_same_embeddings(real_batch) -> None:
-    model, batch = real_batch
+    model, batch, _ = real_batch
     model.eval()
     tiles = {p: model.set_packed(p).tile_embedding(batch) for p in (True, False)}
     ents = {p: model.set_packed(p).entity_embeddings(batch) for p in (True, False)}
@@ -94,7 +93,7 @@ def test_packed_and_padded_give_the_same_embeddings(real_batch) -> None:
 
 def test_a_tile_never_attends_to_another_tile(real_batch) -> None:
     """Changing one tile's input changes its own outputs and no other tile's, packed."""
-    model, batch = real_batch
+    model, batch, _ = real_batch
     model.set_packed(True).eval()
     h, valid = model.encode(batch)
     changed = batch.to("cpu")
@@ -137,3 +136,16 @@ def test_flex_document_mask_path_matches_dense() -> None:
     assert b.shape == a.shape == x.shape
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(c[flex.seq != 0], b[flex.seq != 0], rtol=0, atol=1e-6)
+
+
+def test_default_cap_keeps_every_entity_of_the_shared_data(real_batch) -> None:
+    """No Neubrandenburg z16 tile (max 511) loses entities under any preset's default cap
+    (Montevideo z16, max 960, fits too: the cap is 1024)."""
+    from geojepa.train.config import PRESETS
+
+    _, _, ds = real_batch
+    most = max(int(ds.read_tiles(s, columns=["n_entities"]).column(0).to_numpy().max())
+               for s in ds.shards)  # fmt: skip
+    assert most == 511
+    for name in PRESETS:
+        assert preset_config(name).tokenizer.max_entities >= 960, name

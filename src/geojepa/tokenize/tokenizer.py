@@ -42,7 +42,9 @@ class TokenizerConfig(Config):
     modality_dropout: float = Field(
         0.1, ge=0.0, le=0.5, description="training: P(drop tags) = P(drop geometry), never both"
     )
-    max_entities: int = Field(256, ge=1, description="entities kept per tile (seeded choice)")
+    max_entities: int = Field(
+        1024, ge=1, description="entities kept per tile (seeded choice above it)"
+    )
     max_tags: int = Field(32, ge=1, description="tags kept per entity (first ones)")
 
     @model_validator(mode="after")

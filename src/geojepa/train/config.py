@@ -144,7 +144,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "use_geometry": True,
             "use_image": False,
             "geometry_hidden": 64,
-            "max_entities": 128,
+            "max_entities": 1024,
         },
         "model": {
             "width": 64,
