@@ -137,6 +137,7 @@ def embed_shard(
         entity_transform=entity_transform,
         cache=entity_transform is None,
         tokens_per_batch=tokens_per_batch,
+        pin_memory=device.type == "cuda",
     )
     ids: list[str] = []
     tile_vecs: list[np.ndarray] = []

@@ -4,8 +4,10 @@ One training step (``GeoJEPA.forward``) is fully batched: the target encoder enc
 token of every tile once; the context encoder sees only the context tokens; the predictor
 predicts the K targets of all B tiles in *one* call by repeating each tile's context K times
 along the batch (as I-JEPA does). Padding never enters attention, the loss or the statistics.
-There is no device→host synchronisation in the step except the two integers the masking needs
-to size its padded index tensors.
+There is no ``.item()``/``.cpu()`` in the step and one ``.tolist()``: the two integers the
+masking needs to size its padded index tensors (tests/test_step_hygiene.py). The packed layout
+adds data-dependent shapes (``nonzero`` of the valid tokens), which synchronise on CUDA: a
+sync-free step needs the packing offsets computed on the host in collate (not done yet).
 """
 
 from __future__ import annotations
@@ -138,15 +140,30 @@ class GeoJEPA(nn.Module):
         )
         for part in (self.prior, self.encoder, self.predictor):
             part.apply(_init_weights)  # the tokenizer keeps its own initialisation
+        # The teacher's tokenizer shares the frozen tensors (tag table, frozen image backbone,
+        # constant buffers) with the student's instead of holding copies of them.
+        memo: dict[int, Any] = {id(t): t for _, t in _frozen_tensors(tokenizer)}
         self.target = nn.ModuleDict(
             {
-                "tokenizer": copy.deepcopy(tokenizer),
+                "tokenizer": copy.deepcopy(tokenizer, memo),
                 "prior": copy.deepcopy(self.prior),
                 "encoder": copy.deepcopy(self.encoder),
             }
         )
         self.target.requires_grad_(False)
         self.target.eval()
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        """``.to()``/``.float()``… convert buffers module by module: tie the shared ones again."""
+        super()._apply(fn, recurse)
+        if "target" in self._modules:
+            target = self.target["tokenizer"]
+            for name, t in _frozen_tensors(self.tokenizer):
+                owner, _, leaf = name.rpartition(".")
+                mod = target.get_submodule(owner) if owner else target
+                table = mod._parameters if isinstance(t, nn.Parameter) else mod._buffers
+                table[leaf] = t
+        return self
 
     # --- EMA -------------------------------------------------------------------------------
     def _pair_ema_tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -263,6 +280,13 @@ class GeoJEPA(nn.Module):
         from geojepa.train.export import load_model
 
         return load_model(path, map_location=map_location)
+
+
+def _frozen_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Buffers and parameters that are never trained (shared by the student and the teacher)."""
+    frozen: list[tuple[str, torch.Tensor]] = list(module.named_buffers())
+    frozen += [(n, p) for n, p in module.named_parameters() if not p.requires_grad]
+    return frozen
 
 
 def pool_tiles(h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Context/target masking for JEPA pretraining, vectorised over the batch.
 
-Every sample draws one strategy with exactly the configured probabilities (``torch.multinomial``
-over the probability vector, one draw per sample), then selects K target sets and a context set
+Every sample draws one strategy with exactly the configured probabilities (one uniform number
+per sample through the inverse cumulative distribution; unlike ``torch.multinomial`` this has no
+device→host check), then selects K target sets and a context set
 among its *valid* tokens:
 
 - ``random``: a random ``random_target_fraction`` of the tokens are targets, dealt round-robin
@@ -139,8 +140,11 @@ class MaskGenerator:
         gen = generator
         n = valid.sum(-1)  # [B]
         nf = n.to(torch.float32)
-        probs = torch.tensor(cfg.probabilities, dtype=torch.float32, device=dev)
-        strategy = torch.multinomial(probs.expand(b, 4), 1, generator=gen).squeeze(1)
+        cdf = torch.tensor(cfg.probabilities, dtype=torch.float64).cumsum(0)
+        cdf = (cdf / cdf[-1]).to(device=dev, dtype=torch.float32)
+        cdf[-1] = 2.0  # u < 1 always lands in a bucket; zero-probability buckets are empty
+        u = _uniform((b,), gen, dev)
+        strategy = torch.searchsorted(cdf, u, right=True)
         ks = torch.arange(k, device=dev).view(1, k, 1)
 
         # random: a fraction of the tokens, dealt into k disjoint targets.

@@ -35,8 +35,15 @@ class TileBatch:
             values[f.name] = fn(v) if isinstance(v, torch.Tensor) else v
         return TileBatch(**values)
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> TileBatch:
-        """A copy with every tensor on ``device`` (the string lists are shared)."""
+    def to(self, device: torch.device | str, non_blocking: bool | None = None) -> TileBatch:
+        """A copy with every tensor on ``device`` (the string lists are shared).
+
+        Copies to a CUDA device are non-blocking by default (Lightning calls ``to(device)``
+        without the flag on objects that are not tensors): from pinned memory they overlap
+        with compute.
+        """
+        if non_blocking is None:
+            non_blocking = torch.device(device).type == "cuda"
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> TileBatch:

@@ -58,11 +58,16 @@ def export_model(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / CONFIG_FILE)
-    state = {
-        k: v.detach().cpu().contiguous()
-        for k, v in model.state_dict().items()
-        if not _is_tag_table(k)
-    }
+    state, seen = {}, set()
+    for k, v in model.state_dict().items():
+        if _is_tag_table(k):
+            continue
+        t = v.detach().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen and t.numel():  # teacher and student share frozen tensors
+            t = t.clone()  # safetensors refuses shared memory
+        seen.add(ptr)
+        state[k] = t
     meta = {"format_version": str(FORMAT_VERSION), "geojepa": "model"}
     _atomic(out / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata=meta))
     table = model.tokenizer.tag_table.detach().cpu().contiguous()
