@@ -70,8 +70,9 @@ def test_tile_and_entity_files(trained, tmp_path):
 
 def test_tile_embedding_does_not_depend_on_batch(trained, tmp_path):
     ds_path, run = trained
-    embed_tiles(run, ds_path, tmp_path / "a.parquet", batch_size=1, progress=False)
-    embed_tiles(run, ds_path, tmp_path / "b.parquet", batch_size=16, progress=False)
+    embed_tiles(run, ds_path, tmp_path / "a.parquet", batch_size=1, tokens_per_batch=None,
+                progress=False)  # fmt: skip
+    embed_tiles(run, ds_path, tmp_path / "b.parquet", progress=False)  # length-sorted budget
     a = gpd.read_parquet(tmp_path / "a.parquet")
     b = gpd.read_parquet(tmp_path / "b.parquet").loc[a.index]
     assert np.abs(_emb(a) - _emb(b)).max() < 1e-4
@@ -148,7 +149,8 @@ def test_token_budget_embedding_same_rows_same_order(trained, tmp_path):
     ds_path, run = trained
     a_t, a_e = tmp_path / "a.parquet", tmp_path / "ae.parquet"
     b_t, b_e = tmp_path / "b.parquet", tmp_path / "be.parquet"
-    embed_tiles(run, ds_path, a_t, entities_output=a_e, batch_size=3, progress=False)
+    embed_tiles(run, ds_path, a_t, entities_output=a_e, batch_size=3, tokens_per_batch=None,
+                progress=False)  # fmt: skip
     args = ["embed", str(run), str(ds_path), "-o", str(b_t), "--entities", str(b_e)]
     assert main([*args, "--tokens-per-batch", "20"]) == 0
     for x, y in ((a_t, b_t), (a_e, b_e)):

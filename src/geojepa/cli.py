@@ -174,9 +174,11 @@ def embed(
     entities: Path | None = typer.Option(
         None, "--entities", help="also write entity embeddings to this GeoParquet"
     ),
-    batch_size: int = typer.Option(64, min=1, help="tiles per forward pass"),
-    tokens_per_batch: int | None = typer.Option(
-        None, min=1, help="real tokens per forward pass, length-sorted (replaces batch size)"
+    batch_size: int = typer.Option(
+        64, min=1, help="tiles per forward pass (only with --tokens-per-batch 0)"
+    ),
+    tokens_per_batch: int = typer.Option(
+        4096, min=0, help="real tokens per forward pass, length-sorted; 0 = --batch-size tiles"
     ),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu, cuda, cuda:1"),
 ) -> None:
@@ -185,7 +187,7 @@ def embed(
 
     out = embed_tiles(
         run, dataset, output, entities_output=entities, batch_size=batch_size, device=device,
-        tokens_per_batch=tokens_per_batch,
+        tokens_per_batch=tokens_per_batch or None,
     )  # fmt: skip
     typer.echo(f"tile embeddings: {out}")
     if entities is not None:

@@ -33,7 +33,7 @@ from geojepa.errors import InputError
 from geojepa.eval.baselines import tag_strings
 from geojepa.io.geoparquet import GeoParquetWriter
 from geojepa.model.jepa import GeoJEPA, pool_tiles
-from geojepa.tokenize.loader import make_dataloader
+from geojepa.tokenize.loader import TileArrays, TileBatcher, TileStream, collate
 
 EMBEDDING_PREFIX = "emb_"
 TOP_TAGS = 5
@@ -107,6 +107,56 @@ def _single_shard(ds: TileDataset, shard: int) -> TileDataset:
     return TileDataset(ds.path, ds.config, {**ds.manifest, "shards": [shard]})
 
 
+#: Default budget of real tokens per forward pass when embedding (length-sorted batches).
+EMBED_TOKENS_PER_BATCH = 4096
+
+
+def encode_tiles(
+    model: GeoJEPA,
+    arrays: TileArrays,
+    *,
+    entities: bool = False,
+    tokens_per_batch: int | None = EMBED_TOKENS_PER_BATCH,
+    batch_size: int = 64,
+    image_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The one embedding loop (`embed_tiles` and the evaluation both use it).
+
+    Target-encoder outputs of tokenised tiles: [max ‖ mean] tile vectors ``[n_tiles, 2W]`` in
+    the order of ``arrays`` and, if asked, entity vectors ``[n_entities, W]`` in the order of
+    ``arrays.feature_ids``. Batches are length-sorted under ``tokens_per_batch`` real tokens
+    (``None``: ``batch_size`` tiles in order); the model runs them packed. A tile's vectors do
+    not depend on its batch.
+    """
+    device = next(model.parameters()).device
+    n = len(arrays)
+    width = model.config.width
+    tile_out = np.zeros((n, 2 * width), dtype=np.float32)
+    offsets = np.cumsum(arrays.ent_count) - arrays.ent_count  # first entity of each tile
+    ent_out = np.zeros((int(arrays.ent_count.sum()), width), np.float32) if entities else None
+    full, rest = TileBatcher(batch_size, tokens_per_batch).split(
+        arrays.ent_count, np.random.default_rng(0), shuffle=False
+    )
+    batches = full + ([rest] if len(rest) else [])
+    model.eval()
+    with torch.inference_mode():
+        for rows in batches:
+            batch = collate(arrays.take(rows), image_size)
+            if device.type == "cuda":
+                batch = batch.pin_memory()
+            batch = batch.to(device)
+            h, valid = model.encode(batch)
+            tile_out[rows] = pool_tiles(h, valid).float().cpu().numpy()
+            if ent_out is not None:
+                e = batch.entity_valid.shape[1]
+                hv = h[:, :e][batch.entity_valid].float().cpu().numpy()  # row-major: tile order
+                counts = arrays.ent_count[rows]
+                starts = np.cumsum(counts) - counts
+                ent_rows = np.repeat(offsets[rows] - starts, counts) + np.arange(counts.sum())
+                ent_out[ent_rows] = hv
+    return tile_out, ent_out
+
+
 def embed_shard(
     model: GeoJEPA,
     ds: TileDataset,
@@ -115,60 +165,32 @@ def embed_shard(
     entities: bool = False,
     batch_size: int = 64,
     entity_transform: EntityTransform | None = None,
-    tokens_per_batch: int | None = None,
+    tokens_per_batch: int | None = EMBED_TOKENS_PER_BATCH,
 ) -> ShardEmbeddings:
-    """Embed every tile of one shard (and its entities, if asked) with the target encoder.
-
-    With ``tokens_per_batch`` the tiles are batched by length (few padded slots); the rows come
-    back in the shard's tile order either way.
-    """
-    device = next(model.parameters()).device
+    """Embed every tile of one shard (and its entities, if asked) with the target encoder."""
     tiles = ds.read_tiles(shard, columns=["region_id", "west", "south", "east", "north"])
     ents = ds.read_entities(shard)
     if entity_transform is not None:
         ents = entity_transform(ents)
-    loader = make_dataloader(
-        _single_shard(ds, shard),
-        model.vocab,
-        model.pretrain_config.tokenizer,
-        batch_size=batch_size,
-        shuffle=False,
-        seed=0,
-        entity_transform=entity_transform,
-        cache=entity_transform is None,
-        tokens_per_batch=tokens_per_batch,
-        pin_memory=device.type == "cuda",
-    )
-    ids: list[str] = []
-    tile_vecs: list[np.ndarray] = []
-    ent_keys: list[tuple[str, str]] = []
-    tile_keys: list[list[tuple[str, str]]] = []
-    ent_vecs: list[np.ndarray] = []
-    with torch.inference_mode():
-        for batch in loader:
-            batch = batch.to(device)
-            h, valid = model.encode(batch)
-            tile_vecs.append(pool_tiles(h, valid).float().cpu().numpy())
-            ids += batch.region_ids
-            if entities:
-                e = h[:, : batch.entity_valid.shape[1]].float().cpu().numpy()
-                for b, fids in enumerate(batch.feature_ids):
-                    tile_keys.append([(batch.region_ids[b], f) for f in fids])
-                    ent_keys += tile_keys[-1]
-                    ent_vecs.append(e[b, : len(fids)])
-    width = tile_vecs[0].shape[1] if tile_vecs else 0
-    if tokens_per_batch is not None:  # back to the shard's order (batches were length-sorted)
-        rank = pd.Index(tiles.column("region_id").to_pylist()).get_indexer(ids)
-        order = np.argsort(rank, kind="stable")
-        ids = [ids[i] for i in order]
-        tile_vecs = [np.concatenate(tile_vecs)[order]] if tile_vecs else tile_vecs
-        if entities:  # one entry per tile in both lists, in the same order as ids had
-            ent_vecs = [ent_vecs[i] for i in order]
-            ent_keys = [k for i in order for k in tile_keys[i]]
+    tok_cfg = model.pretrain_config.tokenizer
+    stream = TileStream(
+        _single_shard(ds, shard), model.vocab, tok_cfg, batch_size, shuffle=False, seed=0,
+        entity_transform=entity_transform, cache=entity_transform is None,
+    )  # fmt: skip
+    arrays = stream._load(shard)  # tokenised once (or read from the token cache)
+    if tok_cfg.use_image:
+        image_size: int | None = ds.config.image_size
+    else:
+        image_size = None
+    tile_vecs, ent_vecs = encode_tiles(
+        model, arrays, entities=entities, tokens_per_batch=tokens_per_batch,
+        batch_size=batch_size, image_size=image_size,
+    )  # fmt: skip
+    ids = [str(r) for r in arrays.region_ids]
     frame = pd.DataFrame(
-        np.concatenate(tile_vecs) if tile_vecs else np.zeros((0, width), np.float32),
+        tile_vecs,
         index=pd.Index(ids, name="region_id"),
-        columns=embedding_columns(width),
+        columns=embedding_columns(tile_vecs.shape[1]),
     )
     bounds = tiles.to_pandas().set_index("region_id").loc[frame.index]
     counts = pd.Series(
@@ -182,7 +204,10 @@ def embed_shard(
     geometry = shapely.box(bounds["west"], bounds["south"], bounds["east"], bounds["north"])
     result = ShardEmbeddings(frame, np.asarray(geometry))
     if entities:
-        result.entities, result.entity_geometry = _entity_frame(ents, ent_keys, ent_vecs)
+        assert ent_vecs is not None
+        keys = list(zip(np.repeat(np.asarray(ids, dtype=object), arrays.ent_count),
+                        arrays.feature_ids, strict=True))  # fmt: skip
+        result.entities, result.entity_geometry = _entity_frame(ents, keys, [ent_vecs])
     return result
 
 
@@ -221,14 +246,15 @@ def embed_tiles(
     device: str = "cpu",
     entity_transform: EntityTransform | None = None,
     progress: bool = True,
-    tokens_per_batch: int | None = None,
+    tokens_per_batch: int | None = EMBED_TOKENS_PER_BATCH,
 ) -> Path:
     """Write tile (and optionally entity) embeddings of ``dataset`` as GeoParquet.
 
     Tile embeddings do not depend on the batch a tile lands in: padding never enters attention
     or pooling. ``entity_transform`` rewrites each shard's entities before embedding (the
     evaluation uses it to remove the tags that define a label). ``tokens_per_batch`` batches
-    tiles of similar length up to that many real tokens (``batch_size`` is then unused).
+    tiles of similar length up to that many real tokens; ``None`` takes ``batch_size`` tiles in
+    dataset order instead. Rows come out in dataset order either way.
     """
     net = load_model(model, device)
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)

@@ -44,7 +44,7 @@ from geojepa.config import Config
 from geojepa.data.combine import MERGE_FIELDS
 from geojepa.data.config import PrepareConfig
 from geojepa.data.reader import TileDataset, open_dataset
-from geojepa.embed import embedding_columns
+from geojepa.embed import embedding_columns, encode_tiles
 from geojepa.errors import ConfigError, InputError, OutputError
 from geojepa.eval.baselines import (
     sentence_transformer_embedder,
@@ -66,8 +66,8 @@ from geojepa.eval.split import (
 from geojepa.eval.suite import BASELINES, baseline_features
 from geojepa.eval.supervised import SupervisedConfig, train_supervised
 from geojepa.eval.tasks import TASKS, Task, get_task
-from geojepa.model.jepa import GeoJEPA, pool_tiles
-from geojepa.tokenize.loader import TileArrays, collate, tokenize_shard
+from geojepa.model.jepa import GeoJEPA
+from geojepa.tokenize.loader import TileArrays, tokenize_shard
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
 from geojepa.tokenize.tokenizer import TokenizerConfig
 
@@ -256,24 +256,6 @@ def tokenize_masked(
     return TileArrays.concat(parts)
 
 
-def _sorted_batches(ent_count: np.ndarray, batch_tokens: int, max_tiles: int = 256) -> list:
-    """Tile rows in batches of similar entity count whose padded size fits ``batch_tokens``."""
-    order = np.argsort(np.maximum(ent_count, 1), kind="stable")
-    counts = np.maximum(ent_count[order], 1)
-    batches, start = [], 0
-    while start < len(order):
-        stop = start + 1
-        while (
-            stop < len(order)
-            and stop - start < max_tiles
-            and (stop - start + 1) * counts[stop] <= batch_tokens
-        ):
-            stop += 1
-        batches.append(order[start:stop])
-        start = stop
-    return batches
-
-
 def encode_arrays(
     model: GeoJEPA,
     arrays: TileArrays,
@@ -286,25 +268,10 @@ def encode_arrays(
     Tiles: index ``region_id``, [max ‖ mean] columns ``emb_*``. Entities (if asked): index
     (``region_id``, ``feature_id``), the entity's output token.
     """
-    device = next(model.parameters()).device
-    n = len(arrays)
     width = model.config.width
-    tile_out = np.zeros((n, 2 * width), dtype=np.float32)
-    offsets = np.concatenate([[0], np.cumsum(arrays.ent_count)])
-    ent_out = np.zeros((int(offsets[-1]), width), dtype=np.float32) if entities else None
-    model.eval()
-    with torch.inference_mode():
-        for rows in _sorted_batches(arrays.ent_count, batch_tokens):
-            batch = collate(arrays.take(rows), image_size).to(device)
-            h, valid = model.encode(batch)
-            tile_out[rows] = pool_tiles(h, valid).float().cpu().numpy()
-            if ent_out is not None:
-                e = batch.entity_valid.shape[1]
-                hv = h[:, :e][batch.entity_valid].float().cpu().numpy()  # row-major = tile order
-                ent_rows = np.concatenate(
-                    [np.arange(offsets[r], offsets[r + 1]) for r in rows]
-                ).astype(np.int64)
-                ent_out[ent_rows] = hv
+    tile_out, ent_out = encode_tiles(
+        model, arrays, entities=entities, tokens_per_batch=batch_tokens, image_size=image_size
+    )
     tiles = pd.DataFrame(
         tile_out,
         index=pd.Index(np.asarray(arrays.region_ids, dtype=object), name="region_id"),
