@@ -191,7 +191,7 @@ class GeoJEPA(nn.Module):
     def set_packed(self, packed: bool) -> GeoJEPA:
         """Packed layout (default; cost follows real tokens) or padded (for comparison)."""
         for m in self.modules():
-            if isinstance(m, Transformer):
+            if hasattr(m, "packed"):  # transformers and the tile tokenizer
                 m.packed = packed
         return self
 

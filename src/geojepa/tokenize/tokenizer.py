@@ -79,6 +79,7 @@ class TileTokenizer(nn.Module):
     def __init__(self, config: TokenizerConfig, tag_table: torch.Tensor) -> None:
         super().__init__()
         self.config = config
+        self.packed = True  # GeoJEPA.set_packed(False) computes padding slots too
         d = config.width
         # Frozen text table: a buffer (saved with the model, never trained or decayed).
         self.register_buffer("tag_table", tag_table.detach().float().clone(), persistent=True)
@@ -139,11 +140,14 @@ class TileTokenizer(nn.Module):
         return self.geometry_mlp(x)
 
     def entity_tokens(self, batch: TileBatch) -> torch.Tensor:
-        """[B, E, D]; computed on the real entities only (packed), zero at padding."""
+        """[B, E, D]; computed on the real entities only when ``packed`` (the default)."""
         cfg = self.config
         ev = batch.entity_valid
         b, e = ev.shape
-        index = ev.reshape(-1).nonzero().squeeze(1)
+        if self.packed:
+            index = ev.reshape(-1).nonzero().squeeze(1)
+        else:  # every slot, padding included (the padded layout, for comparison)
+            index = torch.arange(b * e, device=ev.device)
 
         def pack(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(b * e, *x.shape[2:]).index_select(0, index)
