@@ -28,8 +28,10 @@ of the real tokenizer + model on the dataset's tiles, in real tokens/s and tiles
   size × the dataset's mean tokens per tile, i.e. the same real tokens per step on average),
   the packed layout.
 
-Both run in the same process on batches of the same shuffled epoch (the first ``--steps``
-batches of each loader), so the ratio is from one run::
+Both run in the same process; each times ``--steps`` batches spread evenly over one shuffled
+epoch of its loader (heavy-tailed data: the first batches of an epoch are not typical), so the
+ratio is from one run. ``--threads 1`` makes timings on a CPU shared with other processes far
+less noisy (two oversubscribed OpenMP threads were 5-10× slower per op here)::
 
     python benchmarks/train_step.py --data DATASET --preset cpu-small --out results.json
 """
@@ -245,7 +247,10 @@ def run_real(
         ("packed", True, {"batch_size": batch_size, "tokens_per_batch": budget}),
     ):
         loader = make_dataloader(ds, vocab, cfg.tokenizer, shuffle=True, seed=0, **kw)
-        batches = [b.to(device) for _, b in zip(range(steps + warmup), loader, strict=False)]
+        epoch = list(loader)  # one shuffled epoch; time batches spread evenly over it
+        pick = np.linspace(0, len(epoch) - 1, min(steps + warmup, len(epoch))).round()
+        batches = [epoch[int(i)].to(device) for i in pick]
+        del epoch
         model = build_model(cfg, table).to(device).set_packed(packed).train()
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
@@ -306,7 +311,10 @@ def main() -> None:
     ap.add_argument("--preset", default="cpu-small", help="model preset (real-data mode)")
     ap.add_argument("--batch-size", type=int, default=48, help="padded baseline's batch")
     ap.add_argument("--tokens-per-batch", type=int, default=None, help="packed side's budget")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -1,0 +1,100 @@
+"""`geojepa embed` throughput: packed, length-sorted token-budget batches vs the padded path.
+
+Runs `embed_tiles` end to end (tokens from the token cache, model, pooling, GeoParquet
+writing) on a prepared dataset twice in the same process:
+
+- ``padded``: ``--batch-size`` tiles per pass in dataset order, padded layout (the design
+  before token budgets and packing);
+- ``packed``: ``--tokens-per-batch`` real tokens per pass, length-sorted, packed layout (the
+  default of `geojepa embed`).
+
+The model is the ``--preset`` architecture with random weights (throughput does not depend on
+the weights) and a random stand-in text table. A first untimed pass fills the token cache, so
+both timed passes read the same cached tokens. Example::
+
+    python benchmarks/embed.py --data DATASET --out benchmarks/results/embed-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from geojepa.data.reader import open_dataset
+from geojepa.embed import embed_tiles
+from geojepa.tokenize.tags import PAD, UNKNOWN, TagVocabulary
+from geojepa.train.config import preset_config
+from geojepa.train.export import build_model
+
+try:
+    from train_step import machine_info
+except ImportError:  # run as a module
+    from benchmarks.train_step import machine_info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--preset", default="cpu-small")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--tokens-per-batch", type=int, default=4096)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ds = open_dataset(args.data)
+    cfg = preset_config(args.preset)
+    vocab = TagVocabulary.from_dataset(ds)
+    torch.manual_seed(0)
+    table = torch.randn(len(vocab), 384)
+    table[[PAD, UNKNOWN]] = 0.0
+    model = build_model(cfg, table).eval()
+    model.vocab, model.pretrain_config = vocab, cfg
+    n_tiles = int(ds.manifest["n_tiles"])
+    counts = np.concatenate([ds.read_tiles(s, columns=["n_entities"]).column(0).to_numpy()
+                             for s in ds.shards])  # fmt: skip
+    report: dict = {
+        "machine": machine_info(torch.device("cpu")), "dataset": str(args.data),
+        "n_tiles": n_tiles, "n_entities": int(counts.sum()), "preset": args.preset,
+        "batch_size": args.batch_size, "tokens_per_batch": args.tokens_per_batch,
+    }  # fmt: skip
+    runs = {
+        "padded": (False, {"batch_size": args.batch_size, "tokens_per_batch": None}),
+        "packed": (True, {"tokens_per_batch": args.tokens_per_batch}),
+    }
+    outputs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        embed_tiles(model, ds, Path(tmp) / "warm.parquet", progress=False)  # fills the cache
+        for name, (packed, kw) in runs.items():
+            model.set_packed(packed)
+            out = Path(tmp) / f"{name}.parquet"
+            t0 = time.perf_counter()
+            embed_tiles(model, ds, out, progress=False, **kw)
+            elapsed = time.perf_counter() - t0
+            report[name] = {"seconds": elapsed, "tiles_per_s": n_tiles / elapsed,
+                            "entities_per_s": float(counts.sum()) / elapsed}  # fmt: skip
+            import geopandas as gpd
+
+            outputs[name] = gpd.read_parquet(out)
+            print(json.dumps({name: report[name]}), flush=True)
+        a, b = outputs["padded"], outputs["packed"].loc[outputs["padded"].index]
+        cols = [c for c in a.columns if c.startswith("emb_")]
+        report["max_abs_diff_packed_vs_padded"] = float(
+            np.abs(a[cols].to_numpy() - b[cols].to_numpy()).max()
+        )
+    report["ratio_tiles_per_s"] = report["packed"]["tiles_per_s"] / report["padded"]["tiles_per_s"]
+    print(json.dumps(report, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
