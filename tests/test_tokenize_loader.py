@@ -372,3 +372,13 @@ def test_token_budget_equal_batches_per_rank(monkeypatch, ds_path, vocab, world,
     assert max(ids.values()) == 1
     for w in range(workers):
         assert len({len(runs[(r, w)]) for r in range(world)}) == 1
+
+
+def test_token_budget_under_ddp_refuses_counts_it_cannot_plan(monkeypatch, ds_path, vocab):
+    monkeypatch.setattr(loader_mod, "_dist_info", lambda: (0, 2))
+    loader = make_dataloader(
+        ds_path, vocab, CFG, batch_size=3, shuffle=True, seed=5, tokens_per_batch=30,
+        entity_transform=drop_points_and_highway,
+    )  # fmt: skip
+    with pytest.raises(InputError, match="n_entities"):
+        list(loader.dataset)

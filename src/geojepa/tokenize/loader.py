@@ -572,6 +572,18 @@ class TileStream(IterableDataset):
             for r in range(len(plan))
         )
 
+    def _load_checked(self, shard: int) -> TileArrays:
+        """`_load`, refusing a shard whose entity counts differ from its tiles file's: every
+        rank plans batch counts from the tiles files, so a difference could hang DDP."""
+        arrays = self._load(shard)
+        if not np.array_equal(arrays.ent_count, self.entity_counts()[shard]):
+            raise InputError(
+                f"{self.dataset.path}: shard {shard}'s entities disagree with the tiles file's "
+                "n_entities (an entity_transform, or a damaged dataset): token-budget batches "
+                "under DDP need them equal"
+            )
+        return arrays
+
     def _rng(self, rank: int, wid: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, rank, wid])
 
@@ -597,8 +609,11 @@ class TileStream(IterableDataset):
             else:
                 batch_quota = self._batch_quota(plan, wid)
         image_size = self.dataset.config.image_size if self.config.use_image else None
+        load = self._load
+        if batch_quota is not None:
+            load = self._load_checked  # the plan must see the lengths the run sees
         for buffer, take in self._index_batches(
-            plan[rank][wid], self._load, self._rng(rank, wid), tile_quota, batch_quota
+            plan[rank][wid], load, self._rng(rank, wid), tile_quota, batch_quota
         ):
             assert isinstance(buffer, TileArrays)
             yield collate(buffer.take(take), image_size)
