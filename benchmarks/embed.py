@@ -8,6 +8,9 @@ writing) on a prepared dataset twice in the same process:
 - ``packed``: ``--tokens-per-batch`` real tokens per pass, length-sorted, packed layout (the
   default of `geojepa embed`).
 
+The two sides alternate ``--repeats`` times and each keeps its fastest pass (the machine may
+be shared with other processes).
+
 The model is the ``--preset`` architecture with random weights (throughput does not depend on
 the weights) and a random stand-in text table. A first untimed pass fills the token cache, so
 both timed passes read the same cached tokens. Example::
@@ -23,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import torch
 
@@ -46,6 +50,7 @@ def main() -> None:
     ap.add_argument("--tokens-per-batch", type=int, default=4096)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--repeats", type=int, default=2, help="passes per side (fastest kept)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,18 +77,19 @@ def main() -> None:
     outputs = {}
     with tempfile.TemporaryDirectory() as tmp:
         embed_tiles(model, ds, Path(tmp) / "warm.parquet", progress=False)  # fills the cache
-        for name, (packed, kw) in runs.items():
-            model.set_packed(packed)
-            out = Path(tmp) / f"{name}.parquet"
-            t0 = time.perf_counter()
-            embed_tiles(model, ds, out, progress=False, **kw)
-            elapsed = time.perf_counter() - t0
-            report[name] = {"seconds": elapsed, "tiles_per_s": n_tiles / elapsed,
-                            "entities_per_s": float(counts.sum()) / elapsed}  # fmt: skip
-            import geopandas as gpd
-
-            outputs[name] = gpd.read_parquet(out)
-            print(json.dumps({name: report[name]}), flush=True)
+        for rep in range(args.repeats):  # alternate the sides; keep each side's fastest pass
+            for name, (packed, kw) in runs.items():
+                model.set_packed(packed)
+                out = Path(tmp) / f"{name}.parquet"
+                t0 = time.perf_counter()
+                embed_tiles(model, ds, out, progress=False, **kw)
+                elapsed = time.perf_counter() - t0
+                best = report.get(name, {}).get("seconds", float("inf"))
+                if elapsed < best:
+                    report[name] = {"seconds": elapsed, "tiles_per_s": n_tiles / elapsed,
+                                    "entities_per_s": float(counts.sum()) / elapsed}  # fmt: skip
+                print(json.dumps({name: elapsed, "repeat": rep}), flush=True)
+                outputs[name] = gpd.read_parquet(out)
         a, b = outputs["padded"], outputs["packed"].loc[outputs["padded"].index]
         cols = [c for c in a.columns if c.startswith("emb_")]
         report["max_abs_diff_packed_vs_padded"] = float(

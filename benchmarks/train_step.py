@@ -28,9 +28,10 @@ of the real tokenizer + model on the dataset's tiles, in real tokens/s and tiles
   size × the dataset's mean tokens per tile, i.e. the same real tokens per step on average),
   the packed layout.
 
-Both run in the same process; each times ``--steps`` batches spread evenly over one shuffled
-epoch of its loader (heavy-tailed data: the first batches of an epoch are not typical), so the
-ratio is from one run. ``--threads 1`` makes timings on a CPU shared with other processes far
+Both run in the same process, their steps alternating (so load from other processes hits both
+alike); each times ``--steps`` batches spread evenly over one shuffled epoch of its loader
+(heavy-tailed data: the first batches of an epoch are not typical), so the ratio is from one
+run. ``--threads 1`` makes timings on a CPU shared with other processes far
 less noisy (two oversubscribed OpenMP threads were 5-10× slower per op here)::
 
     python benchmarks/train_step.py --data DATASET --preset cpu-small --out results.json
@@ -242,6 +243,7 @@ def run_real(
         "mean_tokens_per_tile": mean_tokens, "batch_size": batch_size,
         "tokens_per_batch": budget,
     }  # fmt: skip
+    sides = {}
     for name, packed, kw in (
         ("padded", False, {"batch_size": batch_size}),
         ("packed", True, {"batch_size": batch_size, "tokens_per_batch": budget}),
@@ -255,16 +257,20 @@ def run_real(
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
         gen = torch.Generator(device=device).manual_seed(0)
-
         for b in batches[:warmup]:
             _real_step(model, opt, params, gen, b)
-        timed = batches[warmup:]
-        t0 = time.perf_counter()
-        for b in timed:
-            _real_step(model, opt, params, gen, b)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - t0
+        sides[name] = (model, opt, params, gen, batches[warmup:], [0.0])
+    # Alternate the two sides step by step: load from other processes hits both alike.
+    for i in range(max(len(s[4]) for s in sides.values())):
+        for model, opt, params, gen, timed, clock in sides.values():
+            if i < len(timed):
+                t0 = time.perf_counter()
+                _real_step(model, opt, params, gen, timed[i])
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                clock[0] += time.perf_counter() - t0
+    for name, (_, _, _, _, timed, clock) in sides.items():
+        elapsed = clock[0]
         real = sum(int(b.entity_valid.sum()) for b in timed)
         slots = sum(b.entity_valid.numel() for b in timed)
         n_tiles = sum(len(b) for b in timed)
