@@ -141,7 +141,7 @@ def test_pretrain_learns_and_exports(synthetic_ds: Path, tmp_path: Path) -> None
         GeoJEPA.from_pretrained(newer)
 
 
-@pytest.mark.parametrize("tokens_per_batch", [None, 60])
+@pytest.mark.parametrize("tokens_per_batch", [None, pytest.param(60, marks=pytest.mark.slow)])
 def test_resume_equals_uninterrupted(synthetic_ds: Path, tmp_path: Path, tokens_per_batch) -> None:
     # ~22 tiles / batch 4 = 6 batches per epoch: step 4 is mid-epoch, step 9 is in epoch 2
     # (~350 tokens / 60 per batch: 6-7 batches per epoch under the token budget)
