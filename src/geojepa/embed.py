@@ -99,8 +99,12 @@ def top_tags(entities: pa.Table, k: int = TOP_TAGS) -> pd.Series:
         return pd.Series(dtype=object)
     counted = frame.value_counts(["region_id", "tag"]).reset_index(name="n")
     counted = counted.sort_values(["region_id", "n", "tag"], ascending=[True, False, True])
-    best = counted.groupby("region_id", sort=False).head(k)
-    return best.groupby("region_id", sort=False)["tag"].agg("; ".join)
+    best = counted.groupby("region_id", sort=False).head(k)  # still grouped by region_id
+    regions = best["region_id"].to_numpy(dtype=object)
+    starts = np.flatnonzero(np.r_[True, regions[1:] != regions[:-1]])
+    # One C-level concatenation per tile instead of a Python join per pandas group.
+    joined = np.add.reduceat(best["tag"].to_numpy(dtype=object) + "; ", starts)
+    return pd.Series([t[:-2] for t in joined], index=pd.Index(regions[starts], name="region_id"))
 
 
 def _single_shard(ds: TileDataset, shard: int) -> TileDataset:
