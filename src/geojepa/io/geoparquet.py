@@ -1,13 +1,17 @@
 """Streaming GeoParquet (1.1, EPSG:4326) writer.
 
 Embeddings of a country do not fit in memory, so they are written batch by batch with
-pyarrow, into a temporary file that is renamed into place only when complete. The result reads
-back with ``geopandas.read_parquet`` as a GeoDataFrame indexed by ``region_id`` / ``feature_id``.
+pyarrow, into a temporary file unique to the run that is renamed into place only when complete
+(see `geojepa.io.atomic`; the output is locked while it is written). The result reads back
+with ``geopandas.read_parquet`` as a GeoDataFrame indexed by ``region_id`` / ``feature_id``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tempfile
 from pathlib import Path
 from types import TracebackType
 
@@ -18,6 +22,7 @@ import pyarrow.parquet as pq
 import shapely
 
 from geojepa.errors import OutputError
+from geojepa.io.atomic import OutputLock, describe_os_error
 
 GEOPARQUET_VERSION = "1.1.0"
 
@@ -39,14 +44,22 @@ class GeoParquetWriter:
         self.path = Path(path)
         self.index_name = index_name
         self.geometry_types = list(geometry_types)
-        self._tmp = self.path.with_name(self.path.name + ".partial")
+        if self.path.is_dir():
+            raise OutputError(f"{self.path} is a directory: give a file name ending in .parquet")
         self._writer: pq.ParquetWriter | None = None
         self._schema: pa.Schema | None = None
         self.rows = 0
+        self._lock = OutputLock(self.path).acquire()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(
+                prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+            )
+            os.close(fd)
         except OSError as exc:
-            raise OutputError(f"cannot create {self.path.parent}: {exc}") from None
+            self._lock.release()
+            raise OutputError(describe_os_error(exc, self.path)) from None
+        self._tmp = Path(name)
 
     def write(self, frame: pd.DataFrame, geometry: np.ndarray) -> None:
         """Append rows; ``frame``'s index is the id column, ``geometry`` is EPSG:4326."""
@@ -71,23 +84,34 @@ class GeoParquetWriter:
             metadata = {**(table.schema.metadata or {}), b"geo": json.dumps(geo).encode()}
             self._schema = table.schema.with_metadata(metadata)
             self._writer = pq.ParquetWriter(self._tmp, self._schema, compression="zstd")
-        self._writer.write_table(table.cast(self._schema))
+        try:
+            self._writer.write_table(table.cast(self._schema))
+        except OSError as exc:
+            raise OutputError(describe_os_error(exc, self.path)) from None
         self.rows += len(frame)
 
     def close(self) -> None:
         """Finish the file and rename it into place."""
         if self._writer is None:
+            self.abort()
             raise OutputError(f"nothing to write to {self.path}")
-        self._writer.close()
-        self._writer = None
-        self._tmp.replace(self.path)
+        try:
+            self._writer.close()
+            self._writer = None
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
+            self.abort()
+            raise OutputError(describe_os_error(exc, self.path)) from None
+        self._lock.release()
 
     def abort(self) -> None:
         """Drop the partial file: an interrupted run never leaves a file that reads as complete."""
         if self._writer is not None:
-            self._writer.close()
+            with contextlib.suppress(OSError):
+                self._writer.close()
             self._writer = None
         self._tmp.unlink(missing_ok=True)
+        self._lock.release()
 
     def __enter__(self) -> GeoParquetWriter:
         return self
