@@ -11,7 +11,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
+from geojepa import interrupt
 from geojepa.errors import GeojepaError
 
 app = typer.Typer(
@@ -110,6 +112,10 @@ def prepare(
             "workers": workers,
         }
     )
+    interrupt.set_message(
+        f"interrupted: {output} keeps the shards finished so far (none if it was still "
+        "reading); run the same command again to resume"
+    )
     ds = prepare_tiles(
         source, output, config, imagery=imagery or None, overwrite=overwrite, progress=not quiet
     )
@@ -148,6 +154,10 @@ def pretrain(
     """Pretrain GeoJEPA on a tile dataset; writes checkpoints, logs and a model directory."""
     from geojepa.train.pretrain import pretrain as run_pretrain
 
+    interrupt.set_message(
+        f"interrupted before the first checkpoint: run the same command again to start over "
+        f"(or to resume from {output}/checkpoints/last.ckpt if it exists)"
+    )
     out = run_pretrain(
         dataset,
         output,
@@ -176,6 +186,10 @@ def embed(
     """Embed every tile (and optionally every entity) of a dataset; GeoParquet, EPSG:4326."""
     from geojepa.embed import embed_tiles
 
+    kept = " (the existing file there is unchanged)" if output.exists() else ""
+    interrupt.set_message(
+        f"interrupted: nothing was written to {output}{kept}; run the command again"
+    )
     out = embed_tiles(
         run, dataset, output, entities_output=entities, batch_size=batch_size, device=device
     )
@@ -306,24 +320,41 @@ def evaluate(
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
-    try:
-        app(args=argv, standalone_mode=False)
-    except GeojepaError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/] (finished work is kept; re-run to resume)")
-        return 130
-    except typer.Exit as exc:
-        return exc.exit_code
-    except typer.Abort:
-        return 1
-    except Exception as exc:  # usage errors arrive here in non-standalone mode
-        if _is_usage_error(exc):
-            exc.show()  # type: ignore[attr-defined]
-            return int(getattr(exc, "exit_code", 2))
-        raise
-    return 0
+    with interrupt.sigint_handler():
+        try:
+            # In non-standalone mode typer turns a KeyboardInterrupt into the return value 130.
+            code = app(args=argv, standalone_mode=False)
+        except GeojepaError as exc:
+            if interrupt.requested():  # an error caused by the interrupt is still an interrupt
+                return _interrupted()
+            _print_error(str(exc))
+            return exc.exit_code
+        except KeyboardInterrupt:
+            return _interrupted()
+        except typer.Exit as exc:
+            code = exc.exit_code
+        except typer.Abort:
+            code = 1
+        except Exception as exc:  # usage errors arrive here in non-standalone mode
+            if _is_usage_error(exc):
+                exc.show()  # type: ignore[attr-defined]
+                return int(getattr(exc, "exit_code", 2))
+            raise
+        if code == 130 or interrupt.requested():
+            return _interrupted()
+    return code if isinstance(code, int) else 0
+
+
+def _print_error(text: str) -> None:
+    """`error: TEXT` in red; TEXT is the user's own words and paths, never rich markup."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", text), soft_wrap=True,
+                      highlight=False)  # fmt: skip
+
+
+def _interrupted() -> int:
+    err_console.print(Text(interrupt.message(), style="bold red"), soft_wrap=True,
+                      highlight=False)  # fmt: skip
+    return 130
 
 
 def _is_usage_error(exc: Exception) -> bool:
