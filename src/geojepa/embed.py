@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from geojepa.data.reader import TileDataset, local_to_lonlat, open_dataset
-from geojepa.errors import InputError
+from geojepa.errors import ConfigError, InputError
 from geojepa.eval.baselines import tag_strings
 from geojepa.io.geoparquet import GeoParquetWriter
 from geojepa.model.jepa import GeoJEPA, pool_tiles
@@ -57,11 +57,27 @@ def embedding_columns(width: int) -> list[str]:
 
 def load_model(model: GeoJEPA | str | Path, device: str | torch.device = "cpu") -> GeoJEPA:
     """A model directory path or an in-memory GeoJEPA, in eval mode on ``device``."""
+    device = check_device(device)
     if not isinstance(model, GeoJEPA):
         model = GeoJEPA.from_pretrained(model)
     if getattr(model, "vocab", None) is None:
         raise InputError("this GeoJEPA has no tag vocabulary (load it with from_pretrained)")
     return model.to(device).eval()
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """A usable torch device, or one ConfigError line (a typo, or CUDA on a CPU-only build)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but this torch has no usable CUDA GPU")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r} does not exist ({torch.cuda.device_count()} GPUs)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' asked for, but MPS is not available here")
+    return dev
 
 
 def check_compatible(model: GeoJEPA, ds: TileDataset) -> None:
@@ -211,11 +227,19 @@ def embed_tiles(
     or pooling. ``entity_transform`` rewrites each shard's entities before embedding (the
     evaluation uses it to remove the tags that define a label).
     """
+    if entities_output is not None and _same_path(output, entities_output):
+        raise ConfigError(f"--entities must differ from the tile output ({output})")
     net = load_model(model, device)
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
     check_compatible(net, ds)
     tile_writer = GeoParquetWriter(output, "region_id", ["Polygon"])
-    ent_writer = GeoParquetWriter(entities_output, "feature_id", []) if entities_output else None
+    try:
+        ent_writer = (
+            GeoParquetWriter(entities_output, "feature_id", []) if entities_output else None
+        )
+    except BaseException:
+        tile_writer.abort()
+        raise
     bar = tqdm(total=int(ds.manifest.get("n_tiles", 0)) or None, unit="tile",
                desc="embed", disable=not progress)  # fmt: skip
     try:
@@ -224,7 +248,10 @@ def embed_tiles(
                 net, ds, shard, entities=ent_writer is not None, batch_size=batch_size,
                 entity_transform=entity_transform,
             )  # fmt: skip
+            _check_finite(part.tiles, model)
             tile_writer.write(part.tiles, part.tile_geometry)
+            if part.entities is not None:
+                _check_finite(part.entities, model)
             if ent_writer is not None and part.entities is not None:
                 ent_writer.write(part.entities, part.entity_geometry)
             bar.update(len(part.tiles))
@@ -239,3 +266,18 @@ def embed_tiles(
     if ent_writer is not None:
         ent_writer.close()
     return Path(output)
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _check_finite(frame: pd.DataFrame, model: GeoJEPA | str | Path) -> None:
+    """Refuse NaN/inf embeddings before anything is renamed into place."""
+    values = frame[[c for c in frame.columns if str(c).startswith("emb_")]].to_numpy()
+    if values.size and not np.isfinite(values).all():
+        name = model if isinstance(model, (str, Path)) else "the given model"
+        raise InputError(
+            f"model {name} produced non-finite (NaN/inf) embeddings; its weights are probably "
+            "corrupt or diverged: nothing was written"
+        )

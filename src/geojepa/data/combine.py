@@ -24,12 +24,12 @@ from geojepa.data import schema
 from geojepa.data.config import PrepareConfig
 from geojepa.data.prepare import (
     _merge_summaries,
-    _write_json_atomic,
     manifest_header,
     shard_summary,
 )
 from geojepa.data.reader import TileDataset, open_dataset
 from geojepa.errors import InputError, OutputError
+from geojepa.io.atomic import write_json_atomic
 
 #: PrepareConfig fields that must agree for datasets to be merged (they change what a tile
 #: holds); bbox/polygon/sharding only decide *which* tiles exist and how they are grouped.
@@ -95,7 +95,7 @@ def _write_dataset(
         tmp = out / f".{schema.VOCAB_FILE}.tmp"
         pq.write_table(vocab, tmp)
         tmp.replace(out / schema.VOCAB_FILE)
-        _write_json_atomic(out / schema.MANIFEST_FILE, manifest)
+        write_json_atomic(out / schema.MANIFEST_FILE, manifest)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise

@@ -24,6 +24,7 @@ are skipped on a re-run with the same config and source; ``manifest.json`` and
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gc
 import hashlib
@@ -31,6 +32,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import threading
 import time
 from collections import Counter
@@ -55,10 +57,11 @@ from geojepa.data.features import (
     iter_geodataframe_batches,
 )
 from geojepa.data.osm import RawBatch, ReadStats, is_osm_file, iter_osm_batches
-from geojepa.data.reader import TileDataset, open_dataset
+from geojepa.data.reader import TileDataset, dataset_kind, open_dataset
 from geojepa.data.tags import TagFilter, decode_tags, is_area
 from geojepa.data.tiling import (
     HALF_WORLD,
+    MAX_LAT,
     lonlat_to_merc,
     lonlat_to_tile_index,
     merc_to_lonlat,
@@ -68,6 +71,7 @@ from geojepa.data.tiling import (
     tile_size,
 )
 from geojepa.errors import InputError, OutputError
+from geojepa.io.atomic import OutputLock, write_json_atomic
 
 _GC_THRESHOLD = 100_000  # allocations between young-generation collections during a build
 WORK_DIR = ".work"  # scratch space inside the dataset, removed when the build completes
@@ -247,10 +251,42 @@ def _keep_dimension(geoms: np.ndarray, dims: np.ndarray) -> np.ndarray:
     return out
 
 
-def _decode_batch_tags(batch: RawBatch, tf: TagFilter, idx: np.ndarray) -> tuple[list, np.ndarray]:
+#: OSM's own limit on the length of a key or a value (characters); longer ones are cut to it.
+MAX_TAG_CHARS = 255
+
+
+def _clean_pairs(pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], int]:
+    """Tags a vocabulary can hold, and how many needed fixing.
+
+    Tables written by other tools may hold what OSM itself never does: empty keys (dropped),
+    keys or values longer than 255 characters (cut), and lone UTF-16 surrogates that no Parquet
+    file can store (replaced with U+FFFD).
+    """
+    out, fixed = [], 0
+    for k, v in pairs:
+        if not k:
+            fixed += 1
+            continue
+        ok = len(k) <= MAX_TAG_CHARS and len(v) <= MAX_TAG_CHARS
+        try:
+            (k + v).encode("utf-8")
+        except UnicodeEncodeError:
+            ok = False
+            k, v = (t.encode("utf-8", "surrogatepass").decode("utf-8", "replace") for t in (k, v))
+        if not ok:
+            fixed += 1
+            k, v = k[:MAX_TAG_CHARS], v[:MAX_TAG_CHARS]
+        out.append((k, v))
+    return out, fixed
+
+
+def _decode_batch_tags(
+    batch: RawBatch, tf: TagFilter, idx: np.ndarray, stats: dict[str, Any]
+) -> tuple[list, np.ndarray]:
     """Filtered tags of elements ``idx``, and whether their raw tags make a closed way an area.
 
     OPL tag texts repeat a lot (``building=yes``), so decoded results are cached per process.
+    Tags of other sources are cleaned first (``stats["fixed_tags"]`` counts the fixes).
     """
     filtered: list[list[tuple[str, str | None]]] = [[] for _ in range(len(batch.tags))]
     area = np.zeros(len(batch.tags), bool)
@@ -271,6 +307,8 @@ def _decode_batch_tags(batch: RawBatch, tf: TagFilter, idx: np.ndarray) -> tuple
             pairs = decode_tags(raw)
         except (ValueError, TypeError) as exc:
             raise InputError(f"{batch.ids[i]}: tags are not a JSON object or map ({exc})") from None
+        pairs, fixed = _clean_pairs(pairs)
+        stats["fixed_tags"] += fixed
         filtered[i] = tf(pairs)
         area[i] = is_area(pairs)
     return filtered, area
@@ -294,6 +332,36 @@ def _to_merc(geoms: np.ndarray, crs: str | None) -> np.ndarray:
     return shapely.transform(geoms, fn2)
 
 
+def _sane_coordinates(geoms: np.ndarray, crs: str | None, stats: dict[str, Any]) -> np.ndarray:
+    """Mask of geometries whose coordinates can be tiled; the others are counted, not fatal.
+
+    Non-finite or out-of-range coordinates count as ``bad_coordinates``; latitudes beyond the
+    Web-Mercator limit (±85.05°), which no XYZ tile covers, as ``beyond_mercator`` (they used to
+    be clamped into the edge tiles). A projected CRS whose numbers all look like degrees is
+    refused: it would put every feature into the one tile at (0, 0).
+    """
+    b = shapely.bounds(geoms)
+    finite = np.isfinite(b).all(axis=1)
+    if crs is None:
+        in_range = (b[:, 0] >= -180) & (b[:, 2] <= 180) & (b[:, 1] >= -90) & (b[:, 3] <= 90)
+        bad = ~(finite & in_range)
+        beyond = ~bad & ((b[:, 1] < -MAX_LAT) | (b[:, 3] > MAX_LAT))
+    else:
+        bad = ~finite
+        beyond = np.zeros(len(geoms), bool)
+        fb = b[finite]
+        degrees = (np.abs(fb[:, [0, 2]]) <= 180).all() and (np.abs(fb[:, [1, 3]]) <= 90).all()
+        if len(fb) >= 10 and degrees and np.ptp(fb[:, [0, 2]]) > 1e-3:
+            raise InputError(
+                "the features' coordinates all lie within ±180/±90, which look like degrees, "
+                "but the table declares a projected CRS; write it with EPSG:4326 (or fix the "
+                "coordinates)"
+            )
+    stats["bad_coordinates"] += int(bad.sum())
+    stats["beyond_mercator"] += int(beyond.sum())
+    return ~(bad | beyond)
+
+
 def bucket_batch(
     batch: RawBatch,
     bucket_dir: Path,
@@ -307,7 +375,8 @@ def bucket_batch(
     small inputs, where the whole input fits in memory.
     """
     stats = {"read": len(batch), "kept": 0, "untagged": 0, "repaired": 0, "skipped": 0}
-    stats.update({"bad_wkb": 0, "outside": 0, "bounds": None, "parents": {}})
+    stats.update({"bad_wkb": 0, "outside": 0, "bad_coordinates": 0, "beyond_mercator": 0,
+                  "fixed_tags": 0, "bounds": None, "parents": {}})  # fmt: skip
     if not len(batch):
         return stats
     tf = _tag_filter(config)
@@ -326,7 +395,7 @@ def bucket_batch(
         near = (x1 >= rng[0]) & (x0 <= rng[1]) & (y1 >= rng[2]) & (y0 <= rng[3])
         stats["outside"] += int((~near).sum())
         ok[np.flatnonzero(ok)[~near]] = False
-    tags, area_tags = _decode_batch_tags(batch, tf, np.flatnonzero(ok))
+    tags, area_tags = _decode_batch_tags(batch, tf, np.flatnonzero(ok), stats)
     has_tags = np.fromiter((len(t) > 0 for t in tags), bool, len(tags))
     stats["untagged"] = int((ok & ~has_tags).sum())
     ok &= has_tags
@@ -341,9 +410,20 @@ def bucket_batch(
             geoms[cand] = shapely.polygons(shapely.linearrings(coords, indices=idx))
 
     keep = np.flatnonzero(ok)
+    sane = _sane_coordinates(geoms[keep], batch.crs, stats)
+    keep = keep[sane]
     g = _to_merc(geoms[keep], batch.crs)
     dims = shapely.get_dimensions(g)
     invalid = np.flatnonzero(~shapely.is_valid(g))
+    if len(invalid):
+        # a NaN inside a line makes it invalid (bounds skip NaNs): GEOS cannot repair it
+        coords, owner = shapely.get_coordinates(g[invalid], return_index=True)
+        nan = np.zeros(len(invalid), bool)
+        np.logical_or.at(nan, owner, ~np.isfinite(coords).all(axis=1))
+        if nan.any():
+            stats["bad_coordinates"] += int(nan.sum())
+            g[invalid[nan]] = shapely.from_wkt("GEOMETRYCOLLECTION EMPTY")
+            invalid = invalid[~nan]
     if len(invalid):
         fixed = _keep_dimension(shapely.make_valid(g[invalid]), dims[invalid])
         g[invalid] = fixed
@@ -351,6 +431,9 @@ def bucket_batch(
         stats["repaired"] = int(good.sum())
         stats["skipped"] = int((~good).sum())
     alive = ~shapely.is_empty(g)
+    unmappable = alive & ~np.isfinite(shapely.bounds(g)).all(axis=1)  # outside the CRS's area
+    stats["bad_coordinates"] += int(unmappable.sum())
+    alive &= ~unmappable
     keep, g = keep[alive], g[alive]
 
     z = config.zoom
@@ -758,11 +841,40 @@ def _make_executor(n: int) -> Executor:
         return _Inline()
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("fork" if "fork" in methods else None)
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx)
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_die_with_parent,
+                               initargs=(os.getpid(),))  # fmt: skip
     # the first submit forks the workers (all at once with "fork"): do it now, before
     # pyosmium's reader threads exist; not waiting lets their warm-up overlap the reading
     pool.submit(os.getpid)
     return pool
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: a SIGKILLed `prepare` must not leave its workers running.
+
+    On Linux the kernel sends the worker SIGKILL when its parent dies (``PR_SET_PDEATHSIG``);
+    elsewhere a daemon thread polls the parent pid. Either way the parent's death ends the worker.
+    Workers ignore SIGINT: Ctrl-C reaches the whole process group, and the parent alone decides
+    what is kept (it shuts the pool down).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the parent died before prctl took effect
+                os._exit(1)
+            return
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _sha256(path: Path) -> str:
@@ -821,8 +933,17 @@ def _check_source(source: Any) -> tuple[str, Path | None]:
     raise InputError(f"unsupported source of type {type(source).__name__}")
 
 
+#: Everything `prepare` writes into a dataset directory; --overwrite removes these and nothing else.
+DATASET_ENTRIES = (schema.CONFIG_FILE, schema.MANIFEST_FILE, schema.VOCAB_FILE, SOURCE_FILE,
+                   WORK_DIR, schema.SHARD_DIR, "cache")  # fmt: skip
+
+
 def _prepare_output(output: Path, config: PrepareConfig, overwrite: bool) -> tuple[bool, bool]:
-    """Make ``output`` usable. Returns (created, resuming)."""
+    """Make ``output`` usable. Returns (created, resuming).
+
+    Only a directory that is provably a geojepa dataset (see `reader.dataset_kind`) is ever
+    replaced, and then only the entries `prepare` writes: a user's other files survive.
+    """
     if output.exists() and not output.is_dir():
         raise OutputError(f"output {output} exists and is not a directory")
     if not output.exists():
@@ -834,20 +955,24 @@ def _prepare_output(output: Path, config: PrepareConfig, overwrite: bool) -> tup
     entries = [p for p in output.iterdir() if p.name != WORK_DIR]
     if not entries:
         return False, False
-    cfg_path = output / schema.CONFIG_FILE
-    if not cfg_path.is_file():
+    kind = dataset_kind(output)
+    if kind == "model":
+        raise OutputError(
+            f"output {output} is a geojepa model directory; choose another directory for the "
+            "dataset (refusing to replace it, even with --overwrite)"
+        )
+    if kind is None:
         raise OutputError(
             f"output {output} is not empty and is not a geojepa dataset; choose another "
             "directory (refusing to replace it, even with --overwrite)"
         )
     if overwrite:
-        shutil.rmtree(output)
-        output.mkdir(parents=True)
-        return True, False
+        _remove_dataset_entries(output)
+        return False, False
     try:
-        old = json.loads(cfg_path.read_text())
+        old = json.loads((output / schema.CONFIG_FILE).read_text())
         old = {k: v for k, v in old.items() if k not in ("workers", "location_index")}
-    except (OSError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError, AttributeError):
         old = None
     if old != config.content_dict():
         raise OutputError(
@@ -857,15 +982,21 @@ def _prepare_output(output: Path, config: PrepareConfig, overwrite: bool) -> tup
     return False, True
 
 
+def _remove_dataset_entries(output: Path) -> None:
+    for name in DATASET_ENTRIES:
+        entry = output / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)
+
+
 def _discard(output: Path, created: bool) -> None:
     """Remove what a failed fresh build wrote (the directory too if this run created it)."""
+    _remove_dataset_entries(output)
     if created:
-        shutil.rmtree(output, ignore_errors=True)
-        return
-    for name in (WORK_DIR, schema.SHARD_DIR):
-        shutil.rmtree(output / name, ignore_errors=True)
-    for name in (schema.CONFIG_FILE, schema.MANIFEST_FILE, schema.VOCAB_FILE, SOURCE_FILE):
-        (output / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            output.rmdir()  # only if nothing else is in it
 
 
 def _check_same_source(output: Path, source_id: dict) -> None:
@@ -1032,12 +1163,6 @@ def manifest_header(
     }
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def prepare_tiles(
     source: str | Path | Any,
     output: str | Path,
@@ -1059,7 +1184,8 @@ def prepare_tiles(
     thresholds = gc.get_threshold()
     gc.set_threshold(max(thresholds[0], _GC_THRESHOLD), *thresholds[1:])
     try:
-        return _prepare_tiles(source, output, config, imagery, overwrite, progress)
+        with OutputLock(output):  # two builds into one folder would corrupt each other
+            return _prepare_tiles(source, output, config, imagery, overwrite, progress)
     finally:
         gc.set_threshold(*thresholds)
 
@@ -1129,7 +1255,8 @@ def _prepare_tiles(
         else:
             batches = iter_geodataframe_batches(source)
         totals = {"read": 0, "kept": 0, "untagged": 0, "repaired": 0, "skipped": 0,
-                  "bad_wkb": 0, "outside": 0}  # fmt: skip
+                  "bad_wkb": 0, "outside": 0, "bad_coordinates": 0,
+                  "beyond_mercator": 0, "fixed_tags": 0}  # fmt: skip
         bounds = [np.inf, np.inf, -np.inf, -np.inf]
         pieces: dict[tuple[int, int], list[tuple[str, int, int]]] = {}
         bar = _progress_bar(progress, desc="reading", unit=" elements")
@@ -1154,7 +1281,7 @@ def _prepare_tiles(
                 {"path": str(path.resolve()), "size": path.stat().st_size, "sha256": hasher.value()}
             )
         _check_same_source(output, source_id)
-        _write_json_atomic(output / SOURCE_FILE, source_id)
+        write_json_atomic(output / SOURCE_FILE, source_id)
 
         if not pieces:
             what = "the bbox/polygon filter area" if totals["outside"] else str(source)
@@ -1217,7 +1344,11 @@ def _prepare_tiles(
             "empty_after_tag_filter": totals["untagged"],
             "outside_filter_area": totals["outside"],
             "unreadable_geometry": totals["bad_wkb"],
+            "bad_coordinates": totals["bad_coordinates"],
+            "beyond_mercator_latitude": totals["beyond_mercator"],
+            "tags_fixed": totals["fixed_tags"],
             "skipped_ways": read_stats.skipped_ways,
+            "skipped_nodes": read_stats.skipped_nodes,
             "skipped_relations": read_stats.skipped_relations,
             "other_relations_skipped": read_stats.other_relations,
         },
@@ -1234,7 +1365,7 @@ def _prepare_tiles(
         },
     }
     (work / "vocab.parquet").replace(output / schema.VOCAB_FILE)
-    _write_json_atomic(output / schema.MANIFEST_FILE, manifest)
+    write_json_atomic(output / schema.MANIFEST_FILE, manifest)
     (output / SOURCE_FILE).unlink(missing_ok=True)
     shutil.rmtree(work, ignore_errors=True)
     return open_dataset(output)
