@@ -239,6 +239,27 @@ def test_ctrl_c_in_pretrain_saves_a_checkpoint_and_resumes(trained, tmp_path, mo
     assert final == 6
 
 
+@pytest.mark.slow
+def test_a_real_ctrl_c_to_a_prepare_process_exits_130_and_resumes(neubrandenburg_pbf, tmp_path):
+    """The terminal's Ctrl-C, as a separate process sees it (SIGINT to the process group)."""
+    out = tmp_path / "d"
+    opts = ["--shard-levels", "0", "--min-shard-elements", "1", "--workers", "2", "-q"]
+    cmd = [sys.executable, "-m", "geojepa.cli", "prepare", str(neubrandenburg_pbf), "-o", str(out),
+           *opts]  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if list((out / "shards").glob("tiles-*.parquet")):
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+        time.sleep(0.005)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not (out / "manifest.json").exists()
+    assert main(["prepare", str(neubrandenburg_pbf), "-o", str(out), *opts]) == 0
+
+
 def test_prepare_workers_die_with_a_killed_parent(neubrandenburg_pbf, tmp_path):
     out = tmp_path / "d"
     cmd = [sys.executable, "-m", "geojepa.cli", "prepare", str(neubrandenburg_pbf), "-o", str(out),
