@@ -91,6 +91,11 @@ def prepare(
     workers: int = typer.Option(
         0, help="worker processes (0 = automatic: in-process if small, else all cores)"
     ),
+    location_index: str = typer.Option(
+        "flex_mem",
+        help="pyosmium node-location index; for a country, dense_file_array,PATH (planet, "
+        "large countries) or sparse_file_array,PATH keep memory flat (see docs/dataset.md)",
+    ),
     no_tag_filter: bool = typer.Option(False, help="keep every tag value (no filter)"),
     overwrite: bool = typer.Option(False, help="replace an existing dataset at OUTPUT"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
@@ -110,6 +115,7 @@ def prepare(
             "min_shard_elements": min_shard_elements,
             "tag_filter": not no_tag_filter,
             "workers": workers,
+            "location_index": location_index,
         }
     )
     interrupt.set_message(
@@ -135,6 +141,24 @@ def info(
 
     stats = dataset_info(dataset)
     typer.echo(json.dumps(stats, indent=2) if as_json else format_info(stats))
+
+
+@app.command()
+def merge(
+    datasets: list[Path] = typer.Argument(..., help="datasets of disjoint areas to merge"),
+    output: Path = typer.Option(..., "--output", "-o", help="merged dataset directory to write"),
+    overwrite: bool = typer.Option(False, help="replace an existing dataset at OUTPUT"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no summary"),
+) -> None:
+    """Merge datasets of disjoint areas (same zoom and tag filter) into one, e.g. regions that
+    were prepared in parallel."""
+    from geojepa.data.combine import merge_datasets
+    from geojepa.data.info import dataset_info, format_info
+
+    interrupt.set_message(f"interrupted: nothing half-written is left at {output}; run it again")
+    ds = merge_datasets(datasets, output, overwrite=overwrite)
+    if not quiet:
+        typer.echo(format_info(dataset_info(ds.path)))
 
 
 @app.command()
