@@ -116,6 +116,7 @@ def _frames(
     batch_size: int,
     device: str,
     progress: bool,
+    open_vocabulary: bool = True,
 ) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame | None]:
     """Tile (and entity) embeddings of a whole dataset, in memory, shard by shard."""
     import geopandas as gpd
@@ -124,11 +125,10 @@ def _frames(
     from tqdm.auto import tqdm
 
     from geojepa.data.reader import TileDataset, open_dataset
-    from geojepa.embed import check_compatible, embed_shard, load_model
+    from geojepa.embed import embed_shard, model_for
 
-    net = load_model(model, device)
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
-    check_compatible(net, ds)
+    net = model_for(model, ds, device, open_vocabulary)
     tiles, tile_geoms, ents, ent_geoms = [], [], [], []
     bar = tqdm(total=int(ds.manifest.get("n_tiles", 0)) or None, unit="tile", desc="embed",
                disable=not progress)  # fmt: skip
@@ -160,6 +160,7 @@ def embed_tiles(
     batch_size: int = 64,
     device: str = "cpu",
     progress: bool = True,
+    open_vocabulary: bool = True,
 ) -> Path | gpd.GeoDataFrame:
     """Tile embeddings of ``dataset`` by ``model`` (a model directory or a loaded GeoJEPA).
 
@@ -167,6 +168,8 @@ def embed_tiles(
     ``entities_output`` is given) and return the path. Without: return a GeoDataFrame indexed
     by ``region_id`` (``n_entities``, ``top_tags``, ``emb_0 …``, tile polygon, EPSG:4326) and
     write nothing. Memory is bounded by one shard only when writing to a file.
+    ``open_vocabulary``: tags the model never saw in training get their own text vectors
+    (default) rather than their key's or UNKNOWN's.
     """
     if output is not None:
         from geojepa.embed import embed_tiles as _embed
@@ -174,12 +177,12 @@ def embed_tiles(
         return _embed(
             model, dataset, output, entities_output=entities_output,
             batch_size=batch_size, device=device, progress=progress,
+            open_vocabulary=open_vocabulary,
         )  # fmt: skip
     if entities_output is not None:
         raise _config_error("entities_output needs output (use embed_entities for a frame)")
-    tiles, _ = _frames(
-        model, dataset, entities=False, batch_size=batch_size, device=device, progress=progress
-    )
+    tiles, _ = _frames(model, dataset, entities=False, batch_size=batch_size, device=device,
+                       progress=progress, open_vocabulary=open_vocabulary)  # fmt: skip
     return tiles
 
 
@@ -190,15 +193,15 @@ def embed_entities(
     batch_size: int = 64,
     device: str = "cpu",
     progress: bool = True,
+    open_vocabulary: bool = True,
 ) -> gpd.GeoDataFrame:
     """Entity embeddings as a GeoDataFrame indexed by ``feature_id`` (nothing written).
 
     One row per (tile, feature) clip: ``region_id``, ``tags`` (JSON), ``emb_0 …`` (the
     entity's output token in the context of its tile) and the clip's geometry in EPSG:4326.
     """
-    _, ents = _frames(
-        model, dataset, entities=True, batch_size=batch_size, device=device, progress=progress
-    )
+    _, ents = _frames(model, dataset, entities=True, batch_size=batch_size, device=device,
+                      progress=progress, open_vocabulary=open_vocabulary)  # fmt: skip
     assert ents is not None
     return ents
 

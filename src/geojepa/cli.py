@@ -206,6 +206,12 @@ def embed(
     ),
     batch_size: int = typer.Option(64, min=1, help="tiles per forward pass"),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu, cuda, cuda:1"),
+    open_vocabulary: bool = typer.Option(
+        True,
+        "--open-vocabulary/--closed-vocabulary",
+        help="tags the model never saw get their own text vectors (open), or are read through "
+        "their key / as unknown (closed)",
+    ),
 ) -> None:
     """Embed every tile (and optionally every entity) of a dataset; GeoParquet, EPSG:4326."""
     from geojepa.embed import embed_tiles
@@ -214,9 +220,8 @@ def embed(
     interrupt.set_message(
         f"interrupted: nothing was written to {output}{kept}; run the command again"
     )
-    out = embed_tiles(
-        run, dataset, output, entities_output=entities, batch_size=batch_size, device=device
-    )
+    out = embed_tiles(run, dataset, output, entities_output=entities, batch_size=batch_size,
+                      device=device, open_vocabulary=open_vocabulary)  # fmt: skip
     typer.echo(f"tile embeddings: {out}")
     if entities is not None:
         typer.echo(f"entity embeddings: {entities}")

@@ -65,6 +65,24 @@ def load_model(model: GeoJEPA | str | Path, device: str | torch.device = "cpu") 
     return model.to(device).eval()
 
 
+def model_for(
+    model: GeoJEPA | str | Path,
+    ds: TileDataset,
+    device: str | torch.device = "cpu",
+    open_vocabulary: bool = True,
+) -> GeoJEPA:
+    """The model ready to read ``ds``: loaded, checked against the data it was trained on, and
+    (``open_vocabulary``) given text vectors for the tags of ``ds`` it has never seen, instead
+    of reading them through their key or as UNKNOWN (see `tokenize.open_vocab`)."""
+    net = load_model(model, device)
+    check_compatible(net, ds)
+    if open_vocabulary:
+        from geojepa.tokenize.open_vocab import open_vocabulary as add_unseen
+
+        add_unseen(net, ds)
+    return net
+
+
 def check_device(device: str | torch.device) -> torch.device:
     """A usable torch device, or one ConfigError line (a typo, or CUDA on a CPU-only build)."""
     try:
@@ -220,18 +238,19 @@ def embed_tiles(
     device: str = "cpu",
     entity_transform: EntityTransform | None = None,
     progress: bool = True,
+    open_vocabulary: bool = True,
 ) -> Path:
     """Write tile (and optionally entity) embeddings of ``dataset`` as GeoParquet.
 
     Tile embeddings do not depend on the batch a tile lands in: padding never enters attention
     or pooling. ``entity_transform`` rewrites each shard's entities before embedding (the
-    evaluation uses it to remove the tags that define a label).
+    evaluation uses it to remove the tags that define a label). ``open_vocabulary``: tags
+    the model never saw get their own text vectors (an in-memory model is extended in place).
     """
     if entities_output is not None and _same_path(output, entities_output):
         raise ConfigError(f"--entities must differ from the tile output ({output})")
-    net = load_model(model, device)
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
-    check_compatible(net, ds)
+    net = model_for(model, ds, device, open_vocabulary)
     tile_writer = GeoParquetWriter(output, "region_id", ["Polygon"])
     try:
         ent_writer = (
