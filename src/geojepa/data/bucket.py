@@ -136,6 +136,11 @@ def _clean_pairs(pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], i
     return out, fixed
 
 
+#: Decoded OPL tag texts kept per process. The repeated ones (``building=yes``) are hit within a
+#: few batches; beyond this the cache only grew with the input (benchmarks/prepare_memory.py).
+TEXT_CACHE_MAX = 50_000
+
+
 def _decode_batch_tags(
     batch: RawBatch, tf: TagFilter, idx: np.ndarray, stats: dict[str, Any]
 ) -> tuple[list, np.ndarray]:
@@ -147,7 +152,7 @@ def _decode_batch_tags(
     filtered: list[list[tuple[str, str | None]]] = [[] for _ in range(len(batch.tags))]
     area = np.zeros(len(batch.tags), bool)
     cache = tf.text_cache
-    if len(cache) > 200_000:
+    if len(cache) > TEXT_CACHE_MAX:
         cache.clear()
     opl = batch.tags_format == "opl"
     for i in idx.tolist():

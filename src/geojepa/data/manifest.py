@@ -66,61 +66,90 @@ def _summary_from_files(output: Path, shard: int) -> dict[str, Any]:
     return shard_summary(tiles, ents, repaired)
 
 
+class SummaryMerger:
+    """Shard summaries merged as they arrive, so a country's build holds one vocabulary counter
+    and a few bytes per tile, not every shard's summary (the per-shard vocabularies were most
+    of `prepare`'s memory growth with the input)."""
+
+    def __init__(self) -> None:
+        self.per_tile: dict[int, np.ndarray] = {}  # shard → entities per tile
+        self.coverage: dict[int, np.ndarray] = {}
+        self.types: Counter[str] = Counter()
+        self.vocab: Counter[tuple[str, str | None]] = Counter()
+        self.clip_repaired = 0
+
+    def add(self, shard: int, summary: dict[str, Any]) -> None:
+        if not len(summary["n_entities"]):
+            return
+        self.per_tile[shard] = summary["n_entities"]
+        self.coverage[shard] = summary["coverage"]
+        self.types.update(summary["types"])
+        v = summary["vocab"]  # summed in Python: Arrow's group_by would import pandas
+        for key, value, n in zip(v["key"], v["value"], v["count_all"], strict=True):
+            self.vocab[(key, value)] += n
+        self.clip_repaired += summary["clip_repaired"]
+
+    def result(self) -> tuple[dict[str, Any], pa.Table]:
+        """Manifest statistics and the vocabulary (counted over entity rows, i.e. clips)."""
+        vocab_schema = pa.schema(
+            [("key", pa.string()), ("value", pa.string()), ("count", pa.int64())]
+        )
+        counts = self.vocab
+        if counts:
+            vocab = pa.table(
+                {
+                    "key": bytes_array([k for k, _ in counts], pa.string()),
+                    "value": bytes_array([v for _, v in counts], pa.string()),
+                    "count": buffer_array(np.fromiter(counts.values(), np.int64), pa.int64()),
+                }
+            ).cast(vocab_schema)
+        else:
+            vocab = vocab_schema.empty_table()
+        vocab = vocab.sort_by(
+            [("count", "descending"), ("key", "ascending"), ("value", "ascending")]
+        )
+        shards = sorted(self.per_tile)  # in shard order, whatever order they finished in
+        per_tile = np.concatenate([self.per_tile[s] for s in shards]) if shards else np.zeros(0)
+        coverage = (
+            np.concatenate([self.coverage[s] for s in shards]).astype(np.float64)
+            if shards
+            else np.zeros(0)
+        )
+        with_image = ~np.isnan(coverage)
+        stats = {
+            "n_tiles": len(per_tile),
+            "n_entities": int(per_tile.sum()),
+            "entities_per_tile": _quantiles(per_tile),
+            "geometry_types": dict(sorted(self.types.items(), key=lambda kv: -kv[1])),
+            "vocab_size": vocab.num_rows,
+            "n_keys": len(pc.unique(vocab.column("key"))),
+            "imagery": {
+                "tiles_with_image": int(with_image.sum()),
+                "mean_coverage": float(coverage[with_image].mean()) if with_image.any() else None,
+            },
+            "clip_repaired": self.clip_repaired,
+            "shards": shards,
+        }
+        return stats, vocab
+
+
 def merge_summaries(summaries: dict[int, dict[str, Any]]) -> tuple[dict[str, Any], pa.Table]:
-    """Manifest statistics and the vocabulary (counted over entity rows, i.e. clips)."""
-    shards = sorted(s for s, v in summaries.items() if len(v["n_entities"]))
-    parts = [summaries[s] for s in shards]
-    types: dict[str, int] = {}
-    for p in parts:
-        for k, v in p["types"].items():
-            types[k] = types.get(k, 0) + v
-    vocab_schema = pa.schema([("key", pa.string()), ("value", pa.string()), ("count", pa.int64())])
-    if parts:  # summed in Python: Arrow's group_by would import pandas
-        counts: Counter[tuple[str, str | None]] = Counter()
-        for p in parts:
-            v = p["vocab"]
-            for key, value, n in zip(v["key"], v["value"], v["count_all"], strict=True):
-                counts[(key, value)] += n
-        vocab = pa.table(
-            {
-                "key": bytes_array([k for k, _ in counts], pa.string()),
-                "value": bytes_array([v for _, v in counts], pa.string()),
-                "count": buffer_array(np.fromiter(counts.values(), np.int64), pa.int64()),
-            }
-        ).cast(vocab_schema)
-    else:
-        vocab = vocab_schema.empty_table()
-    vocab = vocab.sort_by([("count", "descending"), ("key", "ascending"), ("value", "ascending")])
-    per_tile = np.concatenate([p["n_entities"] for p in parts]) if parts else np.zeros(0)
-    coverage = (
-        np.concatenate([p["coverage"] for p in parts]).astype(np.float64) if parts else np.zeros(0)
-    )
-    with_image = ~np.isnan(coverage)
-    stats = {
-        "n_tiles": len(per_tile),
-        "n_entities": int(per_tile.sum()),
-        "entities_per_tile": _quantiles(per_tile),
-        "geometry_types": dict(sorted(types.items(), key=lambda kv: -kv[1])),
-        "vocab_size": vocab.num_rows,
-        "n_keys": len(pc.unique(vocab.column("key"))),
-        "imagery": {
-            "tiles_with_image": int(with_image.sum()),
-            "mean_coverage": float(coverage[with_image].mean()) if with_image.any() else None,
-        },
-        "clip_repaired": sum(p["clip_repaired"] for p in parts),
-        "shards": shards,
-    }
-    return stats, vocab
+    """Manifest statistics and the vocabulary of a set of shard summaries."""
+    merger = SummaryMerger()
+    for shard in sorted(summaries):
+        merger.add(shard, summaries[shard])
+    return merger.result()
 
 
 def finalize(
-    output: Path, summaries: dict[int, dict[str, Any]], missing: list[int], vocab_tmp: Path
+    output: Path, merger: SummaryMerger, missing: list[int], vocab_tmp: Path
 ) -> dict[str, Any]:
-    """Merge shard summaries (reading those of shards finished by an earlier run) and write
+    """Add the summaries of shards finished by an earlier run (read from their files) and write
     the vocabulary to ``vocab_tmp``. Runs in a worker when there is a pool (reading the shards
     of an earlier run imports pandas: kept off the main process)."""
-    summaries = {**summaries, **{s: _summary_from_files(output, s) for s in missing}}
-    stats, vocab = merge_summaries(summaries)
+    for shard in missing:
+        merger.add(shard, _summary_from_files(output, shard))
+    stats, vocab = merger.result()
     pq.write_table(vocab, vocab_tmp)
     return stats
 

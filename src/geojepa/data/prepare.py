@@ -51,7 +51,7 @@ from geojepa.data.features import (
     iter_feature_file_batches,
     iter_geodataframe_batches,
 )
-from geojepa.data.manifest import finalize, manifest_header, progress_bar
+from geojepa.data.manifest import SummaryMerger, finalize, manifest_header, progress_bar
 from geojepa.data.osm import RawBatch, ReadStats, iter_osm_batches
 from geojepa.data.pool import (
     INLINE_MAX_ELEMENTS,
@@ -225,19 +225,17 @@ def _prepare_tiles(
             stale.unlink()
         bar = progress_bar(progress, total=len(jobs), initial=len(jobs) - len(todo),
                             desc="shards", unit=" shards")  # fmt: skip
-        summaries: dict[int, dict[str, Any]] = {}
+        merger = SummaryMerger()
         missing = [j.shard for j in jobs if j not in todo]
         for shard, summary in bounded_map(
             executor, build_shard, todo, 2 * n_workers, config, imagery_obj, memory
         ):
-            summaries[shard] = summary
+            merger.add(shard, summary)
             shards_written += 1
             bar.update(1)
         bar.close()
         t_shards = time.perf_counter()
-        stats = executor.submit(
-            finalize, output, summaries, missing, work / "vocab.parquet"
-        ).result()
+        stats = executor.submit(finalize, output, merger, missing, work / "vocab.parquet").result()
     except BaseException:
         if executor is not None and not isinstance(executor, InlineExecutor):
             executor.shutdown(wait=True, cancel_futures=True)
