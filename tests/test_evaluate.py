@@ -233,6 +233,80 @@ def test_evaluate_without_a_run(synthetic: Path, tmp_path: Path) -> None:
     assert saved.equals(load_split(split_path))
 
 
+def test_every_model_sees_the_same_entities(synthetic: Path, tmp_path: Path, monkeypatch) -> None:
+    """Tag counts, pooled text and the networks all see the tokenizer's capped entity subset."""
+    import geojepa.eval.evaluate as ev
+
+    ds = open_dataset(synthetic)
+    cfg = preset_config("cpu-small")
+    build_tag_table(
+        TagVocabulary.from_dataset(ds), cfg.tokenizer.text_model, ds.path, embed_fn=fake_embed
+    )
+    seen: dict[str, set] = {}
+
+    def keys(table: pa.Table) -> set:
+        cols = (table.column(c).to_pylist() for c in ("region_id", "feature_id"))
+        return set(zip(*cols, strict=True))
+
+    def spy_counts(masked, *args, **kwargs):
+        seen["tag_counts"] = keys(masked)
+        return real_counts(masked, *args, **kwargs)
+
+    def spy_baseline(name, task, masked, *args, **kwargs):
+        seen[name] = keys(masked)
+        return real_baseline(name, task, masked, *args, **kwargs)
+
+    def spy_encode(model, arrays, *args, **kwargs):
+        seen["networks"] = set(ev.token_entities(arrays))
+        return real_encode(model, arrays, *args, **kwargs)
+
+    real_counts, real_baseline, real_encode = (
+        ev.tag_count_features, ev.baseline_features, ev.encode_arrays
+    )  # fmt: skip
+    monkeypatch.setattr(ev, "tag_count_features", spy_counts)
+    monkeypatch.setattr(ev, "baseline_features", spy_baseline)
+    monkeypatch.setattr(ev, "encode_arrays", spy_encode)
+    monkeypatch.setattr(ev, "sentence_transformer_embedder", lambda: fake_embed)
+    evaluate(
+        None, [synthetic], tmp_path / "r", tasks=["building_count"], seeds=(0,),
+        baselines=("tag_counts", "pooled_text", "random_init"),
+        config=fast_config(max_entities=3, probes=("linear",)), progress=False,
+    )  # fmt: skip
+    kept = seen["networks"]
+    everything = keys(get_task("building_count").remove(ds.read_entities()))
+    assert kept < everything  # the cap dropped entities (else the test is weak)
+    assert pd.Series([r for r, _ in kept]).value_counts().max() <= 3
+    assert seen["tag_counts"] == kept
+    assert seen["pooled_text"] == kept
+
+
+def test_same_input_keeps_the_first_tags_of_kept_entities(synthetic: Path) -> None:
+    from geojepa.eval.evaluate import same_input, token_entities
+
+    ds = open_dataset(synthetic)
+    vocab = TagVocabulary.from_dataset(ds)
+    tok = tiny_config().tokenizer.replace(max_entities=2, max_tags=1)
+    arrays = tokenize_masked([ds], None, vocab, tok)
+    entities = ds.read_entities()
+    cut = same_input(entities, arrays, tok.max_tags)
+    columns = (cut.column(c).to_pylist() for c in ("region_id", "feature_id"))
+    pairs = list(zip(*columns, strict=True))
+    assert set(pairs) == set(token_entities(arrays)) and len(pairs) == len(arrays.feature_ids)
+    full = {
+        (r, f): t
+        for r, f, t in zip(
+            entities.column("region_id").to_pylist(),
+            entities.column("feature_id").to_pylist(),
+            entities.column("tags").to_pylist(),
+            strict=True,
+        )
+    }
+    assert any(len(t) > 1 for t in full.values())  # some entity loses tags (else weak)
+    for pair, tags in zip(pairs, cut.column("tags").to_pylist(), strict=True):
+        assert tags == full[pair][:1]
+    assert cut.schema == entities.schema
+
+
 # ------------------------------------------------------------------------------ Helsinki
 
 

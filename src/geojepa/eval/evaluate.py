@@ -17,9 +17,11 @@ on token arrays shared by the three networks, and batched by similar entity coun
 masked out, so a tile's embedding does not depend on its batch (tested against `embed_shard`),
 and sorted batches avoid spending most of the CPU time on padding.
 
-Entity tasks are scored on the entities the tokenizer keeps (at most ``max_entities`` per tile,
-a seeded choice); the others cannot have an embedding. Every model, baseline included, is
-scored on that same set; the number left out is in the provenance.
+Every model and baseline sees the same input: the entities the tokenizer keeps (at most
+``max_entities`` per tile, a seeded choice; at most ``max_tags`` tags each), so tag counts,
+pooled text and SRAI counts are computed on exactly what the networks embed. Entity tasks are
+scored on those kept entities (the others cannot have an embedding); the number left out is in
+the provenance.
 """
 
 from __future__ import annotations
@@ -255,6 +257,50 @@ def tokenize_masked(
                 entities = task.remove(entities)
             parts.append(tokenize_shard(tiles, entities, vocab, config, seed))
     return TileArrays.concat(parts)
+
+
+def token_entities(arrays: TileArrays) -> pd.MultiIndex:
+    """(``region_id``, ``feature_id``) of every entity the tokenizer kept, in token order."""
+    return pd.MultiIndex.from_arrays(
+        [
+            np.repeat(np.asarray(arrays.region_ids, dtype=object), arrays.ent_count),
+            np.asarray(arrays.feature_ids, dtype=object),
+        ],
+        names=["region_id", "feature_id"],
+    )
+
+
+def same_input(entities: pa.Table, arrays: TileArrays, max_tags: int) -> pa.Table:
+    """``entities`` cut to what the networks see in ``arrays``: the tokenizer's capped, seeded
+    subset of entities per tile, each with its first ``max_tags`` tags.
+
+    Baselines built from the result face exactly the input of the networks (else tag counts and
+    pooled text would see entities that the networks never do).
+    """
+    keys = pd.MultiIndex.from_arrays(
+        [
+            entities.column("region_id").to_numpy(zero_copy_only=False),
+            entities.column("feature_id").to_numpy(zero_copy_only=False),
+        ]
+    )
+    entities = entities.filter(pa.array(keys.isin(token_entities(arrays))))
+    column = entities.column("tags")
+    tags = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if isinstance(tags, pa.ChunkedArray):  # no chunks: an empty table
+        return entities
+    off = np.asarray(tags.offsets, dtype=np.int64)
+    n_tags = np.diff(off)
+    if not (n_tags > max_tags).any():
+        return entities
+    pos = np.arange(int(off[-1] - off[0])) - np.repeat(off[:-1] - off[0], n_tags)
+    sel = pa.array(pos < max_tags)
+    span = (int(off[0]), int(off[-1] - off[0]))
+    offsets = np.concatenate([[0], np.cumsum(np.minimum(n_tags, max_tags))]).astype(np.int32)
+    field = entities.schema.field("tags")
+    cut = pa.MapArray.from_arrays(
+        pa.array(offsets), tags.keys.slice(*span).filter(sel), tags.items.slice(*span).filter(sel)
+    ).cast(field.type)
+    return entities.set_column(entities.column_names.index("tags"), field, cut)
 
 
 def _sorted_batches(ent_count: np.ndarray, batch_tokens: int, max_tiles: int = 256) -> list:
@@ -518,13 +564,10 @@ def evaluate(
             arrays = tokenize_masked(opened, task, vocab, tok_cfg, seed=0)  # as `embed`
             token_cache.clear()  # one group at a time bounds memory
             token_cache[task.remove] = (arrays, embedded)
+        # the baselines see the entities (and tags) the networks see, no more
+        masked = same_input(masked, arrays, tok_cfg.max_tags)
         if task.level == "entity":
-            kept = pd.MultiIndex.from_arrays(
-                [
-                    np.repeat(np.asarray(arrays.region_ids, dtype=object), arrays.ent_count),
-                    np.asarray(arrays.feature_ids, dtype=object),
-                ]
-            )
+            kept = token_entities(arrays)
             n_all = len(y)
             y = y[y.index.isin(kept)]
             entity_coverage[task.name] = {"labelled": n_all, "kept_by_tokenizer": len(y)}
