@@ -190,19 +190,21 @@ def test_embedding_features_from_embed_tables():
     import shapely
 
     tiles = gpd.GeoDataFrame(
-        {"e0": [1.0, 2.0], "e1": [3.0, 4.0]},
+        {"emb_0": [1.0, 2.0], "emb_1": [3.0, 4.0], "n_entities": [3, 70]},
         geometry=[shapely.Point(0, 0)] * 2,
         index=pd.Index(["17/1/1", "17/1/2"], name="region_id"),
         crs="EPSG:4326",
     )
-    X = embedding_features(tiles)
-    assert list(X.columns) == ["e0", "e1"] and X.index.name == "region_id"
+    X = embedding_features(tiles)  # n_entities is not the model's output: it must not enter
+    assert list(X.columns) == ["emb_0", "emb_1"] and X.index.name == "region_id"
     entities = pd.DataFrame(
-        {"region_id": ["17/1/1", "17/1/2"], "e0": [1.0, 2.0]},
+        {"region_id": ["17/1/1", "17/1/2"], "emb_0": [1.0, 2.0], "n_tags": [1, 2]},
         index=pd.Index(["way/1", "way/1"], name="feature_id"),
     )
     E = embedding_features(entities, level="entity")
     assert list(E.index) == [("17/1/1", "way/1"), ("17/1/2", "way/1")]
-    assert E.index.names == ["region_id", "feature_id"] and list(E.columns) == ["e0"]
+    assert E.index.names == ["region_id", "feature_id"] and list(E.columns) == ["emb_0"]
     with pytest.raises(InputError):
         embedding_features(entities.drop(columns="region_id"), level="entity")
+    with pytest.raises(InputError, match="no embedding columns"):
+        embedding_features(tiles[["n_entities"]])

@@ -141,9 +141,12 @@ def embedding_features(frame: pd.DataFrame, level: str = "tile") -> pd.DataFrame
     """The numeric ``X`` of an embeddings table as written by ``geojepa embed``.
 
     Tile embeddings: index ``region_id``. Entity embeddings: index ``feature_id`` and a
-    ``region_id`` column → index (``region_id``, ``feature_id``). The geometry and any other
-    non-numeric column are dropped.
+    ``region_id`` column → index (``region_id``, ``feature_id``). Only the embedding columns
+    (``emb_*``) are kept: other numeric columns, such as a tile's ``n_entities``, are not the
+    model's output and would leak into the probe.
     """
+    from geojepa.embed import EMBEDDING_PREFIX  # lazy: geojepa.embed imports torch
+
     if level == "entity":
         if "region_id" not in frame.columns:
             raise InputError("entity embeddings need a 'region_id' column")
@@ -151,10 +154,10 @@ def embedding_features(frame: pd.DataFrame, level: str = "tile") -> pd.DataFrame
         frame.index = frame.index.set_names(["region_id", "feature_id"])
     elif level != "tile":
         raise InputError(f"level must be 'tile' or 'entity', got {level!r}")
-    numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
-    if not numeric:
-        raise InputError("the embeddings table has no numeric columns")
-    return pd.DataFrame(frame[numeric])
+    columns = [c for c in frame.columns if str(c).startswith(EMBEDDING_PREFIX)]
+    if not columns:
+        raise InputError(f"the embeddings table has no embedding columns ({EMBEDDING_PREFIX}*)")
+    return pd.DataFrame(frame[columns].astype(np.float64))
 
 
 # --------------------------------------------------------------------------------------------
