@@ -330,6 +330,8 @@ def helsinki(helsinki_pbf: Path, tmp_path_factory) -> tuple[Path, Path]:
 def test_evaluate_helsinki_end_to_end(helsinki: tuple[Path, Path], tmp_path: Path) -> None:
     dataset, run = helsinki
     out = tmp_path / "report"
+    # the training data comes from the model directory's JSON, not from the card's prose
+    (run / "MODEL_CARD.md").write_text("# a card someone edited\n")
     result = evaluate(
         run,
         [dataset],
@@ -359,7 +361,7 @@ def test_evaluate_helsinki_end_to_end(helsinki: tuple[Path, Path], tmp_path: Pat
     assert provenance["split_sha256"] == file_sha256(out / "split.parquet")
     assert provenance["git"] is None or len(provenance["git"]["commit"]) == 40
     assert provenance["machine"]["cpus"] >= 1 and provenance["wall_seconds"] > 0
-    assert provenance["run_training_data"] == str(dataset)
+    assert provenance["run_training_data"] == str(dataset.resolve())
     # the run was pretrained on all of Helsinki, and the report says so
     assert provenance["split"]["pretraining_overlap"]["test"] > 0
     text = (out / "results.md").read_text()

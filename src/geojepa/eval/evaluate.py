@@ -27,7 +27,6 @@ the provenance.
 from __future__ import annotations
 
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -128,19 +127,16 @@ def _log(progress: bool, message: str) -> None:
         print(f"[evaluate {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _training_data(model: GeoJEPA, run: Path | None) -> tuple[PrepareConfig | None, str | None]:
+def _training_data(model: GeoJEPA) -> tuple[PrepareConfig | None, str | None]:
     """The PrepareConfig of the data the model was pretrained on, and that data's path.
 
-    The config comes from ``model.dataset_config`` (the model directory's ``dataset.json``),
-    else from the dataset the model card names, if it still exists; the path (for the
-    pretraining-overlap check) from the model card.
+    Both come from the model directory: ``dataset.json`` (``model.dataset_config``) and
+    ``training_data.json`` (``model.training_data``); either is None for runs that lack it.
+    Without a saved config, the training dataset's own config is used if it still exists.
     """
     cfg = getattr(model, "dataset_config", None)
-    path = None
-    card = run / "MODEL_CARD.md" if run is not None else None
-    if card is not None and card.is_file():
-        match = re.search(r"\| training data \| `([^`]+)`", card.read_text())
-        path = match.group(1) if match else None
+    record = getattr(model, "training_data", None) or {}
+    path = record.get("dataset")
     if not isinstance(cfg, PrepareConfig):
         cfg = None
         if path is not None:
@@ -496,7 +492,7 @@ def evaluate(
         run_path, opened, config, want_random
     )
     trained_cfg, trained_path = (
-        _training_data(pretrained, run_path) if pretrained is not None else (None, None)
+        _training_data(pretrained) if pretrained is not None else (None, None)
     )
     _check_datasets(opened, trained_cfg)
     tok_cfg: TokenizerConfig = pcfg.tokenizer

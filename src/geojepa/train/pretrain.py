@@ -280,7 +280,11 @@ def _pretrain(
             "devices": f"{world} × {trainer.accelerator.__class__.__name__}",
             "final_losses": metrics,
         }
-        export_model(module.model, cfg, vocab, out, info, dataset_config=ds.config)
+        training_data = {"dataset": str(ds.path.resolve()), "n_tiles": n_tiles}
+        export_model(
+            module.model, cfg, vocab, out, info,
+            dataset_config=ds.config, training_data=training_data,
+        )  # fmt: skip
     return out
 
 
