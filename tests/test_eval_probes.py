@@ -208,3 +208,53 @@ def test_embedding_features_from_embed_tables():
         embedding_features(entities.drop(columns="region_id"), level="entity")
     with pytest.raises(InputError, match="no embedding columns"):
         embedding_features(tiles[["n_entities"]])
+
+
+# ------------------------------------------------------------------ probes fit for the metric
+
+
+def test_l1_probes_aim_at_the_median(features, split):
+    """30% of rows carry a +50 outlier: the mean (what squared error fits) is a poor MAE
+    guess; the L1 probes fit the median and score a clearly lower MAE than their twins."""
+    rng = np.random.default_rng(1)
+    outlier = 50 * (rng.random(len(IDS)) < 0.3)
+    labels = 3 * features[0] + outlier + 0.1 * rng.normal(size=len(IDS))
+    rows = evaluate_embeddings(
+        features, labels, split, TASKS["max_speed"], seeds=[0],
+        probes=["dummy", "linear", "mlp", "linear_l1", "mlp_l1"], config=FAST,
+    )  # fmt: skip
+    score = {r.probe: r.metrics["mae"] for r in rows}
+    assert score["linear_l1"] < 0.85 * score["linear"], score
+    assert score["mlp_l1"] < 0.92 * score["mlp"], score
+    assert score["linear_l1"] < score["dummy"], score
+    assert rows[-1].params["hidden"] == 16 and "hidden" not in rows[-2].params
+
+
+def test_poisson_probe_predicts_the_median_count(features, split):
+    """Counts from a Poisson law with a log-linear rate: the Poisson GLM fits it, predicts
+    whole numbers (the median of the fitted law) and beats the squared-error probes."""
+    rng = np.random.default_rng(1)
+    y = rng.poisson(np.exp(1.5 * features[0].to_numpy()))
+    labels = pd.Series(y, index=features.index)
+    rows = evaluate_embeddings(
+        features, labels, split, TASKS["traffic_signals"], seeds=[0],
+        probes=["dummy", "linear", "mlp", "poisson"], config=FAST,
+    )  # fmt: skip
+    score = {r.probe: r.metrics["mae"] for r in rows}
+    assert score["poisson"] < 0.7 * min(score["linear"], score["mlp"], score["dummy"]), score
+    out = rows[-1].test_output
+    assert np.array_equal(out, np.round(out)) and len(out) == rows[-1].n_test  # a median count
+
+
+def test_metric_probes_are_skipped_where_they_do_not_apply(features, split):
+    labels = pd.Series((features[0] > 0).astype(int), index=features.index)
+    rows = evaluate_embeddings(
+        features, labels, split, TASKS["bridge"], seeds=[0],
+        probes=["linear", "linear_l1", "mlp_l1", "poisson"], config=FAST,
+    )  # fmt: skip
+    assert [r.probe for r in rows] == ["linear"]
+    rows = evaluate_embeddings(
+        features, _count_labels(features).astype(float), split, TASKS["max_speed"], seeds=[0],
+        probes=["linear_l1", "poisson"], config=FAST,
+    )  # fmt: skip
+    assert [r.probe for r in rows] == ["linear_l1"]  # poisson is for counts only

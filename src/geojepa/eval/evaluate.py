@@ -8,7 +8,9 @@ For every task (``geojepa.eval.tasks``):
    random weights* (what pretraining adds) and the supervised transformer (the upper line);
 3. frozen features (tile: [max ‖ mean] of the token outputs; entity: its output token) and the
    tag baselines (dummy, tag counts, pooled tag text vectors, SRAI counts if installed) go
-   through the same probes (linear, MLP) on the same split, over the seeds;
+   through the same probes on the same split, over the seeds: squared-error ones (ridge,
+   MLP) and, for regression/count tasks, ones fit for the MAE they are scored on (L1 linear and
+   MLP, a Poisson GLM predicting its median count);
 4. ``write_report`` writes results.csv/.md/.png and provenance.json (config, split hash, data
    sources, git commit, machine, date, wall time).
 
@@ -84,7 +86,11 @@ class EvaluateConfig(Config):
     """Everything besides the inputs that decides an evaluation's numbers."""
 
     split: SplitConfig = SplitConfig()
-    probes: tuple[str, ...] = ("linear", "mlp")
+    probes: tuple[str, ...] = Field(
+        ("linear", "mlp", "linear_l1", "mlp_l1", "poisson"),
+        description="probes for every model; the *_l1 and poisson ones (fit for MAE) run on "
+        "regression/count tasks only",
+    )
     probe: ProbeConfig = ProbeConfig()
     supervised: SupervisedConfig = SupervisedConfig()
     supervised_seeds: int | None = Field(

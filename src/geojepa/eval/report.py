@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import pandas as pd
 
 from geojepa.errors import InputError, OutputError
 from geojepa.eval.metrics import METRICS, METRICS_BY_KIND
-from geojepa.eval.probes import ResultRow
+from geojepa.eval.probes import ResultRow, row_record
 from geojepa.eval.split import file_sha256
 from geojepa.eval.tasks import TASKS
 from geojepa.io.atomic import write_atomic, write_json_atomic, write_text_atomic
@@ -32,7 +31,7 @@ def results_frame(rows: list[ResultRow]) -> pd.DataFrame:
         raise InputError("no results to report")
     records = []
     for row in rows:
-        base = asdict(row)
+        base = row_record(row)
         metrics = base.pop("metrics")
         base["params"] = json.dumps(base["params"], sort_keys=True)
         for metric, value in metrics.items():
@@ -118,7 +117,15 @@ def make_provenance(
     return provenance
 
 
-_PROBE_COLORS = {"dummy": "tab:gray", "linear": "tab:blue", "mlp": "tab:orange"}
+_PROBE_COLORS = {
+    "dummy": "tab:gray",
+    "linear": "tab:blue",
+    "mlp": "tab:orange",
+    "linear_l1": "tab:cyan",
+    "mlp_l1": "tab:red",
+    "poisson": "tab:green",
+    "end2end": "tab:purple",
+}
 
 
 def plot_results(summary: pd.DataFrame, path: str | Path) -> Path:

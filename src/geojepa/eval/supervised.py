@@ -99,6 +99,7 @@ class _Part:
     target_tile: np.ndarray  # tile row of each target (tile tasks: = tiles)
     target_slot: np.ndarray  # entity slot of each target (-1 for tile tasks)
     y: np.ndarray
+    index: pd.Index  # the labels' index of these targets
 
 
 def _parts(arrays: TileArrays, labels: pd.Series, split: pd.DataFrame, task: Task) -> dict:
@@ -116,7 +117,7 @@ def _parts(arrays: TileArrays, labels: pd.Series, split: pd.DataFrame, task: Tas
         for name in SPLITS:
             sel = names.to_numpy() == name
             y = labels.to_numpy()[sel]
-            parts[name] = _Part(rows[sel], rows[sel], np.full(len(y), -1), y)
+            parts[name] = _Part(rows[sel], rows[sel], np.full(len(y), -1), y, labels.index[sel])
     else:
         counts = arrays.ent_count
         ent_tile = np.repeat(np.arange(len(counts)), counts)
@@ -136,8 +137,9 @@ def _parts(arrays: TileArrays, labels: pd.Series, split: pd.DataFrame, task: Tas
             sel = names.to_numpy() == name
             p = pos[sel]
             parts[name] = _Part(
-                np.unique(ent_tile[p]), ent_tile[p], ent_slot[p], labels.to_numpy()[sel]
-            )
+                np.unique(ent_tile[p]), ent_tile[p], ent_slot[p], labels.to_numpy()[sel],
+                labels.index[sel],
+            )  # fmt: skip
     for name, part in parts.items():
         if len(part.y) == 0:
             raise InputError(f"task {task.name}: the {name} split has no labelled rows")
@@ -174,7 +176,9 @@ def _sample(part: _Part, n_tiles: int, rng: np.random.Generator) -> _Part:
         return part
     tiles = np.sort(rng.choice(part.tiles, size=n_tiles, replace=False))
     keep = np.isin(part.target_tile, tiles)
-    return _Part(tiles, part.target_tile[keep], part.target_slot[keep], part.y[keep])
+    return _Part(
+        tiles, part.target_tile[keep], part.target_slot[keep], part.y[keep], part.index[keep]
+    )
 
 
 class _Runner:
@@ -300,6 +304,7 @@ def train_supervised(
         out = to_output(runners["test"].predict(net))
         y_test = parts["test"].y.astype(float)
         if binary:
+            pred = out
             metrics = compute_metrics("binary", y_test, (out >= 0.5).astype(float), out)
         else:
             pred = np.maximum(out, 0.0) if task.kind == "count" else out
@@ -316,6 +321,9 @@ def train_supervised(
                 len(parts["train"].y),
                 len(parts["val"].y),
                 len(y_test),
+                test_index=parts["test"].index,
+                test_y=y_test,
+                test_output=np.asarray(pred, dtype=float),
             )
         )
     return rows
