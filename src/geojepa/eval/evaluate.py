@@ -114,6 +114,34 @@ class EvaluateConfig(Config):
     notes: tuple[str, ...] = Field((), description="free-text lines added to results.md")
 
 
+#: Named evaluation settings (`geojepa evaluate --preset NAME`). ``benchmark`` is what `make
+#: benchmark` runs: the default split, a single MLP width and weight decay, fewer MLP epochs, the
+#: 1000 most frequent tag strings, the supervised transformer on one seed with a bounded epoch.
+EVALUATE_PRESETS: dict[str, EvaluateConfig] = {
+    "default": EvaluateConfig(),
+    "benchmark": EvaluateConfig(
+        split=SplitConfig(block_zoom=14, fractions=(0.6, 0.2, 0.2), seed=0),
+        probe=ProbeConfig(
+            mlp_hidden=(128,), mlp_weight_decays=(0.01,), mlp_max_epochs=60, mlp_patience=5
+        ),
+        supervised=SupervisedConfig(
+            max_epochs=4, patience=1, tiles_per_epoch=512, max_val_tiles=512
+        ),
+        tag_count_max_features=1000,
+        supervised_seeds=1,
+    ),
+}
+
+
+def evaluate_preset(name: str) -> EvaluateConfig:
+    """The named evaluation settings; ConfigError listing the known names otherwise."""
+    try:
+        return EVALUATE_PRESETS[name]
+    except KeyError:
+        known = ", ".join(EVALUATE_PRESETS)
+        raise ConfigError(f"unknown evaluate preset {name!r} (known: {known})") from None
+
+
 @dataclass
 class EvaluateResult:
     """What `evaluate` produced: the summary table, per-seed rows, report files, notes."""
@@ -741,10 +769,12 @@ def load_config(path: str | Path | None) -> EvaluateConfig:
 __all__ = [
     "ALL_BASELINES",
     "DEFAULT_BASELINES",
+    "EVALUATE_PRESETS",
     "EvaluateConfig",
     "EvaluateResult",
     "encode_arrays",
     "evaluate",
+    "evaluate_preset",
     "format_summary",
     "load_config",
     "tokenize_masked",
