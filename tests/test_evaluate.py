@@ -352,6 +352,15 @@ def test_evaluate_helsinki_end_to_end(helsinki: tuple[Path, Path], tmp_path: Pat
     seeds_of = summary.groupby(["model", "probe"])["n_seeds"].max()
     assert seeds_of[("geojepa", "mlp")] == 2 and seeds_of[("supervised", "end2end")] == 1
     assert np.isfinite(summary.loc[summary["metric"] == "mae", "mean"]).all()
+    # 95% block-bootstrap intervals of the headline metrics, and differences to GeoJEPA
+    head = summary[summary["metric"] == "mae"]  # way_bridge's small test set has no positive
+    assert (head["ci_low"] <= head["ci_high"]).all() and len(head) > 0
+    rivals = head[head["model"] != "geojepa"]
+    assert set(rivals["verdict"]) <= {"win", "loss", "tie"} and len(rivals) > 0
+    assert summary.loc[summary["metric"] == "rmse", "ci_low"].isna().all()
+    by_area = pd.read_csv(out / "results_by_area.csv")
+    assert set(by_area["area"]) == {dataset.name}
+    assert {"ci_low", "verdict"} <= set(summary.columns)
     # random weights really are another network: different features, same probes
     geo = summary.query("model == 'geojepa' and probe == 'linear' and metric == 'mae'")
     rnd = summary.query("model == 'random_init' and probe == 'linear' and metric == 'mae'")
@@ -366,6 +375,7 @@ def test_evaluate_helsinki_end_to_end(helsinki: tuple[Path, Path], tmp_path: Pat
     assert provenance["split"]["pretraining_overlap"]["test"] > 0
     text = (out / "results.md").read_text()
     assert "## Notes" in text and "supervised transformer ran on seeds [0] only" in text
+    assert "## Uncertainty: 95% intervals" in text and "### Per area" in text
     assert "**Warning**: the run was pretrained on data holding" in text
 
     # the saved split is spatial and disjoint: each tile once, each block in one split

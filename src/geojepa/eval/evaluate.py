@@ -11,8 +11,11 @@ For every task (``geojepa.eval.tasks``):
    through the same probes on the same split, over the seeds: squared-error ones (ridge,
    MLP) and, for regression/count tasks, ones fit for the MAE they are scored on (L1 linear and
    MLP, a Poisson GLM predicting its median count);
-4. ``write_report`` writes results.csv/.md/.png and provenance.json (config, split hash, data
-   sources, git commit, machine, date, wall time).
+4. 95% intervals that include the data: a paired bootstrap over the test split's blocks for
+   every model and for its difference to GeoJEPA, and a per-area (per-dataset) breakdown
+   (``geojepa.eval.uncertainty``);
+5. ``write_report`` writes results.csv/.md/.png, results_by_area.csv and provenance.json
+   (config, split hash, data sources, git commit, machine, date, wall time).
 
 The embedding loop is that of `geojepa.embed.embed_shard` (target encoder, `pool_tiles`), run
 on token arrays shared by the three networks, and batched by similar entity counts: padding is
@@ -69,6 +72,7 @@ from geojepa.eval.split import (
 from geojepa.eval.suite import BASELINES, baseline_features
 from geojepa.eval.supervised import SupervisedConfig, train_supervised
 from geojepa.eval.tasks import TASKS, Task, get_task
+from geojepa.eval.uncertainty import bootstrap_intervals
 from geojepa.io.atomic import write_text_atomic
 from geojepa.model.jepa import GeoJEPA, pool_tiles
 from geojepa.tokenize.loader import TileArrays, collate, tokenize_shard
@@ -108,6 +112,10 @@ class EvaluateConfig(Config):
     min_vocab_coverage: float = Field(
         0.5, ge=0.0, le=1.0, description="share of the data's tag entries the run's vocabulary "
         "must know by key (else the data was built with another tag filter)",
+    )  # fmt: skip
+    bootstrap: int = Field(
+        1000, ge=0, description="block-bootstrap resamples of the test data for the 95% "
+        "intervals and the paired differences to GeoJEPA (0 = none)",
     )  # fmt: skip
     device: str = "cpu"
     title: str = "GeoJEPA evaluation"
@@ -644,6 +652,12 @@ def evaluate(
         timings[task.name] = round(time.perf_counter() - t_task, 1)
         _log(progress, f"{task.name}: done in {timings[task.name]} s")
 
+    intervals = by_area = None
+    if config.bootstrap:
+        _log(progress, f"95% intervals: {config.bootstrap} block resamples of the test data")
+        intervals, by_area = bootstrap_intervals(
+            rows, split_frame, config.bootstrap, areas=_areas(opened)
+        )
     wall = time.perf_counter() - started
     provenance = make_provenance(
         config={
@@ -668,7 +682,9 @@ def evaluate(
         task_seconds=timings,
         wall_seconds=round(wall, 1),
     )
-    paths = write_report(rows, output, provenance, title=config.title)
+    paths = write_report(
+        rows, output, provenance, title=config.title, intervals=intervals, by_area=by_area
+    )
     overlap = split_info.get("pretraining_overlap") or {}
     shown_sup_seeds = sup_seeds if SUPERVISED in baselines else None
     _append_notes(
@@ -689,6 +705,18 @@ def _memoized(embed: Any) -> Any:
         return np.stack([cache[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
 
     return embed_texts
+
+
+def _areas(datasets: Sequence[TileDataset]) -> dict[str, str]:
+    """region_id -> the name of its dataset (directory), for the per-area breakdown."""
+    names = [ds.path.name for ds in datasets]
+    if len(set(names)) < len(names):  # same directory names: tell them apart by position
+        names = [f"{i}:{name}" for i, name in enumerate(names)]
+    return {
+        rid: name
+        for ds, name in zip(datasets, names, strict=True)
+        for rid in ds.read_tiles(columns=["region_id"]).column("region_id").to_pylist()
+    }
 
 
 def _data_source(ds: TileDataset) -> dict[str, Any]:
