@@ -452,3 +452,64 @@ def test_cli_bad_inputs(
 def main_err(capsys, argv: list[str]) -> str:
     assert main(argv) == 2
     return capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- protocol from the CLI
+
+
+def test_protocol_from_the_cli(synthetic: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """`split` → `pretrain --split` (train blocks only) → `evaluate --split --preset
+    benchmark`: the model never saw a val/test tile, and the report says so."""
+    import importlib
+
+    from geojepa.model import GeoJEPA
+
+    pretrain_module = importlib.import_module("geojepa.train.pretrain")  # not the function
+
+    real = pretrain_module.build_tag_table  # no sentence-encoder load in a fast test
+    monkeypatch.setattr(
+        pretrain_module, "build_tag_table",
+        lambda vocab, model, cache_dir=None: real(vocab, model, cache_dir, embed_fn=fake_embed),
+    )  # fmt: skip
+    split_path = tmp_path / "split.parquet"
+    argv = ["split", "-d", str(synthetic), "-o", str(split_path), "--block-zoom", "15"]
+    assert main(argv) == 0
+    assert "split: " in capsys.readouterr().out
+    split = load_split(split_path)
+    ds = open_dataset(synthetic)
+    assert len(split) == ds.manifest["n_tiles"] and set(split["split"]) == {"train", "val", "test"}
+    n_train = int((split["split"] == "train").sum())
+
+    run = tmp_path / "run"
+    argv = ["pretrain", str(synthetic), "-o", str(run), "--split", str(split_path)]
+    assert main([*argv, "--max-steps", "2", "--batch-size", "4"]) == 0
+    model = GeoJEPA.from_pretrained(run)
+    assert model.training_data["n_tiles"] == n_train
+    assert model.training_data["subset_of"] == str(synthetic.resolve())
+    trained = open_dataset(model.training_data["dataset"])
+    train_ids = set(split.loc[split["split"] == "train", "region_id"])
+    assert set(trained.read_tiles(columns=["region_id"]).column("region_id").to_pylist()) == (
+        train_ids
+    )
+
+    build_tag_table(  # the evaluation embeds with the run's table; the baselines need none
+        TagVocabulary.from_dataset(ds), model.pretrain_config.tokenizer.text_model, ds.path,
+        embed_fn=fake_embed,
+    )  # fmt: skip
+    report = tmp_path / "report"
+    argv = ["evaluate", "-d", str(synthetic), "--run", str(run), "--split", str(split_path)]
+    argv += ["-o", str(report), "--preset", "benchmark", "--tasks", "building_count"]
+    assert main([*argv, "--seeds", "1", "--baselines", "dummy", "-q"]) == 0
+    provenance = json.loads((report / "provenance.json").read_text())
+    assert provenance["split"]["pretraining_overlap"] == {"train": n_train, "val": 0, "test": 0}
+    used = provenance["config"]["evaluate"]
+    assert used["probe"]["mlp_hidden"] == [128] and used["tag_count_max_features"] == 1000
+
+    # bad input: one line each
+    assert "unknown evaluate preset 'fast'" in main_err(capsys, [*argv, "--preset", "fast"])
+    partial = save_split(split.iloc[:-1], tmp_path / "partial.csv")
+    err = main_err(capsys, ["pretrain", str(synthetic), "-o", str(tmp_path / "r2"),
+                            "--split", str(partial)])  # fmt: skip
+    assert "not in the split" in err
+    err = main_err(capsys, ["split", "-d", str(synthetic), "-o", "x.parquet", "--fractions", "1,2"])
+    assert "--fractions must be three numbers" in err
