@@ -203,6 +203,8 @@ def test_supervised_learns_a_visible_label(synthetic: Path, tmp_path: Path) -> N
     assert rows[0].model == "supervised" and rows[0].probe == "end2end"
     assert rows[0].n_train + rows[0].n_val + rows[0].n_test == len(labels)
     assert rows[0].metrics["auroc"] > 0.8, rows[0]
+    p = rows[0].params  # early-stopped (patience 3 without a better val score) or capped at 8
+    assert p["converged"] == (p["stopped_at"] - p["epochs"] >= 3) and p["stopped_at"] <= 8
 
 
 def test_evaluate_without_a_run(synthetic: Path, tmp_path: Path) -> None:

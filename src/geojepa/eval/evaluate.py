@@ -124,7 +124,8 @@ class EvaluateConfig(Config):
 
 #: Named evaluation settings (`geojepa evaluate --preset NAME`). ``benchmark`` is what `make
 #: benchmark` runs: the default split, a single MLP width and weight decay, fewer MLP epochs, the
-#: 1000 most frequent tag strings, the supervised transformer on one seed with a bounded epoch.
+#: 1000 most frequent tag strings, and the supervised transformer on one seed, trained until
+#: its val score stops improving (patience 5, epochs of 512 random train tiles, at most 60).
 EVALUATE_PRESETS: dict[str, EvaluateConfig] = {
     "default": EvaluateConfig(),
     "benchmark": EvaluateConfig(
@@ -133,7 +134,7 @@ EVALUATE_PRESETS: dict[str, EvaluateConfig] = {
             mlp_hidden=(128,), mlp_weight_decays=(0.01,), mlp_max_epochs=60, mlp_patience=5
         ),
         supervised=SupervisedConfig(
-            max_epochs=4, patience=1, tiles_per_epoch=512, max_val_tiles=512
+            max_epochs=60, patience=5, tiles_per_epoch=512, max_val_tiles=1024
         ),
         tag_count_max_features=1000,
         supervised_seeds=1,
@@ -753,6 +754,15 @@ def _append_notes(
         "to end on the same masked tokens (probe `end2end`); the others are tag baselines on "
         "the same masked input. Probes choose every setting on val; test is scored once."
     )
+    if sup_seeds is not None:
+        sup = config.supervised
+        lines.append(
+            f"The supervised transformer trains until its val score has not improved for "
+            f"{sup.patience} epoch(s) (at most {sup.max_epochs} epochs"
+            + (f" of {sup.tiles_per_epoch} random train tiles" if sup.tiles_per_epoch else "")
+            + "); `params` in results_per_seed.csv record the best epoch and whether it "
+            "stopped early (`converged`) or at the cap."
+        )
     if sup_seeds is not None and list(sup_seeds) != list(seeds):
         lines.append(f"The supervised transformer ran on seeds {list(sup_seeds)} only (cost).")
     if overlap.get("val", 0) or overlap.get("test", 0):

@@ -279,7 +279,7 @@ def train_supervised(
         optim = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         target = torch.as_tensor((parts["train"].y - center) / scale, dtype=torch.float32)
         best = (-math.inf, None, 0)
-        stale = 0
+        stale, converged, epoch = 0, False, 0
         for epoch in range(1, config.max_epochs + 1):
             net.train()
             for batch, b_rows, b_slots, idx in runners["train"].batches(
@@ -298,6 +298,7 @@ def train_supervised(
             else:
                 stale += 1
                 if stale >= config.patience:
+                    converged = True  # val stopped improving: early-stopped, not capped
                     break
         if best[1] is not None:
             net.load_state_dict(best[1])
@@ -316,7 +317,13 @@ def train_supervised(
                 PROBE_NAME,
                 int(seed),
                 metrics,
-                {"epochs": best[2], "depth": config.depth, "width": tokenizer_config.width},
+                {
+                    "epochs": best[2],
+                    "stopped_at": epoch,
+                    "converged": converged,
+                    "depth": config.depth,
+                    "width": tokenizer_config.width,
+                },
                 best[0],
                 len(parts["train"].y),
                 len(parts["val"].y),
