@@ -174,6 +174,9 @@ def pretrain(
     max_epochs: int | None = typer.Option(None, help="epochs (overrides the config)"),
     batch_size: int | None = typer.Option(None, help="tiles per device per step"),
     resume: bool = typer.Option(True, help="continue from OUTPUT/checkpoints/last.ckpt"),
+    split: Path | None = typer.Option(
+        None, help="split file (`geojepa split`): train on its train blocks only"
+    ),
 ) -> None:
     """Pretrain GeoJEPA on a tile dataset; writes checkpoints, logs and a model directory."""
     from geojepa.train.pretrain import pretrain as run_pretrain
@@ -192,8 +195,57 @@ def pretrain(
         max_epochs=max_epochs,
         batch_size=batch_size,
         resume=resume,
+        tiles=_train_tiles(dataset, split) if split is not None else None,
     )
     typer.echo(f"model directory: {out}")
+
+
+def _train_tiles(dataset: Path, split: Path) -> list[str]:
+    """The train-block tiles of ``dataset`` in the split file (every tile must be in it)."""
+    from geojepa.data.reader import open_dataset
+    from geojepa.eval.split import load_split, tiles_in
+
+    ids = open_dataset(dataset).read_tiles(columns=["region_id"]).column("region_id")
+    return tiles_in(load_split(split), ids.to_pylist(), "train")
+
+
+@app.command("split")
+def split_(
+    dataset: list[Path] = typer.Option(..., "--dataset", "-d", help="tile dataset (repeatable)"),
+    output: Path = typer.Option(..., "--output", "-o", help="split file (.parquet or .csv)"),
+    block_zoom: int = typer.Option(14, help="tiles of one block at this zoom share a split"),
+    fractions: str = typer.Option("0.6,0.2,0.2", help="train,val,test shares of the tiles"),
+    seed: int = typer.Option(0, help="seed of the block shuffle"),
+) -> None:
+    """A spatial train/val/test split of the tiles of one or more datasets, by blocks.
+
+    Pretrain on its train blocks only (`pretrain --split`), then evaluate with it
+    (`evaluate --split`), so that no val/test tile was seen in pretraining.
+    """
+    from geojepa.data.reader import open_dataset
+    from geojepa.errors import ConfigError
+    from geojepa.eval.split import SplitConfig, make_split, save_split
+
+    try:
+        shares = tuple(float(v) for v in fractions.split(","))
+    except ValueError:
+        shares = ()
+    if len(shares) != 3:
+        raise ConfigError(f"--fractions must be three numbers train,val,test, got {fractions!r}")
+    config = SplitConfig.from_dict({"block_zoom": block_zoom, "fractions": shares, "seed": seed})
+    ids = [
+        rid
+        for path in dataset
+        for rid in open_dataset(path)
+        .read_tiles(columns=["region_id"])
+        .column("region_id")
+        .to_pylist()
+    ]
+    frame = make_split(ids, config)
+    out = save_split(frame, output)
+    counts = frame["split"].value_counts().to_dict()
+    sizes = ", ".join(f"{name} {counts.get(name, 0)}" for name in ("train", "val", "test"))
+    typer.echo(f"split: {out} ({sizes} tiles)")
 
 
 @app.command()
@@ -325,11 +377,15 @@ def evaluate(
         None, help="comma-separated baselines (default: all available)"
     ),
     config: Path | None = typer.Option(None, help="EvaluateConfig JSON file"),
+    preset: str = typer.Option(
+        "default",
+        help="named settings: default | benchmark (`make benchmark`'s); ignored with --config",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress messages"),
 ) -> None:
     """Probe frozen embeddings against baselines on leakage-free tasks; write a report."""
     from geojepa.eval.evaluate import evaluate as run_evaluate
-    from geojepa.eval.evaluate import format_summary, load_config
+    from geojepa.eval.evaluate import evaluate_preset, format_summary, load_config
 
     names = [t for item in tasks or [] for t in item.split(",") if t] or None
     result = run_evaluate(
@@ -340,7 +396,7 @@ def evaluate(
         seeds=range(seeds),
         baselines=[b for b in baselines.split(",") if b] if baselines else None,
         split=split,
-        config=load_config(config),
+        config=load_config(config) if config is not None else evaluate_preset(preset),
         progress=not quiet,
     )
     if not quiet:

@@ -10,6 +10,7 @@ and reloaded, so that pretraining (train blocks only) and evaluation use the ver
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +176,18 @@ def assign_split(index: pd.Index, split: pd.DataFrame) -> pd.Series:
             f"(e.g. {regions[missing.to_numpy()][0]}): was the split made for this dataset?"
         )
     return out.astype(object)
+
+
+def tiles_in(split: pd.DataFrame, region_ids: Sequence[str], name: str = "train") -> list[str]:
+    """The tiles of ``region_ids`` in split ``name`` (e.g. what pretraining may see).
+
+    InputError when a tile is not in the split: a split made for other data would silently
+    let val/test tiles of this dataset into pretraining.
+    """
+    if name not in SPLITS:
+        raise InputError(f"unknown split name {name!r} (known: {', '.join(SPLITS)})")
+    names = assign_split(pd.Index(list(region_ids), name="region_id"), split)
+    return names.index[names.to_numpy() == name].tolist()
 
 
 def drop_shared_entities(split_of_rows: pd.Series) -> pd.Series:

@@ -7,6 +7,8 @@ Layout (format version ``FORMAT_VERSION``)::
     tag_table.safetensors the frozen text-embedding table (one row per vocabulary entry)
     vocab.json           the tag vocabulary (TagVocabulary.save)
     MODEL_CARD.md        data, steps, final losses, date
+    dataset.json         the PrepareConfig of the training data (zoom, tag filter)
+    training_data.json   where the training data lies and how many tiles it held
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ TAG_TABLE_FILE = "tag_table.safetensors"
 VOCAB_FILE = "vocab.json"
 CARD_FILE = "MODEL_CARD.md"
 DATASET_CONFIG_FILE = "dataset.json"  # PrepareConfig of the training data (zoom, tag filter)
+TRAINING_DATA_FILE = "training_data.json"  # {"dataset": path, "n_tiles": N} of the training data
 T = TypeVar("T")
 REQUIRED = (CONFIG_FILE, WEIGHTS_FILE, TAG_TABLE_FILE, VOCAB_FILE)
 
@@ -56,8 +59,13 @@ def export_model(
     out: str | Path,
     info: dict[str, Any] | None = None,
     dataset_config: PrepareConfig | None = None,
+    training_data: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the model directory ``out`` (files are replaced atomically one by one)."""
+    """Write the model directory ``out`` (files are replaced atomically one by one).
+
+    ``training_data`` (``{"dataset": path, "n_tiles": N}``) lets `evaluate` find the tiles the
+    model was trained on, to report any overlap with its val/test tiles.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / CONFIG_FILE)
@@ -75,6 +83,8 @@ def export_model(
     vocab.save(out / VOCAB_FILE)
     if dataset_config is not None:  # lets `embed` refuse data of another zoom or tag filter
         dataset_config.save(out / DATASET_CONFIG_FILE)
+    if training_data is not None:
+        write_text_atomic(out / TRAINING_DATA_FILE, json.dumps(training_data, indent=2) + "\n")
     write_text_atomic(out / CARD_FILE, model_card(config, info or {}))
     return out
 
@@ -171,7 +181,22 @@ def load_model(path: str | Path, map_location: str = "cpu") -> GeoJEPA:
     model.dataset_config = (  # type: ignore[attr-defined]
         _read_model_file(dataset_json, PrepareConfig.load) if dataset_json.exists() else None
     )
+    model.training_data = read_training_data(path)  # type: ignore[attr-defined]
     return model.to(map_location).eval()
+
+
+def read_training_data(path: str | Path) -> dict[str, Any] | None:
+    """``training_data.json`` of a model directory (None if absent: older runs, or not saved)."""
+    file = Path(path) / TRAINING_DATA_FILE
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {file}: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("dataset"), str):
+        raise InputError(f'{file} does not name its dataset (expected {{"dataset": path}})')
+    return data
 
 
 def read_model_info(path: str | Path) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """`pretrain()`: a Lightning run from a tile dataset to a model directory.
 
 The run directory holds ``checkpoints/`` (periodic + ``last.ckpt``, with ``config.json`` beside
-them), ``logs/`` (CSV and TensorBoard), ``vocab.json`` and, at the end, the model directory
+them), ``logs/`` (CSV and TensorBoard), ``vocab.json``, ``train-data/`` when trained on a
+subset of tiles (``pretrain --split``), and, at the end, the model directory
 files (see `geojepa.train.export`). Re-running on the same directory resumes from
 ``last.ckpt`` (model, EMA teacher, optimiser, schedules, data position and RNG).
 """
@@ -12,6 +13,7 @@ import math
 import os
 import pickle
 import warnings
+from collections.abc import Iterable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,9 @@ from typing import Any
 import torch
 
 from geojepa import interrupt
+from geojepa.data.combine import subset_dataset
 from geojepa.data.reader import TileDataset, open_dataset
+from geojepa.data.schema import MANIFEST_FILE
 from geojepa.errors import ConfigError, InputError, OutputError
 from geojepa.io.atomic import OutputLock
 from geojepa.tokenize.loader import make_dataloader
@@ -28,6 +32,7 @@ from geojepa.train.config import PretrainConfig, preset_config
 from geojepa.train.export import VOCAB_FILE, build_model, export_model
 
 CKPT_DIR = "checkpoints"
+TRAIN_DATA_DIR = "train-data"  # pretrain(tiles=...): the subset of tiles trained on
 RUN_CONFIG = "run_config.json"
 
 
@@ -96,6 +101,7 @@ def pretrain(
     resume: bool = True,
     strategy: str | None = None,
     progress: bool | None = None,
+    tiles: Iterable[str] | None = None,
 ) -> Path:
     """Pretrain GeoJEPA on ``dataset``; write checkpoints and the model directory to ``output``.
 
@@ -104,6 +110,11 @@ def pretrain(
     in the config) trains with DDP (gloo on CPU, NCCL on GPUs). Re-running on the same
     ``output`` resumes from its last checkpoint. Returns ``output``, which
     ``GeoJEPA.from_pretrained`` and ``embed_tiles`` accept. Also ``geojepa.pretrain``.
+
+    ``tiles``: train on these tiles of ``dataset`` only (e.g. the train blocks of a split, so
+    that the model never sees a val/test tile); they are copied to ``output/train-data`` (a
+    complete dataset, vocabulary included, so no tag string of another tile is learnt), which
+    the model directory's ``training_data.json`` then names.
     """
     # Lightning is imported in _pretrain, not at module level: `import geojepa` and loading a
     # model directory must stay fast.
@@ -116,7 +127,7 @@ def pretrain(
     # re-launched copies of this process: only rank 0 takes the lock.
     with OutputLock(out) if _rank() == 0 else nullcontext():
         return _pretrain(ds, out, config, preset, devices, max_steps, max_epochs, batch_size,
-                         resume, strategy, progress)  # fmt: skip
+                         resume, strategy, progress, tiles)  # fmt: skip
 
 
 def _check_devices(devices: int | str) -> int | str:
@@ -142,6 +153,7 @@ def _pretrain(
     resume: bool,
     strategy: str | None,
     progress: bool | None,
+    tiles: Iterable[str] | None = None,
 ) -> Path:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -175,6 +187,16 @@ def _pretrain(
         ckpt_dir.mkdir(exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {out}: {exc}") from None
+    source = ds
+    if tiles is not None:
+        subset = out / TRAIN_DATA_DIR
+        # resuming, or a DDP worker started after rank 0 wrote it: the run's own subset
+        if (subset / MANIFEST_FILE).is_file() and (resuming or _rank() != 0):
+            ds = open_dataset(subset)
+        elif _rank() == 0:
+            ds = subset_dataset(ds, tiles, subset, overwrite=True)
+        else:
+            raise ConfigError(f"{subset} is missing: rank 0 writes it before training starts")
 
     # The vocabulary is fixed at the start of a run (resume reuses it).
     vocab_path = out / VOCAB_FILE
@@ -280,7 +302,13 @@ def _pretrain(
             "devices": f"{world} × {trainer.accelerator.__class__.__name__}",
             "final_losses": metrics,
         }
-        export_model(module.model, cfg, vocab, out, info, dataset_config=ds.config)
+        training_data = {"dataset": str(ds.path.resolve()), "n_tiles": n_tiles}
+        if ds is not source:
+            training_data["subset_of"] = str(source.path.resolve())
+        export_model(
+            module.model, cfg, vocab, out, info,
+            dataset_config=ds.config, training_data=training_data,
+        )  # fmt: skip
     return out
 
 
