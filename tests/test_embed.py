@@ -142,3 +142,11 @@ def test_cli_writes_both_files(trained, tmp_path):
     out, ents = tmp_path / "t.parquet", tmp_path / "e.parquet"
     assert main(["embed", str(run), str(ds_path), "-o", str(out), "--entities", str(ents)]) == 0
     assert len(gpd.read_parquet(out)) > 0 and len(gpd.read_parquet(ents)) > 0
+
+
+def test_cli_quiet_prints_nothing(trained, tmp_path, capsys):
+    ds_path, run = trained
+    out = tmp_path / "t.parquet"
+    assert main(["embed", str(run), str(ds_path), "-o", str(out), "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert len(gpd.read_parquet(out)) > 0

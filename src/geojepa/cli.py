@@ -19,13 +19,30 @@ app = typer.Typer(
     help="Self-supervised embeddings of places and map entities from OpenStreetMap (GeoJEPA).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 err_console = Console(stderr=True)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from geojepa import __version__
+
+        typer.echo(f"geojepa {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        "-V",
+        callback=_show_version,
+        is_eager=True,
+        help="print the version and exit",
+    ),
+) -> None:
     """Prepare OSM tiles, pretrain GeoJEPA, embed places and entities, evaluate, explore."""
 
 
@@ -89,7 +106,9 @@ def prepare(
     workers: int = typer.Option(
         0, help="worker processes (0 = automatic: in-process if small, else all cores)"
     ),
-    no_tag_filter: bool = typer.Option(False, help="keep every tag value (no filter)"),
+    tag_filter: bool = typer.Option(
+        True, "--tag-filter/--no-tag-filter", help="drop metadata tags and free-text values"
+    ),
     overwrite: bool = typer.Option(False, help="replace an existing dataset at OUTPUT"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
 ) -> None:
@@ -106,7 +125,7 @@ def prepare(
             "polygon_wkt": _read_polygon(polygon) if polygon else None,
             "shard_levels": shard_levels,
             "min_shard_elements": min_shard_elements,
-            "tag_filter": not no_tag_filter,
+            "tag_filter": tag_filter,
             "workers": workers,
         }
     )
@@ -172,13 +191,15 @@ def embed(
     ),
     batch_size: int = typer.Option(64, min=1, help="tiles per forward pass"),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu, cuda, cuda:1"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
 ) -> None:
     """Embed every tile (and optionally every entity) of a dataset; GeoParquet, EPSG:4326."""
     from geojepa.embed import embed_tiles
 
-    out = embed_tiles(
-        run, dataset, output, entities_output=entities, batch_size=batch_size, device=device
-    )
+    out = embed_tiles(run, dataset, output, entities_output=entities, batch_size=batch_size,
+                      device=device, progress=not quiet)  # fmt: skip
+    if quiet:
+        return
     typer.echo(f"tile embeddings: {out}")
     if entities is not None:
         typer.echo(f"entity embeddings: {entities}")
