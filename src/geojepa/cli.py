@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from geojepa.errors import GeojepaError
 
@@ -330,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
     except GeojepaError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escaped: hints such as pip install 'geojepa[imagery]' are text, not rich markup
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+                          soft_wrap=True)  # fmt: skip
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/] (finished work is kept; re-run to resume)")

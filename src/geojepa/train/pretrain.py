@@ -1,9 +1,10 @@
 """`pretrain()`: a Lightning run from a tile dataset to a model directory.
 
 The run directory holds ``checkpoints/`` (periodic + ``last.ckpt``, with ``config.json`` beside
-them), ``logs/`` (CSV and TensorBoard), ``vocab.json`` and, at the end, the model directory
-files (see `geojepa.train.export`). Re-running on the same directory resumes from
-``last.ckpt`` (model, EMA teacher, optimiser, schedules, data position and RNG).
+them), ``logs/`` (CSV; TensorBoard too with the ``tensorboard`` extra), ``vocab.json`` and, at
+the end, the model directory files (see `geojepa.train.export`). Re-running on the same
+directory resumes from ``last.ckpt`` (model, EMA teacher, optimiser, schedules, data position
+and RNG).
 """
 
 from __future__ import annotations
@@ -101,7 +102,6 @@ def pretrain(
     # directory must stay fast.
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from geojepa.train.module import EpochLoader, PretrainModule
 
@@ -190,10 +190,7 @@ def pretrain(
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=cfg.optim.grad_clip or None,
         log_every_n_steps=t.log_every_n_steps,
-        logger=[
-            CSVLogger(out, name="logs", version=_fresh_csv_version(out / "logs")),
-            TensorBoardLogger(out, name="logs", version="tensorboard"),
-        ],
+        logger=_loggers(out),
         callbacks=[checkpoints],
         enable_progress_bar=progress if progress is not None else _is_tty(),
         enable_model_summary=False,
@@ -235,6 +232,19 @@ def _is_tty() -> bool:
     import sys
 
     return sys.stderr.isatty()
+
+
+def _loggers(out: Path) -> list[Any]:
+    """CSV logs always; TensorBoard logs too when the optional `tensorboard` is installed
+    (pip install 'geojepa[tensorboard]')."""
+    import importlib.util
+
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers: list[Any] = [CSVLogger(out, name="logs", version=_fresh_csv_version(out / "logs"))]
+    if importlib.util.find_spec("tensorboard") is not None:
+        loggers.append(TensorBoardLogger(out, name="logs", version="tensorboard"))
+    return loggers
 
 
 def _fresh_csv_version(logs: Path) -> str:
