@@ -95,3 +95,46 @@ def test_evaluate_summary_is_readable(summary: EvaluateResult) -> None:
     body = [line for line in lines if line.startswith(("geojepa", "dummy", "srai_counts"))]
     assert len(body) == 3  # one row per (model, probe) that ran, none invented
     assert "–" in text  # srai_counts / dummy lack road_speed
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".shp", ".geojson", ".wkt", ".txt"])
+def test_polygon_from_any_vector_file(suffix: str, tmp_path: Path, monkeypatch) -> None:
+    """--polygon takes what geopandas reads (any CRS, reprojected to EPSG:4326) or WKT text."""
+    import geopandas as gpd
+    import shapely
+
+    area = shapely.box(24.93, 60.16, 24.95, 60.17)
+    other = shapely.box(24.96, 60.16, 24.97, 60.17)
+    path = tmp_path / f"area{suffix}"
+    if suffix in (".wkt", ".txt"):
+        path.write_text(shapely.union_all([area, other]).wkt)
+    else:  # two features in Web Mercator: the union, back in lon/lat
+        frame = gpd.GeoDataFrame({"name": ["a", "b"]}, geometry=[area, other], crs=4326)
+        frame.to_crs(3857).to_file(path)
+    seen = {}
+
+    def fake_prepare(source, output, config, **kwargs):
+        seen["wkt"] = config.polygon_wkt
+        return None
+
+    monkeypatch.setattr("geojepa.data.prepare.prepare_tiles", fake_prepare)
+    assert main(["prepare", "x.osm.pbf", "-o", str(tmp_path / "o"), "--polygon", str(path),
+                 "-q"]) == 0  # fmt: skip
+    got = shapely.from_wkt(seen["wkt"])
+    assert got.symmetric_difference(shapely.union_all([area, other])).area < 1e-12
+
+
+def test_bad_polygon_files_are_one_line(tmp_path: Path, capsys) -> None:
+    import geopandas as gpd
+    import shapely
+
+    lines = tmp_path / "line.geojson"
+    gpd.GeoDataFrame(geometry=[shapely.LineString([(0, 0), (1, 1)])], crs=4326).to_file(lines)
+    junk = tmp_path / "junk.gpkg"
+    junk.write_bytes(b"\x00\x01 not a geopackage")
+    for path, message in ((lines, "LineString, not a polygon"), (junk, "cannot read"),
+                          (tmp_path / "none.gpkg", "not found")):  # fmt: skip
+        args = ["prepare", "x.osm.pbf", "-o", str(tmp_path / "o"), "--polygon", str(path)]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -63,31 +63,29 @@ def _parse_bbox(text: str) -> tuple[float, float, float, float]:
 
 
 def _read_polygon(path: Path) -> str:
-    """WKT of a polygon given as a .wkt file or a GeoJSON file (geometry/feature/collection)."""
-    import json
-
+    """WKT (EPSG:4326) of the area in a .wkt file or any vector file geopandas reads (GeoJSON,
+    GeoPackage, Shapefile, ...): the union of its geometries, reprojected; no CRS = EPSG:4326."""
     import shapely
 
     from geojepa.errors import InputError
 
+    if not path.exists():
+        raise InputError(f"polygon file not found: {path}")
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InputError(f"cannot read polygon file {path}: {exc.strerror or exc}") from None
-    try:
-        if text.lstrip().startswith("{"):
-            data = json.loads(text)
-            if data.get("type") == "FeatureCollection":
-                geoms = [shapely.geometry.shape(f["geometry"]) for f in data["features"]]
-                geom = shapely.union_all(geoms)
-            elif data.get("type") == "Feature":
-                geom = shapely.geometry.shape(data["geometry"])
-            else:
-                geom = shapely.geometry.shape(data)
-        else:
-            geom = shapely.from_wkt(text.strip())
-    except (ValueError, KeyError, TypeError, shapely.errors.ShapelyError) as exc:
-        raise InputError(f"{path} is not a WKT or GeoJSON polygon ({exc})") from None
+        geom = shapely.from_wkt(path.read_text().strip())
+    except (OSError, UnicodeDecodeError, shapely.errors.ShapelyError):
+        import geopandas as gpd
+
+        try:
+            frame = gpd.read_file(path)
+        except Exception as exc:  # pyogrio/GDAL raise many types; all mean "cannot read"
+            raise InputError(f"cannot read {path} as WKT or a vector file ({exc})") from None
+        if frame.crs is not None:
+            frame = frame.to_crs(4326)
+        geom = frame.geometry.union_all() if len(frame) else None
+    if geom is None or geom.is_empty or geom.geom_type not in ("Polygon", "MultiPolygon"):
+        kind = "nothing" if geom is None or geom.is_empty else geom.geom_type
+        raise InputError(f"{path} holds {kind}, not a polygon area")
     return geom.wkt
 
 
@@ -97,7 +95,9 @@ def prepare(
     output: Path = typer.Option(..., "--output", "-o", help="dataset directory to write"),
     zoom: int = typer.Option(16, help="XYZ tile zoom"),
     bbox: str | None = typer.Option(None, help="keep tiles meeting W,S,E,N (EPSG:4326)"),
-    polygon: Path | None = typer.Option(None, help="keep tiles meeting this WKT/GeoJSON area"),
+    polygon: Path | None = typer.Option(
+        None, help="keep tiles meeting this area: .wkt, GeoJSON, GeoPackage, Shapefile, ..."
+    ),
     imagery: list[Path] | None = typer.Option(
         None, help="GeoTIFF/COG/VRT raster or XYZ tile folder (repeatable)"
     ),
