@@ -253,7 +253,11 @@ def map_(
 def plot(
     embeddings: Path | None = typer.Argument(None, help="tile embeddings (GeoParquet)"),
     output: Path = typer.Option(..., "--output", "-o", help="PNG file to write"),
-    color_by: str = typer.Option("n_entities", help="n_entities, or a tag key counted in top_tags"),
+    color_by: str = typer.Option(
+        "n_entities",
+        help="n_entities, or a tag key counted in top_tags; one colour per count when few, "
+        "else a log or linear scale; outliers clipped (said in the figure)",
+    ),
     method: str = typer.Option("pca", help="2-D projection: pca | umap (extra 'umap')"),
     curves: Path | None = typer.Option(
         None, "--curves", help="plot training curves of this run directory instead"
