@@ -125,6 +125,7 @@ def _frames(
 
     from geojepa.data.reader import TileDataset, open_dataset
     from geojepa.embed import check_compatible, embed_shard, load_model
+    from geojepa.io.geoparquet import spatial_order
 
     net = load_model(model, device)
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
@@ -135,11 +136,13 @@ def _frames(
     with bar:
         for shard in ds.shards:
             part = embed_shard(net, ds, shard, entities=entities, batch_size=batch_size)
-            tiles.append(part.tiles)
-            tile_geoms.append(part.tile_geometry)
+            order = spatial_order(part.tile_geometry)  # the row order of `geojepa embed` files
+            tiles.append(part.tiles.iloc[order])
+            tile_geoms.append(np.asarray(part.tile_geometry)[order])
             if part.entities is not None:
-                ents.append(part.entities)
-                ent_geoms.append(part.entity_geometry)
+                order = spatial_order(part.entity_geometry)
+                ents.append(part.entities.iloc[order])
+                ent_geoms.append(np.asarray(part.entity_geometry)[order])
             bar.update(len(part.tiles))
 
     def frame(parts: list[pd.DataFrame], geoms: list[np.ndarray]) -> gpd.GeoDataFrame:
