@@ -164,6 +164,10 @@ def pretrain(
     max_epochs: int | None = typer.Option(None, help="epochs (overrides the config)"),
     batch_size: int | None = typer.Option(None, help="tiles per device per step"),
     resume: bool = typer.Option(True, help="continue from OUTPUT/checkpoints/last.ckpt"),
+    keep_checkpoints: int = typer.Option(
+        3, min=-1, help="periodic checkpoints kept besides last.ckpt (newest; -1 = all)"
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display or summary"),
 ) -> None:
     """Pretrain GeoJEPA on a tile dataset; writes checkpoints, logs and a model directory."""
     from geojepa.train.pretrain import pretrain as run_pretrain
@@ -178,8 +182,11 @@ def pretrain(
         max_epochs=max_epochs,
         batch_size=batch_size,
         resume=resume,
+        keep_checkpoints=keep_checkpoints,
+        progress=False if quiet else None,
     )
-    typer.echo(f"model directory: {out}")
+    if not quiet:
+        typer.echo(f"model directory: {out}")
 
 
 @app.command()

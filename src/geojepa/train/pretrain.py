@@ -89,6 +89,7 @@ def pretrain(
     resume: bool = True,
     strategy: str | None = None,
     progress: bool | None = None,
+    keep_checkpoints: int = 3,
 ) -> Path:
     """Pretrain GeoJEPA on ``dataset``; write checkpoints and the model directory to ``output``.
 
@@ -97,6 +98,10 @@ def pretrain(
     in the config) trains with DDP (gloo on CPU, NCCL on GPUs). Re-running on the same
     ``output`` resumes from its last checkpoint. Returns ``output``, which
     ``GeoJEPA.from_pretrained`` and ``embed_tiles`` accept. Also ``geojepa.pretrain``.
+
+    ``progress``: False prints nothing; otherwise a bar on a terminal, else a plain line every
+    few steps (see `geojepa.train.progress`). ``keep_checkpoints``: how many periodic
+    checkpoints to keep besides ``last.ckpt`` (the newest ones; -1 keeps all).
     """
     # Lightning is imported here, not at module level: `import geojepa` and loading a model
     # directory must stay fast.
@@ -104,6 +109,7 @@ def pretrain(
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from geojepa.train.module import EpochLoader, PretrainModule
+    from geojepa.train.progress import ProgressReport, quiet_dependencies
 
     out = Path(output)
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
@@ -141,7 +147,8 @@ def pretrain(
         if not resuming:
             vocab.save(vocab_path)
         cfg.save(ckpt_dir / "config.json")  # beside every checkpoint of the run
-    tag_table = build_tag_table(vocab, cfg.tokenizer.text_model, cache_dir=ds.path)
+    with quiet_dependencies():  # no "Loading weights" bar from the text model
+        tag_table = build_tag_table(vocab, cfg.tokenizer.text_model, cache_dir=ds.path)
 
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     model = build_model(cfg, tag_table)
@@ -165,12 +172,16 @@ def pretrain(
     epoch_loader.module = module
 
     accelerator = t.accelerator
+    if keep_checkpoints < -1:
+        raise ConfigError(f"keep_checkpoints must be -1 (all), 0 or more, got {keep_checkpoints}")
     checkpoints = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="step={step}",
         auto_insert_metric_name=False,
         every_n_train_steps=t.checkpoint_every_n_steps,
-        save_top_k=-1,
+        save_top_k=keep_checkpoints,
+        monitor="step" if keep_checkpoints >= 0 else None,  # newest = highest step
+        mode="max",
         save_last=True,
     )
     if strategy is None:
@@ -178,33 +189,37 @@ def pretrain(
         # Batches without imagery leave the image encoder unused: DDP must allow that.
         unused = "_find_unused_parameters_true" if cfg.tokenizer.use_image else ""
         strategy = f"ddp{unused}" if multi else "auto"
-    trainer = L.Trainer(
-        default_root_dir=out,
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=t.num_nodes,
-        strategy=strategy,
-        precision=_precision(cfg, accelerator),
-        max_steps=t.max_steps,
-        max_epochs=t.max_epochs if t.max_epochs is not None else -1,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=cfg.optim.grad_clip or None,
-        log_every_n_steps=t.log_every_n_steps,
-        logger=_loggers(out),
-        callbacks=[checkpoints],
-        enable_progress_bar=progress if progress is not None else _is_tty(),
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,  # the tile stream splits shards across ranks itself
-    )
-    world = trainer.world_size
-    module.total_steps = _total_steps(cfg, n_tiles, world)
-    with warnings.catch_warnings():
-        # The EMA teacher is in eval mode on purpose; the run directory holds config.json.
-        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-        warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
-        trainer.fit(module, epoch_loader, ckpt_path=str(last) if resuming else None)
-    trainer.save_checkpoint(last)  # the final state, also when the run ended mid-interval
+    callbacks: list[Any] = [checkpoints]
+    if progress is not False:
+        callbacks.append(ProgressReport())
+    with quiet_dependencies():  # Lightning talks from Trainer() on
+        trainer = L.Trainer(
+            default_root_dir=out,
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=t.num_nodes,
+            strategy=strategy,
+            precision=_precision(cfg, accelerator),
+            max_steps=t.max_steps,
+            max_epochs=t.max_epochs if t.max_epochs is not None else -1,
+            accumulate_grad_batches=t.accumulate_grad_batches,
+            gradient_clip_val=cfg.optim.grad_clip or None,
+            log_every_n_steps=t.log_every_n_steps,
+            logger=_loggers(out),
+            callbacks=callbacks,
+            enable_progress_bar=False,  # ProgressReport instead
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,  # the tile stream splits shards across ranks itself
+        )
+        world = trainer.world_size
+        module.total_steps = _total_steps(cfg, n_tiles, world)
+        with warnings.catch_warnings():
+            # The EMA teacher is in eval mode on purpose; the run directory holds config.json.
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+            warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+            trainer.fit(module, epoch_loader, ckpt_path=str(last) if resuming else None)
+        trainer.save_checkpoint(last)  # the final state, also when the run ended mid-interval
     if trainer.global_rank == 0:
         metrics = {
             k.split("/", 1)[1]: float(v)
@@ -226,12 +241,6 @@ def pretrain(
 
 def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
-
-
-def _is_tty() -> bool:
-    import sys
-
-    return sys.stderr.isatty()
 
 
 def _loggers(out: Path) -> list[Any]:
