@@ -197,6 +197,11 @@ def embed(
     entities: Path | None = typer.Option(
         None, "--entities", help="also write entity embeddings to this GeoParquet"
     ),
+    entity_rows: str = typer.Option(
+        "feature",
+        help="feature: one row per feature (unique feature_id, mean of its clips); clip: one "
+        "row per (tile, feature) clip, key (feature_id, region_id)",
+    ),
     batch_size: int = typer.Option(64, min=1, help="tiles per forward pass"),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu, cuda, cuda:1"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
@@ -205,7 +210,7 @@ def embed(
     from geojepa.embed import embed_tiles
 
     out = embed_tiles(run, dataset, output, entities_output=entities, batch_size=batch_size,
-                      device=device, progress=not quiet)  # fmt: skip
+                      device=device, progress=not quiet, entity_rows=entity_rows)  # fmt: skip
     if quiet:
         return
     typer.echo(f"tile embeddings: {out}")

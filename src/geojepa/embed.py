@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from geojepa.data.reader import TileDataset, local_to_lonlat, open_dataset
-from geojepa.errors import InputError
+from geojepa.errors import ConfigError, InputError
 from geojepa.eval.baselines import tag_strings
 from geojepa.io.geoparquet import GeoParquetWriter
 from geojepa.model.jepa import GeoJEPA, pool_tiles
@@ -204,18 +204,28 @@ def embed_tiles(
     device: str = "cpu",
     entity_transform: EntityTransform | None = None,
     progress: bool = True,
+    entity_rows: str = "feature",
 ) -> Path:
     """Write tile (and optionally entity) embeddings of ``dataset`` as GeoParquet.
 
     Tile embeddings do not depend on the batch a tile lands in: padding never enters attention
     or pooling. ``entity_transform`` rewrites each shard's entities before embedding (the
-    evaluation uses it to remove the tags that define a label).
+    evaluation uses it to remove the tags that define a label). ``entity_rows``: ``feature``
+    (one row per feature, unique ``feature_id``; see `geojepa.entity_features`) or ``clip``
+    (one row per (tile, feature) clip, key ``(feature_id, region_id)``).
     """
+    from geojepa.entity_features import ENTITY_ROWS, FeatureWriter, last_shards
+
+    if entity_rows not in ENTITY_ROWS:
+        raise ConfigError(f"entity rows must be {' or '.join(ENTITY_ROWS)}, got {entity_rows!r}")
     net = load_model(model, device)
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
     check_compatible(net, ds)
     tile_writer = GeoParquetWriter(output, "region_id", ["Polygon"])
     ent_writer = GeoParquetWriter(entities_output, "feature_id", []) if entities_output else None
+    pooler = None
+    if ent_writer is not None and entity_rows == "feature":
+        pooler = FeatureWriter(ent_writer, last_shards(ds))
     bar = tqdm(total=int(ds.manifest.get("n_tiles", 0)) or None, unit="tile",
                desc="embed", disable=not progress)  # fmt: skip
     try:
@@ -225,9 +235,13 @@ def embed_tiles(
                 entity_transform=entity_transform,
             )  # fmt: skip
             tile_writer.write(part.tiles, part.tile_geometry)
-            if ent_writer is not None and part.entities is not None:
+            if pooler is not None:
+                pooler.add(shard, part.entities, part.entity_geometry)
+            elif ent_writer is not None and part.entities is not None:
                 ent_writer.write(part.entities, part.entity_geometry)
             bar.update(len(part.tiles))
+        if pooler is not None:
+            pooler.finish()
     except BaseException:
         tile_writer.abort()
         if ent_writer is not None:
