@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import shutil
 import sys
 import time
 import warnings
@@ -59,8 +60,10 @@ class ProgressReport(L.Callback):
         if self.enabled and self.tty:
             from tqdm.auto import tqdm
 
+            # shutil falls back to $COLUMNS or 80 where a pseudo-terminal reports 0 columns
+            width = shutil.get_terminal_size().columns
             self._bar = tqdm(total=self.total, initial=self.first_step, unit="step",
-                             desc="pretrain", file=self.stream, dynamic_ncols=True)  # fmt: skip
+                             desc="pretrain", file=self.stream, ncols=width)  # fmt: skip
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
