@@ -116,6 +116,7 @@ def _frames(
     batch_size: int,
     device: str,
     progress: bool,
+    open_vocabulary: bool = True,
     rows: str = "feature",
 ) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame | None]:
     """Tile (and entity) embeddings of a whole dataset, in memory, shard by shard."""
@@ -125,13 +126,12 @@ def _frames(
     from tqdm.auto import tqdm
 
     from geojepa.data.reader import TileDataset, open_dataset
-    from geojepa.embed import check_compatible, embed_shard, load_model
+    from geojepa.embed import embed_shard, model_for
     from geojepa.entity_features import FeatureWriter, last_shards
     from geojepa.io.geoparquet import spatial_order
 
-    net = load_model(model, device)
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
-    check_compatible(net, ds)
+    net = model_for(model, ds, device, open_vocabulary)
     tiles, tile_geoms, ents, ent_geoms = [], [], [], []
 
     class Collect:  # the row order of `geojepa embed` files: spatial within each write
@@ -175,6 +175,7 @@ def embed_tiles(
     batch_size: int = 64,
     device: str = "cpu",
     progress: bool = True,
+    open_vocabulary: bool = True,
     entity_rows: str = "feature",
 ) -> Path | gpd.GeoDataFrame:
     """Tile embeddings of ``dataset`` by ``model`` (a model directory or a loaded GeoJEPA).
@@ -183,6 +184,8 @@ def embed_tiles(
     ``entities_output`` is given) and return the path. Without: return a GeoDataFrame indexed
     by ``region_id`` (``n_entities``, ``top_tags``, ``emb_0 …``, tile polygon, EPSG:4326) and
     write nothing. Memory is bounded by one shard only when writing to a file.
+    ``open_vocabulary``: tags the model never saw in training get their own text vectors
+    (default) rather than their key's or UNKNOWN's.
     ``entity_rows``: the entity file's rows, ``feature`` or ``clip`` (see `embed_entities`).
     """
     if output is not None:
@@ -190,13 +193,13 @@ def embed_tiles(
 
         return _embed(
             model, dataset, output, entities_output=entities_output,
-            batch_size=batch_size, device=device, progress=progress, entity_rows=entity_rows,
+            batch_size=batch_size, device=device, progress=progress,
+            open_vocabulary=open_vocabulary, entity_rows=entity_rows,
         )  # fmt: skip
     if entities_output is not None:
         raise _config_error("entities_output needs output (use embed_entities for a frame)")
-    tiles, _ = _frames(
-        model, dataset, entities=False, batch_size=batch_size, device=device, progress=progress
-    )
+    tiles, _ = _frames(model, dataset, entities=False, batch_size=batch_size, device=device,
+                       progress=progress, open_vocabulary=open_vocabulary)  # fmt: skip
     return tiles
 
 
@@ -207,6 +210,7 @@ def embed_entities(
     batch_size: int = 64,
     device: str = "cpu",
     progress: bool = True,
+    open_vocabulary: bool = True,
     rows: str = "feature",
 ) -> gpd.GeoDataFrame:
     """Entity embeddings as a GeoDataFrame indexed by ``feature_id`` (nothing written).
@@ -222,15 +226,8 @@ def embed_entities(
 
     if rows not in ENTITY_ROWS:
         raise _config_error(f"rows must be {' or '.join(ENTITY_ROWS)}, got {rows!r}")
-    _, ents = _frames(
-        model,
-        dataset,
-        entities=True,
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
-        rows=rows,
-    )
+    _, ents = _frames(model, dataset, entities=True, batch_size=batch_size, device=device,
+                      progress=progress, open_vocabulary=open_vocabulary, rows=rows)  # fmt: skip
     assert ents is not None
     return ents
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
+from geojepa import interrupt
 from geojepa.errors import GeojepaError
 
 app = typer.Typer(
@@ -107,6 +108,11 @@ def prepare(
     workers: int = typer.Option(
         0, help="worker processes (0 = automatic: in-process if small, else all cores)"
     ),
+    location_index: str = typer.Option(
+        "flex_mem",
+        help="pyosmium node-location index; for a country, dense_file_array,PATH (planet, "
+        "large countries) or sparse_file_array,PATH keep memory flat (see docs/dataset.md)",
+    ),
     tag_filter: bool = typer.Option(
         True, "--tag-filter/--no-tag-filter", help="drop metadata tags and free-text values"
     ),
@@ -128,7 +134,12 @@ def prepare(
             "min_shard_elements": min_shard_elements,
             "tag_filter": tag_filter,
             "workers": workers,
+            "location_index": location_index,
         }
+    )
+    interrupt.set_message(
+        f"interrupted: {output} keeps the shards finished so far (none if it was still "
+        "reading); run the same command again to resume"
     )
     ds = prepare_tiles(
         source, output, config, imagery=imagery or None, overwrite=overwrite, progress=not quiet
@@ -152,6 +163,24 @@ def info(
 
 
 @app.command()
+def merge(
+    datasets: list[Path] = typer.Argument(..., help="datasets of disjoint areas to merge"),
+    output: Path = typer.Option(..., "--output", "-o", help="merged dataset directory to write"),
+    overwrite: bool = typer.Option(False, help="replace an existing dataset at OUTPUT"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no summary"),
+) -> None:
+    """Merge datasets of disjoint areas (same zoom and tag filter) into one, e.g. regions that
+    were prepared in parallel."""
+    from geojepa.data.combine import merge_datasets
+    from geojepa.data.info import dataset_info, format_info
+
+    interrupt.set_message(f"interrupted: nothing half-written is left at {output}; run it again")
+    ds = merge_datasets(datasets, output, overwrite=overwrite)
+    if not quiet:
+        typer.echo(format_info(dataset_info(ds.path)))
+
+
+@app.command()
 def pretrain(
     dataset: Path = typer.Argument(..., help="dataset directory written by `geojepa prepare`"),
     output: Path = typer.Option(..., "--output", "-o", help="run / model directory to write"),
@@ -172,6 +201,10 @@ def pretrain(
     """Pretrain GeoJEPA on a tile dataset; writes checkpoints, logs and a model directory."""
     from geojepa.train.pretrain import pretrain as run_pretrain
 
+    interrupt.set_message(
+        f"interrupted before the first checkpoint: run the same command again to start over "
+        f"(or to resume from {output}/checkpoints/last.ckpt if it exists)"
+    )
     out = run_pretrain(
         dataset,
         output,
@@ -204,13 +237,24 @@ def embed(
     ),
     batch_size: int = typer.Option(64, min=1, help="tiles per forward pass"),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu, cuda, cuda:1"),
+    open_vocabulary: bool = typer.Option(
+        True,
+        "--open-vocabulary/--closed-vocabulary",
+        help="tags the model never saw get their own text vectors (open), or are read through "
+        "their key / as unknown (closed)",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
 ) -> None:
     """Embed every tile (and optionally every entity) of a dataset; GeoParquet, EPSG:4326."""
     from geojepa.embed import embed_tiles
 
+    kept = " (the existing file there is unchanged)" if output.exists() else ""
+    interrupt.set_message(
+        f"interrupted: nothing was written to {output}{kept}; run the command again"
+    )
     out = embed_tiles(run, dataset, output, entities_output=entities, batch_size=batch_size,
-                      device=device, progress=not quiet, entity_rows=entity_rows)  # fmt: skip
+                      device=device, open_vocabulary=open_vocabulary, progress=not quiet,
+                      entity_rows=entity_rows)  # fmt: skip
     if quiet:
         return
     typer.echo(f"tile embeddings: {out}")
@@ -344,26 +388,41 @@ def evaluate(
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
-    try:
-        app(args=argv, standalone_mode=False)
-    except GeojepaError as exc:
-        # escaped: hints such as pip install 'geojepa[imagery]' are text, not rich markup
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
-                          soft_wrap=True)  # fmt: skip
-        return exc.exit_code
-    except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/] (finished work is kept; re-run to resume)")
-        return 130
-    except typer.Exit as exc:
-        return exc.exit_code
-    except typer.Abort:
-        return 1
-    except Exception as exc:  # usage errors arrive here in non-standalone mode
-        if _is_usage_error(exc):
-            exc.show()  # type: ignore[attr-defined]
-            return int(getattr(exc, "exit_code", 2))
-        raise
-    return 0
+    with interrupt.sigint_handler():
+        try:
+            # In non-standalone mode typer turns a KeyboardInterrupt into the return value 130.
+            code = app(args=argv, standalone_mode=False)
+        except GeojepaError as exc:
+            if interrupt.requested():  # an error caused by the interrupt is still an interrupt
+                return _interrupted()
+            _print_error(str(exc))
+            return exc.exit_code
+        except KeyboardInterrupt:
+            return _interrupted()
+        except typer.Exit as exc:
+            code = exc.exit_code
+        except typer.Abort:
+            code = 1
+        except Exception as exc:  # usage errors arrive here in non-standalone mode
+            if _is_usage_error(exc):
+                exc.show()  # type: ignore[attr-defined]
+                return int(getattr(exc, "exit_code", 2))
+            raise
+        if code == 130 or interrupt.requested():
+            return _interrupted()
+    return code if isinstance(code, int) else 0
+
+
+def _print_error(text: str) -> None:
+    """`error: TEXT` in red; TEXT is the user's own words and paths, never rich markup."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", text), soft_wrap=True,
+                      highlight=False)  # fmt: skip
+
+
+def _interrupted() -> int:
+    err_console.print(Text(interrupt.message(), style="bold red"), soft_wrap=True,
+                      highlight=False)  # fmt: skip
+    return 130
 
 
 def _is_usage_error(exc: Exception) -> bool:

@@ -66,6 +66,7 @@ from geojepa.eval.split import (
 from geojepa.eval.suite import BASELINES, baseline_features
 from geojepa.eval.supervised import SupervisedConfig, train_supervised
 from geojepa.eval.tasks import TASKS, Task, get_task
+from geojepa.io.atomic import write_text_atomic
 from geojepa.model.jepa import GeoJEPA, pool_tiles
 from geojepa.tokenize.loader import TileArrays, collate, tokenize_shard
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
@@ -674,7 +675,7 @@ def _append_notes(
     notes = "## Notes\n\n" + "\n".join(f"- {line}" for line in lines) + "\n\n"
     marker = "## Provenance"
     text = text.replace(marker, notes + marker, 1) if marker in text else text + "\n" + notes
-    path.write_text(text)
+    write_text_atomic(path, text)
 
 
 def format_summary(result: EvaluateResult) -> str:

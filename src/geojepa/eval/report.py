@@ -23,6 +23,7 @@ from geojepa.eval.metrics import METRICS, METRICS_BY_KIND
 from geojepa.eval.probes import ResultRow
 from geojepa.eval.split import file_sha256
 from geojepa.eval.tasks import TASKS
+from geojepa.io.atomic import write_atomic, write_json_atomic, write_text_atomic
 
 
 def results_frame(rows: list[ResultRow]) -> pd.DataFrame:
@@ -160,7 +161,7 @@ def plot_results(summary: pd.DataFrame, path: str | Path) -> Path:
                fontsize=8, title_fontsize=8, frameon=False)  # fmt: skip
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_size_inches()[1]))
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return path
 
@@ -188,11 +189,11 @@ def write_report(
         "plot": out / "results.png",
         "provenance": out / "provenance.json",
     }
-    summary.to_csv(paths["csv"], index=False)
-    results_frame(rows).to_csv(paths["per_seed"], index=False)
+    write_atomic(paths["csv"], lambda tmp: summary.to_csv(tmp, index=False))
+    write_atomic(paths["per_seed"], lambda tmp: results_frame(rows).to_csv(tmp, index=False))
     plot_results(summary, paths["plot"])
     provenance = provenance or make_provenance()
-    paths["provenance"].write_text(json.dumps(provenance, indent=2, default=str) + "\n")
+    write_json_atomic(paths["provenance"], provenance)
     seeds = sorted({row.seed for row in rows})
     text = [
         f"# {title}\n",
@@ -203,5 +204,5 @@ def write_report(
         "## Provenance\n",
         "```json\n" + json.dumps(provenance, indent=2, default=str) + "\n```\n",
     ]
-    paths["markdown"].write_text("\n".join(text))
+    write_text_atomic(paths["markdown"], "\n".join(text))
     return paths

@@ -18,6 +18,7 @@ from pydantic import field_validator
 
 from geojepa.config import Config
 from geojepa.errors import InputError, OutputError
+from geojepa.io.atomic import write_atomic
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ("region_id", "block_id", "split")
@@ -112,9 +113,9 @@ def save_split(split: pd.DataFrame, path: str | Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         frame = split.loc[:, list(SPLIT_COLUMNS)]
         if path.suffix == ".parquet":
-            frame.to_parquet(path, index=False)
+            write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
         else:
-            frame.to_csv(path, index=False)
+            write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
     except OSError as exc:
         raise OutputError(f"cannot write split to {path}: {exc}") from None
     return path

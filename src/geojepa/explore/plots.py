@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geojepa.errors import InputError, OutputError
+from geojepa.errors import ConfigError, InputError, OutputError
 from geojepa.explore.embeddings import (
     EmbeddingSource,
     embedding_matrix,
@@ -21,6 +21,7 @@ from geojepa.explore.embeddings import (
     project,
     require_kind,
 )
+from geojepa.io.atomic import write_atomic
 
 OSM_FOOTER = "Map data © OpenStreetMap contributors (ODbL)"
 #: (panel title, y-axis label, columns) of the training-curve figure, in panel order
@@ -107,13 +108,26 @@ def _log_ticks(lo: int, hi: int) -> list[int]:
     return sorted({lo, hi, *inner})
 
 
+def _check_output(output: Path) -> str:
+    """The image format of ``output``; checked before any work, so a typo costs nothing."""
+    from matplotlib.figure import Figure
+
+    kinds = Figure().canvas.get_supported_filetypes()
+    fmt = output.suffix.lstrip(".").lower()
+    if fmt not in kinds:
+        raise ConfigError(
+            f"cannot write a figure as {output.name!r}: use one of "
+            + ", ".join(f".{k}" for k in sorted(kinds))
+        )
+    if output.is_dir():
+        raise OutputError(f"{output} is a directory: give a file name such as {output}/plot.png")
+    return fmt
+
+
 def _save(fig, output: Path) -> Path:
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(output, dpi=120)
-    except OSError as exc:
-        raise OutputError(f"cannot write the figure to {output}: {exc.strerror or exc}") from None
-    return output
+    """Save atomically (a full disk never leaves a truncated image under the final name)."""
+    fmt = _check_output(output)
+    return write_atomic(output, lambda tmp: fig.savefig(tmp, dpi=120, format=fmt))
 
 
 def plot_embeddings(
@@ -129,6 +143,7 @@ def plot_embeddings(
     top tags have that tag key (e.g. ``building``). A key found in no tile's top tags is an
     InputError listing the frequent keys, because the plot would carry no information.
     """
+    _check_output(Path(output))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -237,6 +252,7 @@ def plot_curves(run: str | Path, output: str | Path) -> Path:
     """Training curves against ``step``: every ``*loss*`` column, learning rate, EMA momentum
     and the collapse monitors (``*std*``, ``*rank*``) that the run logged, one panel per group.
     """
+    _check_output(Path(output))
     import matplotlib
 
     matplotlib.use("Agg")

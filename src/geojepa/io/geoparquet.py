@@ -1,8 +1,9 @@
 """Streaming GeoParquet (1.1, EPSG:4326) writer.
 
 Embeddings of a country do not fit in memory, so they are written batch by batch with
-pyarrow, into a temporary file that is renamed into place only when complete. The result reads
-back with ``geopandas.read_parquet`` as a GeoDataFrame indexed by ``region_id`` / ``feature_id``.
+pyarrow, into a temporary file unique to the run that is renamed into place only when complete
+(see `geojepa.io.atomic`; the output is locked while it is written). The result reads back
+with ``geopandas.read_parquet`` as a GeoDataFrame indexed by ``region_id`` / ``feature_id``.
 
 Made for spatial filtering (``geopandas.read_parquet(path, bbox=...)``, DuckDB, GDAL): each row
 has a ``bbox`` struct column declared as the geometry's ``covering``; the rows of each
@@ -16,7 +17,10 @@ the file is closed.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tempfile
 from pathlib import Path
 from types import TracebackType
 
@@ -27,6 +31,7 @@ import pyarrow.parquet as pq
 import shapely
 
 from geojepa.errors import OutputError
+from geojepa.io.atomic import OutputLock, describe_os_error
 
 GEOPARQUET_VERSION = "1.1.0"
 #: Rows per row group: small enough that a bbox query skips most of a big file, large enough
@@ -92,7 +97,8 @@ class GeoParquetWriter:
         self.index_name = index_name
         self.geometry_types = list(geometry_types or [])
         self.row_group_rows = row_group_rows
-        self._tmp = self.path.with_name(self.path.name + ".partial")
+        if self.path.is_dir():
+            raise OutputError(f"{self.path} is a directory: give a file name ending in .parquet")
         self._writer: pq.ParquetWriter | None = None
         self._schema: pa.Schema | None = None
         self._metadata: dict[bytes, bytes] = {}
@@ -101,10 +107,17 @@ class GeoParquetWriter:
         self._pending_rows = 0
         self._types: set[str] = set()
         self.rows = 0
+        self._lock = OutputLock(self.path).acquire()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(
+                prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+            )
+            os.close(fd)
         except OSError as exc:
-            raise OutputError(f"cannot create {self.path.parent}: {exc}") from None
+            self._lock.release()
+            raise OutputError(describe_os_error(exc, self.path)) from None
+        self._tmp = Path(name)
 
     def write(self, frame: pd.DataFrame, geometry: np.ndarray) -> None:
         """Append rows, in :func:`spatial_order`; ``frame``'s index is the id column,
@@ -146,8 +159,12 @@ class GeoParquetWriter:
             return
         table = pa.concat_tables(self._pending)
         n_full = len(table) if final else len(table) // self.row_group_rows * self.row_group_rows
-        for start in range(0, n_full, self.row_group_rows):
-            self._writer.write_table(table.slice(start, min(self.row_group_rows, n_full - start)))
+        try:
+            for start in range(0, n_full, self.row_group_rows):
+                size = min(self.row_group_rows, n_full - start)
+                self._writer.write_table(table.slice(start, size))
+        except OSError as exc:
+            raise OutputError(describe_os_error(exc, self.path)) from None
         rest = table.slice(n_full)
         self._pending = [rest] if len(rest) else []
         self._pending_rows = len(rest)
@@ -177,19 +194,30 @@ class GeoParquetWriter:
     def close(self) -> None:
         """Finish the file and rename it into place."""
         if self._writer is None:
+            self.abort()
             raise OutputError(f"nothing to write to {self.path}")
-        self._flush(final=True)
-        self._writer.add_key_value_metadata({**self._metadata, b"geo": self._geo_metadata()})
-        self._writer.close()
-        self._writer = None
-        self._tmp.replace(self.path)
+        try:
+            self._flush(final=True)
+            self._writer.add_key_value_metadata({**self._metadata, b"geo": self._geo_metadata()})
+            self._writer.close()
+            self._writer = None
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
+            self.abort()
+            raise OutputError(describe_os_error(exc, self.path)) from None
+        except OutputError:  # a row group that could not be written (see _flush)
+            self.abort()
+            raise
+        self._lock.release()
 
     def abort(self) -> None:
         """Drop the partial file: an interrupted run never leaves a file that reads as complete."""
         if self._writer is not None:
-            self._writer.close()
+            with contextlib.suppress(OSError):
+                self._writer.close()
             self._writer = None
         self._tmp.unlink(missing_ok=True)
+        self._lock.release()
 
     def __enter__(self) -> GeoParquetWriter:
         return self

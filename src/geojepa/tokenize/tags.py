@@ -120,10 +120,10 @@ class TagVocabulary:
 
     def save(self, path: str | Path) -> None:
         """Write as JSON (atomically): the entry list defines the table rows."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"format": _VOCAB_FORMAT, "entries": self.entries}) + "\n")
-        tmp.replace(path)
+        from geojepa.io.atomic import write_text_atomic
+
+        text = json.dumps({"format": _VOCAB_FORMAT, "entries": self.entries}) + "\n"
+        write_text_atomic(path, text)
 
     @classmethod
     def load(cls, path: str | Path) -> TagVocabulary:

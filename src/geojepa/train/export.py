@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from geojepa.data.config import PrepareConfig
-from geojepa.errors import InputError
+from geojepa.errors import GeojepaError, InputError
+from geojepa.io.atomic import write_atomic, write_text_atomic
 from geojepa.model.jepa import GeoJEPA
 from geojepa.tokenize.tags import DEFAULT_TEXT_MODEL, DEFAULT_TEXT_MODEL_LICENSE, TagVocabulary
 from geojepa.tokenize.tokenizer import TileTokenizer
@@ -33,6 +35,7 @@ TAG_TABLE_FILE = "tag_table.safetensors"
 VOCAB_FILE = "vocab.json"
 CARD_FILE = "MODEL_CARD.md"
 DATASET_CONFIG_FILE = "dataset.json"  # PrepareConfig of the training data (zoom, tag filter)
+T = TypeVar("T")
 REQUIRED = (CONFIG_FILE, WEIGHTS_FILE, TAG_TABLE_FILE, VOCAB_FILE)
 
 
@@ -64,20 +67,16 @@ def export_model(
         if not _is_tag_table(k)
     }
     meta = {"format_version": str(FORMAT_VERSION), "geojepa": "model"}
-    _atomic(out / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata=meta))
+    write_atomic(out / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata=meta))
     table = model.tokenizer.tag_table.detach().cpu().contiguous()
-    _atomic(out / TAG_TABLE_FILE, lambda p: save_file({"tag_table": table}, str(p), metadata=meta))
+    write_atomic(
+        out / TAG_TABLE_FILE, lambda p: save_file({"tag_table": table}, str(p), metadata=meta)
+    )
     vocab.save(out / VOCAB_FILE)
     if dataset_config is not None:  # lets `embed` refuse data of another zoom or tag filter
         dataset_config.save(out / DATASET_CONFIG_FILE)
-    (out / CARD_FILE).write_text(model_card(config, info or {}))
+    write_text_atomic(out / CARD_FILE, model_card(config, info or {}))
     return out
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
 
 
 def model_card(config: PretrainConfig, info: dict[str, Any]) -> str:
@@ -143,8 +142,7 @@ def load_model(path: str | Path, map_location: str = "cpu") -> GeoJEPA:
     if missing:
         raise InputError(f"{path} is not a complete geojepa model directory (missing: "
                          f"{', '.join(missing)})")  # fmt: skip
-    with safe_open(str(path / WEIGHTS_FILE), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = _read_model_file(path / WEIGHTS_FILE, lambda p: _safetensors_metadata(p))
     try:
         version = int(meta.get("format_version", "-1"))
     except ValueError:
@@ -156,15 +154,22 @@ def load_model(path: str | Path, map_location: str = "cpu") -> GeoJEPA:
             f"{path} was written by a newer geojepa (format {version}; this version reads up "
             f"to {FORMAT_VERSION}): upgrade geojepa"
         )
-    config = PretrainConfig.load(path / CONFIG_FILE)
-    table = load_file(str(path / TAG_TABLE_FILE))["tag_table"]
-    vocab = TagVocabulary.load(path / VOCAB_FILE)
+    config = _read_model_file(path / CONFIG_FILE, PretrainConfig.load)
+    table = _read_model_file(path / TAG_TABLE_FILE, lambda p: load_file(str(p))["tag_table"])
+    vocab = _read_model_file(path / VOCAB_FILE, TagVocabulary.load)
     if len(vocab) != table.shape[0]:
         raise InputError(f"{path}: vocabulary ({len(vocab)}) and tag table "
                          f"({table.shape[0]} rows) do not match")  # fmt: skip
-    model = build_model(config, table)
-    state = load_file(str(path / WEIGHTS_FILE), device=map_location)
-    result = model.load_state_dict(state, strict=False)
+    model = _read_model_file(path / CONFIG_FILE, lambda p: build_model(config, table))
+    state = _read_model_file(path / WEIGHTS_FILE, lambda p: load_file(str(p), device=map_location))
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of the wrong shape
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise InputError(
+            f"{path / WEIGHTS_FILE} does not match {path / CONFIG_FILE} ({first}); the model "
+            "directory is damaged or mixed from two runs: export it again"
+        ) from None
     bad = [k for k in result.missing_keys if not _is_tag_table(k)] + list(result.unexpected_keys)
     if bad:
         raise InputError(f"{path / WEIGHTS_FILE} does not match its config ({bad[:3]} ...)")
@@ -172,7 +177,7 @@ def load_model(path: str | Path, map_location: str = "cpu") -> GeoJEPA:
     model.pretrain_config = config  # type: ignore[attr-defined]
     dataset_json = path / DATASET_CONFIG_FILE
     model.dataset_config = (  # type: ignore[attr-defined]
-        PrepareConfig.load(dataset_json) if dataset_json.exists() else None
+        _read_model_file(dataset_json, PrepareConfig.load) if dataset_json.exists() else None
     )
     return model.to(map_location).eval()
 
@@ -180,3 +185,22 @@ def load_model(path: str | Path, map_location: str = "cpu") -> GeoJEPA:
 def read_model_info(path: str | Path) -> dict[str, Any]:
     """config.json of a model directory as a dict (for `geojepa info`-style tools)."""
     return json.loads((Path(path) / CONFIG_FILE).read_text())
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+def _read_model_file(path: Path, read: Callable[[Path], T]) -> T:
+    """``read(path)``, with any failure of a damaged file turned into one clear InputError."""
+    try:
+        return read(path)
+    except GeojepaError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(
+            f"{path} is damaged or not a geojepa model file ({type(exc).__name__}: {first}); "
+            "export or copy the model directory again"
+        ) from None

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from geojepa import interrupt
 from geojepa.data.reader import TileDataset, open_dataset
-from geojepa.errors import ConfigError, OutputError
+from geojepa.errors import ConfigError, InputError, OutputError
+from geojepa.io.atomic import OutputLock
 from geojepa.tokenize.loader import make_dataloader
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
 from geojepa.train.config import PretrainConfig, preset_config
@@ -42,6 +46,10 @@ def resolve_config(
         cfg = config
     else:
         cfg = PretrainConfig.load(config)
+    if max_steps is not None and max_steps < 1:
+        raise ConfigError(f"--max-steps must be at least 1, got {max_steps}")
+    if max_epochs is not None and max_epochs < 1:
+        raise ConfigError(f"--max-epochs must be at least 1, got {max_epochs}")
     trainer: dict[str, Any] = {}
     if max_steps is not None:
         trainer["max_steps"] = max_steps
@@ -103,16 +111,53 @@ def pretrain(
     few steps (see `geojepa.train.progress`). ``keep_checkpoints``: how many periodic
     checkpoints to keep besides ``last.ckpt`` (the newest ones; -1 keeps all).
     """
-    # Lightning is imported here, not at module level: `import geojepa` and loading a model
-    # directory must stay fast.
+    # Lightning is imported in _pretrain, not at module level: `import geojepa` and loading a
+    # model directory must stay fast.
+    out = Path(output)
+    devices = _check_devices(devices)
+    if keep_checkpoints < -1:
+        raise ConfigError(f"keep_checkpoints must be -1 (all), 0 or more, got {keep_checkpoints}")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} exists and is not a directory: give a run directory to write")
+    ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
+    # A second run into the same directory would mix checkpoints. DDP's extra ranks are
+    # re-launched copies of this process: only rank 0 takes the lock.
+    with OutputLock(out) if _rank() == 0 else nullcontext():
+        return _pretrain(ds, out, config, preset, devices, max_steps, max_epochs, batch_size,
+                         resume, strategy, progress, keep_checkpoints)  # fmt: skip
+
+
+def _check_devices(devices: int | str) -> int | str:
+    """An int >= 1, "auto", or a digit string; anything else is a one-line ConfigError."""
+    if isinstance(devices, str) and devices.strip().isdigit():
+        devices = int(devices)
+    if isinstance(devices, int) and devices >= 1:
+        return devices
+    if devices in ("auto", -1):
+        return devices
+    raise ConfigError(f"--devices must be a positive number or 'auto', got {devices!r}")
+
+
+def _pretrain(
+    ds: TileDataset,
+    out: Path,
+    config: PretrainConfig | str | Path | None,
+    preset: str,
+    devices: int | str,
+    max_steps: int | None,
+    max_epochs: int | None,
+    batch_size: int | None,
+    resume: bool,
+    strategy: str | None,
+    progress: bool | None,
+    keep_checkpoints: int,
+) -> Path:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from geojepa.train.module import EpochLoader, PretrainModule
     from geojepa.train.progress import ProgressReport, quiet_dependencies
 
-    out = Path(output)
-    ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
     ckpt_dir = out / CKPT_DIR
     last = ckpt_dir / "last.ckpt"
     resuming = resume and last.exists()
@@ -172,8 +217,6 @@ def pretrain(
     epoch_loader.module = module
 
     accelerator = t.accelerator
-    if keep_checkpoints < -1:
-        raise ConfigError(f"keep_checkpoints must be -1 (all), 0 or more, got {keep_checkpoints}")
     checkpoints = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="step={step}",
@@ -189,7 +232,7 @@ def pretrain(
         # Batches without imagery leave the image encoder unused: DDP must allow that.
         unused = "_find_unused_parameters_true" if cfg.tokenizer.use_image else ""
         strategy = f"ddp{unused}" if multi else "auto"
-    callbacks: list[Any] = [checkpoints]
+    callbacks: list[Any] = [checkpoints, _stop_on_interrupt_callback()]
     if progress is not False:
         callbacks.append(ProgressReport())
     with quiet_dependencies():  # Lightning talks from Trainer() on
@@ -218,8 +261,23 @@ def pretrain(
             # The EMA teacher is in eval mode on purpose; the run directory holds config.json.
             warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
             warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
-            trainer.fit(module, epoch_loader, ckpt_path=str(last) if resuming else None)
+            try:
+                with interrupt.deferred():  # Ctrl-C stops at a step boundary, with a checkpoint
+                    # weights_only: a checkpoint is never unpickled (a planted one cannot run code)
+                    trainer.fit(module, epoch_loader, ckpt_path=str(last) if resuming else None,
+                                weights_only=True)  # fmt: skip
+            except pickle.UnpicklingError as exc:
+                first = str(exc).strip().splitlines()[0][:160]
+                raise InputError(
+                    f"{last} is not a plain geojepa checkpoint (refusing to unpickle it: {first}); "
+                    "delete it, or train into a new directory"
+                ) from None
         trainer.save_checkpoint(last)  # the final state, also when the run ended mid-interval
+    if interrupt.requested():
+        raise interrupt.Interrupted(
+            f"interrupted at step {trainer.global_step}: the checkpoint {last} is kept; run the "
+            "same command again to resume (no model files were exported)"
+        )
     if trainer.global_rank == 0:
         metrics = {
             k.split("/", 1)[1]: float(v)
@@ -267,3 +325,16 @@ def _fresh_csv_version(logs: Path) -> str:
         n += 1
         version = f"csv-{n}"
     return version
+
+
+def _stop_on_interrupt_callback() -> Any:
+    from lightning.pytorch.callbacks import Callback
+
+    class StopOnInterrupt(Callback):
+        """Ends the fit loop at the next step boundary once SIGINT was requested."""
+
+        def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+            if interrupt.requested():
+                trainer.should_stop = True
+
+    return StopOnInterrupt()
