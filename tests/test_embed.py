@@ -40,7 +40,8 @@ def _emb(frame: gpd.GeoDataFrame) -> np.ndarray:
 def test_tile_and_entity_files(trained, tmp_path):
     ds_path, run = trained
     tiles_out, ents_out = tmp_path / "tiles.parquet", tmp_path / "entities.parquet"
-    embed_tiles(run, ds_path, tiles_out, entities_output=ents_out, batch_size=3, progress=False)
+    opts = {"batch_size": 3, "progress": False, "entity_rows": "clip"}  # rows = dataset rows
+    embed_tiles(run, ds_path, tiles_out, entities_output=ents_out, **opts)
     tiles = gpd.read_parquet(tiles_out)
     ds = open_dataset(ds_path)
     truth = ds.read_tiles().to_pandas().set_index("region_id")
@@ -142,3 +143,11 @@ def test_cli_writes_both_files(trained, tmp_path):
     out, ents = tmp_path / "t.parquet", tmp_path / "e.parquet"
     assert main(["embed", str(run), str(ds_path), "-o", str(out), "--entities", str(ents)]) == 0
     assert len(gpd.read_parquet(out)) > 0 and len(gpd.read_parquet(ents)) > 0
+
+
+def test_cli_quiet_prints_nothing(trained, tmp_path, capsys):
+    ds_path, run = trained
+    out = tmp_path / "t.parquet"
+    assert main(["embed", str(run), str(ds_path), "-o", str(out), "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert len(gpd.read_parquet(out)) > 0

@@ -117,6 +117,7 @@ def _frames(
     device: str,
     progress: bool,
     open_vocabulary: bool = True,
+    rows: str = "feature",
 ) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame | None]:
     """Tile (and entity) embeddings of a whole dataset, in memory, shard by shard."""
     import geopandas as gpd
@@ -126,21 +127,35 @@ def _frames(
 
     from geojepa.data.reader import TileDataset, open_dataset
     from geojepa.embed import embed_shard, model_for
+    from geojepa.entity_features import FeatureWriter, last_shards
+    from geojepa.io.geoparquet import spatial_order
 
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
     net = model_for(model, ds, device, open_vocabulary)
     tiles, tile_geoms, ents, ent_geoms = [], [], [], []
+
+    class Collect:  # the row order of `geojepa embed` files: spatial within each write
+        def write(self, frame: pd.DataFrame, geometry: np.ndarray) -> None:
+            order = spatial_order(geometry)
+            ents.append(frame.iloc[order])
+            ent_geoms.append(np.asarray(geometry)[order])
+
+    pooler = FeatureWriter(Collect(), last_shards(ds)) if entities and rows == "feature" else None
     bar = tqdm(total=int(ds.manifest.get("n_tiles", 0)) or None, unit="tile", desc="embed",
                disable=not progress)  # fmt: skip
     with bar:
         for shard in ds.shards:
             part = embed_shard(net, ds, shard, entities=entities, batch_size=batch_size)
-            tiles.append(part.tiles)
-            tile_geoms.append(part.tile_geometry)
-            if part.entities is not None:
-                ents.append(part.entities)
-                ent_geoms.append(part.entity_geometry)
+            order = spatial_order(part.tile_geometry)  # the row order of `geojepa embed` files
+            tiles.append(part.tiles.iloc[order])
+            tile_geoms.append(np.asarray(part.tile_geometry)[order])
+            if pooler is not None:
+                pooler.add(shard, part.entities, part.entity_geometry)
+            elif part.entities is not None:
+                Collect().write(part.entities, part.entity_geometry)
             bar.update(len(part.tiles))
+        if pooler is not None:
+            pooler.finish()
 
     def frame(parts: list[pd.DataFrame], geoms: list[np.ndarray]) -> gpd.GeoDataFrame:
         return gpd.GeoDataFrame(
@@ -161,6 +176,7 @@ def embed_tiles(
     device: str = "cpu",
     progress: bool = True,
     open_vocabulary: bool = True,
+    entity_rows: str = "feature",
 ) -> Path | gpd.GeoDataFrame:
     """Tile embeddings of ``dataset`` by ``model`` (a model directory or a loaded GeoJEPA).
 
@@ -170,6 +186,7 @@ def embed_tiles(
     write nothing. Memory is bounded by one shard only when writing to a file.
     ``open_vocabulary``: tags the model never saw in training get their own text vectors
     (default) rather than their key's or UNKNOWN's.
+    ``entity_rows``: the entity file's rows, ``feature`` or ``clip`` (see `embed_entities`).
     """
     if output is not None:
         from geojepa.embed import embed_tiles as _embed
@@ -177,7 +194,7 @@ def embed_tiles(
         return _embed(
             model, dataset, output, entities_output=entities_output,
             batch_size=batch_size, device=device, progress=progress,
-            open_vocabulary=open_vocabulary,
+            open_vocabulary=open_vocabulary, entity_rows=entity_rows,
         )  # fmt: skip
     if entities_output is not None:
         raise _config_error("entities_output needs output (use embed_entities for a frame)")
@@ -194,14 +211,23 @@ def embed_entities(
     device: str = "cpu",
     progress: bool = True,
     open_vocabulary: bool = True,
+    rows: str = "feature",
 ) -> gpd.GeoDataFrame:
     """Entity embeddings as a GeoDataFrame indexed by ``feature_id`` (nothing written).
 
-    One row per (tile, feature) clip: ``region_id``, ``tags`` (JSON), ``emb_0 …`` (the
-    entity's output token in the context of its tile) and the clip's geometry in EPSG:4326.
+    ``rows="feature"`` (default): one row per feature, ``feature_id`` unique: ``n_clips``,
+    ``region_ids``, ``tags`` (JSON), ``emb_0 …`` = the mean of its clip embeddings (each clip
+    weighted equally), and its whole geometry (the union of its clips), EPSG:4326.
+    ``rows="clip"``: one row per (tile, feature) clip, key ``(feature_id, region_id)``:
+    ``region_id``, ``tags``, ``emb_0 …`` (the entity's output token in the context of that
+    tile) and the clip's geometry.
     """
+    from geojepa.entity_features import ENTITY_ROWS
+
+    if rows not in ENTITY_ROWS:
+        raise _config_error(f"rows must be {' or '.join(ENTITY_ROWS)}, got {rows!r}")
     _, ents = _frames(model, dataset, entities=True, batch_size=batch_size, device=device,
-                      progress=progress, open_vocabulary=open_vocabulary)  # fmt: skip
+                      progress=progress, open_vocabulary=open_vocabulary, rows=rows)  # fmt: skip
     assert ents is not None
     return ents
 

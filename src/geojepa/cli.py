@@ -21,13 +21,30 @@ app = typer.Typer(
     help="Self-supervised embeddings of places and map entities from OpenStreetMap (GeoJEPA).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 err_console = Console(stderr=True)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from geojepa import __version__
+
+        typer.echo(f"geojepa {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        "-V",
+        callback=_show_version,
+        is_eager=True,
+        help="print the version and exit",
+    ),
+) -> None:
     """Prepare OSM tiles, pretrain GeoJEPA, embed places and entities, evaluate, explore."""
 
 
@@ -47,31 +64,29 @@ def _parse_bbox(text: str) -> tuple[float, float, float, float]:
 
 
 def _read_polygon(path: Path) -> str:
-    """WKT of a polygon given as a .wkt file or a GeoJSON file (geometry/feature/collection)."""
-    import json
-
+    """WKT (EPSG:4326) of the area in a .wkt file or any vector file geopandas reads (GeoJSON,
+    GeoPackage, Shapefile, ...): the union of its geometries, reprojected; no CRS = EPSG:4326."""
     import shapely
 
     from geojepa.errors import InputError
 
+    if not path.exists():
+        raise InputError(f"polygon file not found: {path}")
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InputError(f"cannot read polygon file {path}: {exc.strerror or exc}") from None
-    try:
-        if text.lstrip().startswith("{"):
-            data = json.loads(text)
-            if data.get("type") == "FeatureCollection":
-                geoms = [shapely.geometry.shape(f["geometry"]) for f in data["features"]]
-                geom = shapely.union_all(geoms)
-            elif data.get("type") == "Feature":
-                geom = shapely.geometry.shape(data["geometry"])
-            else:
-                geom = shapely.geometry.shape(data)
-        else:
-            geom = shapely.from_wkt(text.strip())
-    except (ValueError, KeyError, TypeError, shapely.errors.ShapelyError) as exc:
-        raise InputError(f"{path} is not a WKT or GeoJSON polygon ({exc})") from None
+        geom = shapely.from_wkt(path.read_text().strip())
+    except (OSError, UnicodeDecodeError, shapely.errors.ShapelyError):
+        import geopandas as gpd
+
+        try:
+            frame = gpd.read_file(path)
+        except Exception as exc:  # pyogrio/GDAL raise many types; all mean "cannot read"
+            raise InputError(f"cannot read {path} as WKT or a vector file ({exc})") from None
+        if frame.crs is not None:
+            frame = frame.to_crs(4326)
+        geom = frame.geometry.union_all() if len(frame) else None
+    if geom is None or geom.is_empty or geom.geom_type not in ("Polygon", "MultiPolygon"):
+        kind = "nothing" if geom is None or geom.is_empty else geom.geom_type
+        raise InputError(f"{path} holds {kind}, not a polygon area")
     return geom.wkt
 
 
@@ -81,7 +96,9 @@ def prepare(
     output: Path = typer.Option(..., "--output", "-o", help="dataset directory to write"),
     zoom: int = typer.Option(16, help="XYZ tile zoom"),
     bbox: str | None = typer.Option(None, help="keep tiles meeting W,S,E,N (EPSG:4326)"),
-    polygon: Path | None = typer.Option(None, help="keep tiles meeting this WKT/GeoJSON area"),
+    polygon: Path | None = typer.Option(
+        None, help="keep tiles meeting this area: .wkt, GeoJSON, GeoPackage, Shapefile, ..."
+    ),
     imagery: list[Path] | None = typer.Option(
         None, help="GeoTIFF/COG/VRT raster or XYZ tile folder (repeatable)"
     ),
@@ -96,7 +113,9 @@ def prepare(
         help="pyosmium node-location index; for a country, dense_file_array,PATH (planet, "
         "large countries) or sparse_file_array,PATH keep memory flat (see docs/dataset.md)",
     ),
-    no_tag_filter: bool = typer.Option(False, help="keep every tag value (no filter)"),
+    tag_filter: bool = typer.Option(
+        True, "--tag-filter/--no-tag-filter", help="drop metadata tags and free-text values"
+    ),
     overwrite: bool = typer.Option(False, help="replace an existing dataset at OUTPUT"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
 ) -> None:
@@ -113,7 +132,7 @@ def prepare(
             "polygon_wkt": _read_polygon(polygon) if polygon else None,
             "shard_levels": shard_levels,
             "min_shard_elements": min_shard_elements,
-            "tag_filter": not no_tag_filter,
+            "tag_filter": tag_filter,
             "workers": workers,
             "location_index": location_index,
         }
@@ -177,6 +196,10 @@ def pretrain(
     split: Path | None = typer.Option(
         None, help="split file (`geojepa split`): train on its train blocks only"
     ),
+    keep_checkpoints: int = typer.Option(
+        3, min=-1, help="periodic checkpoints kept besides last.ckpt (newest; -1 = all)"
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display or summary"),
 ) -> None:
     """Pretrain GeoJEPA on a tile dataset; writes checkpoints, logs and a model directory."""
     from geojepa.train.pretrain import pretrain as run_pretrain
@@ -196,8 +219,11 @@ def pretrain(
         batch_size=batch_size,
         resume=resume,
         tiles=_train_tiles(dataset, split) if split is not None else None,
+        keep_checkpoints=keep_checkpoints,
+        progress=False if quiet else None,
     )
-    typer.echo(f"model directory: {out}")
+    if not quiet:
+        typer.echo(f"model directory: {out}")
 
 
 def _train_tiles(dataset: Path, split: Path) -> list[str]:
@@ -256,6 +282,11 @@ def embed(
     entities: Path | None = typer.Option(
         None, "--entities", help="also write entity embeddings to this GeoParquet"
     ),
+    entity_rows: str = typer.Option(
+        "feature",
+        help="feature: one row per feature (unique feature_id, mean of its clips); clip: one "
+        "row per (tile, feature) clip, key (feature_id, region_id)",
+    ),
     batch_size: int = typer.Option(64, min=1, help="tiles per forward pass"),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu, cuda, cuda:1"),
     open_vocabulary: bool = typer.Option(
@@ -264,6 +295,7 @@ def embed(
         help="tags the model never saw get their own text vectors (open), or are read through "
         "their key / as unknown (closed)",
     ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
 ) -> None:
     """Embed every tile (and optionally every entity) of a dataset; GeoParquet, EPSG:4326."""
     from geojepa.embed import embed_tiles
@@ -273,7 +305,10 @@ def embed(
         f"interrupted: nothing was written to {output}{kept}; run the command again"
     )
     out = embed_tiles(run, dataset, output, entities_output=entities, batch_size=batch_size,
-                      device=device, open_vocabulary=open_vocabulary)  # fmt: skip
+                      device=device, open_vocabulary=open_vocabulary, progress=not quiet,
+                      entity_rows=entity_rows)  # fmt: skip
+    if quiet:
+        return
     typer.echo(f"tile embeddings: {out}")
     if entities is not None:
         typer.echo(f"entity embeddings: {entities}")
@@ -326,7 +361,11 @@ def map_(
 def plot(
     embeddings: Path | None = typer.Argument(None, help="tile embeddings (GeoParquet)"),
     output: Path = typer.Option(..., "--output", "-o", help="PNG file to write"),
-    color_by: str = typer.Option("n_entities", help="n_entities, or a tag key counted in top_tags"),
+    color_by: str = typer.Option(
+        "n_entities",
+        help="n_entities, or a tag key counted in top_tags; one colour per count when few, "
+        "else a log or linear scale; outliers clipped (said in the figure)",
+    ),
     method: str = typer.Option("pca", help="2-D projection: pca | umap (extra 'umap')"),
     curves: Path | None = typer.Option(
         None, "--curves", help="plot training curves of this run directory instead"

@@ -239,6 +239,7 @@ def embed_tiles(
     entity_transform: EntityTransform | None = None,
     progress: bool = True,
     open_vocabulary: bool = True,
+    entity_rows: str = "feature",
 ) -> Path:
     """Write tile (and optionally entity) embeddings of ``dataset`` as GeoParquet.
 
@@ -246,11 +247,20 @@ def embed_tiles(
     or pooling. ``entity_transform`` rewrites each shard's entities before embedding (the
     evaluation uses it to remove the tags that define a label). ``open_vocabulary``: tags
     the model never saw get their own text vectors (an in-memory model is extended in place).
+    ``entity_rows``: ``feature`` (one row per feature, unique ``feature_id``; see
+    `geojepa.entity_features`) or ``clip`` (one row per (tile, feature) clip, key
+    ``(feature_id, region_id)``).
     """
+    from geojepa.entity_features import ENTITY_ROWS, FeatureWriter, last_shards
+
+    if entity_rows not in ENTITY_ROWS:
+        raise ConfigError(f"entity rows must be {' or '.join(ENTITY_ROWS)}, got {entity_rows!r}")
     if entities_output is not None and _same_path(output, entities_output):
         raise ConfigError(f"--entities must differ from the tile output ({output})")
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
     net = model_for(model, ds, device, open_vocabulary)
+    per_feature = entities_output is not None and entity_rows == "feature"
+    last = last_shards(ds) if per_feature else {}  # read before any output is opened
     tile_writer = GeoParquetWriter(output, "region_id", ["Polygon"])
     try:
         ent_writer = (
@@ -259,6 +269,7 @@ def embed_tiles(
     except BaseException:
         tile_writer.abort()
         raise
+    pooler = FeatureWriter(ent_writer, last) if ent_writer is not None and per_feature else None
     bar = tqdm(total=int(ds.manifest.get("n_tiles", 0)) or None, unit="tile",
                desc="embed", disable=not progress)  # fmt: skip
     try:
@@ -271,9 +282,13 @@ def embed_tiles(
             tile_writer.write(part.tiles, part.tile_geometry)
             if part.entities is not None:
                 _check_finite(part.entities, model)
-            if ent_writer is not None and part.entities is not None:
+            if pooler is not None:
+                pooler.add(shard, part.entities, part.entity_geometry)
+            elif ent_writer is not None and part.entities is not None:
                 ent_writer.write(part.entities, part.entity_geometry)
             bar.update(len(part.tiles))
+        if pooler is not None:
+            pooler.finish()
     except BaseException:
         tile_writer.abort()
         if ent_writer is not None:

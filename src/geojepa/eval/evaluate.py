@@ -790,13 +790,33 @@ def _append_notes(
 
 
 def format_summary(result: EvaluateResult) -> str:
-    """A short text summary for the CLI: headline metric per task and model."""
+    """A short text summary for the CLI: headline metric (mean ± std) per task and model.
+
+    Only the (model, probe) pairs that were run get a row; a task a model could not be scored on
+    shows "–", never NaN.
+    """
     s = result.summary
     head = s[s["metric"].isin(["mae", "auroc"])]
-    table = head.pivot_table(
-        index=["model", "probe"], columns="task", values="mean", sort=False, dropna=False
+    if head.empty:
+        return f"no scores\n\nreport: {result.paths['markdown']}"
+    arrow = {"mae": "↓", "auroc": "↑"}
+    cells = head.assign(
+        column=[f"{t} {m} {arrow[m]}" for t, m in zip(head["task"], head["metric"], strict=True)],
+        value=[
+            f"{m:.3f}" if pd.isna(sd) or n < 2 else f"{m:.3f} ± {sd:.3f}"
+            for m, sd, n in zip(head["mean"], head["std"], head["n_seeds"], strict=True)
+        ],
     )
-    return table.round(3).to_string() + f"\n\nreport: {result.paths['markdown']}"
+    table = cells.pivot(index=["model", "probe"], columns="column", values="value")
+    rows = list(dict.fromkeys(zip(cells["model"], cells["probe"], strict=True)))
+    table = table.reindex(index=rows, columns=list(dict.fromkeys(cells["column"]))).fillna("–")
+    table.index.names = ["model", "probe"]
+    table.columns.name = None
+    seeds = int(head["n_seeds"].max())
+    return (
+        f"test split, mean ± std over {seeds} seed(s); ↓ lower / ↑ higher is better\n"
+        f"{table.to_string()}\n\nreport: {result.paths['markdown']}"
+    )
 
 
 def load_config(path: str | Path | None) -> EvaluateConfig:

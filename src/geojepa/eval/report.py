@@ -129,24 +129,43 @@ _PROBE_COLORS = {
 
 
 def plot_results(summary: pd.DataFrame, path: str | Path) -> Path:
-    """Bar chart: one panel per (task, headline metric), one bar per (model, probe), ±std."""
+    """Bar chart: one panel per (task, headline metric), one bar per (model, probe), ±std.
+
+    Bars are labelled by model and coloured by probe (legend on top); each panel's y axis names
+    its metric and whether lower or higher is better. At most four panels per row.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     panels = [(t, m) for t, m in _column_order(summary) if m in ("mae", "auroc")]
     panels = panels or _column_order(summary)
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 1, 3.6), squeeze=False)
-    for ax, (task, metric) in zip(axes[0], panels, strict=True):
+    ncols = min(4, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols + 0.6, 3.9 * nrows + 0.5),
+                             squeeze=False)  # fmt: skip
+    for ax, (task, metric) in zip(axes.flat, panels, strict=False):
         part = summary[(summary["task"] == task) & (summary["metric"] == metric)]
-        labels = [f"{m} ({p})" for m, p in zip(part["model"], part["probe"], strict=True)]
-        colors = [_PROBE_COLORS.get(p, "tab:gray") for p in part["probe"]]
-        ax.bar(range(len(part)), part["mean"], yerr=part["std"], color=colors, capsize=3)
-        ax.set_xticks(range(len(part)), labels, rotation=60, ha="right", fontsize=7)
-        arrow = METRICS[metric].arrow if metric in METRICS else ""
-        ax.set_title(f"{task}: {metric} {arrow}", fontsize=9)
-    fig.tight_layout()
+        colors = [_PROBE_COLORS.get(p, "tab:purple") for p in part["probe"]]
+        ax.bar(range(len(part)), part["mean"], yerr=part["std"].fillna(0), color=colors,
+               capsize=3)  # fmt: skip
+        ax.set_xticks(range(len(part)), part["model"], rotation=60, ha="right", fontsize=7)
+        better = ""
+        if metric in METRICS:
+            way = "higher" if METRICS[metric].higher_is_better else "lower"
+            better = f" {METRICS[metric].arrow} ({way} is better)"
+        ax.set_ylabel(f"{metric}{better}", fontsize=8)
+        ax.set_title(task, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    probes = list(dict.fromkeys(summary["probe"]))
+    handles = [Patch(color=_PROBE_COLORS.get(p, "tab:purple"), label=p) for p in probes]
+    fig.legend(handles=handles, title="probe", loc="upper center", ncol=len(handles),
+               fontsize=8, title_fontsize=8, frameon=False)  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_size_inches()[1]))
     path = Path(path)
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)

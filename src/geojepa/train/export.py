@@ -27,7 +27,7 @@ from geojepa.data.config import PrepareConfig
 from geojepa.errors import GeojepaError, InputError
 from geojepa.io.atomic import write_atomic, write_text_atomic
 from geojepa.model.jepa import GeoJEPA
-from geojepa.tokenize.tags import TagVocabulary
+from geojepa.tokenize.tags import DEFAULT_TEXT_MODEL, DEFAULT_TEXT_MODEL_LICENSE, TagVocabulary
 from geojepa.tokenize.tokenizer import TileTokenizer
 from geojepa.train.config import FORMAT_VERSION, PretrainConfig
 
@@ -97,6 +97,13 @@ def model_card(config: PretrainConfig, info: dict[str, Any]) -> str:
     t, m = config.tokenizer, config.model
     inputs = [n for n, on in (("tags", t.use_tags), ("geometry", t.use_geometry),
                               ("imagery", t.use_image)) if on]  # fmt: skip
+    default_text = t.text_model.removeprefix("sentence-transformers/") == DEFAULT_TEXT_MODEL
+    text_licence = (
+        f"{DEFAULT_TEXT_MODEL_LICENSE} (sentence-transformers/{DEFAULT_TEXT_MODEL}; "
+        "weights checked against the upstream SHA-256)"
+        if default_text
+        else "see the text model's own card"
+    )
     return f"""# GeoJEPA model card
 
 Self-supervised embeddings of map tiles and OpenStreetMap entities (GeoJEPA,
@@ -110,6 +117,7 @@ arXiv 2503.05774), trained with `geojepa pretrain`.
 | training data | `{info.get("dataset", "?")}` ({info.get("n_tiles", "?")} tiles) |
 | inputs | {", ".join(inputs)} |
 | text model | {t.text_model} |
+| text model licence | {text_licence} |
 | encoder | width {m.width}, {m.depth} layers, {m.heads} heads |
 | predictor | width {m.predictor_width}, {m.predictor_depth} layers |
 | optimiser steps | {info.get("steps", "?")} (epochs: {info.get("epochs", "?")}) |

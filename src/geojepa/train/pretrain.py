@@ -1,10 +1,10 @@
 """`pretrain()`: a Lightning run from a tile dataset to a model directory.
 
 The run directory holds ``checkpoints/`` (periodic + ``last.ckpt``, with ``config.json`` beside
-them), ``logs/`` (CSV and TensorBoard), ``vocab.json``, ``train-data/`` when trained on a
-subset of tiles (``pretrain --split``), and, at the end, the model directory
-files (see `geojepa.train.export`). Re-running on the same directory resumes from
-``last.ckpt`` (model, EMA teacher, optimiser, schedules, data position and RNG).
+them), ``logs/`` (CSV; TensorBoard too with the ``tensorboard`` extra), ``vocab.json``,
+``train-data/`` when trained on a subset of tiles (``pretrain --split``), and, at the end, the
+model directory files (see `geojepa.train.export`). Re-running on the same directory resumes
+from ``last.ckpt`` (model, EMA teacher, optimiser, schedules, data position and RNG).
 """
 
 from __future__ import annotations
@@ -102,6 +102,7 @@ def pretrain(
     strategy: str | None = None,
     progress: bool | None = None,
     tiles: Iterable[str] | None = None,
+    keep_checkpoints: int = 3,
 ) -> Path:
     """Pretrain GeoJEPA on ``dataset``; write checkpoints and the model directory to ``output``.
 
@@ -115,11 +116,16 @@ def pretrain(
     that the model never sees a val/test tile); they are copied to ``output/train-data`` (a
     complete dataset, vocabulary included, so no tag string of another tile is learnt), which
     the model directory's ``training_data.json`` then names.
+    ``progress``: False prints nothing; otherwise a bar on a terminal, else a plain line every
+    few steps (see `geojepa.train.progress`). ``keep_checkpoints``: how many periodic
+    checkpoints to keep besides ``last.ckpt`` (the newest ones; -1 keeps all).
     """
     # Lightning is imported in _pretrain, not at module level: `import geojepa` and loading a
     # model directory must stay fast.
     out = Path(output)
     devices = _check_devices(devices)
+    if keep_checkpoints < -1:
+        raise ConfigError(f"keep_checkpoints must be -1 (all), 0 or more, got {keep_checkpoints}")
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} exists and is not a directory: give a run directory to write")
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
@@ -127,7 +133,7 @@ def pretrain(
     # re-launched copies of this process: only rank 0 takes the lock.
     with OutputLock(out) if _rank() == 0 else nullcontext():
         return _pretrain(ds, out, config, preset, devices, max_steps, max_epochs, batch_size,
-                         resume, strategy, progress, tiles)  # fmt: skip
+                         resume, strategy, progress, tiles, keep_checkpoints)  # fmt: skip
 
 
 def _check_devices(devices: int | str) -> int | str:
@@ -154,12 +160,13 @@ def _pretrain(
     strategy: str | None,
     progress: bool | None,
     tiles: Iterable[str] | None = None,
+    keep_checkpoints: int = 3,
 ) -> Path:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from geojepa.train.module import EpochLoader, PretrainModule
+    from geojepa.train.progress import ProgressReport, quiet_dependencies
 
     ckpt_dir = out / CKPT_DIR
     last = ckpt_dir / "last.ckpt"
@@ -205,7 +212,8 @@ def _pretrain(
         if not resuming:
             vocab.save(vocab_path)
         cfg.save(ckpt_dir / "config.json")  # beside every checkpoint of the run
-    tag_table = build_tag_table(vocab, cfg.tokenizer.text_model, cache_dir=ds.path)
+    with quiet_dependencies():  # no "Loading weights" bar from the text model
+        tag_table = build_tag_table(vocab, cfg.tokenizer.text_model, cache_dir=ds.path)
 
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     model = build_model(cfg, tag_table)
@@ -234,7 +242,9 @@ def _pretrain(
         filename="step={step}",
         auto_insert_metric_name=False,
         every_n_train_steps=t.checkpoint_every_n_steps,
-        save_top_k=-1,
+        save_top_k=keep_checkpoints,
+        monitor="step" if keep_checkpoints >= 0 else None,  # newest = highest step
+        mode="max",
         save_last=True,
     )
     if strategy is None:
@@ -242,46 +252,47 @@ def _pretrain(
         # Batches without imagery leave the image encoder unused: DDP must allow that.
         unused = "_find_unused_parameters_true" if cfg.tokenizer.use_image else ""
         strategy = f"ddp{unused}" if multi else "auto"
-    trainer = L.Trainer(
-        default_root_dir=out,
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=t.num_nodes,
-        strategy=strategy,
-        precision=_precision(cfg, accelerator),
-        max_steps=t.max_steps,
-        max_epochs=t.max_epochs if t.max_epochs is not None else -1,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=cfg.optim.grad_clip or None,
-        log_every_n_steps=t.log_every_n_steps,
-        logger=[
-            CSVLogger(out, name="logs", version=_fresh_csv_version(out / "logs")),
-            TensorBoardLogger(out, name="logs", version="tensorboard"),
-        ],
-        callbacks=[checkpoints, _stop_on_interrupt_callback()],
-        enable_progress_bar=progress if progress is not None else _is_tty(),
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,  # the tile stream splits shards across ranks itself
-    )
-    world = trainer.world_size
-    module.total_steps = _total_steps(cfg, n_tiles, world)
-    with warnings.catch_warnings():
-        # The EMA teacher is in eval mode on purpose; the run directory holds config.json.
-        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-        warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
-        try:
-            with interrupt.deferred():  # Ctrl-C stops at a step boundary, with a checkpoint
-                # weights_only: a checkpoint is never unpickled (a planted one cannot run code)
-                trainer.fit(module, epoch_loader, ckpt_path=str(last) if resuming else None,
-                            weights_only=True)  # fmt: skip
-        except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[0][:160]
-            raise InputError(
-                f"{last} is not a plain geojepa checkpoint (refusing to unpickle it: {first}); "
-                "delete it, or train into a new directory"
-            ) from None
-    trainer.save_checkpoint(last)  # the final state, also when the run ended mid-interval
+    callbacks: list[Any] = [checkpoints, _stop_on_interrupt_callback()]
+    if progress is not False:
+        callbacks.append(ProgressReport())
+    with quiet_dependencies():  # Lightning talks from Trainer() on
+        trainer = L.Trainer(
+            default_root_dir=out,
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=t.num_nodes,
+            strategy=strategy,
+            precision=_precision(cfg, accelerator),
+            max_steps=t.max_steps,
+            max_epochs=t.max_epochs if t.max_epochs is not None else -1,
+            accumulate_grad_batches=t.accumulate_grad_batches,
+            gradient_clip_val=cfg.optim.grad_clip or None,
+            log_every_n_steps=t.log_every_n_steps,
+            logger=_loggers(out),
+            callbacks=callbacks,
+            enable_progress_bar=False,  # ProgressReport instead
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,  # the tile stream splits shards across ranks itself
+        )
+        world = trainer.world_size
+        module.total_steps = _total_steps(cfg, n_tiles, world)
+        with warnings.catch_warnings():
+            # The EMA teacher is in eval mode on purpose; the run directory holds config.json.
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+            warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+            try:
+                with interrupt.deferred():  # Ctrl-C stops at a step boundary, with a checkpoint
+                    # weights_only: a checkpoint is never unpickled (a planted one cannot run code)
+                    trainer.fit(module, epoch_loader, ckpt_path=str(last) if resuming else None,
+                                weights_only=True)  # fmt: skip
+            except pickle.UnpicklingError as exc:
+                first = str(exc).strip().splitlines()[0][:160]
+                raise InputError(
+                    f"{last} is not a plain geojepa checkpoint (refusing to unpickle it: {first}); "
+                    "delete it, or train into a new directory"
+                ) from None
+        trainer.save_checkpoint(last)  # the final state, also when the run ended mid-interval
     if interrupt.requested():
         raise interrupt.Interrupted(
             f"interrupted at step {trainer.global_step}: the checkpoint {last} is kept; run the "
@@ -316,10 +327,17 @@ def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
 
 
-def _is_tty() -> bool:
-    import sys
+def _loggers(out: Path) -> list[Any]:
+    """CSV logs always; TensorBoard logs too when the optional `tensorboard` is installed
+    (pip install 'geojepa[tensorboard]')."""
+    import importlib.util
 
-    return sys.stderr.isatty()
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers: list[Any] = [CSVLogger(out, name="logs", version=_fresh_csv_version(out / "logs"))]
+    if importlib.util.find_spec("tensorboard") is not None:
+        loggers.append(TensorBoardLogger(out, name="logs", version="tensorboard"))
+    return loggers
 
 
 def _fresh_csv_version(logs: Path) -> str:
