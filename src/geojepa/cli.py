@@ -169,8 +169,10 @@ def merge(
     overwrite: bool = typer.Option(False, help="replace an existing dataset at OUTPUT"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no summary"),
 ) -> None:
-    """Merge datasets of disjoint areas (same zoom and tag filter) into one, e.g. regions that
-    were prepared in parallel."""
+    """Merge datasets of disjoint areas (same zoom and tag filter) into one.
+
+    For example regions prepared in parallel (see docs/dataset.md, "Country scale").
+    """
     from geojepa.data.combine import merge_datasets
     from geojepa.data.info import dataset_info, format_info
 
