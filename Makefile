@@ -24,7 +24,9 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
+# the slow README test also runs the SRAI example: install the 'srai' extra first
 test-all: $(STAMP)
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[dev,srai]'
 	$(BIN)/python -m pytest -q -m ''
 
 lint: $(STAMP)

@@ -1,17 +1,20 @@
 """`make benchmark`: the whole chain on the real areas in ../shared/data, report committed.
 
     .venv/bin/python benchmarks/evaluate.py [--work runs/benchmark] [--report reports/benchmark]
-        [--pretrain-minutes 12] [--max-steps 2000] [--seeds 5] [--supervised-seeds 2]
+        [--steps 484] [--seeds 5] [--supervised-seeds 1]
 
 1. prepare Neubrandenburg (PBF), Liechtenstein (PBF) and Montevideo (features GeoParquet) at
    zoom 16, read where they lie (skipped with a message if absent);
 2. one spatial block split (z14 blocks, seed 0) over all their tiles, saved;
 3. merge the areas and keep only the **train** tiles: pretraining sees no val/test block;
-4. pretrain the ``cpu-small`` preset; its number of steps is sized from a measured step time
-   so the run fits ``--pretrain-minutes`` (the number used is in the report);
-5. ``geojepa evaluate`` on the three areas with the saved split → ``--report``
-   (results.md/.csv/.png, provenance.json, split.parquet, benchmark.json with phase timings).
+4. pretrain the ``cpu-small`` preset for a **fixed** number of steps (``--steps``, default
+   ``STEPS``): the time it took is reported, never used to decide how long to train, so two
+   runs on a busy and a quiet machine train the same model;
+5. ``geojepa evaluate`` with the ``benchmark`` preset of settings on the three areas with the
+   saved split → ``--report`` (results.md/.csv/.png, provenance.json, split.parquet,
+   benchmark.json with phase timings).
 
+Every option is checked before any long work starts; a bad one ends with one ``error:`` line.
 Datasets, runs and weights stay under ``--work`` (git-ignored ``runs/``), never in the report.
 """
 
@@ -24,8 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 AREAS = {
@@ -34,51 +35,43 @@ AREAS = {
     "montevideo": "montevideo-2017.features.parquet",
 }
 PRESET = "cpu-small"
+#: Pretraining steps of the benchmark: fixed, so the model does not depend on the machine's load
+#: (the committed report's 484 steps of 16 tiles, ~1.7 epochs of the train tiles).
+STEPS = 484
 
 
 def log(message: str) -> None:
     print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def measure_step_seconds(
-    dataset: Path, steps: int = 12, warmup: int = 3, config: Path | None = None
-) -> float:
-    """Seconds per optimiser step of the preset on ``dataset`` (forward, backward, AdamW, EMA).
+def check_options(args: argparse.Namespace) -> None:
+    """ConfigError/InputError on any bad option, before minutes of preparing and training."""
+    from geojepa.errors import ConfigError, InputError
+    from geojepa.eval.evaluate import ALL_BASELINES
+    from geojepa.eval.tasks import get_task
+    from geojepa.train import PretrainConfig
 
-    Uses the same vocabulary, tag table cache, token cache and loader as `pretrain`, so the
-    caches it fills are reused by the real run.
-    """
-    from geojepa.data.reader import open_dataset
-    from geojepa.tokenize.loader import make_dataloader
-    from geojepa.tokenize.tags import TagVocabulary, build_tag_table
-    from geojepa.train import PretrainConfig, preset_config
-    from geojepa.train.export import build_model
-
-    cfg = PretrainConfig.load(config) if config is not None else preset_config(PRESET)
-    ds = open_dataset(dataset)
-    vocab = TagVocabulary.from_dataset(ds)
-    table = build_tag_table(vocab, cfg.tokenizer.text_model, cache_dir=ds.path)
-    torch.manual_seed(0)
-    model = build_model(cfg, table).train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    loader = make_dataloader(
-        ds, vocab, cfg.tokenizer, cfg.data.batch_size, shuffle=True, seed=0,
-        shuffle_buffer=cfg.data.shuffle_buffer,
-    )  # fmt: skip
-    generator = torch.Generator().manual_seed(0)
-    times = []
-    for i, batch in enumerate(loader):
-        start = time.perf_counter()
-        out = model(batch, generator)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        model.update_target(0.99)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-        if len(times) >= steps:
-            break
-    return sum(times) / len(times)
+    for name in ("steps", "seeds", "supervised_seeds", "supervised_epochs", "supervised_tiles"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.supervised_seeds > args.seeds:
+        raise ConfigError(
+            f"--supervised-seeds {args.supervised_seeds} is more than --seeds {args.seeds}"
+        )
+    for task in (args.tasks or "").split(","):
+        if task:
+            get_task(task)
+    if args.baselines not in (None, "none"):
+        bad = [b for b in args.baselines.split(",") if b not in ALL_BASELINES]
+        if bad:
+            raise ConfigError(f"unknown baseline(s) {bad} (known: {', '.join(ALL_BASELINES)})")
+    if args.config is not None:
+        if not args.config.is_file():
+            raise InputError(f"--config {args.config} not found")
+        PretrainConfig.load(args.config)  # raises on a bad file
+    if args.report.exists() and not args.report.is_dir():
+        raise ConfigError(f"--report {args.report} exists and is not a directory")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,19 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "benchmark")
     parser.add_argument("--report", type=Path, default=ROOT / "reports" / "benchmark")
     parser.add_argument("--data", type=Path, default=SHARED, help="folder of the real areas")
-    parser.add_argument("--pretrain-minutes", type=float, default=10.0)
-    parser.add_argument("--steps", type=int, default=None, help="pretraining steps (fixed)")
-    parser.add_argument("--max-steps", type=int, default=2000, help="upper bound on steps")
     parser.add_argument(
-        "--overhead", type=float, default=3.0,
-        help="sized steps = budget / (measured step time × overhead): Lightning, logging, "
-        "checkpoints and the load of a shared machine are not in the measurement",
+        "--steps", type=int, default=STEPS,
+        help=f"pretraining optimiser steps (fixed; default {STEPS}, the committed report's)",
     )  # fmt: skip
-    parser.add_argument("--min-steps", type=int, default=50)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--supervised-seeds", type=int, default=1)
-    parser.add_argument("--supervised-epochs", type=int, default=4)
-    parser.add_argument("--supervised-tiles", type=int, default=512, help="train tiles/epoch")
+    parser.add_argument("--supervised-epochs", type=int, default=None, help="default: preset")
+    parser.add_argument(
+        "--supervised-tiles", type=int, default=None, help="train tiles/epoch (default: preset)"
+    )
     parser.add_argument("--tasks", default=None, help="comma-separated (default: all)")
     parser.add_argument(
         "--baselines", default=None,
@@ -115,13 +105,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", action="append", default=[], help="extra report note")
     args = parser.parse_args(argv)
 
+    from geojepa.errors import GeojepaError
+
+    try:
+        check_options(args)
+        return run(args)
+    except GeojepaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def run(args: argparse.Namespace) -> int:
     from geojepa.data.combine import merge_datasets, subset_dataset
     from geojepa.data.config import PrepareConfig
     from geojepa.data.prepare import prepare_tiles
-    from geojepa.eval import ProbeConfig, SplitConfig, make_split, save_split
-    from geojepa.eval.evaluate import EvaluateConfig, evaluate, format_summary
-    from geojepa.eval.supervised import SupervisedConfig
+    from geojepa.errors import ConfigError
+    from geojepa.eval import make_split, save_split
+    from geojepa.eval.evaluate import evaluate, evaluate_preset, format_summary
     from geojepa.train import preset_config, pretrain
+
+    preset = evaluate_preset("benchmark")
 
     sources = {name: args.data / file for name, file in AREAS.items()}
     missing = [str(p) for p in sources.values() if not p.exists()]
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     phases["prepare_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    split_cfg = SplitConfig(block_zoom=14, fractions=(0.6, 0.2, 0.2), seed=0)
+    split_cfg = preset.split
     ids = [
         rid
         for ds in datasets.values()
@@ -163,27 +166,25 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     run_dir = args.work / args.run_name
     run_info = args.work / f"{args.run_name}.json"
-    if (run_dir / "model.safetensors").is_file():
+    steps = args.steps
+    if (run_dir / "model.safetensors").is_file() and run_info.is_file():
         info = json.loads(run_info.read_text())
-        steps, step_s, seconds = info["steps"], info["measured_step_s"], info["seconds"]
+        if info["steps"] != steps:
+            raise ConfigError(
+                f"{run_dir} holds a {info['steps']}-step run, not {steps}: use --fresh or "
+                "another --run-name"
+            )
+        seconds = info["seconds"]
         log(f"reusing the finished run {run_dir} ({steps} steps)")
     else:
-        step_s = measure_step_seconds(train_ds.path, config=args.config)
-        budget = args.pretrain_minutes * 60
-        steps = int(min(args.max_steps, max(args.min_steps, budget / (step_s * args.overhead))))
-        if args.steps is not None:
-            steps = args.steps
-        log(f"measured {step_s:.2f} s/step → pretraining {steps} steps")
+        log(f"pretraining {steps} steps (fixed)")
         shutil.rmtree(run_dir, ignore_errors=True)
-        phases["calibrate_s"] = time.perf_counter() - t
-        t = time.perf_counter()
         pretrain(
             train_ds.path, run_dir, config=args.config, preset=PRESET, max_steps=steps,
             progress=False,
         )  # fmt: skip
         seconds = time.perf_counter() - t
-        info = {"steps": steps, "measured_step_s": step_s, "seconds": seconds}
-        run_info.write_text(json.dumps(info) + "\n")
+        run_info.write_text(json.dumps({"steps": steps, "seconds": seconds}) + "\n")
     phases["pretrain_s"] = time.perf_counter() - t
     pretrain_s = seconds
 
@@ -191,37 +192,33 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds
     batch = preset_config(PRESET).data.batch_size
     what = f"config `{args.config.name}`" if args.config else f"preset `{PRESET}`"
+    sup = preset.supervised.replace(
+        **{k: v for k, v in (("max_epochs", args.supervised_epochs),
+                             ("tiles_per_epoch", args.supervised_tiles)) if v is not None}
+    )  # fmt: skip
     notes = [
         "Benchmark (`make benchmark`, benchmarks/evaluate.py): Neubrandenburg 2016 (PBF), "
         "Liechtenstein 2013 (PBF) and Montevideo 2016–17 (features GeoParquet), zoom 16; data "
         "© OpenStreetMap contributors, ODbL.",
         f"Pretraining: {what} on the merged **train** blocks only "
         f"({train_ds.manifest['n_tiles']} tiles), {steps} optimiser steps of "
-        f"{batch} tiles ({pretrain_s / 60:.1f} min on this machine; a bare step measured "
-        f"{step_s:.2f} s) — a short CPU run, far from the paper's 100 epochs.",
-        "Reduced for CPU time: the MLP probe has one width (128) and weight decay (0.01), its "
-        "epochs chosen on val (at most 60, patience 5); the tag-count baseline keeps the 1000 "
-        "most frequent tag strings; the supervised transformer ran on "
-        f"{args.supervised_seeds} seed(s) for at most {args.supervised_epochs} epochs of "
-        f"{args.supervised_tiles} random train tiles each (patience 1), early-stopped on 512 "
-        "val tiles, so it is an under-trained upper line.",
+        f"{batch} tiles, fixed in advance ({pretrain_s / 60:.1f} min on this machine, "
+        "reported only) — a short CPU run, far from the paper's 100 epochs.",
+        "Probe settings: the `benchmark` preset (`geojepa evaluate --preset benchmark`): the "
+        "MLP probes have one width (128) and weight decay (0.01), epochs chosen on val (at "
+        "most 60, patience 5); the tag-count baseline keeps the 1000 most frequent tag "
+        f"strings; the supervised transformer ran on {args.supervised_seeds} seed(s) for at "
+        f"most {sup.max_epochs} epoch(s) of {sup.tiles_per_epoch} random train tiles each "
+        f"(patience {sup.patience}), early-stopped on {sup.max_val_tiles} val tiles.",
         *args.note,
     ]
-    config = EvaluateConfig(
-        split=split_cfg,
-        probe=ProbeConfig(
-            mlp_hidden=(128,), mlp_weight_decays=(0.01,), mlp_max_epochs=60, mlp_patience=5
-        ),
-        supervised=SupervisedConfig(
-            max_epochs=args.supervised_epochs, patience=1,
-            tiles_per_epoch=args.supervised_tiles, max_val_tiles=512,
-        ),
-        tag_count_max_features=1000,
+    config = preset.replace(
+        supervised=sup,
         supervised_seeds=args.supervised_seeds,
         title=args.title
         or "GeoJEPA benchmark: Neubrandenburg, Liechtenstein, Montevideo (zoom 16, CPU)",
         notes=tuple(notes),
-    )  # fmt: skip
+    )
     baselines = None
     if args.baselines is not None:
         baselines = [] if args.baselines == "none" else args.baselines.split(",")
@@ -241,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "phases_s": {k: round(v, 1) for k, v in phases.items()},
         "pretrain_steps": steps,
-        "measured_step_s": round(step_s, 3),
+        "pretrain_s": round(pretrain_s, 1),
         "areas": {name: ds.manifest.get("n_tiles") for name, ds in datasets.items()},
         "pretrain_tiles": train_ds.manifest["n_tiles"],
         "argv": sys.argv[1:],

@@ -79,8 +79,10 @@ print(json.dumps({"seconds": s, "cpu_seconds": cpu, "n_tiles": m["n_tiles"],
 """
 
 
-def _tree_pss_kib(pid: int) -> int:
-    """Summed PSS of ``pid`` and all its descendants (Linux /proc).
+def _tree_pss_kib(pid: int, field: str = "Pss:") -> int:
+    """Summed PSS of ``pid`` and all its descendants (Linux /proc); ``field="Pss_Anon:"``
+    leaves out file-backed pages (e.g. an mmap'd node-location index), which the kernel can
+    reclaim.
 
     PSS splits pages shared after fork() between the processes, so the sum is the tree's real
     footprint (summing RSS would count the pool workers' inherited pages several times).
@@ -102,7 +104,7 @@ def _tree_pss_kib(pid: int) -> int:
         try:
             with open(f"/proc/{p}/smaps_rollup") as f:
                 for line in f:
-                    if line.startswith("Pss:"):
+                    if line.startswith(field):
                         total += int(line.split()[1])
                         break
         except OSError:
@@ -110,7 +112,7 @@ def _tree_pss_kib(pid: int) -> int:
     return total
 
 
-def _run(cmd: list[str]) -> tuple[dict | None, float, float]:
+def _run(cmd: list[str], field: str = "Pss:") -> tuple[dict | None, float, float]:
     """Run ``cmd``; return (its JSON output or None, wall seconds, peak tree PSS in MiB)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
@@ -121,7 +123,7 @@ def _run(cmd: list[str]) -> tuple[dict | None, float, float]:
     def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, _tree_pss_kib(proc.pid))
+            peak = max(peak, _tree_pss_kib(proc.pid, field))
             time.sleep(0.01)
 
     sampler = threading.Thread(target=sample, daemon=True)

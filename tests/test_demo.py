@@ -106,5 +106,12 @@ def test_planned_steps_are_reused_for_the_same_data_and_budget(tmp_path: Path) -
     assert demo._planned_steps(stages, key, None, 20.0) is None  # new budget: plan again
     assert demo._planned_steps(stages, {**key, "n_tiles": 4}, None, 10.0) is None
     assert demo._planned_steps(stages, key, 7, 10.0) == 7
-    with pytest.raises(ConfigError, match="--steps"):
-        demo._planned_steps(stages, key, 0, 10.0)
+
+
+def test_bad_demo_options_are_refused_before_any_work(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    for kwargs, match in (({"steps": 0}, "--steps"), ({"minutes": 0}, "--minutes"),
+                          ({"areas": ("nowhere",)}, "unknown demo area")):  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            demo.run_demo(out, progress=False, **kwargs)
+        assert not out.exists()  # refused before any data was prepared

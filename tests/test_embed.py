@@ -40,7 +40,8 @@ def _emb(frame: gpd.GeoDataFrame) -> np.ndarray:
 def test_tile_and_entity_files(trained, tmp_path):
     ds_path, run = trained
     tiles_out, ents_out = tmp_path / "tiles.parquet", tmp_path / "entities.parquet"
-    embed_tiles(run, ds_path, tiles_out, entities_output=ents_out, batch_size=3, progress=False)
+    opts = {"batch_size": 3, "progress": False, "entity_rows": "clip"}  # rows = dataset rows
+    embed_tiles(run, ds_path, tiles_out, entities_output=ents_out, **opts)
     tiles = gpd.read_parquet(tiles_out)
     ds = open_dataset(ds_path)
     truth = ds.read_tiles().to_pandas().set_index("region_id")
@@ -159,3 +160,11 @@ def test_token_budget_embedding_same_rows_same_order(trained, tmp_path):
         assert (a.drop(columns=[c for c in a if c.startswith("emb_")]) ==
                 b.drop(columns=[c for c in b if c.startswith("emb_")])).all().all()  # fmt: skip
         assert np.abs(_emb(a) - _emb(b)).max() < 1e-4
+
+
+def test_cli_quiet_prints_nothing(trained, tmp_path, capsys):
+    ds_path, run = trained
+    out = tmp_path / "t.parquet"
+    assert main(["embed", str(run), str(ds_path), "-o", str(out), "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert len(gpd.read_parquet(out)) > 0

@@ -190,19 +190,71 @@ def test_embedding_features_from_embed_tables():
     import shapely
 
     tiles = gpd.GeoDataFrame(
-        {"e0": [1.0, 2.0], "e1": [3.0, 4.0]},
+        {"emb_0": [1.0, 2.0], "emb_1": [3.0, 4.0], "n_entities": [3, 70]},
         geometry=[shapely.Point(0, 0)] * 2,
         index=pd.Index(["17/1/1", "17/1/2"], name="region_id"),
         crs="EPSG:4326",
     )
-    X = embedding_features(tiles)
-    assert list(X.columns) == ["e0", "e1"] and X.index.name == "region_id"
+    X = embedding_features(tiles)  # n_entities is not the model's output: it must not enter
+    assert list(X.columns) == ["emb_0", "emb_1"] and X.index.name == "region_id"
     entities = pd.DataFrame(
-        {"region_id": ["17/1/1", "17/1/2"], "e0": [1.0, 2.0]},
+        {"region_id": ["17/1/1", "17/1/2"], "emb_0": [1.0, 2.0], "n_tags": [1, 2]},
         index=pd.Index(["way/1", "way/1"], name="feature_id"),
     )
     E = embedding_features(entities, level="entity")
     assert list(E.index) == [("17/1/1", "way/1"), ("17/1/2", "way/1")]
-    assert E.index.names == ["region_id", "feature_id"] and list(E.columns) == ["e0"]
+    assert E.index.names == ["region_id", "feature_id"] and list(E.columns) == ["emb_0"]
     with pytest.raises(InputError):
         embedding_features(entities.drop(columns="region_id"), level="entity")
+    with pytest.raises(InputError, match="no embedding columns"):
+        embedding_features(tiles[["n_entities"]])
+
+
+# ------------------------------------------------------------------ probes fit for the metric
+
+
+def test_l1_probes_aim_at_the_median(features, split):
+    """30% of rows carry a +50 outlier: the mean (what squared error fits) is a poor MAE
+    guess; the L1 probes fit the median and score a clearly lower MAE than their twins."""
+    rng = np.random.default_rng(1)
+    outlier = 50 * (rng.random(len(IDS)) < 0.3)
+    labels = 3 * features[0] + outlier + 0.1 * rng.normal(size=len(IDS))
+    rows = evaluate_embeddings(
+        features, labels, split, TASKS["max_speed"], seeds=[0],
+        probes=["dummy", "linear", "mlp", "linear_l1", "mlp_l1"], config=FAST,
+    )  # fmt: skip
+    score = {r.probe: r.metrics["mae"] for r in rows}
+    assert score["linear_l1"] < 0.85 * score["linear"], score
+    assert score["mlp_l1"] < 0.92 * score["mlp"], score
+    assert score["linear_l1"] < score["dummy"], score
+    assert rows[-1].params["hidden"] == 16 and "hidden" not in rows[-2].params
+
+
+def test_poisson_probe_predicts_the_median_count(features, split):
+    """Counts from a Poisson law with a log-linear rate: the Poisson GLM fits it, predicts
+    whole numbers (the median of the fitted law) and beats the squared-error probes."""
+    rng = np.random.default_rng(1)
+    y = rng.poisson(np.exp(1.5 * features[0].to_numpy()))
+    labels = pd.Series(y, index=features.index)
+    rows = evaluate_embeddings(
+        features, labels, split, TASKS["traffic_signals"], seeds=[0],
+        probes=["dummy", "linear", "mlp", "poisson"], config=FAST,
+    )  # fmt: skip
+    score = {r.probe: r.metrics["mae"] for r in rows}
+    assert score["poisson"] < 0.7 * min(score["linear"], score["mlp"], score["dummy"]), score
+    out = rows[-1].test_output
+    assert np.array_equal(out, np.round(out)) and len(out) == rows[-1].n_test  # a median count
+
+
+def test_metric_probes_are_skipped_where_they_do_not_apply(features, split):
+    labels = pd.Series((features[0] > 0).astype(int), index=features.index)
+    rows = evaluate_embeddings(
+        features, labels, split, TASKS["bridge"], seeds=[0],
+        probes=["linear", "linear_l1", "mlp_l1", "poisson"], config=FAST,
+    )  # fmt: skip
+    assert [r.probe for r in rows] == ["linear"]
+    rows = evaluate_embeddings(
+        features, _count_labels(features).astype(float), split, TASKS["max_speed"], seeds=[0],
+        probes=["linear_l1", "poisson"], config=FAST,
+    )  # fmt: skip
+    assert [r.probe for r in rows] == ["linear_l1"]  # poisson is for counts only

@@ -170,9 +170,9 @@ def test_maxspeed_removal_removes_every_maxspeed_key(tiles):
         ]
     )
     masked = remove_maxspeed(entities)
-    assert masked.num_rows == 3
+    assert masked.num_rows == 2  # way/2 had only a maxspeed tag: dropped, not left bare
     assert all("maxspeed" not in key for key, _ in _all_tag_pairs(masked))
-    assert tags_of(masked) == [{"highway": "primary", "lanes": "2"}, {"highway": "primary"}, {}]
+    assert tags_of(masked) == [{"highway": "primary", "lanes": "2"}, {"highway": "primary"}]
     assert TASKS["max_speed"].labels(tiles, masked).empty
 
 
@@ -185,10 +185,9 @@ def test_maxspeed_removal_removes_speed_limit_signs(tiles):
             (A, "node/4", {"traffic_sign": "DE:206"}, "Point"),  # a stop sign stays
         ]
     )
+    # nodes 1 and 3 were only speed signs: dropped, not left as bare points
     assert tags_of(remove_maxspeed(entities)) == [
-        {},
         {"highway": "give_way"},
-        {},
         {"traffic_sign": "DE:206"},
     ]
 
@@ -250,20 +249,40 @@ def test_car_bridge_labels(tiles, bridge_entities):
     assert TASKS["car_bridge"].labels(tiles, link)[A] == 1
 
 
-def test_bridge_removal_keeps_entities(tiles, bridge_entities):
+def test_bridge_removal_drops_entities_left_without_tags(tiles, bridge_entities):
+    """A bridge stripped of all its tags would be a tag-less fingerprint: it goes entirely."""
     masked = remove_bridges(bridge_entities)
-    assert masked.num_rows == bridge_entities.num_rows
-    assert masked.column("feature_id").equals(bridge_entities.column("feature_id"))
+    # way/4 (man_made=bridge) and way/7 (key-only bridge) had only bridge tags
+    kept = ["way/1", "way/2", "way/3", "way/5", "way/6"]
+    assert masked.column("feature_id").to_pylist() == kept
     for key, value in _all_tag_pairs(masked):
         assert "bridge" not in key and "bridge" not in (value or "") and key != "layer"
     assert tags_of(masked)[0] == {"highway": "footway"}
-    assert tags_of(masked)[3] == {}  # man_made=bridge left with no tags
-    assert tags_of(masked)[6] == {}
+    assert all(tags_of(masked))
     for name in ("bridge", "car_bridge", "way_bridge"):
         assert TASKS[name].labels(tiles, masked).sum() == 0
 
 
 # ---------------------------------------------------------------------------- entity tasks
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_no_removal_leaves_an_entity_without_tags(name):
+    """Every removal drops the entities it strips bare (and only those); untagged input stays."""
+    entities = make_entities(
+        [
+            (A, "way/1", {"highway": "primary", "maxspeed": "50", "bridge": "yes"}, "LineString"),
+            (A, "way/2", {"maxspeed": "30"}, "LineString"),
+            (A, "node/3", {"crossing": "traffic_signals"}, "Point"),
+            (A, "way/4", {"layer": "1"}, "Polygon"),
+            (A, "way/5", {}, "Polygon"),  # no tags before the removal: not the removal's doing
+        ]
+    )
+    masked = TASKS[name].remove(entities)
+    before = dict(zip(entities.column("feature_id").to_pylist(), tags_of(entities), strict=True))
+    for feature, tags in zip(masked.column("feature_id").to_pylist(), tags_of(masked), strict=True):
+        assert tags or not before[feature], (name, feature)
+    assert "way/5" in masked.column("feature_id").to_pylist()
 
 
 def test_road_speed_entity_labels(tiles):

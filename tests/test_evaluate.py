@@ -203,6 +203,8 @@ def test_supervised_learns_a_visible_label(synthetic: Path, tmp_path: Path) -> N
     assert rows[0].model == "supervised" and rows[0].probe == "end2end"
     assert rows[0].n_train + rows[0].n_val + rows[0].n_test == len(labels)
     assert rows[0].metrics["auroc"] > 0.8, rows[0]
+    p = rows[0].params  # early-stopped (patience 3 without a better val score) or capped at 8
+    assert p["converged"] == (p["stopped_at"] - p["epochs"] >= 3) and p["stopped_at"] <= 8
 
 
 def test_evaluate_without_a_run(synthetic: Path, tmp_path: Path) -> None:
@@ -233,6 +235,80 @@ def test_evaluate_without_a_run(synthetic: Path, tmp_path: Path) -> None:
     assert saved.equals(load_split(split_path))
 
 
+def test_every_model_sees_the_same_entities(synthetic: Path, tmp_path: Path, monkeypatch) -> None:
+    """Tag counts, pooled text and the networks all see the tokenizer's capped entity subset."""
+    import geojepa.eval.evaluate as ev
+
+    ds = open_dataset(synthetic)
+    cfg = preset_config("cpu-small")
+    build_tag_table(
+        TagVocabulary.from_dataset(ds), cfg.tokenizer.text_model, ds.path, embed_fn=fake_embed
+    )
+    seen: dict[str, set] = {}
+
+    def keys(table: pa.Table) -> set:
+        cols = (table.column(c).to_pylist() for c in ("region_id", "feature_id"))
+        return set(zip(*cols, strict=True))
+
+    def spy_counts(masked, *args, **kwargs):
+        seen["tag_counts"] = keys(masked)
+        return real_counts(masked, *args, **kwargs)
+
+    def spy_baseline(name, task, masked, *args, **kwargs):
+        seen[name] = keys(masked)
+        return real_baseline(name, task, masked, *args, **kwargs)
+
+    def spy_encode(model, arrays, *args, **kwargs):
+        seen["networks"] = set(ev.token_entities(arrays))
+        return real_encode(model, arrays, *args, **kwargs)
+
+    real_counts, real_baseline, real_encode = (
+        ev.tag_count_features, ev.baseline_features, ev.encode_arrays
+    )  # fmt: skip
+    monkeypatch.setattr(ev, "tag_count_features", spy_counts)
+    monkeypatch.setattr(ev, "baseline_features", spy_baseline)
+    monkeypatch.setattr(ev, "encode_arrays", spy_encode)
+    monkeypatch.setattr(ev, "sentence_transformer_embedder", lambda: fake_embed)
+    evaluate(
+        None, [synthetic], tmp_path / "r", tasks=["building_count"], seeds=(0,),
+        baselines=("tag_counts", "pooled_text", "random_init"),
+        config=fast_config(max_entities=3, probes=("linear",)), progress=False,
+    )  # fmt: skip
+    kept = seen["networks"]
+    everything = keys(get_task("building_count").remove(ds.read_entities()))
+    assert kept < everything  # the cap dropped entities (else the test is weak)
+    assert pd.Series([r for r, _ in kept]).value_counts().max() <= 3
+    assert seen["tag_counts"] == kept
+    assert seen["pooled_text"] == kept
+
+
+def test_same_input_keeps_the_first_tags_of_kept_entities(synthetic: Path) -> None:
+    from geojepa.eval.evaluate import same_input, token_entities
+
+    ds = open_dataset(synthetic)
+    vocab = TagVocabulary.from_dataset(ds)
+    tok = tiny_config().tokenizer.replace(max_entities=2, max_tags=1)
+    arrays = tokenize_masked([ds], None, vocab, tok)
+    entities = ds.read_entities()
+    cut = same_input(entities, arrays, tok.max_tags)
+    columns = (cut.column(c).to_pylist() for c in ("region_id", "feature_id"))
+    pairs = list(zip(*columns, strict=True))
+    assert set(pairs) == set(token_entities(arrays)) and len(pairs) == len(arrays.feature_ids)
+    full = {
+        (r, f): t
+        for r, f, t in zip(
+            entities.column("region_id").to_pylist(),
+            entities.column("feature_id").to_pylist(),
+            entities.column("tags").to_pylist(),
+            strict=True,
+        )
+    }
+    assert any(len(t) > 1 for t in full.values())  # some entity loses tags (else weak)
+    for pair, tags in zip(pairs, cut.column("tags").to_pylist(), strict=True):
+        assert tags == full[pair][:1]
+    assert cut.schema == entities.schema
+
+
 # ------------------------------------------------------------------------------ Helsinki
 
 
@@ -256,6 +332,8 @@ def helsinki(helsinki_pbf: Path, tmp_path_factory) -> tuple[Path, Path]:
 def test_evaluate_helsinki_end_to_end(helsinki: tuple[Path, Path], tmp_path: Path) -> None:
     dataset, run = helsinki
     out = tmp_path / "report"
+    # the training data comes from the model directory's JSON, not from the card's prose
+    (run / "MODEL_CARD.md").write_text("# a card someone edited\n")
     result = evaluate(
         run,
         [dataset],
@@ -276,6 +354,15 @@ def test_evaluate_helsinki_end_to_end(helsinki: tuple[Path, Path], tmp_path: Pat
     seeds_of = summary.groupby(["model", "probe"])["n_seeds"].max()
     assert seeds_of[("geojepa", "mlp")] == 2 and seeds_of[("supervised", "end2end")] == 1
     assert np.isfinite(summary.loc[summary["metric"] == "mae", "mean"]).all()
+    # 95% block-bootstrap intervals of the headline metrics, and differences to GeoJEPA
+    head = summary[summary["metric"] == "mae"]  # way_bridge's small test set has no positive
+    assert (head["ci_low"] <= head["ci_high"]).all() and len(head) > 0
+    rivals = head[head["model"] != "geojepa"]
+    assert set(rivals["verdict"]) <= {"win", "loss", "tie"} and len(rivals) > 0
+    assert summary.loc[summary["metric"] == "rmse", "ci_low"].isna().all()
+    by_area = pd.read_csv(out / "results_by_area.csv")
+    assert set(by_area["area"]) == {dataset.name}
+    assert {"ci_low", "verdict"} <= set(summary.columns)
     # random weights really are another network: different features, same probes
     geo = summary.query("model == 'geojepa' and probe == 'linear' and metric == 'mae'")
     rnd = summary.query("model == 'random_init' and probe == 'linear' and metric == 'mae'")
@@ -285,11 +372,12 @@ def test_evaluate_helsinki_end_to_end(helsinki: tuple[Path, Path], tmp_path: Pat
     assert provenance["split_sha256"] == file_sha256(out / "split.parquet")
     assert provenance["git"] is None or len(provenance["git"]["commit"]) == 40
     assert provenance["machine"]["cpus"] >= 1 and provenance["wall_seconds"] > 0
-    assert provenance["run_training_data"] == str(dataset)
+    assert provenance["run_training_data"] == str(dataset.resolve())
     # the run was pretrained on all of Helsinki, and the report says so
     assert provenance["split"]["pretraining_overlap"]["test"] > 0
     text = (out / "results.md").read_text()
     assert "## Notes" in text and "supervised transformer ran on seeds [0] only" in text
+    assert "## Uncertainty: 95% intervals" in text and "### Per area" in text
     assert "**Warning**: the run was pretrained on data holding" in text
 
     # the saved split is spatial and disjoint: each tile once, each block in one split
@@ -366,3 +454,64 @@ def test_cli_bad_inputs(
 def main_err(capsys, argv: list[str]) -> str:
     assert main(argv) == 2
     return capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- protocol from the CLI
+
+
+def test_protocol_from_the_cli(synthetic: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """`split` → `pretrain --split` (train blocks only) → `evaluate --split --preset
+    benchmark`: the model never saw a val/test tile, and the report says so."""
+    import importlib
+
+    from geojepa.model import GeoJEPA
+
+    pretrain_module = importlib.import_module("geojepa.train.pretrain")  # not the function
+
+    real = pretrain_module.build_tag_table  # no sentence-encoder load in a fast test
+    monkeypatch.setattr(
+        pretrain_module, "build_tag_table",
+        lambda vocab, model, cache_dir=None: real(vocab, model, cache_dir, embed_fn=fake_embed),
+    )  # fmt: skip
+    split_path = tmp_path / "split.parquet"
+    argv = ["split", "-d", str(synthetic), "-o", str(split_path), "--block-zoom", "15"]
+    assert main(argv) == 0
+    assert "split: " in capsys.readouterr().out
+    split = load_split(split_path)
+    ds = open_dataset(synthetic)
+    assert len(split) == ds.manifest["n_tiles"] and set(split["split"]) == {"train", "val", "test"}
+    n_train = int((split["split"] == "train").sum())
+
+    run = tmp_path / "run"
+    argv = ["pretrain", str(synthetic), "-o", str(run), "--split", str(split_path)]
+    assert main([*argv, "--max-steps", "2", "--batch-size", "4"]) == 0
+    model = GeoJEPA.from_pretrained(run)
+    assert model.training_data["n_tiles"] == n_train
+    assert model.training_data["subset_of"] == str(synthetic.resolve())
+    trained = open_dataset(model.training_data["dataset"])
+    train_ids = set(split.loc[split["split"] == "train", "region_id"])
+    assert set(trained.read_tiles(columns=["region_id"]).column("region_id").to_pylist()) == (
+        train_ids
+    )
+
+    build_tag_table(  # the evaluation embeds with the run's table; the baselines need none
+        TagVocabulary.from_dataset(ds), model.pretrain_config.tokenizer.text_model, ds.path,
+        embed_fn=fake_embed,
+    )  # fmt: skip
+    report = tmp_path / "report"
+    argv = ["evaluate", "-d", str(synthetic), "--run", str(run), "--split", str(split_path)]
+    argv += ["-o", str(report), "--preset", "benchmark", "--tasks", "building_count"]
+    assert main([*argv, "--seeds", "1", "--baselines", "dummy", "-q"]) == 0
+    provenance = json.loads((report / "provenance.json").read_text())
+    assert provenance["split"]["pretraining_overlap"] == {"train": n_train, "val": 0, "test": 0}
+    used = provenance["config"]["evaluate"]
+    assert used["probe"]["mlp_hidden"] == [128] and used["tag_count_max_features"] == 1000
+
+    # bad input: one line each
+    assert "unknown evaluate preset 'fast'" in main_err(capsys, [*argv, "--preset", "fast"])
+    partial = save_split(split.iloc[:-1], tmp_path / "partial.csv")
+    err = main_err(capsys, ["pretrain", str(synthetic), "-o", str(tmp_path / "r2"),
+                            "--split", str(partial)])  # fmt: skip
+    assert "not in the split" in err
+    err = main_err(capsys, ["split", "-d", str(synthetic), "-o", "x.parquet", "--fractions", "1,2"])
+    assert "--fractions must be three numbers" in err

@@ -111,3 +111,94 @@ def test_training_curves_errors(tmp_path: Path):
     pd.DataFrame({"step": [1, 2], "epoch": [0, 0], "other": [3, 4]}).to_csv(bad, index=False)
     with pytest.raises(InputError, match="no loss, lr, momentum or monitor"):
         plot_curves(bad.parent, tmp_path / "c.png")
+
+
+# --------------------------------------------------------------------------- readable pictures
+
+
+@pytest.fixture
+def figures(monkeypatch) -> list:
+    """Figures the plotting functions close, kept open for inspection."""
+    import matplotlib.pyplot as plt
+
+    kept: list = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
+    yield kept
+    for fig in kept:
+        real_close(fig)
+
+
+def test_count_scale_is_discrete_and_robust_to_an_outlier():
+    from geojepa.explore.plots import count_scale
+
+    # the reported case: 93 of 95 tiles at 0-1, one far outlier
+    values = np.array([0] * 50 + [1] * 43 + [2, 80])
+    scale = count_scale(values)
+    assert scale.kind == "discrete" and scale.lo == 0 and scale.hi <= 2
+    assert scale.n_above == 1 and "1 tiles above" in scale.note and "max 80" in scale.note
+    tail = np.concatenate([np.zeros(40), np.arange(1, 60) ** 2]).astype(int)  # long tail
+    assert count_scale(tail).kind == "log"
+    spread = np.arange(100, 400)  # wide but no tail
+    assert count_scale(spread).kind == "linear" and count_scale(spread).note == ""
+
+
+def test_count_plot_gives_low_counts_their_own_colours(tmp_path: Path, figures):
+    import geopandas as gpd
+
+    tiles, _ = write_tiles(tmp_path / "t.parquet")
+    gdf = gpd.read_parquet(tiles)
+    n = len(gdf)
+    counts = np.array([0] * (n // 2) + [1] * (n - n // 2 - 1) + [500])  # one outlier
+    gdf["n_entities"] = counts
+    gdf.to_parquet(tmp_path / "c.parquet")
+    plot_embeddings(tmp_path / "c.parquet", tmp_path / "c.png")
+    fig = figures[-1]
+    ax = fig.axes[0]
+    points = ax.collections[0]
+    zero, one = (np.asarray(points.cmap(points.norm(v)))[:3] for v in (0, 1))
+    assert np.abs(zero - one).max() > 0.3  # 0 and 1 look different despite the outlier
+    text = " ".join(t.get_text() for t in ax.texts)
+    assert "1 tiles above" in text and "max 500" in text
+
+
+def test_scatter_axes_ignore_far_outliers(tmp_path: Path, figures):
+    from geojepa.explore.plots import robust_limits
+
+    v = np.concatenate([np.linspace(-1, 1, 200), [50.0]])
+    lo, hi = robust_limits(v)
+    assert hi < 2 and lo > -2
+    lo, hi = robust_limits(np.linspace(-1, 1, 200))  # nothing far: the full range
+    assert lo < -1 and hi > 1
+
+
+def test_results_chart_has_a_legend_and_y_labels(tmp_path: Path, figures):
+    from geojepa.eval.report import plot_results
+
+    rows = []
+    for task, metric in (("bridge", "auroc"), ("road_speed", "mae")):
+        for model, probe in (("geojepa", "linear"), ("geojepa", "mlp"), ("dummy", "dummy")):
+            rows.append((model, probe, task, metric, 0.5, 0.1))
+    summary = pd.DataFrame(rows, columns=["model", "probe", "task", "metric", "mean", "std"])
+    _nontrivial(plot_results(summary, tmp_path / "results.png"))
+    fig = figures[-1]
+    assert fig.legends, "no legend"
+    labels = {t.get_text() for legend in fig.legends for t in legend.get_texts()}
+    assert labels == {"linear", "mlp", "dummy"}
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 2
+    assert {ax.get_ylabel().split()[0] for ax in visible} == {"auroc", "mae"}
+    assert all("better" in ax.get_ylabel() for ax in visible)
+
+
+def test_curves_have_y_labels_and_legends_beside_the_data(tmp_path: Path, figures):
+    run = write_run(tmp_path / "run")
+    plot_curves(run, tmp_path / "curves.png")
+    fig = figures[-1]
+    renderer = fig.canvas.get_renderer()
+    for ax in (a for a in fig.axes if a.get_visible()):
+        assert ax.get_ylabel(), ax.get_title()
+        legend = ax.get_legend()
+        assert legend is not None
+        box, frame = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert box.x0 >= frame.x1 - 1, f"legend of {ax.get_title()!r} overlaps the data"

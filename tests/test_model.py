@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from geojepa.errors import ConfigError
-from geojepa.model import GeoJEPA, MaskingConfig, ModelConfig, Predictor, Transformer
+from geojepa.model import GeoJEPA, MaskingConfig, ModelConfig, Transformer
 from geojepa.model.jepa import ema_momentum, masked_vicreg, pool_tiles
 
 D = 32
@@ -91,23 +91,55 @@ def test_fully_padded_rows_are_finite() -> None:
 
 
 def test_batched_predictor_equals_one_call_per_target() -> None:
-    torch.manual_seed(0)
-    pred = Predictor(D, 16, 2, 4).eval()
-    b, k, lc, lt = 3, 4, 6, 5
-    ctx = torch.randn(b, lc, D)
-    cval = torch.rand(b, lc) < 0.7
-    cval[:, 0] = True
-    tprior = torch.randn(b, k, lt, D)
-    tval = torch.rand(b, k, lt) < 0.7
-    batched = pred(
-        ctx.repeat_interleave(k, 0),
-        cval.repeat_interleave(k, 0),
-        tprior.reshape(b * k, lt, D),
-        tval.reshape(b * k, lt),
-    ).view(b, k, lt, D)
-    for i in range(k):  # the published design: one call per target
-        one = pred(ctx, cval, tprior[:, i], tval[:, i])
-        torch.testing.assert_close(batched[:, i][tval[:, i]], one[tval[:, i]], atol=1e-5, rtol=0)
+    """The real training step (`loss_from_tokens`) gives the loss of the published design, one
+    predictor call per target, each fed *its own tile's* context."""
+    import torch.nn.functional as F
+
+    from geojepa.model.jepa import _gather
+
+    model = _model(masking=MaskingConfig(num_targets=3)).eval()
+    batch = fake_batch([18, 30, 24, 12], seed=3)
+    tok = model.tokenizer(batch)
+    masks = model.masker(tok.valid, tok.modality, tok.boxes, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        h, _ = model._target_outputs(batch)
+        out = model.loss_from_tokens(tok, h, masks)
+        k = masks.target_index.shape[1]
+        assert k > 1 and tok.tokens.shape[0] > 1  # else a wrong pairing could not show
+        prior = model.prior(tok.boxes, tok.modality)
+        z = model.encoder(_gather(tok.tokens + prior, masks.context_index), masks.context_valid)
+        ctx = z + _gather(prior, masks.context_index)
+        total, count, preds = 0.0, 0.0, []
+        for i in range(k):  # one call per target, each tile with its own context
+            t_index, t_valid = masks.target_index[:, i], masks.target_valid[:, i]
+            pred = model.predictor(ctx, masks.context_valid, _gather(prior, t_index), t_valid)
+            per_token = F.smooth_l1_loss(pred, _gather(h, t_index), reduction="none").mean(-1)
+            total += float((per_token * t_valid).sum())
+            count += float(t_valid.sum())
+            preds.append(pred)
+    torch.testing.assert_close(out.pred_loss, torch.tensor(total / count), atol=1e-5, rtol=1e-5)
+    stacked = torch.stack(preds, 1)  # [B,K,Lt,D], tile-major as in the batched call
+    torch.testing.assert_close(out.reg_pred, masked_vicreg(stacked, masks.target_valid))
+
+
+def test_vicreg_terms_match_a_direct_computation() -> None:
+    """Variance hinge on the std of each dimension + squared off-diagonal covariance / D, over
+    the real rows only, as written out with numpy."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    scale = torch.tensor([0.2, 0.5, 1.0, 3.0, 0.1, 2.0])  # some dims under the hinge, some not
+    x = torch.randn(3, 9, 6, generator=g) * scale
+    x[..., 1] += 0.7 * x[..., 0]  # correlated dims: a real covariance term
+    mask = torch.rand(3, 9, generator=g) < 0.7
+    rows = x[mask].double().numpy()
+    std = np.sqrt(rows.var(axis=0, ddof=1) + 1e-4)
+    variance = np.maximum(0.0, 1.0 - std).mean()
+    cov = np.cov(rows, rowvar=False)
+    covariance = (np.sum(cov**2) - np.sum(np.diag(cov) ** 2)) / rows.shape[1]
+    assert variance > 0.1 and covariance > 0.01  # both terms are really exercised
+    got = masked_vicreg(x, mask).item()
+    assert got == pytest.approx(variance + covariance, rel=1e-5)
 
 
 def test_ema_update_maths_and_frozen_teacher() -> None:

@@ -25,6 +25,7 @@ import shapely
 from geojepa.cli import main
 from geojepa.data import prepare as prep
 from geojepa.data import schema
+from geojepa.data import shard as shard_mod
 from geojepa.data.config import PrepareConfig
 from geojepa.data.prepare import prepare_tiles
 from geojepa.data.reader import local_to_lonlat, open_dataset
@@ -390,7 +391,7 @@ def test_resume_after_interrupted_run_equals_uninterrupted(
     assert len(full.shards) >= 4
 
     out = tmp_path / "resumed"
-    real = prep._write_shard
+    real = shard_mod.write_shard
     calls = {"n": 0}
 
     def crash_after_two(*args, **kwargs):
@@ -399,10 +400,10 @@ def test_resume_after_interrupted_run_equals_uninterrupted(
         calls["n"] += 1
         real(*args, **kwargs)
 
-    monkeypatch.setattr(prep, "_write_shard", crash_after_two)
+    monkeypatch.setattr(shard_mod, "write_shard", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
         prepare_tiles(helsinki_pbf, out, cfg.replace(workers=1), progress=False)
-    monkeypatch.setattr(prep, "_write_shard", real)
+    monkeypatch.setattr(shard_mod, "write_shard", real)
     assert (out / schema.CONFIG_FILE).is_file() and not (out / schema.MANIFEST_FILE).exists()
     done = sorted((out / schema.SHARD_DIR).glob("tiles-*.parquet"))
     assert len(done) == 2

@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from geojepa.data.reader import open_dataset
 from geojepa.errors import ConfigError, InputError, OutputError
 from geojepa.model import GeoJEPA
 from geojepa.tokenize.synthetic import write_synthetic_dataset
@@ -119,6 +120,9 @@ def test_pretrain_learns_and_exports(synthetic_ds: Path, tmp_path: Path) -> None
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, state[k])
     assert not model.training and not model.target.training
+    # the training data is found from the model directory, not from the card's prose
+    n_tiles = open_dataset(synthetic_ds).manifest["n_tiles"]
+    assert model.training_data == {"dataset": str(synthetic_ds.resolve()), "n_tiles": n_tiles}
     # the frozen text table is exported unchanged (it was never trained or decayed)
     vocab = TagVocabulary.load(run / "vocab.json")
     table = build_tag_table(vocab, model.pretrain_config.tokenizer.text_model, synthetic_ds)

@@ -116,6 +116,8 @@ def _frames(
     batch_size: int,
     device: str,
     progress: bool,
+    open_vocabulary: bool = True,
+    rows: str = "feature",
 ) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame | None]:
     """Tile (and entity) embeddings of a whole dataset, in memory, shard by shard."""
     import geopandas as gpd
@@ -124,23 +126,36 @@ def _frames(
     from tqdm.auto import tqdm
 
     from geojepa.data.reader import TileDataset, open_dataset
-    from geojepa.embed import check_compatible, embed_shard, load_model
+    from geojepa.embed import embed_shard, model_for
+    from geojepa.entity_features import FeatureWriter, last_shards
+    from geojepa.io.geoparquet import spatial_order
 
-    net = load_model(model, device)
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
-    check_compatible(net, ds)
+    net = model_for(model, ds, device, open_vocabulary)
     tiles, tile_geoms, ents, ent_geoms = [], [], [], []
+
+    class Collect:  # the row order of `geojepa embed` files: spatial within each write
+        def write(self, frame: pd.DataFrame, geometry: np.ndarray) -> None:
+            order = spatial_order(geometry)
+            ents.append(frame.iloc[order])
+            ent_geoms.append(np.asarray(geometry)[order])
+
+    pooler = FeatureWriter(Collect(), last_shards(ds)) if entities and rows == "feature" else None
     bar = tqdm(total=int(ds.manifest.get("n_tiles", 0)) or None, unit="tile", desc="embed",
                disable=not progress)  # fmt: skip
     with bar:
         for shard in ds.shards:
             part = embed_shard(net, ds, shard, entities=entities, batch_size=batch_size)
-            tiles.append(part.tiles)
-            tile_geoms.append(part.tile_geometry)
-            if part.entities is not None:
-                ents.append(part.entities)
-                ent_geoms.append(part.entity_geometry)
+            order = spatial_order(part.tile_geometry)  # the row order of `geojepa embed` files
+            tiles.append(part.tiles.iloc[order])
+            tile_geoms.append(np.asarray(part.tile_geometry)[order])
+            if pooler is not None:
+                pooler.add(shard, part.entities, part.entity_geometry)
+            elif part.entities is not None:
+                Collect().write(part.entities, part.entity_geometry)
             bar.update(len(part.tiles))
+        if pooler is not None:
+            pooler.finish()
 
     def frame(parts: list[pd.DataFrame], geoms: list[np.ndarray]) -> gpd.GeoDataFrame:
         return gpd.GeoDataFrame(
@@ -160,6 +175,8 @@ def embed_tiles(
     batch_size: int = 64,
     device: str = "cpu",
     progress: bool = True,
+    open_vocabulary: bool = True,
+    entity_rows: str = "feature",
 ) -> Path | gpd.GeoDataFrame:
     """Tile embeddings of ``dataset`` by ``model`` (a model directory or a loaded GeoJEPA).
 
@@ -167,6 +184,9 @@ def embed_tiles(
     ``entities_output`` is given) and return the path. Without: return a GeoDataFrame indexed
     by ``region_id`` (``n_entities``, ``top_tags``, ``emb_0 …``, tile polygon, EPSG:4326) and
     write nothing. Memory is bounded by one shard only when writing to a file.
+    ``open_vocabulary``: tags the model never saw in training get their own text vectors
+    (default) rather than their key's or UNKNOWN's.
+    ``entity_rows``: the entity file's rows, ``feature`` or ``clip`` (see `embed_entities`).
     """
     if output is not None:
         from geojepa.embed import embed_tiles as _embed
@@ -174,12 +194,12 @@ def embed_tiles(
         return _embed(
             model, dataset, output, entities_output=entities_output,
             batch_size=batch_size, device=device, progress=progress,
+            open_vocabulary=open_vocabulary, entity_rows=entity_rows,
         )  # fmt: skip
     if entities_output is not None:
         raise _config_error("entities_output needs output (use embed_entities for a frame)")
-    tiles, _ = _frames(
-        model, dataset, entities=False, batch_size=batch_size, device=device, progress=progress
-    )
+    tiles, _ = _frames(model, dataset, entities=False, batch_size=batch_size, device=device,
+                       progress=progress, open_vocabulary=open_vocabulary)  # fmt: skip
     return tiles
 
 
@@ -190,15 +210,24 @@ def embed_entities(
     batch_size: int = 64,
     device: str = "cpu",
     progress: bool = True,
+    open_vocabulary: bool = True,
+    rows: str = "feature",
 ) -> gpd.GeoDataFrame:
     """Entity embeddings as a GeoDataFrame indexed by ``feature_id`` (nothing written).
 
-    One row per (tile, feature) clip: ``region_id``, ``tags`` (JSON), ``emb_0 …`` (the
-    entity's output token in the context of its tile) and the clip's geometry in EPSG:4326.
+    ``rows="feature"`` (default): one row per feature, ``feature_id`` unique: ``n_clips``,
+    ``region_ids``, ``tags`` (JSON), ``emb_0 …`` = the mean of its clip embeddings (each clip
+    weighted equally), and its whole geometry (the union of its clips), EPSG:4326.
+    ``rows="clip"``: one row per (tile, feature) clip, key ``(feature_id, region_id)``:
+    ``region_id``, ``tags``, ``emb_0 …`` (the entity's output token in the context of that
+    tile) and the clip's geometry.
     """
-    _, ents = _frames(
-        model, dataset, entities=True, batch_size=batch_size, device=device, progress=progress
-    )
+    from geojepa.entity_features import ENTITY_ROWS
+
+    if rows not in ENTITY_ROWS:
+        raise _config_error(f"rows must be {' or '.join(ENTITY_ROWS)}, got {rows!r}")
+    _, ents = _frames(model, dataset, entities=True, batch_size=batch_size, device=device,
+                      progress=progress, open_vocabulary=open_vocabulary, rows=rows)  # fmt: skip
     assert ents is not None
     return ents
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
+from geojepa import interrupt
 from geojepa.errors import GeojepaError
 
 app = typer.Typer(
@@ -19,13 +21,30 @@ app = typer.Typer(
     help="Self-supervised embeddings of places and map entities from OpenStreetMap (GeoJEPA).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 err_console = Console(stderr=True)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from geojepa import __version__
+
+        typer.echo(f"geojepa {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        "-V",
+        callback=_show_version,
+        is_eager=True,
+        help="print the version and exit",
+    ),
+) -> None:
     """Prepare OSM tiles, pretrain GeoJEPA, embed places and entities, evaluate, explore."""
 
 
@@ -45,31 +64,29 @@ def _parse_bbox(text: str) -> tuple[float, float, float, float]:
 
 
 def _read_polygon(path: Path) -> str:
-    """WKT of a polygon given as a .wkt file or a GeoJSON file (geometry/feature/collection)."""
-    import json
-
+    """WKT (EPSG:4326) of the area in a .wkt file or any vector file geopandas reads (GeoJSON,
+    GeoPackage, Shapefile, ...): the union of its geometries, reprojected; no CRS = EPSG:4326."""
     import shapely
 
     from geojepa.errors import InputError
 
+    if not path.exists():
+        raise InputError(f"polygon file not found: {path}")
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InputError(f"cannot read polygon file {path}: {exc.strerror or exc}") from None
-    try:
-        if text.lstrip().startswith("{"):
-            data = json.loads(text)
-            if data.get("type") == "FeatureCollection":
-                geoms = [shapely.geometry.shape(f["geometry"]) for f in data["features"]]
-                geom = shapely.union_all(geoms)
-            elif data.get("type") == "Feature":
-                geom = shapely.geometry.shape(data["geometry"])
-            else:
-                geom = shapely.geometry.shape(data)
-        else:
-            geom = shapely.from_wkt(text.strip())
-    except (ValueError, KeyError, TypeError, shapely.errors.ShapelyError) as exc:
-        raise InputError(f"{path} is not a WKT or GeoJSON polygon ({exc})") from None
+        geom = shapely.from_wkt(path.read_text().strip())
+    except (OSError, UnicodeDecodeError, shapely.errors.ShapelyError):
+        import geopandas as gpd
+
+        try:
+            frame = gpd.read_file(path)
+        except Exception as exc:  # pyogrio/GDAL raise many types; all mean "cannot read"
+            raise InputError(f"cannot read {path} as WKT or a vector file ({exc})") from None
+        if frame.crs is not None:
+            frame = frame.to_crs(4326)
+        geom = frame.geometry.union_all() if len(frame) else None
+    if geom is None or geom.is_empty or geom.geom_type not in ("Polygon", "MultiPolygon"):
+        kind = "nothing" if geom is None or geom.is_empty else geom.geom_type
+        raise InputError(f"{path} holds {kind}, not a polygon area")
     return geom.wkt
 
 
@@ -79,7 +96,9 @@ def prepare(
     output: Path = typer.Option(..., "--output", "-o", help="dataset directory to write"),
     zoom: int = typer.Option(16, help="XYZ tile zoom"),
     bbox: str | None = typer.Option(None, help="keep tiles meeting W,S,E,N (EPSG:4326)"),
-    polygon: Path | None = typer.Option(None, help="keep tiles meeting this WKT/GeoJSON area"),
+    polygon: Path | None = typer.Option(
+        None, help="keep tiles meeting this area: .wkt, GeoJSON, GeoPackage, Shapefile, ..."
+    ),
     imagery: list[Path] | None = typer.Option(
         None, help="GeoTIFF/COG/VRT raster or XYZ tile folder (repeatable)"
     ),
@@ -89,7 +108,14 @@ def prepare(
     workers: int = typer.Option(
         0, help="worker processes (0 = automatic: in-process if small, else all cores)"
     ),
-    no_tag_filter: bool = typer.Option(False, help="keep every tag value (no filter)"),
+    location_index: str = typer.Option(
+        "flex_mem",
+        help="pyosmium node-location index; for a country, dense_file_array,PATH (planet, "
+        "large countries) or sparse_file_array,PATH keep memory flat (see docs/dataset.md)",
+    ),
+    tag_filter: bool = typer.Option(
+        True, "--tag-filter/--no-tag-filter", help="drop metadata tags and free-text values"
+    ),
     overwrite: bool = typer.Option(False, help="replace an existing dataset at OUTPUT"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
 ) -> None:
@@ -106,9 +132,14 @@ def prepare(
             "polygon_wkt": _read_polygon(polygon) if polygon else None,
             "shard_levels": shard_levels,
             "min_shard_elements": min_shard_elements,
-            "tag_filter": not no_tag_filter,
+            "tag_filter": tag_filter,
             "workers": workers,
+            "location_index": location_index,
         }
+    )
+    interrupt.set_message(
+        f"interrupted: {output} keeps the shards finished so far (none if it was still "
+        "reading); run the same command again to resume"
     )
     ds = prepare_tiles(
         source, output, config, imagery=imagery or None, overwrite=overwrite, progress=not quiet
@@ -132,6 +163,26 @@ def info(
 
 
 @app.command()
+def merge(
+    datasets: list[Path] = typer.Argument(..., help="datasets of disjoint areas to merge"),
+    output: Path = typer.Option(..., "--output", "-o", help="merged dataset directory to write"),
+    overwrite: bool = typer.Option(False, help="replace an existing dataset at OUTPUT"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no summary"),
+) -> None:
+    """Merge datasets of disjoint areas (same zoom and tag filter) into one.
+
+    For example regions prepared in parallel (see docs/dataset.md, "Country scale").
+    """
+    from geojepa.data.combine import merge_datasets
+    from geojepa.data.info import dataset_info, format_info
+
+    interrupt.set_message(f"interrupted: nothing half-written is left at {output}; run it again")
+    ds = merge_datasets(datasets, output, overwrite=overwrite)
+    if not quiet:
+        typer.echo(format_info(dataset_info(ds.path)))
+
+
+@app.command()
 def pretrain(
     dataset: Path = typer.Argument(..., help="dataset directory written by `geojepa prepare`"),
     output: Path = typer.Option(..., "--output", "-o", help="run / model directory to write"),
@@ -147,10 +198,21 @@ def pretrain(
         None, min=1, help="real tokens per device per step, length-bucketed (replaces batch size)"
     ),
     resume: bool = typer.Option(True, help="continue from OUTPUT/checkpoints/last.ckpt"),
+    split: Path | None = typer.Option(
+        None, help="split file (`geojepa split`): train on its train blocks only"
+    ),
+    keep_checkpoints: int = typer.Option(
+        3, min=-1, help="periodic checkpoints kept besides last.ckpt (newest; -1 = all)"
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display or summary"),
 ) -> None:
     """Pretrain GeoJEPA on a tile dataset; writes checkpoints, logs and a model directory."""
     from geojepa.train.pretrain import pretrain as run_pretrain
 
+    interrupt.set_message(
+        f"interrupted before the first checkpoint: run the same command again to start over "
+        f"(or to resume from {output}/checkpoints/last.ckpt if it exists)"
+    )
     out = run_pretrain(
         dataset,
         output,
@@ -162,8 +224,60 @@ def pretrain(
         batch_size=batch_size,
         tokens_per_batch=tokens_per_batch,
         resume=resume,
+        tiles=_train_tiles(dataset, split) if split is not None else None,
+        keep_checkpoints=keep_checkpoints,
+        progress=False if quiet else None,
     )
-    typer.echo(f"model directory: {out}")
+    if not quiet:
+        typer.echo(f"model directory: {out}")
+
+
+def _train_tiles(dataset: Path, split: Path) -> list[str]:
+    """The train-block tiles of ``dataset`` in the split file (every tile must be in it)."""
+    from geojepa.data.reader import open_dataset
+    from geojepa.eval.split import load_split, tiles_in
+
+    ids = open_dataset(dataset).read_tiles(columns=["region_id"]).column("region_id")
+    return tiles_in(load_split(split), ids.to_pylist(), "train")
+
+
+@app.command("split")
+def split_(
+    dataset: list[Path] = typer.Option(..., "--dataset", "-d", help="tile dataset (repeatable)"),
+    output: Path = typer.Option(..., "--output", "-o", help="split file (.parquet or .csv)"),
+    block_zoom: int = typer.Option(14, help="tiles of one block at this zoom share a split"),
+    fractions: str = typer.Option("0.6,0.2,0.2", help="train,val,test shares of the tiles"),
+    seed: int = typer.Option(0, help="seed of the block shuffle"),
+) -> None:
+    """A spatial train/val/test split of the tiles of one or more datasets, by blocks.
+
+    Pretrain on its train blocks only (`pretrain --split`), then evaluate with it
+    (`evaluate --split`), so that no val/test tile was seen in pretraining.
+    """
+    from geojepa.data.reader import open_dataset
+    from geojepa.errors import ConfigError
+    from geojepa.eval.split import SplitConfig, make_split, save_split
+
+    try:
+        shares = tuple(float(v) for v in fractions.split(","))
+    except ValueError:
+        shares = ()
+    if len(shares) != 3:
+        raise ConfigError(f"--fractions must be three numbers train,val,test, got {fractions!r}")
+    config = SplitConfig.from_dict({"block_zoom": block_zoom, "fractions": shares, "seed": seed})
+    ids = [
+        rid
+        for path in dataset
+        for rid in open_dataset(path)
+        .read_tiles(columns=["region_id"])
+        .column("region_id")
+        .to_pylist()
+    ]
+    frame = make_split(ids, config)
+    out = save_split(frame, output)
+    counts = frame["split"].value_counts().to_dict()
+    sizes = ", ".join(f"{name} {counts.get(name, 0)}" for name in ("train", "val", "test"))
+    typer.echo(f"split: {out} ({sizes} tiles)")
 
 
 @app.command()
@@ -174,21 +288,39 @@ def embed(
     entities: Path | None = typer.Option(
         None, "--entities", help="also write entity embeddings to this GeoParquet"
     ),
+    entity_rows: str = typer.Option(
+        "feature",
+        help="feature: one row per feature (unique feature_id, mean of its clips); clip: one "
+        "row per (tile, feature) clip, key (feature_id, region_id)",
+    ),
     batch_size: int = typer.Option(
         64, min=1, help="tiles per forward pass (only with --tokens-per-batch 0)"
     ),
     tokens_per_batch: int = typer.Option(
-        4096, min=0, help="real tokens per forward pass, length-sorted; 0 = --batch-size tiles"
+        4096, min=0, help="token slots per forward pass, length-sorted; 0 = --batch-size tiles"
     ),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu, cuda, cuda:1"),
+    open_vocabulary: bool = typer.Option(
+        True,
+        "--open-vocabulary/--closed-vocabulary",
+        help="tags the model never saw get their own text vectors (open), or are read through "
+        "their key / as unknown (closed)",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
 ) -> None:
     """Embed every tile (and optionally every entity) of a dataset; GeoParquet, EPSG:4326."""
     from geojepa.embed import embed_tiles
 
-    out = embed_tiles(
-        run, dataset, output, entities_output=entities, batch_size=batch_size, device=device,
-        tokens_per_batch=tokens_per_batch or None,
-    )  # fmt: skip
+    kept = " (the existing file there is unchanged)" if output.exists() else ""
+    interrupt.set_message(
+        f"interrupted: nothing was written to {output}{kept}; run the command again"
+    )
+    out = embed_tiles(run, dataset, output, entities_output=entities, batch_size=batch_size,
+                      device=device, open_vocabulary=open_vocabulary, progress=not quiet,
+                      entity_rows=entity_rows,
+                      tokens_per_batch=tokens_per_batch or None)  # fmt: skip
+    if quiet:
+        return
     typer.echo(f"tile embeddings: {out}")
     if entities is not None:
         typer.echo(f"entity embeddings: {entities}")
@@ -241,7 +373,11 @@ def map_(
 def plot(
     embeddings: Path | None = typer.Argument(None, help="tile embeddings (GeoParquet)"),
     output: Path = typer.Option(..., "--output", "-o", help="PNG file to write"),
-    color_by: str = typer.Option("n_entities", help="n_entities, or a tag key counted in top_tags"),
+    color_by: str = typer.Option(
+        "n_entities",
+        help="n_entities, or a tag key counted in top_tags; one colour per count when few, "
+        "else a log or linear scale; outliers clipped (said in the figure)",
+    ),
     method: str = typer.Option("pca", help="2-D projection: pca | umap (extra 'umap')"),
     curves: Path | None = typer.Option(
         None, "--curves", help="plot training curves of this run directory instead"
@@ -292,11 +428,15 @@ def evaluate(
         None, help="comma-separated baselines (default: all available)"
     ),
     config: Path | None = typer.Option(None, help="EvaluateConfig JSON file"),
+    preset: str = typer.Option(
+        "default",
+        help="named settings: default | benchmark (`make benchmark`'s); ignored with --config",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress messages"),
 ) -> None:
     """Probe frozen embeddings against baselines on leakage-free tasks; write a report."""
     from geojepa.eval.evaluate import evaluate as run_evaluate
-    from geojepa.eval.evaluate import format_summary, load_config
+    from geojepa.eval.evaluate import evaluate_preset, format_summary, load_config
 
     names = [t for item in tasks or [] for t in item.split(",") if t] or None
     result = run_evaluate(
@@ -307,7 +447,7 @@ def evaluate(
         seeds=range(seeds),
         baselines=[b for b in baselines.split(",") if b] if baselines else None,
         split=split,
-        config=load_config(config),
+        config=load_config(config) if config is not None else evaluate_preset(preset),
         progress=not quiet,
     )
     if not quiet:
@@ -316,24 +456,41 @@ def evaluate(
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
-    try:
-        app(args=argv, standalone_mode=False)
-    except GeojepaError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/] (finished work is kept; re-run to resume)")
-        return 130
-    except typer.Exit as exc:
-        return exc.exit_code
-    except typer.Abort:
-        return 1
-    except Exception as exc:  # usage errors arrive here in non-standalone mode
-        if _is_usage_error(exc):
-            exc.show()  # type: ignore[attr-defined]
-            return int(getattr(exc, "exit_code", 2))
-        raise
-    return 0
+    with interrupt.sigint_handler():
+        try:
+            # In non-standalone mode typer turns a KeyboardInterrupt into the return value 130.
+            code = app(args=argv, standalone_mode=False)
+        except GeojepaError as exc:
+            if interrupt.requested():  # an error caused by the interrupt is still an interrupt
+                return _interrupted()
+            _print_error(str(exc))
+            return exc.exit_code
+        except KeyboardInterrupt:
+            return _interrupted()
+        except typer.Exit as exc:
+            code = exc.exit_code
+        except typer.Abort:
+            code = 1
+        except Exception as exc:  # usage errors arrive here in non-standalone mode
+            if _is_usage_error(exc):
+                exc.show()  # type: ignore[attr-defined]
+                return int(getattr(exc, "exit_code", 2))
+            raise
+        if code == 130 or interrupt.requested():
+            return _interrupted()
+    return code if isinstance(code, int) else 0
+
+
+def _print_error(text: str) -> None:
+    """`error: TEXT` in red; TEXT is the user's own words and paths, never rich markup."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", text), soft_wrap=True,
+                      highlight=False)  # fmt: skip
+
+
+def _interrupted() -> int:
+    err_console.print(Text(interrupt.message(), style="bold red"), soft_wrap=True,
+                      highlight=False)  # fmt: skip
+    return 130
 
 
 def _is_usage_error(exc: Exception) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import threading
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,10 +20,27 @@ from geojepa.errors import ConfigError
 C = TypeVar("C", bound="Config")
 
 
+_depth = threading.local()
+
+
 class Config(BaseModel):
     """Base class: frozen, strict about unknown keys, round-trips through JSON."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    def __init__(self, **data: Any) -> None:
+        # Direct construction (`PrepareConfig(zooom=16)`) fails like from_dict: ConfigError.
+        # Pydantic calls this for nested sections too; only the outermost call translates, so
+        # the message keeps the full location (`optim.learning_rat`).
+        _depth.value = getattr(_depth, "value", 0) + 1
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            if _depth.value > 1:
+                raise
+            raise ConfigError(_describe(type(self), exc)) from None
+        finally:
+            _depth.value -= 1
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:
@@ -39,16 +57,19 @@ class Config(BaseModel):
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a JSON object, not {type(data).__name__}")
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
         """Write the config as indented JSON, atomically."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.model_dump_json(indent=2) + "\n")
-        tmp.replace(path)
+        from geojepa.io.atomic import write_text_atomic
+
+        write_text_atomic(path, self.model_dump_json(indent=2) + "\n")
 
     def replace(self: C, **changes: Any) -> C:
         """A validated copy with some fields changed."""

@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
+
 from geojepa.errors import InputError
+from geojepa.io.atomic import write_json_atomic
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -121,9 +124,10 @@ class _Stages:
         old = self.state.get(name)
         if old is not None and old.get("key") == key and all(p.exists() for p in outputs):
             self.reports.append(StageReport(name, "reused", 0.0, outputs, note))
-            self.say(f"[green]✓[/] {name}: reused ({', '.join(_short(p) for p in outputs)})")
+            where = escape(", ".join(_short(p) for p in outputs))
+            self.say(f"[green]✓[/] {name}: reused ({where})")
             return False
-        self.say(f"[bold cyan]→[/] {name} {note}".rstrip())
+        self.say(f"[bold cyan]→[/] {name} {escape(note)}".rstrip())
         start = time.perf_counter()
         fn()
         seconds = time.perf_counter() - start
@@ -134,13 +138,11 @@ class _Stages:
         return True
 
     def save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2) + "\n")
-        tmp.replace(self.path)
+        write_json_atomic(self.path, self.state)
 
     def skip(self, name: str, reason: str) -> None:
         self.reports.append(StageReport(name, "skipped", 0.0, [], reason))
-        self.say(f"[yellow]–[/] {name}: skipped ({reason})")
+        self.say(f"[yellow]–[/] {name}: skipped ({escape(reason)})")
 
 
 def _short(path: Path) -> str:
@@ -253,6 +255,15 @@ def run_demo(
     """
     import torch
 
+    from geojepa.errors import ConfigError
+
+    if steps is not None and steps < 1:  # checked before any data is prepared
+        raise ConfigError(f"--steps must be at least 1, got {steps}")
+    if not minutes > 0:
+        raise ConfigError(f"--minutes must be positive, got {minutes}")
+    unknown = [a for a in areas if a not in AREAS]
+    if unknown:
+        raise ConfigError(f"unknown demo area(s) {unknown}; known: {', '.join(AREAS)}")
     threads = torch.get_num_threads()
     try:
         return _run_demo(
@@ -467,10 +478,6 @@ def _planned_steps(
 ) -> int | None:
     """Explicit ``steps``, else the count an earlier run planned for this data and budget."""
     if steps is not None:
-        if steps < 1:
-            from geojepa.errors import ConfigError
-
-            raise ConfigError(f"--steps must be at least 1, got {steps}")
         return steps
     planned = stages.state.get("planned_steps", {})
     if planned.get("key") == json.loads(json.dumps(key)) and planned.get("minutes") == minutes:
@@ -530,13 +537,13 @@ def print_summary(result: DemoResult, console: Console) -> None:
     colour = {"ran": "green", "reused": "cyan", "skipped": "yellow"}
     for st in result.stages:
         secs = f"{st.seconds:.0f}" if st.status == "ran" else ""
-        table.add_row(st.name, f"[{colour[st.status]}]{st.status}[/]", secs, st.note)
+        table.add_row(st.name, f"[{colour[st.status]}]{st.status}[/]", secs, escape(st.note))
     console.print(table)
     where = Table(title="outputs", title_justify="left", show_header=False)
     where.add_column("what")
     where.add_column("where")
     for name, path in result.paths.items():
-        where.add_row(name, str(path))
+        where.add_row(name, escape(str(path)))
     console.print(where)
     tiles = next((p for k, p in result.paths.items() if k.startswith("tile embeddings")), None)
     hint = ""

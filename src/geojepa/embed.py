@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from geojepa.data.reader import TileDataset, local_to_lonlat, open_dataset
-from geojepa.errors import InputError
+from geojepa.errors import ConfigError, InputError
 from geojepa.eval.baselines import tag_strings
 from geojepa.io.geoparquet import GeoParquetWriter
 from geojepa.model.jepa import GeoJEPA, pool_tiles
@@ -57,11 +57,45 @@ def embedding_columns(width: int) -> list[str]:
 
 def load_model(model: GeoJEPA | str | Path, device: str | torch.device = "cpu") -> GeoJEPA:
     """A model directory path or an in-memory GeoJEPA, in eval mode on ``device``."""
+    device = check_device(device)
     if not isinstance(model, GeoJEPA):
         model = GeoJEPA.from_pretrained(model)
     if getattr(model, "vocab", None) is None:
         raise InputError("this GeoJEPA has no tag vocabulary (load it with from_pretrained)")
     return model.to(device).eval()
+
+
+def model_for(
+    model: GeoJEPA | str | Path,
+    ds: TileDataset,
+    device: str | torch.device = "cpu",
+    open_vocabulary: bool = True,
+) -> GeoJEPA:
+    """The model ready to read ``ds``: loaded, checked against the data it was trained on, and
+    (``open_vocabulary``) given text vectors for the tags of ``ds`` it has never seen, instead
+    of reading them through their key or as UNKNOWN (see `tokenize.open_vocab`)."""
+    net = load_model(model, device)
+    check_compatible(net, ds)
+    if open_vocabulary:
+        from geojepa.tokenize.open_vocab import open_vocabulary as add_unseen
+
+        add_unseen(net, ds)
+    return net
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """A usable torch device, or one ConfigError line (a typo, or CUDA on a CPU-only build)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but this torch has no usable CUDA GPU")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r} does not exist ({torch.cuda.device_count()} GPUs)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' asked for, but MPS is not available here")
+    return dev
 
 
 def check_compatible(model: GeoJEPA, ds: TileDataset) -> None:
@@ -250,21 +284,41 @@ def embed_tiles(
     device: str = "cpu",
     entity_transform: EntityTransform | None = None,
     progress: bool = True,
+    open_vocabulary: bool = True,
+    entity_rows: str = "feature",
     tokens_per_batch: int | None = EMBED_TOKENS_PER_BATCH,
 ) -> Path:
     """Write tile (and optionally entity) embeddings of ``dataset`` as GeoParquet.
 
     Tile embeddings do not depend on the batch a tile lands in: padding never enters attention
     or pooling. ``entity_transform`` rewrites each shard's entities before embedding (the
-    evaluation uses it to remove the tags that define a label). ``tokens_per_batch`` batches
-    tiles of similar length up to that many real tokens; ``None`` takes ``batch_size`` tiles in
-    dataset order instead. Rows come out in dataset order either way.
+    evaluation uses it to remove the tags that define a label). ``open_vocabulary``: tags
+    the model never saw get their own text vectors (an in-memory model is extended in place).
+    ``entity_rows``: ``feature`` (one row per feature, unique ``feature_id``; see
+    `geojepa.entity_features`) or ``clip`` (one row per (tile, feature) clip, key
+    ``(feature_id, region_id)``). ``tokens_per_batch`` batches tiles of similar length up to
+    that many token slots; ``None`` takes ``batch_size`` tiles in dataset order instead. Rows
+    come out in dataset order either way.
     """
-    net = load_model(model, device)
+    from geojepa.entity_features import ENTITY_ROWS, FeatureWriter, last_shards
+
+    if entity_rows not in ENTITY_ROWS:
+        raise ConfigError(f"entity rows must be {' or '.join(ENTITY_ROWS)}, got {entity_rows!r}")
+    if entities_output is not None and _same_path(output, entities_output):
+        raise ConfigError(f"--entities must differ from the tile output ({output})")
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
-    check_compatible(net, ds)
+    net = model_for(model, ds, device, open_vocabulary)
+    per_feature = entities_output is not None and entity_rows == "feature"
+    last = last_shards(ds) if per_feature else {}  # read before any output is opened
     tile_writer = GeoParquetWriter(output, "region_id", ["Polygon"])
-    ent_writer = GeoParquetWriter(entities_output, "feature_id", []) if entities_output else None
+    try:
+        ent_writer = (
+            GeoParquetWriter(entities_output, "feature_id", []) if entities_output else None
+        )
+    except BaseException:
+        tile_writer.abort()
+        raise
+    pooler = FeatureWriter(ent_writer, last) if ent_writer is not None and per_feature else None
     bar = tqdm(total=int(ds.manifest.get("n_tiles", 0)) or None, unit="tile",
                desc="embed", disable=not progress)  # fmt: skip
     try:
@@ -273,10 +327,17 @@ def embed_tiles(
                 net, ds, shard, entities=ent_writer is not None, batch_size=batch_size,
                 entity_transform=entity_transform, tokens_per_batch=tokens_per_batch,
             )  # fmt: skip
+            _check_finite(part.tiles, model)
             tile_writer.write(part.tiles, part.tile_geometry)
-            if ent_writer is not None and part.entities is not None:
+            if part.entities is not None:
+                _check_finite(part.entities, model)
+            if pooler is not None:
+                pooler.add(shard, part.entities, part.entity_geometry)
+            elif ent_writer is not None and part.entities is not None:
                 ent_writer.write(part.entities, part.entity_geometry)
             bar.update(len(part.tiles))
+        if pooler is not None:
+            pooler.finish()
     except BaseException:
         tile_writer.abort()
         if ent_writer is not None:
@@ -288,3 +349,18 @@ def embed_tiles(
     if ent_writer is not None:
         ent_writer.close()
     return Path(output)
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _check_finite(frame: pd.DataFrame, model: GeoJEPA | str | Path) -> None:
+    """Refuse NaN/inf embeddings before anything is renamed into place."""
+    values = frame[[c for c in frame.columns if str(c).startswith("emb_")]].to_numpy()
+    if values.size and not np.isfinite(values).all():
+        name = model if isinstance(model, (str, Path)) else "the given model"
+        raise InputError(
+            f"model {name} produced non-finite (NaN/inf) embeddings; its weights are probably "
+            "corrupt or diverged: nothing was written"
+        )

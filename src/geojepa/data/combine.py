@@ -10,7 +10,6 @@ file via a temporary name, so an interrupted run never leaves a dataset that rea
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,11 @@ import pyarrow.parquet as pq
 
 from geojepa.data import schema
 from geojepa.data.config import PrepareConfig
-from geojepa.data.prepare import (
-    _merge_summaries,
-    _write_json_atomic,
-    manifest_header,
-    shard_summary,
-)
-from geojepa.data.reader import TileDataset, open_dataset
+from geojepa.data.manifest import manifest_header, merge_summaries, shard_summary
+from geojepa.data.reader import TileDataset, dataset_kind, open_dataset
+from geojepa.data.resume import discard_build, remove_dataset_entries
 from geojepa.errors import InputError, OutputError
+from geojepa.io.atomic import OutputLock, write_atomic, write_json_atomic
 
 #: PrepareConfig fields that must agree for datasets to be merged (they change what a tile
 #: holds); bbox/polygon/sharding only decide *which* tiles exist and how they are grouped.
@@ -40,32 +36,35 @@ def _open(ds: TileDataset | str | Path) -> TileDataset:
     return ds if isinstance(ds, TileDataset) else open_dataset(ds)
 
 
-def _prepare_output(out: Path, overwrite: bool, inputs: Sequence[TileDataset]) -> None:
+def _prepare_output(out: Path, overwrite: bool, inputs: Sequence[TileDataset]) -> bool:
+    """Make ``out`` writable; True if this call created it. Like `prepare`, only a provable
+    dataset is ever replaced, and only its own entries."""
     resolved = out.resolve()
     if any(resolved == d.path.resolve() for d in inputs):
         raise OutputError(f"{out} is one of the input datasets; write to a new directory")
+    created = not out.exists()
     if out.exists():
         if not out.is_dir():
             raise OutputError(f"{out} exists and is not a directory")
         if any(out.iterdir()):
             if not overwrite:
                 raise OutputError(f"{out} exists and is not empty (use overwrite=True)")
-            if not (out / schema.CONFIG_FILE).is_file():
+            if dataset_kind(out) not in ("dataset", "incomplete"):
                 raise OutputError(f"{out} is not a tile dataset; refusing to overwrite it")
-            shutil.rmtree(out)
+            remove_dataset_entries(out)
     try:
         (out / schema.SHARD_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {out}: {exc}") from None
+    return created
 
 
 def _write_shard(out: Path, shard: int, tiles: pa.Table, entities: pa.Table) -> None:
-    """Entities first, tiles last, each via a temporary name (as `prepare` does)."""
+    """Entities first, tiles last, each renamed into place when complete (as `prepare` does)."""
     for table, name in ((entities, schema.entities_file), (tiles, schema.tiles_file)):
-        final = out / name(shard)
-        tmp = final.with_name(f".{final.name}.tmp")
-        pq.write_table(table, tmp, compression="zstd")
-        tmp.replace(final)
+        write_atomic(
+            out / name(shard), lambda tmp, t=table: pq.write_table(t, tmp, compression="zstd")
+        )
 
 
 def _write_dataset(
@@ -77,7 +76,19 @@ def _write_dataset(
     inputs: Sequence[TileDataset],
 ) -> TileDataset:
     """Write (tiles, entities) shard pairs as a complete dataset; shards renumbered from 0."""
-    _prepare_output(out, overwrite, inputs)
+    with OutputLock(out):
+        return _write_locked(out, config, parts, source, overwrite, inputs)
+
+
+def _write_locked(
+    out: Path,
+    config: PrepareConfig,
+    parts: Iterable[tuple[pa.Table, pa.Table]],
+    source: dict[str, Any],
+    overwrite: bool,
+    inputs: Sequence[TileDataset],
+) -> TileDataset:
+    created = _prepare_output(out, overwrite, inputs)
     try:
         config.save(out / schema.CONFIG_FILE)
         summaries: dict[int, dict[str, Any]] = {}
@@ -87,17 +98,15 @@ def _write_dataset(
             shard = len(summaries)
             _write_shard(out, shard, tiles, entities)
             summaries[shard] = shard_summary(tiles, entities, 0)
-        stats, vocab = _merge_summaries(summaries)
+        stats, vocab = merge_summaries(summaries)
         shards = stats.pop("shards")
         if stats["n_tiles"] == 0:
             raise InputError("no tiles selected: the new dataset would be empty")
         manifest = manifest_header(config, source, shards, stats)
-        tmp = out / f".{schema.VOCAB_FILE}.tmp"
-        pq.write_table(vocab, tmp)
-        tmp.replace(out / schema.VOCAB_FILE)
-        _write_json_atomic(out / schema.MANIFEST_FILE, manifest)
+        write_atomic(out / schema.VOCAB_FILE, lambda tmp: pq.write_table(vocab, tmp))
+        write_json_atomic(out / schema.MANIFEST_FILE, manifest)
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
+        discard_build(out, created)
         raise
     return open_dataset(out)
 

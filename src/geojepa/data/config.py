@@ -17,6 +17,12 @@ RUNTIME_FIELDS = frozenset({"workers", "location_index"})
 
 MAX_ZOOM = 22
 
+#: pyosmium's node-location indexes (`osmium.index.map_types()`); the *_file_array ones take a
+#: file path after a comma and keep memory flat for country-sized extracts.
+LOCATION_INDEXES = ("flex_mem", "sparse_mem_array", "dense_mem_array", "sparse_mem_map",
+                    "sparse_mmap_array", "dense_mmap_array", "sparse_file_array",
+                    "dense_file_array")  # fmt: skip
+
 
 class PrepareConfig(Config):
     """How OSM data (and optional imagery) becomes tiles."""
@@ -62,6 +68,16 @@ class PrepareConfig(Config):
         description="pyosmium node-location index; 'sparse_file_array,PATH' bounds memory "
         "for very large extracts",
     )
+
+    @field_validator("location_index")
+    @classmethod
+    def _check_location_index(cls, v: str) -> str:
+        kind, _, path = v.partition(",")
+        if kind not in LOCATION_INDEXES:
+            raise ValueError(f"unknown index {kind!r}; one of {', '.join(LOCATION_INDEXES)}")
+        if kind.endswith("_file_array") and not path:
+            raise ValueError(f"{kind} needs a file: '{kind},PATH'")
+        return v
 
     @field_validator("bbox")
     @classmethod

@@ -38,13 +38,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 from PIL import Image, UnidentifiedImageError
 from pyproj import CRS, Transformer
-from rasterio.enums import ColorInterp, Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
-from rasterio.warp import transform_bounds
-from rasterio.windows import Window
+
+from geojepa.errors import ConfigError, InputError
+
+try:  # an optional extra: only `prepare --imagery` needs GDAL
+    import rasterio
+    from rasterio.enums import ColorInterp, Resampling
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+    from rasterio.warp import transform_bounds
+    from rasterio.windows import Window
+except ImportError:
+    raise ConfigError(
+        "aerial imagery needs the optional package rasterio: pip install 'geojepa[imagery]'"
+    ) from None
 
 from geojepa.data.tiling import (
     MAX_LAT,
@@ -53,7 +61,6 @@ from geojepa.data.tiling import (
     tile_origin,
     tile_size,
 )
-from geojepa.errors import InputError
 
 WEB_MERCATOR = "EPSG:3857"
 DEFAULT_SIZE = 224

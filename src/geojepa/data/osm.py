@@ -58,6 +58,7 @@ class RawBatch:
 class ReadStats:
     elements: int = 0
     skipped_ways: int = 0  # missing node locations or fewer than two points
+    skipped_nodes: int = 0  # tagged nodes without a valid location (corrupt or hand-made XML)
     skipped_relations: int = 0  # multipolygon/boundary relations that did not assemble
     other_relations: int = 0  # tagged relations of other types (skipped by rule)
 
@@ -120,7 +121,12 @@ def iter_osm_batches(
         )
         for obj in processor:
             if obj.is_node():
-                batch.geoms.append(point(obj))
+                try:
+                    wkb = point(obj)
+                except (osmium.InvalidLocationError, RuntimeError):  # lat="abc", lon="999"
+                    stats.skipped_nodes += 1
+                    continue
+                batch.geoms.append(wkb)
                 batch.ids.append(f"node/{obj.id}")
                 writer.add_node(obj)
             elif obj.is_way():
@@ -163,6 +169,8 @@ def iter_osm_batches(
                 batch = RawBatch(index=batch_no)
                 opl_slots = []
         complete = True
+    except osmium.InvalidLocationError as exc:  # an unparsable lat/lon text in OSM XML
+        raise InputError(f"{path} holds a malformed coordinate ({exc}): fix the file") from None
     except RuntimeError as exc:  # libosmium reports corrupt/truncated input this way
         raise InputError(f"cannot read OSM data from {path}: {exc}") from None
     finally:

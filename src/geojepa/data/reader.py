@@ -39,7 +39,7 @@ class TileDataset:
         shards = self.shards if shard is None else [shard]
         if shard is not None and shard not in self.shards:
             raise InputError(f"{self.path}: no shard {shard} (shards: {len(self.shards)})")
-        tables = [pq.read_table(self.path / name(s), columns=columns) for s in shards]
+        tables = [_read_shard(self.path / name(s), columns) for s in shards]
         if not tables:
             fields = target if columns is None else [target.field(c) for c in columns]
             return pa.schema(fields).empty_table()
@@ -63,18 +63,62 @@ class TileDataset:
         return pq.read_table(self.path / schema.VOCAB_FILE)
 
 
+def _read_shard(path: Path, columns: list[str] | None) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise InputError(
+            f"{path} is damaged ({first}); re-run `geojepa prepare --overwrite` to rebuild the "
+            "dataset"
+        ) from None
+
+
+#: Files that only a model/run directory holds (`train.export.WEIGHTS_FILE`, `pretrain.CKPT_DIR`).
+_MODEL_ENTRIES = ("model.safetensors", "checkpoints", "tag_table.safetensors")
+#: Files that only `prepare` writes: the manifest when done, these while a build is unfinished.
+_BUILD_ENTRIES = (".source.json", ".work")
+
+
+def dataset_kind(path: str | Path) -> str | None:
+    """What a directory provably is: "dataset", "incomplete" (an unfinished build), "model", or
+    None (anything else: a folder that merely holds a ``config.json`` is not a dataset)."""
+    path = Path(path)
+    if any((path / name).exists() for name in _MODEL_ENTRIES):
+        return "model"
+    if not (path / schema.CONFIG_FILE).is_file():
+        return None
+    try:
+        manifest = json.loads((path / schema.MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if isinstance(manifest, dict) and "format_version" in manifest and "shards" in manifest:
+        return "dataset"
+    if any((path / name).exists() for name in _BUILD_ENTRIES) or any(
+        (path / schema.SHARD_DIR).glob("tiles-*.parquet")
+    ):
+        return "incomplete"
+    return None
+
+
 def open_dataset(path: str | Path) -> TileDataset:
     """Open a dataset directory; InputError unless `prepare` finished writing it."""
     path = Path(path)
     if not path.is_dir():
         raise InputError(f"dataset not found: {path}")
     manifest_path = path / schema.MANIFEST_FILE
+    kind = dataset_kind(path)
+    if kind == "model":
+        raise InputError(
+            f"{path} is a geojepa model directory, not a tile dataset (give the dataset that "
+            "`geojepa prepare` wrote)"
+        )
+    if kind == "incomplete":
+        raise InputError(
+            f"{path} is an incomplete dataset (no {schema.MANIFEST_FILE}); re-run the same "
+            "`geojepa prepare` command to finish it"
+        )
     if not manifest_path.is_file():
-        if (path / schema.CONFIG_FILE).is_file():
-            raise InputError(
-                f"{path} is an incomplete dataset (no {schema.MANIFEST_FILE}); "
-                "re-run `geojepa prepare` to finish it"
-            )
         raise InputError(f"{path} is not a geojepa tile dataset (no {schema.MANIFEST_FILE})")
     try:
         manifest = json.loads(manifest_path.read_text())

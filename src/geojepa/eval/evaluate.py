@@ -8,24 +8,30 @@ For every task (``geojepa.eval.tasks``):
    random weights* (what pretraining adds) and the supervised transformer (the upper line);
 3. frozen features (tile: [max ‖ mean] of the token outputs; entity: its output token) and the
    tag baselines (dummy, tag counts, pooled tag text vectors, SRAI counts if installed) go
-   through the same probes (linear, MLP) on the same split, over the seeds;
-4. ``write_report`` writes results.csv/.md/.png and provenance.json (config, split hash, data
-   sources, git commit, machine, date, wall time).
+   through the same probes on the same split, over the seeds: squared-error ones (ridge,
+   MLP) and, for regression/count tasks, ones fit for the MAE they are scored on (L1 linear and
+   MLP, a Poisson GLM predicting its median count);
+4. 95% intervals that include the data: a paired bootstrap over the test split's blocks for
+   every model and for its difference to GeoJEPA, and a per-area (per-dataset) breakdown
+   (``geojepa.eval.uncertainty``);
+5. ``write_report`` writes results.csv/.md/.png, results_by_area.csv and provenance.json
+   (config, split hash, data sources, git commit, machine, date, wall time).
 
 The embedding loop is that of `geojepa.embed.embed_shard` (target encoder, `pool_tiles`), run
 on token arrays shared by the three networks, and batched by similar entity counts: padding is
 masked out, so a tile's embedding does not depend on its batch (tested against `embed_shard`),
 and sorted batches avoid spending most of the CPU time on padding.
 
-Entity tasks are scored on the entities the tokenizer keeps (at most ``max_entities`` per tile,
-a seeded choice); the others cannot have an embedding. Every model, baseline included, is
-scored on that same set; the number left out is in the provenance.
+Every model and baseline sees the same input: the entities the tokenizer keeps (at most
+``max_entities`` per tile, a seeded choice; at most ``max_tags`` tags each), so tag counts,
+pooled text and SRAI counts are computed on exactly what the networks embed. Entity tasks are
+scored on those kept entities (the others cannot have an embedding); the number left out is in
+the provenance.
 """
 
 from __future__ import annotations
 
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -66,6 +72,8 @@ from geojepa.eval.split import (
 from geojepa.eval.suite import BASELINES, baseline_features
 from geojepa.eval.supervised import SupervisedConfig, train_supervised
 from geojepa.eval.tasks import TASKS, Task, get_task
+from geojepa.eval.uncertainty import bootstrap_intervals
+from geojepa.io.atomic import write_text_atomic
 from geojepa.model.jepa import GeoJEPA
 from geojepa.tokenize.loader import TileArrays, tokenize_shard
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
@@ -82,7 +90,11 @@ class EvaluateConfig(Config):
     """Everything besides the inputs that decides an evaluation's numbers."""
 
     split: SplitConfig = SplitConfig()
-    probes: tuple[str, ...] = ("linear", "mlp")
+    probes: tuple[str, ...] = Field(
+        ("linear", "mlp", "linear_l1", "mlp_l1", "poisson"),
+        description="probes for every model; the *_l1 and poisson ones (fit for MAE) run on "
+        "regression/count tasks only",
+    )
     probe: ProbeConfig = ProbeConfig()
     supervised: SupervisedConfig = SupervisedConfig()
     supervised_seeds: int | None = Field(
@@ -101,9 +113,42 @@ class EvaluateConfig(Config):
         0.5, ge=0.0, le=1.0, description="share of the data's tag entries the run's vocabulary "
         "must know by key (else the data was built with another tag filter)",
     )  # fmt: skip
+    bootstrap: int = Field(
+        1000, ge=0, description="block-bootstrap resamples of the test data for the 95% "
+        "intervals and the paired differences to GeoJEPA (0 = none)",
+    )  # fmt: skip
     device: str = "cpu"
     title: str = "GeoJEPA evaluation"
     notes: tuple[str, ...] = Field((), description="free-text lines added to results.md")
+
+
+#: Named evaluation settings (`geojepa evaluate --preset NAME`). ``benchmark`` is what `make
+#: benchmark` runs: the default split, a single MLP width and weight decay, fewer MLP epochs, the
+#: 1000 most frequent tag strings, and the supervised transformer on one seed, trained until
+#: its val score stops improving (patience 5, epochs of 512 random train tiles, at most 60).
+EVALUATE_PRESETS: dict[str, EvaluateConfig] = {
+    "default": EvaluateConfig(),
+    "benchmark": EvaluateConfig(
+        split=SplitConfig(block_zoom=14, fractions=(0.6, 0.2, 0.2), seed=0),
+        probe=ProbeConfig(
+            mlp_hidden=(128,), mlp_weight_decays=(0.01,), mlp_max_epochs=60, mlp_patience=5
+        ),
+        supervised=SupervisedConfig(
+            max_epochs=60, patience=5, tiles_per_epoch=512, max_val_tiles=1024
+        ),
+        tag_count_max_features=1000,
+        supervised_seeds=1,
+    ),
+}
+
+
+def evaluate_preset(name: str) -> EvaluateConfig:
+    """The named evaluation settings; ConfigError listing the known names otherwise."""
+    try:
+        return EVALUATE_PRESETS[name]
+    except KeyError:
+        known = ", ".join(EVALUATE_PRESETS)
+        raise ConfigError(f"unknown evaluate preset {name!r} (known: {known})") from None
 
 
 @dataclass
@@ -125,19 +170,16 @@ def _log(progress: bool, message: str) -> None:
         print(f"[evaluate {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _training_data(model: GeoJEPA, run: Path | None) -> tuple[PrepareConfig | None, str | None]:
+def _training_data(model: GeoJEPA) -> tuple[PrepareConfig | None, str | None]:
     """The PrepareConfig of the data the model was pretrained on, and that data's path.
 
-    The config comes from ``model.dataset_config`` (the model directory's ``dataset.json``),
-    else from the dataset the model card names, if it still exists; the path (for the
-    pretraining-overlap check) from the model card.
+    Both come from the model directory: ``dataset.json`` (``model.dataset_config``) and
+    ``training_data.json`` (``model.training_data``); either is None for runs that lack it.
+    Without a saved config, the training dataset's own config is used if it still exists.
     """
     cfg = getattr(model, "dataset_config", None)
-    path = None
-    card = run / "MODEL_CARD.md" if run is not None else None
-    if card is not None and card.is_file():
-        match = re.search(r"\| training data \| `([^`]+)`", card.read_text())
-        path = match.group(1) if match else None
+    record = getattr(model, "training_data", None) or {}
+    path = record.get("dataset")
     if not isinstance(cfg, PrepareConfig):
         cfg = None
         if path is not None:
@@ -254,6 +296,50 @@ def tokenize_masked(
                 entities = task.remove(entities)
             parts.append(tokenize_shard(tiles, entities, vocab, config, seed))
     return TileArrays.concat(parts)
+
+
+def token_entities(arrays: TileArrays) -> pd.MultiIndex:
+    """(``region_id``, ``feature_id``) of every entity the tokenizer kept, in token order."""
+    return pd.MultiIndex.from_arrays(
+        [
+            np.repeat(np.asarray(arrays.region_ids, dtype=object), arrays.ent_count),
+            np.asarray(arrays.feature_ids, dtype=object),
+        ],
+        names=["region_id", "feature_id"],
+    )
+
+
+def same_input(entities: pa.Table, arrays: TileArrays, max_tags: int) -> pa.Table:
+    """``entities`` cut to what the networks see in ``arrays``: the tokenizer's capped, seeded
+    subset of entities per tile, each with its first ``max_tags`` tags.
+
+    Baselines built from the result face exactly the input of the networks (else tag counts and
+    pooled text would see entities that the networks never do).
+    """
+    keys = pd.MultiIndex.from_arrays(
+        [
+            entities.column("region_id").to_numpy(zero_copy_only=False),
+            entities.column("feature_id").to_numpy(zero_copy_only=False),
+        ]
+    )
+    entities = entities.filter(pa.array(keys.isin(token_entities(arrays))))
+    column = entities.column("tags")
+    tags = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if isinstance(tags, pa.ChunkedArray):  # no chunks: an empty table
+        return entities
+    off = np.asarray(tags.offsets, dtype=np.int64)
+    n_tags = np.diff(off)
+    if not (n_tags > max_tags).any():
+        return entities
+    pos = np.arange(int(off[-1] - off[0])) - np.repeat(off[:-1] - off[0], n_tags)
+    sel = pa.array(pos < max_tags)
+    span = (int(off[0]), int(off[-1] - off[0]))
+    offsets = np.concatenate([[0], np.cumsum(np.minimum(n_tags, max_tags))]).astype(np.int32)
+    field = entities.schema.field("tags")
+    cut = pa.MapArray.from_arrays(
+        pa.array(offsets), tags.keys.slice(*span).filter(sel), tags.items.slice(*span).filter(sel)
+    ).cast(field.type)
+    return entities.set_column(entities.column_names.index("tags"), field, cut)
 
 
 def encode_arrays(
@@ -416,7 +502,7 @@ def evaluate(
         run_path, opened, config, want_random
     )
     trained_cfg, trained_path = (
-        _training_data(pretrained, run_path) if pretrained is not None else (None, None)
+        _training_data(pretrained) if pretrained is not None else (None, None)
     )
     _check_datasets(opened, trained_cfg)
     tok_cfg: TokenizerConfig = pcfg.tokenizer
@@ -484,13 +570,10 @@ def evaluate(
             arrays = tokenize_masked(opened, task, vocab, tok_cfg, seed=0)  # as `embed`
             token_cache.clear()  # one group at a time bounds memory
             token_cache[task.remove] = (arrays, embedded)
+        # the baselines see the entities (and tags) the networks see, no more
+        masked = same_input(masked, arrays, tok_cfg.max_tags)
         if task.level == "entity":
-            kept = pd.MultiIndex.from_arrays(
-                [
-                    np.repeat(np.asarray(arrays.region_ids, dtype=object), arrays.ent_count),
-                    np.asarray(arrays.feature_ids, dtype=object),
-                ]
-            )
+            kept = token_entities(arrays)
             n_all = len(y)
             y = y[y.index.isin(kept)]
             entity_coverage[task.name] = {"labelled": n_all, "kept_by_tokenizer": len(y)}
@@ -537,6 +620,12 @@ def evaluate(
         timings[task.name] = round(time.perf_counter() - t_task, 1)
         _log(progress, f"{task.name}: done in {timings[task.name]} s")
 
+    intervals = by_area = None
+    if config.bootstrap:
+        _log(progress, f"95% intervals: {config.bootstrap} block resamples of the test data")
+        intervals, by_area = bootstrap_intervals(
+            rows, split_frame, config.bootstrap, areas=_areas(opened)
+        )
     wall = time.perf_counter() - started
     provenance = make_provenance(
         config={
@@ -561,7 +650,9 @@ def evaluate(
         task_seconds=timings,
         wall_seconds=round(wall, 1),
     )
-    paths = write_report(rows, output, provenance, title=config.title)
+    paths = write_report(
+        rows, output, provenance, title=config.title, intervals=intervals, by_area=by_area
+    )
     overlap = split_info.get("pretraining_overlap") or {}
     shown_sup_seeds = sup_seeds if SUPERVISED in baselines else None
     _append_notes(
@@ -582,6 +673,18 @@ def _memoized(embed: Any) -> Any:
         return np.stack([cache[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
 
     return embed_texts
+
+
+def _areas(datasets: Sequence[TileDataset]) -> dict[str, str]:
+    """region_id -> the name of its dataset (directory), for the per-area breakdown."""
+    names = [ds.path.name for ds in datasets]
+    if len(set(names)) < len(names):  # same directory names: tell them apart by position
+        names = [f"{i}:{name}" for i, name in enumerate(names)]
+    return {
+        rid: name
+        for ds, name in zip(datasets, names, strict=True)
+        for rid in ds.read_tiles(columns=["region_id"]).column("region_id").to_pylist()
+    }
 
 
 def _data_source(ds: TileDataset) -> dict[str, Any]:
@@ -618,6 +721,15 @@ def _append_notes(
         "to end on the same masked tokens (probe `end2end`); the others are tag baselines on "
         "the same masked input. Probes choose every setting on val; test is scored once."
     )
+    if sup_seeds is not None:
+        sup = config.supervised
+        lines.append(
+            f"The supervised transformer trains until its val score has not improved for "
+            f"{sup.patience} epoch(s) (at most {sup.max_epochs} epochs"
+            + (f" of {sup.tiles_per_epoch} random train tiles" if sup.tiles_per_epoch else "")
+            + "); `params` in results_per_seed.csv record the best epoch and whether it "
+            "stopped early (`converged`) or at the cap."
+        )
     if sup_seeds is not None and list(sup_seeds) != list(seeds):
         lines.append(f"The supervised transformer ran on seeds {list(sup_seeds)} only (cost).")
     if overlap.get("val", 0) or overlap.get("test", 0):
@@ -641,17 +753,37 @@ def _append_notes(
     notes = "## Notes\n\n" + "\n".join(f"- {line}" for line in lines) + "\n\n"
     marker = "## Provenance"
     text = text.replace(marker, notes + marker, 1) if marker in text else text + "\n" + notes
-    path.write_text(text)
+    write_text_atomic(path, text)
 
 
 def format_summary(result: EvaluateResult) -> str:
-    """A short text summary for the CLI: headline metric per task and model."""
+    """A short text summary for the CLI: headline metric (mean ± std) per task and model.
+
+    Only the (model, probe) pairs that were run get a row; a task a model could not be scored on
+    shows "–", never NaN.
+    """
     s = result.summary
     head = s[s["metric"].isin(["mae", "auroc"])]
-    table = head.pivot_table(
-        index=["model", "probe"], columns="task", values="mean", sort=False, dropna=False
+    if head.empty:
+        return f"no scores\n\nreport: {result.paths['markdown']}"
+    arrow = {"mae": "↓", "auroc": "↑"}
+    cells = head.assign(
+        column=[f"{t} {m} {arrow[m]}" for t, m in zip(head["task"], head["metric"], strict=True)],
+        value=[
+            f"{m:.3f}" if pd.isna(sd) or n < 2 else f"{m:.3f} ± {sd:.3f}"
+            for m, sd, n in zip(head["mean"], head["std"], head["n_seeds"], strict=True)
+        ],
     )
-    return table.round(3).to_string() + f"\n\nreport: {result.paths['markdown']}"
+    table = cells.pivot(index=["model", "probe"], columns="column", values="value")
+    rows = list(dict.fromkeys(zip(cells["model"], cells["probe"], strict=True)))
+    table = table.reindex(index=rows, columns=list(dict.fromkeys(cells["column"]))).fillna("–")
+    table.index.names = ["model", "probe"]
+    table.columns.name = None
+    seeds = int(head["n_seeds"].max())
+    return (
+        f"test split, mean ± std over {seeds} seed(s); ↓ lower / ↑ higher is better\n"
+        f"{table.to_string()}\n\nreport: {result.paths['markdown']}"
+    )
 
 
 def load_config(path: str | Path | None) -> EvaluateConfig:
@@ -662,10 +794,12 @@ def load_config(path: str | Path | None) -> EvaluateConfig:
 __all__ = [
     "ALL_BASELINES",
     "DEFAULT_BASELINES",
+    "EVALUATE_PRESETS",
     "EvaluateConfig",
     "EvaluateResult",
     "encode_arrays",
     "evaluate",
+    "evaluate_preset",
     "format_summary",
     "load_config",
     "tokenize_masked",

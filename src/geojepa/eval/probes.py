@@ -13,6 +13,15 @@ Probes:
 - ``mlp``: one hidden layer (torch), Huber loss on standardised targets or class-balanced BCE,
   AdamW; width and weight decay chosen on val, epochs by early stopping on val; seeded.
 
+Probes fit for the metric (regression and count tasks only, skipped on binary ones): MAE is the
+score, and a squared-error fit of a zero-inflated count aims at the mean, which MAE punishes
+(the train median beat both probes above on such a task). So:
+
+- ``linear_l1`` / ``mlp_l1``: the same linear map / MLP trained with the **L1** loss (it aims
+  at the conditional median, the MAE-optimal prediction); weight decay and epochs on val.
+- ``poisson``: a Poisson GLM (log link; strength chosen on val) for count tasks, predicting the
+  **median** of the fitted Poisson law (the MAE-optimal point of that law).
+
 Binary decisions use threshold 0.5 on the class-balanced models (no threshold tuning). Count
 predictions are clipped at 0. Selection criterion on val: MAE (regression/count); AUROC
 (binary), or log-loss when val holds a single class.
@@ -23,13 +32,13 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import LogisticRegression, PoissonRegressor, Ridge
 from sklearn.preprocessing import StandardScaler
 
 from geojepa.config import Config
@@ -41,7 +50,19 @@ from geojepa.eval.tasks import Task
 if TYPE_CHECKING:
     import torch
 
-PROBES = ("dummy", "linear", "mlp")
+PROBES = ("dummy", "linear", "mlp", "linear_l1", "mlp_l1", "poisson")
+
+#: Probes that apply to some task kinds only (the others are skipped on other kinds).
+PROBE_KINDS: dict[str, frozenset[str]] = {
+    "linear_l1": frozenset({"regression", "count"}),
+    "mlp_l1": frozenset({"regression", "count"}),
+    "poisson": frozenset({"count"}),
+}
+
+
+def probe_applies(probe: str, kind: str) -> bool:
+    """Whether ``probe`` is run on a task of ``kind``."""
+    return kind in PROBE_KINDS.get(probe, frozenset({kind}))
 
 
 class ProbeConfig(Config):
@@ -54,6 +75,7 @@ class ProbeConfig(Config):
     mlp_lr: float = 0.001
     mlp_batch_size: int = 256
     mlp_max_epochs: int = 200
+    poisson_alphas: tuple[float, ...] = (0.0001, 0.001, 0.01, 0.1, 1.0)
     mlp_patience: int = 10
     #: torch threads while training probe MLPs: their batches are tiny, and several intra-op
     #: threads on a busy machine were measured 30× slower than one (0 = leave torch's setting)
@@ -74,6 +96,20 @@ class ResultRow:
     n_train: int = 0
     n_val: int = 0
     n_test: int = 0
+    #: test rows' index, labels and the model's output on them (prediction; the positive-class
+    #: score for binary tasks), for intervals over the data (not written to the CSV files)
+    test_index: pd.Index | None = field(default=None, repr=False)
+    test_y: np.ndarray | None = field(default=None, repr=False)
+    test_output: np.ndarray | None = field(default=None, repr=False)
+
+
+#: ResultRow fields that hold per-row arrays, not summary numbers.
+ARRAY_FIELDS = ("test_index", "test_y", "test_output")
+
+
+def row_record(row: ResultRow) -> dict[str, Any]:
+    """A ResultRow's summary fields as a dict (the per-row arrays left out)."""
+    return {f.name: getattr(row, f.name) for f in fields(row) if f.name not in ARRAY_FIELDS}
 
 
 @dataclass
@@ -81,6 +117,17 @@ class _Data:
     x: dict[str, np.ndarray | sp.csr_matrix]
     y: dict[str, np.ndarray]
     kind: str
+    test_index: pd.Index | None = None
+
+
+@dataclass
+class _Fit:
+    """One fitted probe: its test metrics, chosen settings, val score and test output."""
+
+    metrics: dict[str, float]
+    params: dict[str, Any]
+    val_score: float
+    output: np.ndarray
 
 
 def evaluate_embeddings(
@@ -109,29 +156,32 @@ def evaluate_embeddings(
         raise InputError("at least one seed is needed")
     data = _prepare(X, labels, split, task)
     probes = ("dummy",) if X.shape[1] == 0 else tuple(probes)
+    probes = tuple(p for p in probes if probe_applies(p, task.kind))
     rows: list[ResultRow] = []
     sizes = {f"n_{name}": len(data.y[name]) for name in SPLITS}
     for probe in probes:
-        cached: tuple[dict, dict, float] | None = None
+        cached: _Fit | None = None
         for seed in seeds:
-            if probe == "mlp":
-                result = _run_mlp(data, config, seed)
+            if probe in ("mlp", "mlp_l1", "linear_l1"):
+                fit = _run_mlp(data, config, seed, probe)
             else:  # deterministic: fit once, same numbers for every seed
                 if cached is None:
-                    runner = _run_dummy if probe == "dummy" else _run_linear
-                    cached = runner(data, config)
-                result = cached
-            metrics, params, val_score = result
+                    runner = {"dummy": _run_dummy, "linear": _run_linear, "poisson": _run_poisson}
+                    cached = runner[probe](data, config)
+                fit = cached
             rows.append(
                 ResultRow(
                     model,
                     task.name,
                     probe,
                     int(seed),
-                    dict(metrics),
-                    dict(params),
-                    val_score,
+                    dict(fit.metrics),
+                    dict(fit.params),
+                    fit.val_score,
                     **sizes,
+                    test_index=data.test_index,
+                    test_y=data.y["test"],
+                    test_output=fit.output,
                 )
             )
     return rows
@@ -141,9 +191,12 @@ def embedding_features(frame: pd.DataFrame, level: str = "tile") -> pd.DataFrame
     """The numeric ``X`` of an embeddings table as written by ``geojepa embed``.
 
     Tile embeddings: index ``region_id``. Entity embeddings: index ``feature_id`` and a
-    ``region_id`` column → index (``region_id``, ``feature_id``). The geometry and any other
-    non-numeric column are dropped.
+    ``region_id`` column → index (``region_id``, ``feature_id``). Only the embedding columns
+    (``emb_*``) are kept: other numeric columns, such as a tile's ``n_entities``, are not the
+    model's output and would leak into the probe.
     """
+    from geojepa.embed import EMBEDDING_PREFIX  # lazy: geojepa.embed imports torch
+
     if level == "entity":
         if "region_id" not in frame.columns:
             raise InputError("entity embeddings need a 'region_id' column")
@@ -151,10 +204,10 @@ def embedding_features(frame: pd.DataFrame, level: str = "tile") -> pd.DataFrame
         frame.index = frame.index.set_names(["region_id", "feature_id"])
     elif level != "tile":
         raise InputError(f"level must be 'tile' or 'entity', got {level!r}")
-    numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
-    if not numeric:
-        raise InputError("the embeddings table has no numeric columns")
-    return pd.DataFrame(frame[numeric])
+    columns = [c for c in frame.columns if str(c).startswith(EMBEDDING_PREFIX)]
+    if not columns:
+        raise InputError(f"the embeddings table has no embedding columns ({EMBEDDING_PREFIX}*)")
+    return pd.DataFrame(frame[columns].astype(np.float64))
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,19 +237,22 @@ def _prepare(X: pd.DataFrame, labels: pd.Series, split, task: Task) -> _Data:
         )
     matrix = _matrix(X)[positions]  # row selection on the array: pandas sparse .loc is slow
     x, y = {}, {}
+    test_index = None
     for name in SPLITS:
         rows = np.flatnonzero(names.to_numpy() == name)
         if len(rows) == 0:
             raise InputError(f"task {task.name}: the {name} split has no labelled rows")
         x[name] = matrix[rows]
         y[name] = labels.to_numpy(dtype=float)[rows]
+        if name == "test":
+            test_index = labels.index[rows]
     if task.kind == "binary":
         present = set(np.unique(y["train"]).tolist())
         if 1.0 not in present:
             raise InputError(f"task {task.name}: no positive label in the train split")
         if 0.0 not in present:
             raise InputError(f"task {task.name}: no negative label in the train split")
-    return _Data(x, y, task.kind)
+    return _Data(x, y, task.kind, test_index)
 
 
 def _matrix(X: pd.DataFrame) -> np.ndarray | sp.csr_matrix:
@@ -218,10 +274,14 @@ def _standardise(data: _Data) -> dict[str, np.ndarray | sp.csr_matrix]:
     return {name: scaler.transform(data.x[name]) for name in SPLITS}
 
 
-def _finish(data: _Data, pred: np.ndarray, score: np.ndarray | None) -> dict[str, float]:
+def _finish(
+    data: _Data, pred: np.ndarray, score: np.ndarray | None, params: dict, val: float
+) -> _Fit:
+    """Test metrics of a prediction (counts clipped at 0; binary: decision + score)."""
     if data.kind == "count":
         pred = np.maximum(pred, 0.0)
-    return compute_metrics(data.kind, data.y["test"], pred, score)
+    metrics = compute_metrics(data.kind, data.y["test"], pred, score)
+    return _Fit(metrics, params, val, np.asarray(score if score is not None else pred, float))
 
 
 def _binary_val_score(y: np.ndarray, prob: np.ndarray) -> float:
@@ -236,19 +296,20 @@ def _binary_val_score(y: np.ndarray, prob: np.ndarray) -> float:
 # Probes
 
 
-def _run_dummy(data: _Data, config: ProbeConfig) -> tuple[dict, dict, float]:
+def _run_dummy(data: _Data, config: ProbeConfig) -> _Fit:
     n = len(data.y["test"])
     if data.kind == "binary":
         rate = float(np.mean(data.y["train"]))
         majority = float(rate > 0.5)
-        metrics = compute_metrics("binary", data.y["test"], np.full(n, majority), np.full(n, rate))
-        return metrics, {"constant": majority}, math.nan
+        return _finish(
+            data, np.full(n, majority), np.full(n, rate), {"constant": majority}, math.nan
+        )
     median = float(np.median(data.y["train"]))
     val = -mae(data.y["val"], np.full(len(data.y["val"]), median))
-    return _finish(data, np.full(n, median), None), {"constant": median}, val
+    return _finish(data, np.full(n, median), None, {"constant": median}, val)
 
 
-def _run_linear(data: _Data, config: ProbeConfig) -> tuple[dict, dict, float]:
+def _run_linear(data: _Data, config: ProbeConfig) -> _Fit:
     x = _standardise(data)
     best: tuple[float, Any, Any] | None = None
     if data.kind == "binary":
@@ -260,7 +321,7 @@ def _run_linear(data: _Data, config: ProbeConfig) -> tuple[dict, dict, float]:
                 best = (score, c, clf)
         score, c, clf = best
         prob = clf.predict_proba(x["test"])[:, 1]
-        return _finish(data, (prob >= 0.5).astype(float), prob), {"C": c}, score
+        return _finish(data, (prob >= 0.5).astype(float), prob, {"C": c}, score)
     for alpha in config.ridge_alphas:
         reg = Ridge(alpha=alpha).fit(x["train"], data.y["train"])
         pred = reg.predict(x["val"])
@@ -270,7 +331,27 @@ def _run_linear(data: _Data, config: ProbeConfig) -> tuple[dict, dict, float]:
         if best is None or score > best[0]:
             best = (score, alpha, reg)
     score, alpha, reg = best
-    return _finish(data, reg.predict(x["test"]), None), {"alpha": alpha}, score
+    return _finish(data, reg.predict(x["test"]), None, {"alpha": alpha}, score)
+
+
+def _poisson_median(mean: np.ndarray) -> np.ndarray:
+    """Median of Poisson(mean): the MAE-optimal point prediction under the fitted law."""
+    from scipy.stats import poisson
+
+    return poisson.ppf(0.5, np.maximum(mean, 1e-12))
+
+
+def _run_poisson(data: _Data, config: ProbeConfig) -> _Fit:
+    """Poisson GLM (log link) on standardised features; strength chosen on val MAE."""
+    x = _standardise(data)
+    best: tuple[float, float, PoissonRegressor] | None = None
+    for alpha in config.poisson_alphas:
+        glm = PoissonRegressor(alpha=alpha, max_iter=1000).fit(x["train"], data.y["train"])
+        score = -mae(data.y["val"], _poisson_median(glm.predict(x["val"])))
+        if best is None or score > best[0]:
+            best = (score, alpha, glm)
+    score, alpha, glm = best
+    return _finish(data, _poisson_median(glm.predict(x["test"])), None, {"alpha": alpha}, score)
 
 
 def _dense_tensor(matrix: np.ndarray | sp.csr_matrix) -> torch.Tensor:
@@ -280,24 +361,26 @@ def _dense_tensor(matrix: np.ndarray | sp.csr_matrix) -> torch.Tensor:
     return torch.as_tensor(np.asarray(dense), dtype=torch.float32)
 
 
-def _run_mlp(data: _Data, config: ProbeConfig, seed: int) -> tuple[dict, dict, float]:
+def _run_mlp(data: _Data, config: ProbeConfig, seed: int, probe: str = "mlp") -> _Fit:
     import torch  # lazy: importing geojepa.eval stays light
 
     previous = torch.get_num_threads()
     if config.mlp_threads > 0:
         torch.set_num_threads(config.mlp_threads)
     try:
-        return _run_mlp_inner(data, config, seed)
+        return _run_mlp_inner(data, config, seed, probe)
     finally:
         torch.set_num_threads(previous)
 
 
-def _run_mlp_inner(data: _Data, config: ProbeConfig, seed: int) -> tuple[dict, dict, float]:
+def _run_mlp_inner(data: _Data, config: ProbeConfig, seed: int, probe: str) -> _Fit:
+    """``mlp`` (Huber / BCE), ``mlp_l1`` (L1) or ``linear_l1`` (L1, no hidden layer)."""
     import torch
 
     x = {name: _dense_tensor(m) for name, m in _standardise(data).items()}
     y_train = data.y["train"]
     binary = data.kind == "binary"
+    l1 = probe in ("mlp_l1", "linear_l1")
     if binary:
         target = torch.as_tensor(y_train, dtype=torch.float32)
         n_pos = float(y_train.sum())
@@ -306,9 +389,11 @@ def _run_mlp_inner(data: _Data, config: ProbeConfig, seed: int) -> tuple[dict, d
         )
         center, scale = 0.0, 1.0
     else:
-        center, scale = float(y_train.mean()), float(y_train.std()) or 1.0
+        # L1 aims at the median: centre there, so that a zero output is the dummy's guess
+        center = float(np.median(y_train) if l1 else y_train.mean())
+        scale = float(y_train.std()) or 1.0
         target = torch.as_tensor((y_train - center) / scale, dtype=torch.float32)
-        loss_fn = torch.nn.HuberLoss(delta=1.0)
+        loss_fn = torch.nn.L1Loss() if l1 else torch.nn.HuberLoss(delta=1.0)
 
     def predict(net: torch.nn.Module, inputs: torch.Tensor) -> np.ndarray:
         net.eval()
@@ -324,30 +409,38 @@ def _run_mlp_inner(data: _Data, config: ProbeConfig, seed: int) -> tuple[dict, d
             out = np.maximum(out, 0.0)
         return -mae(data.y["val"], out)
 
+    hiddens = (0,) if probe == "linear_l1" else config.mlp_hidden
     best: tuple[float, dict, torch.nn.Module] | None = None
-    for hidden in config.mlp_hidden:
+    for hidden in hiddens:
         for decay in config.mlp_weight_decays:
             net, epochs, score = _fit_mlp(
                 x["train"], target, loss_fn, val_score, hidden, decay, config, seed
             )
-            params = {"hidden": hidden, "weight_decay": decay, "epochs": epochs}
+            params = {"weight_decay": decay, "epochs": epochs}
+            if hidden:
+                params["hidden"] = hidden
             if best is None or score > best[0]:
                 best = (score, params, net)
     score, params, net = best
     out = predict(net, x["test"])
     if binary:
-        return _finish(data, (out >= 0.5).astype(float), out), params, score
-    return _finish(data, out, None), params, score
+        return _finish(data, (out >= 0.5).astype(float), out, params, score)
+    return _finish(data, out, None, params, score)
 
 
 def _fit_mlp(x, target, loss_fn, val_score, hidden, decay, config: ProbeConfig, seed: int):
-    """Train one MLP; keep the weights of the epoch with the best val score (early stopping)."""
+    """Train one MLP (``hidden`` 0: a linear map); keep the weights of the epoch with the best
+    val score (early stopping)."""
     import torch
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1)
+    net = (
+        torch.nn.Sequential(
+            torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1)
+        )
+        if hidden
+        else torch.nn.Sequential(torch.nn.Linear(x.shape[1], 1))  # a linear map
     )
     optim = torch.optim.AdamW(net.parameters(), lr=config.mlp_lr, weight_decay=decay)
     best_score, best_state, best_epoch, stale = -math.inf, None, 0, 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,10 @@ import pandas as pd
 
 from geojepa.errors import InputError, OutputError
 from geojepa.eval.metrics import METRICS, METRICS_BY_KIND
-from geojepa.eval.probes import ResultRow
+from geojepa.eval.probes import ResultRow, row_record
 from geojepa.eval.split import file_sha256
 from geojepa.eval.tasks import TASKS
+from geojepa.io.atomic import write_atomic, write_json_atomic, write_text_atomic
 
 
 def results_frame(rows: list[ResultRow]) -> pd.DataFrame:
@@ -31,7 +31,7 @@ def results_frame(rows: list[ResultRow]) -> pd.DataFrame:
         raise InputError("no results to report")
     records = []
     for row in rows:
-        base = asdict(row)
+        base = row_record(row)
         metrics = base.pop("metrics")
         base["params"] = json.dumps(base["params"], sort_keys=True)
         for metric, value in metrics.items():
@@ -117,32 +117,122 @@ def make_provenance(
     return provenance
 
 
-_PROBE_COLORS = {"dummy": "tab:gray", "linear": "tab:blue", "mlp": "tab:orange"}
+_PROBE_COLORS = {
+    "dummy": "tab:gray",
+    "linear": "tab:blue",
+    "mlp": "tab:orange",
+    "linear_l1": "tab:cyan",
+    "mlp_l1": "tab:red",
+    "poisson": "tab:green",
+    "end2end": "tab:purple",
+}
 
 
 def plot_results(summary: pd.DataFrame, path: str | Path) -> Path:
-    """Bar chart: one panel per (task, headline metric), one bar per (model, probe), ±std."""
+    """Bar chart: one panel per (task, headline metric), one bar per (model, probe), ±std.
+
+    Bars are labelled by model and coloured by probe (legend on top); each panel's y axis names
+    its metric and whether lower or higher is better. At most four panels per row.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     panels = [(t, m) for t, m in _column_order(summary) if m in ("mae", "auroc")]
     panels = panels or _column_order(summary)
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 1, 3.6), squeeze=False)
-    for ax, (task, metric) in zip(axes[0], panels, strict=True):
+    ncols = min(4, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols + 0.6, 3.9 * nrows + 0.5),
+                             squeeze=False)  # fmt: skip
+    for ax, (task, metric) in zip(axes.flat, panels, strict=False):
         part = summary[(summary["task"] == task) & (summary["metric"] == metric)]
-        labels = [f"{m} ({p})" for m, p in zip(part["model"], part["probe"], strict=True)]
-        colors = [_PROBE_COLORS.get(p, "tab:gray") for p in part["probe"]]
-        ax.bar(range(len(part)), part["mean"], yerr=part["std"], color=colors, capsize=3)
-        ax.set_xticks(range(len(part)), labels, rotation=60, ha="right", fontsize=7)
-        arrow = METRICS[metric].arrow if metric in METRICS else ""
-        ax.set_title(f"{task}: {metric} {arrow}", fontsize=9)
-    fig.tight_layout()
+        colors = [_PROBE_COLORS.get(p, "tab:purple") for p in part["probe"]]
+        ax.bar(range(len(part)), part["mean"], yerr=part["std"].fillna(0), color=colors,
+               capsize=3)  # fmt: skip
+        ax.set_xticks(range(len(part)), part["model"], rotation=60, ha="right", fontsize=7)
+        better = ""
+        if metric in METRICS:
+            way = "higher" if METRICS[metric].higher_is_better else "lower"
+            better = f" {METRICS[metric].arrow} ({way} is better)"
+        ax.set_ylabel(f"{metric}{better}", fontsize=8)
+        ax.set_title(task, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    probes = list(dict.fromkeys(summary["probe"]))
+    handles = [Patch(color=_PROBE_COLORS.get(p, "tab:purple"), label=p) for p in probes]
+    fig.legend(handles=handles, title="probe", loc="upper center", ncol=len(handles),
+               fontsize=8, title_fontsize=8, frameon=False)  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_size_inches()[1]))
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return path
+
+
+#: The models GeoJEPA must beat (the issue's target), in the order of the win table.
+RIVALS = ("random_init", "tag_counts", "pooled_text")
+
+
+def _fmt(value: float, low: float, high: float, digits: int = 3) -> str:
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def uncertainty_markdown(intervals: pd.DataFrame, by_area: pd.DataFrame | None) -> str:
+    """Sections for results.md: 95% block-bootstrap intervals of every model's val-chosen
+    probe and of its difference to GeoJEPA, the wins, and the per-area breakdown."""
+    from geojepa.eval.uncertainty import win_summary
+
+    sel = intervals[intervals["selected"]]
+    lines = [
+        "## Uncertainty: 95% intervals over the test data\n",
+        "Paired bootstrap over the test split's spatial blocks (the headline metric, mean over "
+        "seeds, each model's probe chosen on **val**). Δ = model − GeoJEPA; a **win** (for "
+        "GeoJEPA) only when Δ's interval excludes 0 on GeoJEPA's side, a loss when it excludes "
+        "0 on the other side, else a tie.\n",
+        "| task | model | probe | value [95%] | Δ vs geojepa [95%] | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for _, r in sel.iterrows():
+        has_diff = "diff" in r and pd.notna(r.get("diff"))
+        diff = _fmt(r["diff"], r["diff_low"], r["diff_high"]) if has_diff else "–"
+        verdict = r["verdict"] if has_diff else "–"
+        value = _fmt(r["value"], r["ci_low"], r["ci_high"])
+        lines.append(
+            f"| {r['task']} {r['metric']} | {r['model']} | {r['probe']} | {value} | {diff} | "
+            f"{verdict} |"
+        )
+    rivals = [m for m in RIVALS if m in set(sel["model"])]
+    if rivals and "diff" in sel.columns:
+        wins = win_summary(intervals, rivals)
+        n = int(wins["wins_all"].sum())
+        lines += [
+            "",
+            f"GeoJEPA wins against all of {', '.join(rivals)} (intervals excluding 0) on "
+            f"**{n} of {len(wins)}** task(s): "
+            + (", ".join(wins.index[wins["wins_all"]]) or "none")
+            + ".",
+        ]
+    if by_area is not None and not by_area.empty:
+        table = by_area.pivot_table(
+            index=["task", "model", "probe"], columns="area", values="value", sort=False
+        )
+        counts = by_area.groupby(["task", "area"], sort=False)["n_test"].first()
+        areas = list(table.columns)
+        lines += [
+            "",
+            "### Per area (test rows of each dataset; val-chosen probe)\n",
+            "| task | model | probe | " + " | ".join(areas) + " |",
+            "|---|---|---|" + "---|" * len(areas),
+        ]
+        for (task, model, probe), values in table.iterrows():
+            cells = [f"{v:.3f}" if pd.notna(v) else "–" for v in values]
+            lines.append(f"| {task} | {model} | {probe} | " + " | ".join(cells) + " |")
+        sizes = ", ".join(f"{t}/{a}: {n}" for (t, a), n in counts.items())
+        lines.append(f"\nTest rows per task and area: {sizes}.")
+    return "\n".join(lines) + "\n"
 
 
 def write_report(
@@ -150,9 +240,16 @@ def write_report(
     out_dir: str | Path,
     provenance: dict[str, Any] | None = None,
     title: str = "GeoJEPA evaluation",
+    intervals: pd.DataFrame | None = None,
+    by_area: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     """Write ``results.csv`` (summary), ``results_per_seed.csv``, ``results.md``,
-    ``results.png`` and ``provenance.json`` into ``out_dir``; returns their paths."""
+    ``results.png`` and ``provenance.json`` into ``out_dir``; returns their paths.
+
+    With ``intervals`` (`geojepa.eval.uncertainty.bootstrap_intervals`), results.csv gains the
+    95% interval columns of the headline metrics, results.md their section, and ``by_area``
+    goes to ``results_by_area.csv``.
+    """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OutputError(f"report location {out} exists and is not a directory")
@@ -168,11 +265,18 @@ def write_report(
         "plot": out / "results.png",
         "provenance": out / "provenance.json",
     }
-    summary.to_csv(paths["csv"], index=False)
-    results_frame(rows).to_csv(paths["per_seed"], index=False)
+    if intervals is not None and not intervals.empty:
+        keys = ["model", "probe", "task", "metric"]
+        extra = [c for c in intervals.columns if c not in (*keys, "value", "n_test")]
+        summary = summary.merge(intervals[keys + extra], on=keys, how="left")
+    if by_area is not None and not by_area.empty:
+        paths["by_area"] = out / "results_by_area.csv"
+        write_atomic(paths["by_area"], lambda tmp: by_area.to_csv(tmp, index=False))
+    write_atomic(paths["csv"], lambda tmp: summary.to_csv(tmp, index=False))
+    write_atomic(paths["per_seed"], lambda tmp: results_frame(rows).to_csv(tmp, index=False))
     plot_results(summary, paths["plot"])
     provenance = provenance or make_provenance()
-    paths["provenance"].write_text(json.dumps(provenance, indent=2, default=str) + "\n")
+    write_json_atomic(paths["provenance"], provenance)
     seeds = sorted({row.seed for row in rows})
     text = [
         f"# {title}\n",
@@ -180,8 +284,13 @@ def write_report(
         "on val. ↓ lower is better, ↑ higher is better; best mean per column in **bold**.\n",
         markdown_table(summary),
         f"![results]({paths['plot'].name})\n",
+        *(
+            [uncertainty_markdown(intervals, by_area)]
+            if intervals is not None and not intervals.empty
+            else []
+        ),
         "## Provenance\n",
         "```json\n" + json.dumps(provenance, indent=2, default=str) + "\n```\n",
     ]
-    paths["markdown"].write_text("\n".join(text))
+    write_text_atomic(paths["markdown"], "\n".join(text))
     return paths

@@ -10,6 +10,7 @@ and reloaded, so that pretraining (train blocks only) and evaluation use the ver
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from pydantic import field_validator
 
 from geojepa.config import Config
 from geojepa.errors import InputError, OutputError
+from geojepa.io.atomic import write_atomic
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ("region_id", "block_id", "split")
@@ -112,9 +114,9 @@ def save_split(split: pd.DataFrame, path: str | Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         frame = split.loc[:, list(SPLIT_COLUMNS)]
         if path.suffix == ".parquet":
-            frame.to_parquet(path, index=False)
+            write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
         else:
-            frame.to_csv(path, index=False)
+            write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
     except OSError as exc:
         raise OutputError(f"cannot write split to {path}: {exc}") from None
     return path
@@ -174,6 +176,18 @@ def assign_split(index: pd.Index, split: pd.DataFrame) -> pd.Series:
             f"(e.g. {regions[missing.to_numpy()][0]}): was the split made for this dataset?"
         )
     return out.astype(object)
+
+
+def tiles_in(split: pd.DataFrame, region_ids: Sequence[str], name: str = "train") -> list[str]:
+    """The tiles of ``region_ids`` in split ``name`` (e.g. what pretraining may see).
+
+    InputError when a tile is not in the split: a split made for other data would silently
+    let val/test tiles of this dataset into pretraining.
+    """
+    if name not in SPLITS:
+        raise InputError(f"unknown split name {name!r} (known: {', '.join(SPLITS)})")
+    names = assign_split(pd.Index(list(region_ids), name="region_id"), split)
+    return names.index[names.to_numpy() == name].tolist()
 
 
 def drop_shared_entities(split_of_rows: pd.Series) -> pd.Series:

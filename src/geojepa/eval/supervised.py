@@ -99,6 +99,7 @@ class _Part:
     target_tile: np.ndarray  # tile row of each target (tile tasks: = tiles)
     target_slot: np.ndarray  # entity slot of each target (-1 for tile tasks)
     y: np.ndarray
+    index: pd.Index  # the labels' index of these targets
 
 
 def _parts(arrays: TileArrays, labels: pd.Series, split: pd.DataFrame, task: Task) -> dict:
@@ -116,7 +117,7 @@ def _parts(arrays: TileArrays, labels: pd.Series, split: pd.DataFrame, task: Tas
         for name in SPLITS:
             sel = names.to_numpy() == name
             y = labels.to_numpy()[sel]
-            parts[name] = _Part(rows[sel], rows[sel], np.full(len(y), -1), y)
+            parts[name] = _Part(rows[sel], rows[sel], np.full(len(y), -1), y, labels.index[sel])
     else:
         counts = arrays.ent_count
         ent_tile = np.repeat(np.arange(len(counts)), counts)
@@ -136,8 +137,9 @@ def _parts(arrays: TileArrays, labels: pd.Series, split: pd.DataFrame, task: Tas
             sel = names.to_numpy() == name
             p = pos[sel]
             parts[name] = _Part(
-                np.unique(ent_tile[p]), ent_tile[p], ent_slot[p], labels.to_numpy()[sel]
-            )
+                np.unique(ent_tile[p]), ent_tile[p], ent_slot[p], labels.to_numpy()[sel],
+                labels.index[sel],
+            )  # fmt: skip
     for name, part in parts.items():
         if len(part.y) == 0:
             raise InputError(f"task {task.name}: the {name} split has no labelled rows")
@@ -174,7 +176,9 @@ def _sample(part: _Part, n_tiles: int, rng: np.random.Generator) -> _Part:
         return part
     tiles = np.sort(rng.choice(part.tiles, size=n_tiles, replace=False))
     keep = np.isin(part.target_tile, tiles)
-    return _Part(tiles, part.target_tile[keep], part.target_slot[keep], part.y[keep])
+    return _Part(
+        tiles, part.target_tile[keep], part.target_slot[keep], part.y[keep], part.index[keep]
+    )
 
 
 class _Runner:
@@ -275,7 +279,7 @@ def train_supervised(
         optim = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         target = torch.as_tensor((parts["train"].y - center) / scale, dtype=torch.float32)
         best = (-math.inf, None, 0)
-        stale = 0
+        stale, converged, epoch = 0, False, 0
         for epoch in range(1, config.max_epochs + 1):
             net.train()
             for batch, b_rows, b_slots, idx in runners["train"].batches(
@@ -294,12 +298,14 @@ def train_supervised(
             else:
                 stale += 1
                 if stale >= config.patience:
+                    converged = True  # val stopped improving: early-stopped, not capped
                     break
         if best[1] is not None:
             net.load_state_dict(best[1])
         out = to_output(runners["test"].predict(net))
         y_test = parts["test"].y.astype(float)
         if binary:
+            pred = out
             metrics = compute_metrics("binary", y_test, (out >= 0.5).astype(float), out)
         else:
             pred = np.maximum(out, 0.0) if task.kind == "count" else out
@@ -311,11 +317,20 @@ def train_supervised(
                 PROBE_NAME,
                 int(seed),
                 metrics,
-                {"epochs": best[2], "depth": config.depth, "width": tokenizer_config.width},
+                {
+                    "epochs": best[2],
+                    "stopped_at": epoch,
+                    "converged": converged,
+                    "depth": config.depth,
+                    "width": tokenizer_config.width,
+                },
                 best[0],
                 len(parts["train"].y),
                 len(parts["val"].y),
                 len(y_test),
+                test_index=parts["test"].index,
+                test_y=y_test,
+                test_output=np.asarray(pred, dtype=float),
             )
         )
     return rows

@@ -241,6 +241,18 @@ def _without_entries(entities: pa.Table, tags: _Tags, drop: np.ndarray) -> pa.Ta
     return entities.set_column(index, entities.schema.field("tags"), new_tags)
 
 
+def _emptied(tags: _Tags, drop: np.ndarray) -> np.ndarray:
+    """Bool per entity row: it had tags and ``drop`` deletes every one of them.
+
+    Such rows are dropped by the removals: ``prepare`` never writes an entity without tags, so
+    one left with none (a ``man_made=bridge`` outline stripped of its tags) is a fingerprint of
+    the label that only the networks, which see geometry, could read.
+    """
+    n_all = np.diff(tags.offsets)
+    n_drop = np.bincount(tags.parent[drop], minlength=tags.n_rows)
+    return (n_all > 0) & (n_drop == n_all)
+
+
 def _is_point(entities: pa.Table) -> np.ndarray:
     return _np_bool(pc.is_in(entities.column("geom_type"), value_set=pa.array(POINT_TYPES)))
 
@@ -272,10 +284,12 @@ def _signal_entries(tags: _Tags) -> np.ndarray:
 
 
 def remove_traffic_signals(entities: pa.Table) -> pa.Table:
-    """Drop the signal points; strip every signal-revealing tag from the other entities."""
+    """Drop the signal points; strip every signal-revealing tag from the other entities (and
+    drop those left with no tag)."""
     tags = _Tags.of(entities)
-    entities = _without_entries(entities, tags, _signal_entries(tags))
-    return entities.filter(pa.array(~_signal_points(entities, tags)))
+    drop = _signal_entries(tags)
+    gone = _signal_points(entities, tags) | _emptied(tags, drop)
+    return _without_entries(entities, tags, drop).filter(pa.array(~gone))
 
 
 #: ``traffic_sign*`` values that state a speed limit: ``maxspeed``, a bracketed number
@@ -293,9 +307,10 @@ def _maxspeed_entries(tags: _Tags) -> np.ndarray:
 
 def remove_maxspeed(entities: pa.Table) -> pa.Table:
     """Strip every ``*maxspeed*`` key and speed-limit traffic sign from every entity (all clips
-    of every way included)."""
+    of every way included); drop the entities left with no tag."""
     tags = _Tags.of(entities)
-    return _without_entries(entities, tags, _maxspeed_entries(tags))
+    drop = _maxspeed_entries(tags)
+    return _without_entries(entities, tags, drop).filter(pa.array(~_emptied(tags, drop)))
 
 
 def _road_speeds(entities: pa.Table, tags: _Tags) -> np.ndarray:
@@ -346,10 +361,11 @@ def _bridge_rows(tags: _Tags) -> np.ndarray:
 
 
 def remove_bridges(entities: pa.Table) -> pa.Table:
-    """Strip every ``*bridge*`` key/value and every ``layer`` tag from every entity; the
-    entities stay (a bridge with no other tags becomes an entity with empty tags)."""
+    """Strip every ``*bridge*`` key/value and every ``layer`` tag from every entity; an entity
+    left with no tag (a ``man_made=bridge`` outline) is dropped, the others stay."""
     tags = _Tags.of(entities)
-    return _without_entries(entities, tags, _bridge_entries(tags))
+    drop = _bridge_entries(tags)
+    return _without_entries(entities, tags, drop).filter(pa.array(~_emptied(tags, drop)))
 
 
 def _car_road_rows(tags: _Tags) -> np.ndarray:

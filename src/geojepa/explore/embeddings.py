@@ -2,7 +2,8 @@
 
 Two kinds share one layout (GeoParquet 1.1, EPSG:4326): tile embeddings indexed by `region_id`
 (`z/x/y`, with `n_entities` and `top_tags`) and entity embeddings indexed by `feature_id`
-(`way/123`, one row per (tile, feature) clip, with `region_id` and `tags`). The embedding columns
+(`way/123`; by default one row per feature with `n_clips`, `region_ids` and `tags`, or with
+`--entity-rows clip` one row per (tile, feature) clip with `region_id`). The embedding columns
 are exactly those named `emb_<int>`, ordered by the int: a file's own column order is not
 trusted, so two files with the same columns always give the same matrix layout.
 """

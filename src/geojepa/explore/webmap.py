@@ -35,6 +35,7 @@ from geojepa.explore.embeddings import (
     robust_unit,
 )
 from geojepa.explore.knn import topk_inner
+from geojepa.io.atomic import write_atomic
 
 OSM_ATTRIBUTION = (
     '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors'
@@ -186,9 +187,6 @@ def make_map(
         "</div>"
     )
     fmap.get_root().html.add_child(folium.Element(footer))
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        fmap.save(str(output))
-    except OSError as exc:
-        raise OutputError(f"cannot write the map to {output}: {exc.strerror or exc}") from None
-    return output
+    if output.is_dir():
+        raise OutputError(f"{output} is a directory: give a file name such as {output}/map.html")
+    return write_atomic(output, lambda tmp: fmap.save(str(tmp)))

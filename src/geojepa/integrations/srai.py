@@ -20,7 +20,6 @@ interface compatibility and not needed. srai itself is not imported: the class i
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from geojepa.data.features import tags_from_key_columns
 from geojepa.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -230,15 +230,8 @@ def features_with_tags(features_gdf: Any) -> gpd.GeoDataFrame:
         keys = [c for c in gdf.columns if c != geom]
         if not keys:
             raise InputError("features_gdf has neither a 'tags' column nor tag-key columns")
-        values = gdf[keys].to_numpy(object)
-        rows, cols = np.nonzero(pd.notna(values))  # row-major: each feature's tags together
-        per_feature: dict[int, dict[str, str]] = {}
-        for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
-            per_feature.setdefault(r, {})[str(keys[c])] = str(values[r, c])
-        tags = pd.Series(
-            [json.dumps(per_feature.get(i, {}), ensure_ascii=False) for i in range(len(gdf))],
-            index=gdf.index,
-        )
+        columns = [gdf[k].tolist() for k in keys]
+        tags = pd.Series(tags_from_key_columns(keys, columns), index=gdf.index)
     out = gpd.GeoDataFrame({"tags": tags.to_numpy()}, geometry=gdf.geometry.to_numpy(),
                            index=gdf.index, crs=gdf.crs)  # fmt: skip
     out = out[out.geometry.notna() & ~out.geometry.is_empty]

@@ -1,13 +1,26 @@
 """Streaming GeoParquet (1.1, EPSG:4326) writer.
 
 Embeddings of a country do not fit in memory, so they are written batch by batch with
-pyarrow, into a temporary file that is renamed into place only when complete. The result reads
-back with ``geopandas.read_parquet`` as a GeoDataFrame indexed by ``region_id`` / ``feature_id``.
+pyarrow, into a temporary file unique to the run that is renamed into place only when complete
+(see `geojepa.io.atomic`; the output is locked while it is written). The result reads back
+with ``geopandas.read_parquet`` as a GeoDataFrame indexed by ``region_id`` / ``feature_id``.
+
+Made for spatial filtering (``geopandas.read_parquet(path, bbox=...)``, DuckDB, GDAL): each row
+has a ``bbox`` struct column declared as the geometry's ``covering``; the rows of each
+``write`` call are sorted by the Z-order (quadkey order) of their bbox centre
+(:func:`spatial_order`) and buffered into row groups of :data:`ROW_GROUP_ROWS`. Embedding
+writes shard by shard, and a shard is a block of neighbouring parent tiles (in x, y order), so
+a row group covers a compact area and its bbox statistics let readers skip it.
+``geometry_types`` lists the types actually written: the metadata goes into the footer when
+the file is closed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tempfile
 from pathlib import Path
 from types import TracebackType
 
@@ -18,8 +31,15 @@ import pyarrow.parquet as pq
 import shapely
 
 from geojepa.errors import OutputError
+from geojepa.io.atomic import OutputLock, describe_os_error
 
 GEOPARQUET_VERSION = "1.1.0"
+#: Rows per row group: small enough that a bbox query skips most of a big file, large enough
+#: that the per-group overhead stays negligible (~8 MB of 256-d float32 embeddings).
+ROW_GROUP_ROWS = 8192
+#: Bits per axis of the Z-order sort key (zoom 20 tiles: finer than any tile geojepa makes).
+_ZORDER_BITS = 20
+_MAX_LAT = 85.0511287798066
 
 
 def _crs_4326() -> dict:
@@ -28,66 +48,176 @@ def _crs_4326() -> dict:
     return CRS.from_epsg(4326).to_json_dict()
 
 
+def _spread_bits(v: np.ndarray) -> np.ndarray:
+    """Put the bits of uint64 ``v`` (< 2**32) on the even positions (Morton encoding)."""
+    v = v & np.uint64(0xFFFFFFFF)
+    for shift, mask in ((16, 0x0000FFFF0000FFFF), (8, 0x00FF00FF00FF00FF),
+                        (4, 0x0F0F0F0F0F0F0F0F), (2, 0x3333333333333333),
+                        (1, 0x5555555555555555)):  # fmt: skip
+        v = (v | (v << np.uint64(shift))) & np.uint64(mask)
+    return v
+
+
+def zorder_key(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """Z-order (quadkey order) of points on a 2**20 × 2**20 Web-Mercator grid, as uint64.
+
+    For XYZ tiles of zoom ≤ 20, sorting their centres by this key is sorting them by quadkey.
+    """
+    n = 1 << _ZORDER_BITS
+    lat = np.radians(np.clip(lat, -_MAX_LAT, _MAX_LAT))
+    fx = (np.asarray(lon, dtype=np.float64) + 180.0) / 360.0
+    fy = (1.0 - np.log(np.tan(lat) + 1.0 / np.cos(lat)) / np.pi) / 2.0
+    x = np.clip(np.floor(fx * n), 0, n - 1).astype(np.uint64)
+    y = np.clip(np.floor(fy * n), 0, n - 1).astype(np.uint64)
+    return (_spread_bits(y) << np.uint64(1)) | _spread_bits(x)
+
+
+def spatial_order(geometry: np.ndarray) -> np.ndarray:
+    """Row order that sorts geometries by the Z-order of their bbox centres (stable)."""
+    bounds = shapely.bounds(geometry)
+    keys = zorder_key((bounds[:, 0] + bounds[:, 2]) / 2, (bounds[:, 1] + bounds[:, 3]) / 2)
+    return np.argsort(keys, kind="stable")
+
+
 class GeoParquetWriter:
     """Append DataFrames (index + columns + shapely geometry array) to one GeoParquet file.
 
-    The GeoParquet metadata goes into the schema before the first row group, so nothing is
-    re-read at the end; ``geometry_types=[]`` means "any type" in the GeoParquet spec.
+    ``geometry_types``: the types to declare; empty or None declares the types found in the
+    written geometries (GeoParquet's "[] = any type" is never needed).
     """
 
-    def __init__(self, path: str | Path, index_name: str, geometry_types: list[str]) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        index_name: str,
+        geometry_types: list[str] | None = None,
+        row_group_rows: int = ROW_GROUP_ROWS,
+    ) -> None:
         self.path = Path(path)
         self.index_name = index_name
-        self.geometry_types = list(geometry_types)
-        self._tmp = self.path.with_name(self.path.name + ".partial")
+        self.geometry_types = list(geometry_types or [])
+        self.row_group_rows = row_group_rows
+        if self.path.is_dir():
+            raise OutputError(f"{self.path} is a directory: give a file name ending in .parquet")
         self._writer: pq.ParquetWriter | None = None
         self._schema: pa.Schema | None = None
+        self._metadata: dict[bytes, bytes] = {}
+        self._pending: list[pa.Table] = []
+        self._box: tuple[float, float, float, float] | None = None
+        self._pending_rows = 0
+        self._types: set[str] = set()
         self.rows = 0
+        self._lock = OutputLock(self.path).acquire()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(
+                prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+            )
+            os.close(fd)
         except OSError as exc:
-            raise OutputError(f"cannot create {self.path.parent}: {exc}") from None
+            self._lock.release()
+            raise OutputError(describe_os_error(exc, self.path)) from None
+        self._tmp = Path(name)
 
     def write(self, frame: pd.DataFrame, geometry: np.ndarray) -> None:
-        """Append rows; ``frame``'s index is the id column, ``geometry`` is EPSG:4326."""
+        """Append rows, in :func:`spatial_order`; ``frame``'s index is the id column,
+        ``geometry`` is EPSG:4326."""
         if len(frame) == 0:
             return
-        frame = frame.copy()
+        order = spatial_order(geometry)
+        frame, geometry = frame.iloc[order].copy(), np.asarray(geometry)[order]
         frame.index.name = self.index_name
+        bounds = shapely.bounds(geometry)
+        frame["bbox"] = [
+            {"xmin": b[0], "ymin": b[1], "xmax": b[2], "ymax": b[3]} for b in bounds.tolist()
+        ]
         frame["geometry"] = shapely.to_wkb(geometry)
+        self._types.update(shapely.get_type_id(geometry).tolist())
+        box = (*np.nanmin(bounds[:, :2], axis=0), *np.nanmax(bounds[:, 2:], axis=0))
+        self._box = box if self._box is None else (
+            min(self._box[0], box[0]), min(self._box[1], box[1]),
+            max(self._box[2], box[2]), max(self._box[3], box[3]),
+        )  # fmt: skip
         table = pa.Table.from_pandas(frame, preserve_index=True)
         if self._writer is None:
-            geo = {
-                "version": GEOPARQUET_VERSION,
-                "primary_column": "geometry",
-                "columns": {
-                    "geometry": {
-                        "encoding": "WKB",
-                        "geometry_types": self.geometry_types,
-                        "crs": _crs_4326(),
-                    }
-                },
-            }
-            metadata = {**(table.schema.metadata or {}), b"geo": json.dumps(geo).encode()}
-            self._schema = table.schema.with_metadata(metadata)
-            self._writer = pq.ParquetWriter(self._tmp, self._schema, compression="zstd")
-        self._writer.write_table(table.cast(self._schema))
+            # the metadata (pandas, geo) goes into the footer at close, when the geometry types
+            # are known; the Arrow schema is then not stored, so it cannot shadow it
+            self._metadata = dict(table.schema.metadata or {})
+            self._schema = table.schema.remove_metadata()
+            self._writer = pq.ParquetWriter(
+                self._tmp, self._schema, compression="zstd", store_schema=False
+            )
+        self._pending.append(table.replace_schema_metadata(None).cast(self._schema))
+        self._pending_rows += len(frame)
         self.rows += len(frame)
+        if self._pending_rows >= self.row_group_rows:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        """Write the buffered rows as full row groups (and the remainder too if ``final``)."""
+        if not self._pending or self._writer is None:
+            return
+        table = pa.concat_tables(self._pending)
+        n_full = len(table) if final else len(table) // self.row_group_rows * self.row_group_rows
+        try:
+            for start in range(0, n_full, self.row_group_rows):
+                size = min(self.row_group_rows, n_full - start)
+                self._writer.write_table(table.slice(start, size))
+        except OSError as exc:
+            raise OutputError(describe_os_error(exc, self.path)) from None
+        rest = table.slice(n_full)
+        self._pending = [rest] if len(rest) else []
+        self._pending_rows = len(rest)
+
+    def _geo_metadata(self) -> bytes:
+        names = {shapely.GeometryType(t).name for t in self._types}
+        order = ["Point", "LineString", "Polygon", "MultiPoint", "MultiLineString",
+                 "MultiPolygon", "GeometryCollection"]  # fmt: skip
+        found = [t for t in order if t.upper() in names]
+        geo = {
+            "version": GEOPARQUET_VERSION,
+            "primary_column": "geometry",
+            "columns": {
+                "geometry": {
+                    "encoding": "WKB",
+                    "geometry_types": self.geometry_types or found,
+                    "crs": _crs_4326(),
+                    "bbox": [float(v) for v in self._box or ()],
+                    "covering": {
+                        "bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}
+                    },
+                }
+            },
+        }
+        return json.dumps(geo).encode()
 
     def close(self) -> None:
         """Finish the file and rename it into place."""
         if self._writer is None:
+            self.abort()
             raise OutputError(f"nothing to write to {self.path}")
-        self._writer.close()
-        self._writer = None
-        self._tmp.replace(self.path)
+        try:
+            self._flush(final=True)
+            self._writer.add_key_value_metadata({**self._metadata, b"geo": self._geo_metadata()})
+            self._writer.close()
+            self._writer = None
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
+            self.abort()
+            raise OutputError(describe_os_error(exc, self.path)) from None
+        except OutputError:  # a row group that could not be written (see _flush)
+            self.abort()
+            raise
+        self._lock.release()
 
     def abort(self) -> None:
         """Drop the partial file: an interrupted run never leaves a file that reads as complete."""
         if self._writer is not None:
-            self._writer.close()
+            with contextlib.suppress(OSError):
+                self._writer.close()
             self._writer = None
         self._tmp.unlink(missing_ok=True)
+        self._lock.release()
 
     def __enter__(self) -> GeoParquetWriter:
         return self

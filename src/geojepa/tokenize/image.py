@@ -86,7 +86,9 @@ class TimmBackbone(nn.Module):
         try:
             import timm
         except ImportError:
-            raise ConfigError("image_backbone needs the optional package timm") from None
+            raise ConfigError(
+                "image_backbone needs the optional package timm: pip install 'geojepa[imagery]'"
+            ) from None
         if checkpoint is not None and not Path(checkpoint).is_file():
             raise InputError(f"image backbone checkpoint not found: {checkpoint}")
         try:

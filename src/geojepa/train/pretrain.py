@@ -1,29 +1,38 @@
 """`pretrain()`: a Lightning run from a tile dataset to a model directory.
 
 The run directory holds ``checkpoints/`` (periodic + ``last.ckpt``, with ``config.json`` beside
-them), ``logs/`` (CSV and TensorBoard), ``vocab.json`` and, at the end, the model directory
-files (see `geojepa.train.export`). Re-running on the same directory resumes from
-``last.ckpt`` (model, EMA teacher, optimiser, schedules, data position and RNG).
+them), ``logs/`` (CSV; TensorBoard too with the ``tensorboard`` extra), ``vocab.json``,
+``train-data/`` when trained on a subset of tiles (``pretrain --split``), and, at the end, the
+model directory files (see `geojepa.train.export`). Re-running on the same directory resumes
+from ``last.ckpt`` (model, EMA teacher, optimiser, schedules, data position and RNG).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import pickle
 import warnings
+from collections.abc import Iterable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from geojepa import interrupt
+from geojepa.data.combine import subset_dataset
 from geojepa.data.reader import TileDataset, open_dataset
-from geojepa.errors import ConfigError, OutputError
+from geojepa.data.schema import MANIFEST_FILE
+from geojepa.errors import ConfigError, InputError, OutputError
+from geojepa.io.atomic import OutputLock
 from geojepa.tokenize.loader import make_dataloader
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
 from geojepa.train.config import PretrainConfig, preset_config
 from geojepa.train.export import VOCAB_FILE, build_model, export_model
 
 CKPT_DIR = "checkpoints"
+TRAIN_DATA_DIR = "train-data"  # pretrain(tiles=...): the subset of tiles trained on
 RUN_CONFIG = "run_config.json"
 
 
@@ -42,6 +51,10 @@ def resolve_config(
         cfg = config
     else:
         cfg = PretrainConfig.load(config)
+    if max_steps is not None and max_steps < 1:
+        raise ConfigError(f"--max-steps must be at least 1, got {max_steps}")
+    if max_epochs is not None and max_epochs < 1:
+        raise ConfigError(f"--max-epochs must be at least 1, got {max_epochs}")
     trainer: dict[str, Any] = {}
     if max_steps is not None:
         trainer["max_steps"] = max_steps
@@ -98,6 +111,8 @@ def pretrain(
     resume: bool = True,
     strategy: str | None = None,
     progress: bool | None = None,
+    tiles: Iterable[str] | None = None,
+    keep_checkpoints: int = 3,
 ) -> Path:
     """Pretrain GeoJEPA on ``dataset``; write checkpoints and the model directory to ``output``.
 
@@ -106,17 +121,65 @@ def pretrain(
     ``trainer.num_nodes > 1`` in the config) trains with DDP (gloo on CPU, NCCL on GPUs).
     Re-running on the same ``output`` resumes from its last checkpoint. Returns ``output``,
     which ``GeoJEPA.from_pretrained`` and ``embed_tiles`` accept. Also ``geojepa.pretrain``.
+
+    ``tiles``: train on these tiles of ``dataset`` only (e.g. the train blocks of a split, so
+    that the model never sees a val/test tile); they are copied to ``output/train-data`` (a
+    complete dataset, vocabulary included, so no tag string of another tile is learnt), which
+    the model directory's ``training_data.json`` then names.
+    ``progress``: False prints nothing; otherwise a bar on a terminal, else a plain line every
+    few steps (see `geojepa.train.progress`). ``keep_checkpoints``: how many periodic
+    checkpoints to keep besides ``last.ckpt`` (the newest ones; -1 keeps all).
     """
-    # Lightning is imported here, not at module level: `import geojepa` and loading a model
-    # directory must stay fast.
+    # Lightning is imported in _pretrain, not at module level: `import geojepa` and loading a
+    # model directory must stay fast.
+    out = Path(output)
+    devices = _check_devices(devices)
+    if keep_checkpoints < -1:
+        raise ConfigError(f"keep_checkpoints must be -1 (all), 0 or more, got {keep_checkpoints}")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} exists and is not a directory: give a run directory to write")
+    ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
+    # A second run into the same directory would mix checkpoints. DDP's extra ranks are
+    # re-launched copies of this process: only rank 0 takes the lock.
+    with OutputLock(out) if _rank() == 0 else nullcontext():
+        return _pretrain(ds, out, config, preset, devices, max_steps, max_epochs, batch_size,
+                         resume, strategy, progress, tiles, keep_checkpoints,
+                         tokens_per_batch)  # fmt: skip
+
+
+def _check_devices(devices: int | str) -> int | str:
+    """An int >= 1, "auto", or a digit string; anything else is a one-line ConfigError."""
+    if isinstance(devices, str) and devices.strip().isdigit():
+        devices = int(devices)
+    if isinstance(devices, int) and devices >= 1:
+        return devices
+    if devices in ("auto", -1):
+        return devices
+    raise ConfigError(f"--devices must be a positive number or 'auto', got {devices!r}")
+
+
+def _pretrain(
+    ds: TileDataset,
+    out: Path,
+    config: PretrainConfig | str | Path | None,
+    preset: str,
+    devices: int | str,
+    max_steps: int | None,
+    max_epochs: int | None,
+    batch_size: int | None,
+    resume: bool,
+    strategy: str | None,
+    progress: bool | None,
+    tiles: Iterable[str] | None = None,
+    keep_checkpoints: int = 3,
+    tokens_per_batch: int | None = None,
+) -> Path:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from geojepa.train.module import EpochLoader, PretrainModule
+    from geojepa.train.progress import ProgressReport, quiet_dependencies
 
-    out = Path(output)
-    ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
     ckpt_dir = out / CKPT_DIR
     last = ckpt_dir / "last.ckpt"
     resuming = resume and last.exists()
@@ -145,6 +208,16 @@ def pretrain(
         ckpt_dir.mkdir(exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {out}: {exc}") from None
+    source = ds
+    if tiles is not None:
+        subset = out / TRAIN_DATA_DIR
+        # resuming, or a DDP worker started after rank 0 wrote it: the run's own subset
+        if (subset / MANIFEST_FILE).is_file() and (resuming or _rank() != 0):
+            ds = open_dataset(subset)
+        elif _rank() == 0:
+            ds = subset_dataset(ds, tiles, subset, overwrite=True)
+        else:
+            raise ConfigError(f"{subset} is missing: rank 0 writes it before training starts")
 
     # The vocabulary is fixed at the start of a run (resume reuses it).
     vocab_path = out / VOCAB_FILE
@@ -153,7 +226,8 @@ def pretrain(
         if not resuming:
             vocab.save(vocab_path)
         cfg.save(ckpt_dir / "config.json")  # beside every checkpoint of the run
-    tag_table = build_tag_table(vocab, cfg.tokenizer.text_model, cache_dir=ds.path)
+    with quiet_dependencies():  # no "Loading weights" bar from the text model
+        tag_table = build_tag_table(vocab, cfg.tokenizer.text_model, cache_dir=ds.path)
 
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     model = build_model(cfg, tag_table)
@@ -183,7 +257,9 @@ def pretrain(
         filename="step={step}",
         auto_insert_metric_name=False,
         every_n_train_steps=t.checkpoint_every_n_steps,
-        save_top_k=-1,
+        save_top_k=keep_checkpoints,
+        monitor="step" if keep_checkpoints >= 0 else None,  # newest = highest step
+        mode="max",
         save_last=True,
     )
     if strategy is None:
@@ -191,39 +267,55 @@ def pretrain(
         # Batches without imagery leave the image encoder unused: DDP must allow that.
         unused = "_find_unused_parameters_true" if cfg.tokenizer.use_image else ""
         strategy = f"ddp{unused}" if multi else "auto"
-    trainer = L.Trainer(
-        default_root_dir=out,
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=t.num_nodes,
-        strategy=strategy,
-        precision=_precision(cfg, accelerator),
-        max_steps=t.max_steps,
-        max_epochs=t.max_epochs if t.max_epochs is not None else -1,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=cfg.optim.grad_clip or None,
-        log_every_n_steps=t.log_every_n_steps,
-        logger=[
-            CSVLogger(out, name="logs", version=_fresh_csv_version(out / "logs")),
-            TensorBoardLogger(out, name="logs", version="tensorboard"),
-        ],
-        callbacks=[checkpoints],
-        enable_progress_bar=progress if progress is not None else _is_tty(),
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,  # the tile stream splits shards across ranks itself
-    )
-    world = trainer.world_size
-    planned = None
-    if cfg.data.tokens_per_batch is not None:
-        planned = loader.dataset.planned_batches(world, max(cfg.data.num_workers, 1))
-    module.total_steps = _total_steps(cfg, n_tiles, world, planned)
-    with warnings.catch_warnings():
-        # The EMA teacher is in eval mode on purpose; the run directory holds config.json.
-        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-        warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
-        trainer.fit(module, epoch_loader, ckpt_path=str(last) if resuming else None)
-    trainer.save_checkpoint(last)  # the final state, also when the run ended mid-interval
+    callbacks: list[Any] = [checkpoints, _stop_on_interrupt_callback()]
+    if progress is not False:
+        callbacks.append(ProgressReport())
+    with quiet_dependencies():  # Lightning talks from Trainer() on
+        trainer = L.Trainer(
+            default_root_dir=out,
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=t.num_nodes,
+            strategy=strategy,
+            precision=_precision(cfg, accelerator),
+            max_steps=t.max_steps,
+            max_epochs=t.max_epochs if t.max_epochs is not None else -1,
+            accumulate_grad_batches=t.accumulate_grad_batches,
+            gradient_clip_val=cfg.optim.grad_clip or None,
+            log_every_n_steps=t.log_every_n_steps,
+            logger=_loggers(out),
+            callbacks=callbacks,
+            enable_progress_bar=False,  # ProgressReport instead
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,  # the tile stream splits shards across ranks itself
+        )
+        world = trainer.world_size
+        planned = None
+        if cfg.data.tokens_per_batch is not None:
+            planned = loader.dataset.planned_batches(world, max(cfg.data.num_workers, 1))
+        module.total_steps = _total_steps(cfg, n_tiles, world, planned)
+        with warnings.catch_warnings():
+            # The EMA teacher is in eval mode on purpose; the run directory holds config.json.
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+            warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+            try:
+                with interrupt.deferred():  # Ctrl-C stops at a step boundary, with a checkpoint
+                    # weights_only: a checkpoint is never unpickled (a planted one cannot run code)
+                    trainer.fit(module, epoch_loader, ckpt_path=str(last) if resuming else None,
+                                weights_only=True)  # fmt: skip
+            except pickle.UnpicklingError as exc:
+                first = str(exc).strip().splitlines()[0][:160]
+                raise InputError(
+                    f"{last} is not a plain geojepa checkpoint (refusing to unpickle it: {first}); "
+                    "delete it, or train into a new directory"
+                ) from None
+        trainer.save_checkpoint(last)  # the final state, also when the run ended mid-interval
+    if interrupt.requested():
+        raise interrupt.Interrupted(
+            f"interrupted at step {trainer.global_step}: the checkpoint {last} is kept; run the "
+            "same command again to resume (no model files were exported)"
+        )
     if trainer.global_rank == 0:
         metrics = {
             k.split("/", 1)[1]: float(v)
@@ -239,7 +331,13 @@ def pretrain(
             "devices": f"{world} × {trainer.accelerator.__class__.__name__}",
             "final_losses": metrics,
         }
-        export_model(module.model, cfg, vocab, out, info, dataset_config=ds.config)
+        training_data = {"dataset": str(ds.path.resolve()), "n_tiles": n_tiles}
+        if ds is not source:
+            training_data["subset_of"] = str(source.path.resolve())
+        export_model(
+            module.model, cfg, vocab, out, info,
+            dataset_config=ds.config, training_data=training_data,
+        )  # fmt: skip
     return out
 
 
@@ -247,10 +345,17 @@ def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
 
 
-def _is_tty() -> bool:
-    import sys
+def _loggers(out: Path) -> list[Any]:
+    """CSV logs always; TensorBoard logs too when the optional `tensorboard` is installed
+    (pip install 'geojepa[tensorboard]')."""
+    import importlib.util
 
-    return sys.stderr.isatty()
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers: list[Any] = [CSVLogger(out, name="logs", version=_fresh_csv_version(out / "logs"))]
+    if importlib.util.find_spec("tensorboard") is not None:
+        loggers.append(TensorBoardLogger(out, name="logs", version="tensorboard"))
+    return loggers
 
 
 def _fresh_csv_version(logs: Path) -> str:
@@ -264,3 +369,16 @@ def _fresh_csv_version(logs: Path) -> str:
         n += 1
         version = f"csv-{n}"
     return version
+
+
+def _stop_on_interrupt_callback() -> Any:
+    from lightning.pytorch.callbacks import Callback
+
+    class StopOnInterrupt(Callback):
+        """Ends the fit loop at the next step boundary once SIGINT was requested."""
+
+        def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+            if interrupt.requested():
+                trainer.should_stop = True
+
+    return StopOnInterrupt()

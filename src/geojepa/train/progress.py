@@ -1,0 +1,140 @@
+"""What `pretrain` says while it runs: one progress display, and no third-party noise.
+
+On a terminal: one bar, ``step/total``, loss, tiles/s and ETA. Without one (nohup, SLURM, CI
+logs): a plain line every ``every`` steps with the same fields, so a log shows the run is alive
+and how far it is. Lightning's own bar (per-epoch counts, ``v_num``), its tips and its
+start-up/shut-down messages are switched off; only rank 0 reports.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+import lightning as L
+
+#: Lightning's loggers that print start-up tips and "GPU available" style messages.
+_NOISY_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+class ProgressReport(L.Callback):
+    """Steps, loss (moving average), tiles/s and ETA; a bar on a TTY, else a line every N steps.
+
+    ``every``: steps between plain lines (default: about 20 lines per run, at least every 50
+    steps). ``stream``: where to write (stderr).
+    """
+
+    def __init__(
+        self, tty: bool | None = None, every: int | None = None, stream: TextIO | None = None
+    ) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.every = every
+        self._bar: Any = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.enabled = trainer.global_rank == 0
+        max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        self.total = max_steps or getattr(pl_module, "total_steps", None)
+        self.first_step = trainer.global_step  # > 0 after a resume
+        self.last_printed = trainer.global_step
+        self.start = time.perf_counter()
+        self.tiles = 0
+        self.loss: float | None = None
+        self.world = trainer.world_size
+        if self.every is None:
+            self.every = max(1, min(50, (self.total or 1000) // 20))
+        if self.enabled and self.tty:
+            from tqdm.auto import tqdm
+
+            # shutil falls back to $COLUMNS or 80 where a pseudo-terminal reports 0 columns
+            width = shutil.get_terminal_size().columns
+            self._bar = tqdm(total=self.total, initial=self.first_step, unit="step",
+                             desc="pretrain", file=self.stream, ncols=width)  # fmt: skip
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:  # fmt: skip
+        if not self.enabled:
+            return
+        self.tiles += (len(batch) if hasattr(batch, "__len__") else 0) * self.world
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
+            self.loss = value if self.loss is None else 0.9 * self.loss + 0.1 * value
+        step = trainer.global_step
+        if self._bar is not None:
+            if step > self._bar.n:
+                self._bar.update(step - self._bar.n)
+                self._bar.set_postfix_str(self._fields(step, eta=False), refresh=False)
+        elif step - self.last_printed >= (self.every or 1) or step == self.total:
+            self.last_printed = step
+            print(self.line(step), file=self.stream, flush=True)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        elif trainer.global_step != self.last_printed:
+            print(self.line(trainer.global_step), file=self.stream, flush=True)
+
+    def _fields(self, step: int, eta: bool = True) -> str:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        done = step - self.first_step
+        parts = [f"loss {self.loss:.4f}" if self.loss is not None else "loss –",
+                 f"{self.tiles / elapsed:.1f} tiles/s"]  # fmt: skip
+        if eta:
+            parts.append(f"elapsed {_clock(elapsed)}")
+            if self.total and done > 0:
+                parts.append(f"ETA {_clock((self.total - step) * elapsed / done)}")
+        return " · ".join(parts)
+
+    def line(self, step: int) -> str:
+        """One plain progress line: ``step 120/484 (25%) · loss … · tiles/s · elapsed · ETA``."""
+        where = f"step {step}"
+        if self.total:
+            where += f"/{self.total} ({100 * step / self.total:.0f}%)"
+        return f"pretrain {where} · {self._fields(step)}"
+
+
+@contextmanager
+def quiet_dependencies() -> Iterator[None]:
+    """Silence Lightning's info messages (tips, accelerator summary, "fit stopped"), the text
+    model's "Loading weights" bar and the deprecation chatter of dependencies for the duration
+    of a run; errors still show."""
+    saved = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    hf_logging = None
+    if importlib.util.find_spec("transformers") is not None:
+        import transformers.utils.logging as hf_logging
+
+        hf_bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=r".*weights_only.*")
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+        if hf_logging is not None and hf_bars:
+            hf_logging.enable_progress_bar()

@@ -1,0 +1,42 @@
+"""benchmarks/evaluate.py checks every option before any long work (one `error:` line)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location(
+        "bench_evaluate", ROOT / "benchmarks" / "evaluate.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--supervised-seeds", "0"], "--supervised-seeds must be at least 1, got 0"),
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--seeds", "2", "--supervised-seeds", "3"], "more than --seeds 2"),
+        (["--tasks", "max_speed,nope"], "unknown task 'nope'"),
+        (["--baselines", "tag_counts,nope"], "unknown baseline(s) ['nope']"),
+        (["--config", "missing.json"], "--config missing.json not found"),
+    ],
+)
+def test_bad_options_fail_up_front(bench, tmp_path: Path, capsys, args, message) -> None:
+    work = tmp_path / "work"
+    # without data the script would end at once with "skipped" (status 0): the options must
+    # be refused before that, like before minutes of preparing and pretraining
+    paths = ["--work", str(work), "--report", str(tmp_path / "r"), "--data", str(tmp_path)]
+    assert bench.main([*paths, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err, err
+    assert not work.exists()  # nothing was prepared or trained

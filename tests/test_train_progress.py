@@ -1,0 +1,94 @@
+"""`pretrain` talks: one progress display (bar on a TTY, plain lines without), --quiet, no
+third-party noise; and it keeps only the newest checkpoints it is told to keep."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+from geojepa.cli import main
+from geojepa.tokenize.synthetic import write_synthetic_dataset
+from geojepa.train import PretrainConfig, preset_config, pretrain
+from geojepa.train.progress import ProgressReport
+
+NOISE = ("GPU available", "TPU available", "Tip", "v_num", "Epoch", "LeafSpec", "Loading weights",
+         "max_steps=", "Warning")  # fmt: skip
+LINE = re.compile(
+    r"^pretrain step (\d+)/(\d+) \(\d+%\) · loss \d+\.\d{4} · [\d.]+ tiles/s · "
+    r"elapsed \d+:\d\d · ETA \d+:\d\d$"
+)
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory) -> Path:
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("ds") / "tiles", n_shards=2, tiles_per_shard=(6, 9),
+        entities_per_tile=(2, 20), seed=1,
+    )  # fmt: skip
+
+
+def _cfg(steps: int, every: int = 2) -> PretrainConfig:
+    data = preset_config("cpu-small").model_dump()
+    data["model"].update(depth=1, predictor_depth=1)
+    data["data"]["batch_size"] = 4
+    data["trainer"].update(max_steps=steps, checkpoint_every_n_steps=every, log_every_n_steps=1)
+    return PretrainConfig.from_dict(data)
+
+
+def test_plain_lines_without_a_tty_and_newest_checkpoints_kept(ds, tmp_path, capfd) -> None:
+    run = pretrain(ds, tmp_path / "run", config=_cfg(10), keep_checkpoints=2)
+    out, err = capfd.readouterr()
+    lines = [line for line in err.splitlines() if line.startswith("pretrain step")]
+    assert lines and all(LINE.match(line) for line in lines), lines
+    assert LINE.match(lines[-1]).groups() == ("10", "10")
+    for word in NOISE:
+        assert word not in out + err, word
+    kept = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
+    assert kept == ["last.ckpt", "step=10.ckpt", "step=8.ckpt"]
+
+
+def test_keep_all_or_only_last(ds, tmp_path, capfd) -> None:
+    run = pretrain(ds, tmp_path / "all", config=_cfg(6), keep_checkpoints=-1, progress=False)
+    assert len(list((run / "checkpoints").glob("step=*.ckpt"))) == 3
+    run = pretrain(ds, tmp_path / "last", config=_cfg(6), keep_checkpoints=0, progress=False)
+    assert [p.name for p in (run / "checkpoints").glob("*.ckpt")] == ["last.ckpt"]
+    assert capfd.readouterr() == ("", "")  # progress=False: silent
+    assert main(["pretrain", str(ds), "-o", str(tmp_path / "x"), "--keep-checkpoints", "-2"]) == 2
+
+
+def test_cli_quiet_is_silent(ds, tmp_path, capfd) -> None:
+    cfg = tmp_path / "cfg.json"
+    _cfg(3).save(cfg)
+    assert main(["pretrain", str(ds), "-o", str(tmp_path / "run"), "--config", str(cfg), "-q"]) == 0
+    assert capfd.readouterr() == ("", "")
+    assert (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_one_bar_on_a_tty(ds, tmp_path, monkeypatch) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    pretrain(ds, tmp_path / "run", config=_cfg(4))
+    text = term.getvalue()
+    assert "pretrain" in text and "4/4" in text and "tiles/s" in text and "loss" in text
+    assert "pretrain step" not in text  # the bar, not the plain lines
+    for word in NOISE:
+        assert word not in text, word
+
+
+def test_line_format_after_a_resume() -> None:
+    report = ProgressReport(tty=False, stream=io.StringIO())
+    report.total, report.first_step, report.tiles, report.loss = 100, 40, 80, 0.5
+    report.start = 0.0
+    import time
+
+    report.start = time.perf_counter() - 20.0  # 20 s for 10 steps since the resume at 40
+    line = report.line(50)
+    assert line.startswith("pretrain step 50/100 (50%) · loss 0.5000 · 4.0 tiles/s")
+    assert line.endswith("ETA 1:40")  # 50 steps left at 2 s a step
