@@ -300,6 +300,9 @@ def embed(
         4096, min=0, help="token slots per forward pass, length-sorted; 0 = --batch-size tiles"
     ),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu, cuda, cuda:1"),
+    devices: int = typer.Option(
+        1, min=1, help="processes embedding shards in parallel (cuda:0…N-1 with --device cuda)"
+    ),
     open_vocabulary: bool = typer.Option(
         True,
         "--open-vocabulary/--closed-vocabulary",
@@ -317,7 +320,7 @@ def embed(
     )
     out = embed_tiles(run, dataset, output, entities_output=entities, batch_size=batch_size,
                       device=device, open_vocabulary=open_vocabulary, progress=not quiet,
-                      entity_rows=entity_rows,
+                      entity_rows=entity_rows, devices=devices,
                       tokens_per_batch=tokens_per_batch or None)  # fmt: skip
     if quiet:
         return

@@ -16,7 +16,7 @@ Output format (what `knn`, `map`, `plot` and `evaluate` read):
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -287,6 +287,7 @@ def embed_tiles(
     open_vocabulary: bool = True,
     entity_rows: str = "feature",
     tokens_per_batch: int | None = EMBED_TOKENS_PER_BATCH,
+    devices: int = 1,
 ) -> Path:
     """Write tile (and optionally entity) embeddings of ``dataset`` as GeoParquet.
 
@@ -298,7 +299,9 @@ def embed_tiles(
     `geojepa.entity_features`) or ``clip`` (one row per (tile, feature) clip, key
     ``(feature_id, region_id)``). ``tokens_per_batch`` batches tiles of similar length up to
     that many token slots; ``None`` takes ``batch_size`` tiles in dataset order instead. Rows
-    come out in dataset order either way.
+    come out in dataset order either way. ``devices > 1`` embeds shards in that many processes
+    (``cuda:0 …`` when ``device`` is CUDA, else CPU processes sharing the cores); the main
+    process writes their results in shard order, so the files are those of one device.
     """
     from geojepa.entity_features import ENTITY_ROWS, FeatureWriter, last_shards
 
@@ -307,7 +310,11 @@ def embed_tiles(
     if entities_output is not None and _same_path(output, entities_output):
         raise ConfigError(f"--entities must differ from the tile output ({output})")
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
-    net = model_for(model, ds, device, open_vocabulary)
+    if devices < 1:
+        raise ConfigError(f"--devices must be at least 1, got {devices}")
+    if devices > 1 and not isinstance(model, (str, Path)):
+        raise ConfigError("embedding on several devices needs a model directory, not a model")
+    net = model_for(model, ds, device, open_vocabulary)  # also caches open-vocabulary vectors
     per_feature = entities_output is not None and entity_rows == "feature"
     last = last_shards(ds) if per_feature else {}  # read before any output is opened
     tile_writer = GeoParquetWriter(output, "region_id", ["Polygon"])
@@ -321,12 +328,15 @@ def embed_tiles(
     pooler = FeatureWriter(ent_writer, last) if ent_writer is not None and per_feature else None
     bar = tqdm(total=int(ds.manifest.get("n_tiles", 0)) or None, unit="tile",
                desc="embed", disable=not progress)  # fmt: skip
+    options = {
+        "entities": ent_writer is not None,
+        "batch_size": batch_size,
+        "entity_transform": entity_transform,
+        "tokens_per_batch": tokens_per_batch,
+    }
     try:
-        for shard in ds.shards:
-            part = embed_shard(
-                net, ds, shard, entities=ent_writer is not None, batch_size=batch_size,
-                entity_transform=entity_transform, tokens_per_batch=tokens_per_batch,
-            )  # fmt: skip
+        for shard, part in _shard_parts(net, model, ds, options, device, devices,
+                                        open_vocabulary):  # fmt: skip
             _check_finite(part.tiles, model)
             tile_writer.write(part.tiles, part.tile_geometry)
             if part.entities is not None:
@@ -349,6 +359,63 @@ def embed_tiles(
     if ent_writer is not None:
         ent_writer.close()
     return Path(output)
+
+
+def _shard_parts(
+    net: GeoJEPA,
+    model: GeoJEPA | str | Path,
+    ds: TileDataset,
+    options: dict,
+    device: str,
+    devices: int,
+    open_vocabulary: bool,
+) -> Iterator[tuple[int, ShardEmbeddings]]:
+    """(shard, embeddings) in shard order, from this process or from ``devices`` workers."""
+    if devices == 1:
+        for shard in ds.shards:
+            yield shard, embed_shard(net, ds, shard, **options)
+        return
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from geojepa.data.pool import bounded_map
+
+    ctx = mp.get_context("spawn")  # fork would copy this process's torch threads and state
+    cuda = torch.device(device).type == "cuda"
+    queue = ctx.Queue()
+    for i in range(devices):
+        queue.put(f"cuda:{i}" if cuda else "cpu")
+    threads = 1 if cuda else max(1, (os.cpu_count() or 1) // devices)
+    init = (str(model), str(ds.path), queue, open_vocabulary, threads, os.getpid())
+    with ProcessPoolExecutor(devices, mp_context=ctx, initializer=_init_worker,
+                             initargs=init) as pool:  # fmt: skip
+        try:
+            parts = bounded_map(pool, _embed_in_worker, ds.shards, 2 * devices, options)
+            yield from zip(ds.shards, parts, strict=True)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+_WORKER: dict[str, object] = {}
+
+
+def _init_worker(
+    model: str, dataset: str, queue: object, open_vocabulary: bool, threads: int, parent: int
+) -> None:
+    """One embedding process: its own device, model and dataset handle."""
+    from geojepa.data.pool import die_with_parent
+
+    die_with_parent(parent)
+    torch.set_num_threads(threads)
+    ds = open_dataset(dataset)
+    _WORKER["ds"] = ds
+    _WORKER["net"] = model_for(model, ds, queue.get(), open_vocabulary)  # type: ignore[attr-defined]
+
+
+def _embed_in_worker(shard: int, options: dict) -> ShardEmbeddings:
+    return embed_shard(_WORKER["net"], _WORKER["ds"], shard, **options)  # type: ignore[arg-type]
 
 
 def _same_path(a: str | Path, b: str | Path) -> bool:

@@ -74,7 +74,7 @@ def make_executor(n: int) -> Executor:
         return InlineExecutor()
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("fork" if "fork" in methods else None)
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_die_with_parent,
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=die_with_parent,
                                initargs=(os.getpid(),))  # fmt: skip
     # the first submit forks the workers (all at once with "fork"): do it now, before
     # pyosmium's reader threads exist; not waiting lets their warm-up overlap the reading
@@ -82,7 +82,7 @@ def make_executor(n: int) -> Executor:
     return pool
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """Pool initializer: a SIGKILLed `prepare` must not leave its workers running.
 
     On Linux the kernel sends the worker SIGKILL when its parent dies (``PR_SET_PDEATHSIG``);
