@@ -258,3 +258,27 @@ def test_metric_probes_are_skipped_where_they_do_not_apply(features, split):
         probes=["linear_l1", "poisson"], config=FAST,
     )  # fmt: skip
     assert [r.probe for r in rows] == ["linear_l1"]  # poisson is for counts only
+
+
+def test_poisson_probe_does_not_explode_on_a_rare_feature(split):
+    """A tag seen on two train tiles (with big counts) and 60 times on some val/test tiles:
+    exp() of the linear predictor overflowed (NaN on the real benchmark); predictions are
+    capped at twice the largest train count."""
+    from geojepa.eval.split import assign_split
+
+    names = assign_split(pd.Index(IDS, name="region_id"), split).to_numpy()
+    rng = np.random.default_rng(0)
+    x = np.zeros((len(IDS), 3))
+    x[:, 0] = rng.poisson(2, len(IDS))
+    y = rng.poisson(np.exp(0.3 * x[:, 0]))
+    train, other = np.flatnonzero(names == "train"), np.flatnonzero(names != "train")
+    x[train[:2], 1], y[train[:2]] = 1.0, 40
+    x[other[:5], 1] = 60.0
+    X = pd.DataFrame(x, index=pd.Index(IDS, name="region_id"))
+    X = X.astype(pd.SparseDtype(float, 0.0))
+    rows = evaluate_embeddings(
+        X, pd.Series(y, index=X.index), split, TASKS["traffic_signals"], seeds=[0],
+        probes=["poisson"], config=FAST,
+    )  # fmt: skip
+    assert np.isfinite(rows[0].val_score) and rows[0].metrics["mae"] < 10, rows[0].metrics
+    assert rows[0].test_output.max() <= 2 * y[train].max() + 1
