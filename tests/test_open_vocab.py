@@ -83,3 +83,18 @@ def test_model_for_can_keep_the_vocabulary_closed(areas):
     n = len(GeoJEPA.from_pretrained(run).vocab)
     assert len(model_for(run, city, open_vocabulary=False).vocab) == n
     assert len(model_for(run, city).vocab) > n
+
+
+def test_evaluation_reads_unseen_tags_like_embed(areas):
+    from geojepa.eval.evaluate import EvaluateConfig, _load_networks
+
+    _, city, run = areas
+    n = len(GeoJEPA.from_pretrained(run).vocab)
+    for flag in (True, False):
+        net, twin, _, vocab, table, base = _load_networks(
+            run, [city], EvaluateConfig(open_vocabulary=flag), want_random=True
+        )
+        assert len(base) == n
+        assert (len(vocab) > n) is flag and net.vocab is vocab
+        # the random-weights twin reads the same table, unseen rows included
+        assert twin.tokenizer.tag_table.shape[0] == table.shape[0] == len(vocab)

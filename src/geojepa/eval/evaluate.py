@@ -108,6 +108,10 @@ class EvaluateConfig(Config):
         5000, ge=1, description="most frequent tag strings kept by the tag-count baseline"
     )
     batch_tokens: int = Field(8192, ge=16, description="padded tokens per embedding batch")
+    open_vocabulary: bool = Field(
+        True, description="tags the run never saw get their own text vectors, as in `geojepa "
+        "embed` (False: read through their key / as unknown)",
+    )  # fmt: skip
     preset: str = Field("cpu-small", description="network config when no run is given")
     min_vocab_coverage: float = Field(
         0.5, ge=0.0, le=1.0, description="share of the data's tag entries the run's vocabulary "
@@ -138,6 +142,8 @@ EVALUATE_PRESETS: dict[str, EvaluateConfig] = {
         ),
         tag_count_max_features=1000,
         supervised_seeds=1,
+        # the committed report (2026-12-05) predates the open vocabulary: this reproduces it
+        open_vocabulary=False,
     ),
 }
 
@@ -378,13 +384,21 @@ def encode_arrays(
 def _load_networks(
     run: Path | None, datasets: Sequence[TileDataset], config: EvaluateConfig, want_random: bool
 ) -> tuple[GeoJEPA | None, GeoJEPA | None, Any, TagVocabulary, torch.Tensor]:
-    """(pretrained or None, random-weights twin or None, PretrainConfig, vocab, tag table)."""
+    """(pretrained or None, random-weights twin or None, PretrainConfig, vocab, tag table, the
+    run's own vocabulary). With ``open_vocabulary`` the data's unseen tags are appended to the
+    pretrained model's vocabulary and table first, so the random twin reads them too."""
     from geojepa.train.config import preset_config
     from geojepa.train.export import build_model
 
     pretrained = None
     if run is not None:
         pretrained = GeoJEPA.from_pretrained(run)
+        base_vocab = pretrained.vocab
+        if config.open_vocabulary:
+            from geojepa.tokenize.open_vocab import open_vocabulary
+
+            for ds in datasets:
+                open_vocabulary(pretrained, ds)
         pcfg, vocab = pretrained.pretrain_config, pretrained.vocab
         table = pretrained.tokenizer.tag_table.detach().clone()
     else:
@@ -394,7 +408,7 @@ def _load_networks(
             v = ds.vocab()
             keys, values = v.column("key").to_pylist(), v.column("value").to_pylist()
             tags += list(zip(keys, values, strict=True))
-        vocab = TagVocabulary.from_tags(tags)
+        vocab = base_vocab = TagVocabulary.from_tags(tags)
         table = build_tag_table(vocab, pcfg.tokenizer.text_model, cache_dir=datasets[0].path)
     random_net = None
     if want_random:
@@ -405,7 +419,7 @@ def _load_networks(
     for net in (pretrained, random_net):
         if net is not None:
             net.to(config.device)
-    return pretrained, random_net, pcfg, vocab, table
+    return pretrained, random_net, pcfg, vocab, table, base_vocab
 
 
 def _git_commit() -> dict[str, Any] | None:
@@ -498,7 +512,7 @@ def evaluate(
 
     # --- networks and compatibility -------------------------------------------------------
     want_random = RANDOM in baselines
-    pretrained, random_net, pcfg, vocab, table = _load_networks(
+    pretrained, random_net, pcfg, vocab, table, base_vocab = _load_networks(
         run_path, opened, config, want_random
     )
     trained_cfg, trained_path = (
@@ -517,7 +531,7 @@ def evaluate(
                     f"{tok_cfg.image_size}px"
                 )
         image_size = tok_cfg.image_size
-    coverage = _vocab_coverage(vocab, opened)
+    coverage = _vocab_coverage(base_vocab, opened)
     if pretrained is not None and coverage < config.min_vocab_coverage:
         raise InputError(
             f"the run's tag vocabulary knows the keys of only {coverage:.0%} of the data's tags "
