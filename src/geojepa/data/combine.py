@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from geojepa.data import schema
 from geojepa.data.config import PrepareConfig
-from geojepa.data.manifest import manifest_header, merge_summaries, shard_summary
+from geojepa.data.manifest import SummaryMerger, manifest_header, shard_summary
 from geojepa.data.reader import TileDataset, dataset_kind, open_dataset
 from geojepa.data.resume import discard_build, remove_dataset_entries
 from geojepa.errors import InputError, OutputError
@@ -77,38 +77,27 @@ def _write_dataset(
 ) -> TileDataset:
     """Write (tiles, entities) shard pairs as a complete dataset; shards renumbered from 0."""
     with OutputLock(out):
-        return _write_locked(out, config, parts, source, overwrite, inputs)
-
-
-def _write_locked(
-    out: Path,
-    config: PrepareConfig,
-    parts: Iterable[tuple[pa.Table, pa.Table]],
-    source: dict[str, Any],
-    overwrite: bool,
-    inputs: Sequence[TileDataset],
-) -> TileDataset:
-    created = _prepare_output(out, overwrite, inputs)
-    try:
-        config.save(out / schema.CONFIG_FILE)
-        summaries: dict[int, dict[str, Any]] = {}
-        for tiles, entities in parts:
-            if tiles.num_rows == 0:
-                continue
-            shard = len(summaries)
-            _write_shard(out, shard, tiles, entities)
-            summaries[shard] = shard_summary(tiles, entities, 0)
-        stats, vocab = merge_summaries(summaries)
-        shards = stats.pop("shards")
-        if stats["n_tiles"] == 0:
-            raise InputError("no tiles selected: the new dataset would be empty")
-        manifest = manifest_header(config, source, shards, stats)
-        write_atomic(out / schema.VOCAB_FILE, lambda tmp: pq.write_table(vocab, tmp))
-        write_json_atomic(out / schema.MANIFEST_FILE, manifest)
-    except BaseException:
-        discard_build(out, created)
-        raise
-    return open_dataset(out)
+        created = _prepare_output(out, overwrite, inputs)
+        try:
+            config.save(out / schema.CONFIG_FILE)
+            merger, shard = SummaryMerger(), 0
+            for tiles, entities in parts:
+                if tiles.num_rows == 0:
+                    continue
+                _write_shard(out, shard, tiles, entities)
+                merger.add(shard, shard_summary(tiles, entities, 0))
+                shard += 1
+            stats, vocab = merger.result()
+            shards = stats.pop("shards")
+            if stats["n_tiles"] == 0:
+                raise InputError("no tiles selected: the new dataset would be empty")
+            manifest = manifest_header(config, source, shards, stats)
+            write_atomic(out / schema.VOCAB_FILE, lambda tmp: pq.write_table(vocab, tmp))
+            write_json_atomic(out / schema.MANIFEST_FILE, manifest)
+        except BaseException:
+            discard_build(out, created)
+            raise
+        return open_dataset(out)
 
 
 def _source_of(ds: TileDataset) -> dict[str, Any]:

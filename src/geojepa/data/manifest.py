@@ -133,14 +133,6 @@ class SummaryMerger:
         return stats, vocab
 
 
-def merge_summaries(summaries: dict[int, dict[str, Any]]) -> tuple[dict[str, Any], pa.Table]:
-    """Manifest statistics and the vocabulary of a set of shard summaries."""
-    merger = SummaryMerger()
-    for shard in sorted(summaries):
-        merger.add(shard, summaries[shard])
-    return merger.result()
-
-
 def finalize(
     output: Path, merger: SummaryMerger, missing: list[int], vocab_tmp: Path
 ) -> dict[str, Any]:

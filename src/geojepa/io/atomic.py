@@ -39,6 +39,19 @@ def describe_os_error(exc: OSError, path: str | Path) -> str:
     return f"cannot write {path}: {exc.strerror or exc}"
 
 
+def unique_temp(final: Path, suffix: str = "") -> Path:
+    """A new empty file beside ``final`` whose name no other run can pick (OutputError if the
+    directory cannot be written)."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}",
+                                    dir=final.parent)  # fmt: skip
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, final)) from None
+    os.close(fd)
+    return Path(name)
+
+
 @contextmanager
 def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a fresh temporary path beside ``final``; rename it onto ``final`` on success.
@@ -48,14 +61,7 @@ def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
     temporary file is removed and ``final`` is left as it was.
     """
     final = Path(final)
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}",
-                                    dir=final.parent)  # fmt: skip
-    except OSError as exc:
-        raise OutputError(describe_os_error(exc, final)) from None
-    os.close(fd)
-    tmp = Path(name)
+    tmp = unique_temp(final, suffix)
     try:
         yield tmp
         os.replace(tmp, final)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from types import TracebackType
 
@@ -31,7 +30,7 @@ import pyarrow.parquet as pq
 import shapely
 
 from geojepa.errors import OutputError
-from geojepa.io.atomic import OutputLock, describe_os_error
+from geojepa.io.atomic import OutputLock, describe_os_error, unique_temp
 
 GEOPARQUET_VERSION = "1.1.0"
 #: Rows per row group: small enough that a bbox query skips most of a big file, large enough
@@ -109,15 +108,10 @@ class GeoParquetWriter:
         self.rows = 0
         self._lock = OutputLock(self.path).acquire()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(
-                prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-            )
-            os.close(fd)
-        except OSError as exc:
+            self._tmp = unique_temp(self.path)
+        except OutputError:
             self._lock.release()
-            raise OutputError(describe_os_error(exc, self.path)) from None
-        self._tmp = Path(name)
+            raise
 
     def write(self, frame: pd.DataFrame, geometry: np.ndarray) -> None:
         """Append rows, in :func:`spatial_order`; ``frame``'s index is the id column,

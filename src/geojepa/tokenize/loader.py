@@ -556,14 +556,30 @@ class TileStream(IterableDataset):
         if n > 0:
             yield buffer, np.arange(n)
 
-    def _batch_quota(self, plan: list[list[list[int]]], wid: int) -> int:
-        """Batches worker ``wid`` yields on every rank under a token budget: the fewest over the
-        ranks, found by running every rank's plan on the entity counts alone (no tokenising)."""
+    def _quotas(
+        self, plan: list[list[list[int]]], quotas: list[int] | None, wid: int
+    ) -> tuple[int | None, int | None]:
+        """(tiles, batches) worker ``wid`` may yield so that every rank stops together: a tile
+        quota without a token budget, a batch quota with one; (None, None) on a single rank."""
+        if quotas is None:
+            return None, None
+        if self.batcher.tokens_per_batch is None:
+            return quotas[wid], None
+        return None, self._batch_quota(plan, wid)
+
+    def _length_loader(self) -> Callable[[int], _Lengths]:
+        """Shard → its tiles' lengths from the entity counts alone (no tokenising)."""
         counts = self.entity_counts()
 
         def load(s: int) -> _Lengths:
             return _Lengths(counts[s])
 
+        return load
+
+    def _batch_quota(self, plan: list[list[list[int]]], wid: int) -> int:
+        """Batches worker ``wid`` yields on every rank under a token budget: the fewest over the
+        ranks, found by running every rank's plan on the entity counts alone (no tokenising)."""
+        load = self._length_loader()
         return min(
             sum(
                 1
@@ -604,12 +620,7 @@ class TileStream(IterableDataset):
             self.epoch,
             self.even_ranks,
         )
-        tile_quota = batch_quota = None
-        if quotas is not None:
-            if self.batcher.tokens_per_batch is None:
-                tile_quota = quotas[wid]
-            else:
-                batch_quota = self._batch_quota(plan, wid)
+        tile_quota, batch_quota = self._quotas(plan, quotas, wid)
         image_size = self.dataset.config.image_size if self.config.use_image else None
         load = self._load
         if batch_quota is not None:
@@ -627,19 +638,10 @@ class TileStream(IterableDataset):
             self.dataset.shards, sizes, world, workers, self.shuffle, self.seed, self.epoch,
             self.even_ranks,
         )  # fmt: skip
-        counts = self.entity_counts()
-
-        def load(s: int) -> _Lengths:
-            return _Lengths(counts[s])
-
+        load = self._length_loader()
         total = 0
         for wid in range(workers):
-            tile_quota = batch_quota = None
-            if quotas is not None:
-                if self.batcher.tokens_per_batch is None:
-                    tile_quota = quotas[wid]
-                else:
-                    batch_quota = self._batch_quota(plan, wid)
+            tile_quota, batch_quota = self._quotas(plan, quotas, wid)
             plan_0 = self._index_batches(
                 plan[0][wid], load, self._rng(0, wid), tile_quota, batch_quota
             )
