@@ -74,6 +74,73 @@ def check_options(args: argparse.Namespace) -> None:
         raise ConfigError(f"--report {args.report} exists and is not a directory")
 
 
+def prepare_inputs(sources: dict[str, Path], work: Path):
+    """Prepare the areas (zoom 16), the saved block split and the train-blocks-only dataset.
+
+    Returns ``(datasets by area, split path, pretraining dataset)``; re-runs reuse what exists.
+    """
+    from geojepa.data.combine import merge_datasets, subset_dataset
+    from geojepa.data.config import PrepareConfig
+    from geojepa.data.prepare import prepare_tiles
+    from geojepa.data.reader import open_dataset
+    from geojepa.eval import make_split, save_split
+    from geojepa.eval.evaluate import evaluate_preset
+
+    done = work / "inputs.json"
+    if done.is_file():  # a finished earlier call (also lets parallel ablations share them)
+        datasets = {name: open_dataset(work / "data" / name) for name in sources}
+        return datasets, work / "split.parquet", open_dataset(work / "pretrain-data")
+    datasets = {}
+    for name, source in sources.items():
+        log(f"prepare {name} (zoom 16)")
+        datasets[name] = prepare_tiles(
+            source, work / "data" / name, PrepareConfig(zoom=16), progress=False
+        )
+        log(f"  {datasets[name]}")
+    ids = [
+        rid
+        for ds in datasets.values()
+        for rid in ds.read_tiles(columns=["region_id"]).column("region_id").to_pylist()
+    ]
+    split = make_split(ids, evaluate_preset("benchmark").split)
+    split_path = save_split(split, work / "split.parquet")
+    log(f"split: {split['split'].value_counts().to_dict()}")
+    merged = merge_datasets(list(datasets.values()), work / "merged", overwrite=True)
+    train_ids = split.loc[split["split"] == "train", "region_id"]
+    train_ds = subset_dataset(merged, train_ids, work / "pretrain-data", overwrite=True)
+    log(f"pretraining data (train blocks only): {train_ds}")
+    done.write_text(json.dumps({"areas": sorted(sources)}) + "\n")
+    return datasets, split_path, train_ds
+
+
+def pretrain_fixed(train_ds, work: Path, run_name: str, steps: int, config: Path | None) -> float:
+    """Pretrain ``config`` (default: the preset) for exactly ``steps``; seconds it took.
+
+    A finished run of the same length in ``work/run_name`` is reused (its time is read back).
+    """
+    from geojepa.errors import ConfigError
+    from geojepa.train import pretrain
+
+    run_dir = work / run_name
+    run_info = work / f"{run_name}.json"
+    if (run_dir / "model.safetensors").is_file() and run_info.is_file():
+        info = json.loads(run_info.read_text())
+        if info["steps"] != steps:
+            raise ConfigError(
+                f"{run_dir} holds a {info['steps']}-step run, not {steps}: use --fresh or "
+                "another --run-name"
+            )
+        log(f"reusing the finished run {run_dir} ({steps} steps)")
+        return float(info["seconds"])
+    log(f"pretraining {steps} steps (fixed)")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    t = time.perf_counter()
+    pretrain(train_ds.path, run_dir, config=config, preset=PRESET, max_steps=steps, progress=False)
+    seconds = time.perf_counter() - t
+    run_info.write_text(json.dumps({"steps": steps, "seconds": seconds}) + "\n")
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "benchmark")
@@ -116,13 +183,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from geojepa.data.combine import merge_datasets, subset_dataset
-    from geojepa.data.config import PrepareConfig
-    from geojepa.data.prepare import prepare_tiles
-    from geojepa.errors import ConfigError
-    from geojepa.eval import make_split, save_split
     from geojepa.eval.evaluate import evaluate, evaluate_preset, format_summary
-    from geojepa.train import preset_config, pretrain
+    from geojepa.train import preset_config
 
     preset = evaluate_preset("benchmark")
 
@@ -138,55 +200,14 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
 
     t = time.perf_counter()
-    datasets = {}
-    for name, source in sources.items():
-        log(f"prepare {name} (zoom 16)")
-        datasets[name] = prepare_tiles(
-            source, args.work / "data" / name, PrepareConfig(zoom=16), progress=False
-        )
-        log(f"  {datasets[name]}")
-    phases["prepare_s"] = time.perf_counter() - t
+    datasets, split_path, train_ds = prepare_inputs(sources, args.work)
+    phases["prepare_split_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    split_cfg = preset.split
-    ids = [
-        rid
-        for ds in datasets.values()
-        for rid in ds.read_tiles(columns=["region_id"]).column("region_id").to_pylist()
-    ]
-    split = make_split(ids, split_cfg)
-    split_path = save_split(split, args.work / "split.parquet")
-    log(f"split: {split['split'].value_counts().to_dict()}")
-    merged = merge_datasets(list(datasets.values()), args.work / "merged", overwrite=True)
-    train_ids = split.loc[split["split"] == "train", "region_id"]
-    train_ds = subset_dataset(merged, train_ids, args.work / "pretrain-data", overwrite=True)
-    log(f"pretraining data (train blocks only): {train_ds}")
-    phases["split_merge_subset_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    run_dir = args.work / args.run_name
-    run_info = args.work / f"{args.run_name}.json"
-    steps = args.steps
-    if (run_dir / "model.safetensors").is_file() and run_info.is_file():
-        info = json.loads(run_info.read_text())
-        if info["steps"] != steps:
-            raise ConfigError(
-                f"{run_dir} holds a {info['steps']}-step run, not {steps}: use --fresh or "
-                "another --run-name"
-            )
-        seconds = info["seconds"]
-        log(f"reusing the finished run {run_dir} ({steps} steps)")
-    else:
-        log(f"pretraining {steps} steps (fixed)")
-        shutil.rmtree(run_dir, ignore_errors=True)
-        pretrain(
-            train_ds.path, run_dir, config=args.config, preset=PRESET, max_steps=steps,
-            progress=False,
-        )  # fmt: skip
-        seconds = time.perf_counter() - t
-        run_info.write_text(json.dumps({"steps": steps, "seconds": seconds}) + "\n")
+    pretrain_s = pretrain_fixed(train_ds, args.work, args.run_name, args.steps, args.config)
     phases["pretrain_s"] = time.perf_counter() - t
-    pretrain_s = seconds
+    steps = args.steps
+    run_dir = args.work / args.run_name
 
     t = time.perf_counter()
     seeds = args.seeds

@@ -16,6 +16,7 @@ from geojepa.eval.split import (
     load_split,
     make_split,
     save_split,
+    search_split,
 )
 
 IDS = [f"17/{x}/{y}" for x in range(1000, 1048) for y in range(2000, 2040)]  # 48 × 40 tiles
@@ -116,3 +117,24 @@ def test_assign_split_rejects_foreign_tiles():
     # tile index works too
     names = assign_split(pd.Index(IDS[:5], name="region_id"), split)
     assert np.isin(names.to_numpy(), ["train", "val", "test"]).all()
+
+
+def test_search_split_never_holds_test_and_scores_on_val():
+    split = make_split(IDS, SplitConfig(block_zoom=15))
+    search = search_split(split, val_fraction=0.25, seed=1)
+    original = split.set_index("region_id")["split"]
+    new = search.set_index("region_id")["split"]
+    # no original test tile survives; original val is what gets scored ("test")
+    assert not (original[new.index] == "test").any()
+    assert set(new.index) == set(original.index[original != "test"])
+    assert (original[new.index[new == "test"]] == "val").all()
+    assert (new[original.index[original == "val"]] == "test").all()
+    # the probes' own val is carved out of train, by whole blocks, near the asked fraction
+    inner = new.index[new == "val"]
+    assert (original[inner] == "train").all()
+    assert (search.groupby("block_id")["split"].nunique() == 1).all()
+    n_train = int((original == "train").sum())
+    assert len(inner) / n_train == pytest.approx(0.25, abs=16 / n_train + 0.01)
+    pd.testing.assert_frame_equal(search, search_split(split, val_fraction=0.25, seed=1))
+    with pytest.raises(InputError):
+        search_split(split, val_fraction=0.0)

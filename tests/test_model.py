@@ -11,6 +11,7 @@ from torch import nn
 from geojepa.errors import ConfigError
 from geojepa.model import GeoJEPA, MaskingConfig, ModelConfig, Transformer
 from geojepa.model.jepa import ema_momentum, masked_vicreg, pool_tiles
+from geojepa.model.transformer import key_mask
 
 D = 32
 SMALL = ModelConfig(
@@ -255,3 +256,51 @@ def test_real_tokenizer_padding_invariance() -> None:
     )
     ent, valid = model.entity_embeddings(mixed)
     assert ent.shape[:2] == valid.shape == (2, 17)
+
+
+def test_count_pooling_appends_log_token_count() -> None:
+    x = torch.randn(3, 5, 4)
+    m = torch.tensor([[True] * 5, [True, True, False, False, False], [False] * 5])
+    pooled = pool_tiles(x, m, count=True)
+    assert pooled.shape == (3, 9)
+    torch.testing.assert_close(pooled[:, :8], pool_tiles(x, m))
+    torch.testing.assert_close(pooled[:, 8], torch.log1p(torch.tensor([5.0, 2.0, 0.0])))
+    model = GeoJEPA(SMALL.replace(tile_pooling="max_mean_count"), FakeTokenizer()).eval()
+    assert model.tile_width == 2 * D + 1
+    emb = model.tile_embedding(fake_batch([3, 7]))
+    assert emb.shape == (2, 2 * D + 1)
+    torch.testing.assert_close(emb[:, -1], torch.log1p(torch.tensor([3.0, 7.0])))
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_target_layers_average_the_last_blocks_normed_outputs(packed: bool) -> None:
+    torch.manual_seed(0)
+    enc = Transformer(D, 3, 4, packed=packed).eval()
+    x = torch.randn(2, 6, D)
+    valid = torch.tensor([[True] * 6, [True, True, True, False, False, False]])
+    outs, y, mask = [], x, key_mask(valid)
+    enc.packed = False
+    for block in enc.blocks:  # the padded reference, block by block
+        y = block(y, mask)
+        outs.append(enc.norm(y))
+    enc.packed = packed
+    got = enc(x, valid, layers=2)
+    want = (outs[-1] + outs[-2]) / 2
+    torch.testing.assert_close(got[valid], want[valid], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(enc(x, valid)[valid], outs[-1][valid], atol=1e-5, rtol=1e-5)
+    model = GeoJEPA(SMALL.replace(target_layers=2), FakeTokenizer())
+    assert model(fake_batch([4, 9]), torch.Generator().manual_seed(0)).loss.isfinite()
+
+
+def test_dropout_acts_on_the_student_in_training_only() -> None:
+    torch.manual_seed(0)
+    model = GeoJEPA(SMALL.replace(dropout=0.3), FakeTokenizer())
+    batch = fake_batch([6, 9])
+    x, valid = torch.randn(2, 9, D), batch["valid"]
+    model.train()
+    a, b = model.encoder(x, valid), model.encoder(x, valid)
+    assert not torch.allclose(a[valid], b[valid])  # dropout draws differ
+    model.eval()
+    torch.testing.assert_close(model.encoder(x, valid), model.encoder(x, valid))
+    model.train()  # the teacher stays deterministic while the student trains
+    torch.testing.assert_close(model.encode(batch)[0], model.encode(batch)[0])

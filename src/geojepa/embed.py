@@ -32,7 +32,7 @@ from geojepa.data.reader import TileDataset, local_to_lonlat, open_dataset
 from geojepa.errors import ConfigError, InputError
 from geojepa.eval.baselines import tag_strings
 from geojepa.io.geoparquet import GeoParquetWriter
-from geojepa.model.jepa import GeoJEPA, pool_tiles
+from geojepa.model.jepa import GeoJEPA
 from geojepa.tokenize.loader import TileArrays, TileBatcher, TileStream, collate
 
 EMBEDDING_PREFIX = "emb_"
@@ -169,7 +169,7 @@ def encode_tiles(
     device = next(model.parameters()).device
     n = len(arrays)
     width = model.config.width
-    tile_out = np.zeros((n, 2 * width), dtype=np.float32)
+    tile_out = np.zeros((n, model.tile_width), dtype=np.float32)
     offsets = np.cumsum(arrays.ent_count) - arrays.ent_count  # first entity of each tile
     ent_out = np.zeros((int(arrays.ent_count.sum()), width), np.float32) if entities else None
     full, rest = TileBatcher(batch_size, tokens_per_batch).split(
@@ -184,7 +184,7 @@ def encode_tiles(
                 batch = batch.pin_memory()
             batch = batch.to(device)
             h, valid = model.encode(batch)
-            tile_out[rows] = pool_tiles(h, valid).float().cpu().numpy()
+            tile_out[rows] = model.pool(h, valid).float().cpu().numpy()
             if ent_out is not None:
                 e = batch.entity_valid.shape[1]
                 hv = h[:, :e][batch.entity_valid].float().cpu().numpy()  # row-major: tile order

@@ -4,7 +4,14 @@ metrics, baselines and report helpers. See ``docs/evaluation.md`` for the exact 
 from geojepa.eval.metrics import auroc, balanced_accuracy, compute_metrics, mae, rmse
 from geojepa.eval.probes import ProbeConfig, ResultRow, embedding_features, evaluate_embeddings
 from geojepa.eval.report import make_provenance, summarize, write_report
-from geojepa.eval.split import SplitConfig, assign_split, load_split, make_split, save_split
+from geojepa.eval.split import (
+    SplitConfig,
+    assign_split,
+    load_split,
+    make_split,
+    save_split,
+    search_split,
+)
 from geojepa.eval.suite import evaluate_baselines
 from geojepa.eval.tasks import ENTITY_TASKS, TASKS, TILE_TASKS, Task, get_task, parse_maxspeed
 
@@ -31,6 +38,7 @@ __all__ = [
     "parse_maxspeed",
     "rmse",
     "save_split",
+    "search_split",
     "summarize",
     "write_report",
 ]

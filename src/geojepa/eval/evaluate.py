@@ -367,7 +367,7 @@ def encode_arrays(
     tiles = pd.DataFrame(
         tile_out,
         index=pd.Index(np.asarray(arrays.region_ids, dtype=object), name="region_id"),
-        columns=embedding_columns(2 * width),
+        columns=embedding_columns(tile_out.shape[1]),
     )
     if ent_out is None:
         return tiles, None

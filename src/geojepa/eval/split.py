@@ -104,6 +104,38 @@ def make_split(
     return frame.sort_values("region_id", ignore_index=True)
 
 
+def search_split(split: pd.DataFrame, val_fraction: float = 0.25, seed: int = 0) -> pd.DataFrame:
+    """A split for choosing a recipe without reading test: test dropped, val scored as "test".
+
+    Model and recipe selection must never look at the test blocks. This keeps the train blocks
+    (minus a seeded ``val_fraction`` of their tiles, dealt out by whole blocks, which become the
+    probes' own "val" for early stopping and probe choice) and relabels the original **val**
+    blocks "test", so ``evaluate`` and its intervals run unchanged and score on the original
+    val. Pretraining on the original train blocks is still unseen-data-free for the new "test".
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    _validate(split, "given to search_split")
+    train = split[split["split"] == "train"]
+    sizes = train["block_id"].value_counts().sort_index()
+    if len(sizes) < 2 or not (split["split"] == "val").any():
+        raise InputError("search_split needs at least 2 train blocks and some val blocks")
+    order = np.random.default_rng(seed).permutation(len(sizes))
+    target = val_fraction * len(train)
+    inner_val: set[str] = set()
+    filled = 0
+    for rank, index in enumerate(order):
+        if rank == len(order) - 1 or (filled >= target and inner_val):
+            break  # at least one block stays train
+        inner_val.add(sizes.index[index])
+        filled += int(sizes.iloc[index])
+    out = split[split["split"] != "test"].copy()
+    out["split"] = np.where(
+        out["split"] == "val", "test", np.where(out["block_id"].isin(inner_val), "val", "train")
+    ).astype(object)
+    return out.reset_index(drop=True)
+
+
 def save_split(split: pd.DataFrame, path: str | Path) -> Path:
     """Write a split as Parquet (``.parquet``) or CSV (``.csv``)."""
     path = Path(path)

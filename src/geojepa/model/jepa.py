@@ -16,7 +16,7 @@ import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,15 @@ class ModelConfig(Config):
     predictor_heads: int = Field(8, ge=1)
     ema_momentum: tuple[float, float] = (0.99, 0.99999)
     reg_weight: float = Field(0.01, ge=0.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="encoder/predictor (student only)")
+    target_layers: int = Field(
+        1, ge=1, description="teacher targets and embeddings: average of the last N blocks"
+    )
+    tile_pooling: Literal["max_mean", "max_mean_count"] = Field(
+        "max_mean",
+        description="tile vector: [max ‖ mean] of token outputs; max_mean_count appends "
+        "log(1 + tokens), so that counts are reachable by a probe",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -134,9 +143,15 @@ class GeoJEPA(nn.Module):
         d = config.width
         self.tokenizer = tokenizer
         self.prior = PositionPrior(d)
-        self.encoder = Transformer(d, config.depth, config.heads, config.mlp_ratio)
+        self.encoder = Transformer(
+            d, config.depth, config.heads, config.mlp_ratio, dropout=config.dropout
+        )
         self.predictor = Predictor(
-            d, config.predictor_width, config.predictor_depth, config.predictor_heads
+            d,
+            config.predictor_width,
+            config.predictor_depth,
+            config.predictor_heads,
+            dropout=config.dropout,
         )
         for part in (self.prior, self.encoder, self.predictor):
             part.apply(_init_weights)  # the tokenizer keeps its own initialisation
@@ -204,7 +219,7 @@ class GeoJEPA(nn.Module):
     def _target_outputs(self, batch: Any) -> tuple[torch.Tensor, TokensLike]:
         tok = self.target["tokenizer"](batch)
         x = tok.tokens + self.target["prior"](tok.boxes, tok.modality).to(tok.tokens.dtype)
-        h = self.target["encoder"](x, tok.valid)
+        h = self.target["encoder"](x, tok.valid, layers=self.config.target_layers)
         h = F.layer_norm(h.float(), (h.shape[-1],))
         return h.masked_fill(~tok.valid[..., None], 0.0), tok
 
@@ -214,11 +229,20 @@ class GeoJEPA(nn.Module):
         h, tok = self._target_outputs(batch)
         return h, tok.valid
 
+    @property
+    def tile_width(self) -> int:
+        """Length of a tile vector (``tile_embedding``)."""
+        return 2 * self.config.width + (self.config.tile_pooling == "max_mean_count")
+
+    def pool(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Tile vectors from token outputs, as ``config.tile_pooling`` says."""
+        return pool_tiles(h, valid, count=self.config.tile_pooling == "max_mean_count")
+
     @torch.no_grad()
     def tile_embedding(self, batch: Any) -> torch.Tensor:
-        """[max ‖ mean] over each tile's real tokens, [B, 2D]; a tile with no token gets 0."""
+        """[max ‖ mean (‖ log(1+n))] over each tile's real tokens; a tile with no token gets 0."""
         h, valid = self.encode(batch)
-        return pool_tiles(h, valid)
+        return self.pool(h, valid)
 
     @torch.no_grad()
     def entity_embeddings(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,14 +313,19 @@ def _frozen_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return frozen
 
 
-def pool_tiles(h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """[max ‖ mean] over real tokens; padding never enters either statistic."""
+def pool_tiles(h: torch.Tensor, valid: torch.Tensor, count: bool = False) -> torch.Tensor:
+    """[max ‖ mean] over real tokens; padding never enters either statistic.
+
+    ``count`` appends log(1 + number of real tokens): mean and max do not change when a tile
+    holds ten times as many of the same things, a count task needs to know.
+    """
     m = valid[..., None]
-    n = m.sum(1).clamp(min=1).to(h.dtype)
-    mean = h.masked_fill(~m, 0.0).sum(1) / n
+    n = m.sum(1).to(h.dtype)
+    mean = h.masked_fill(~m, 0.0).sum(1) / n.clamp(min=1)
     mx = h.masked_fill(~m, -math.inf).amax(1)
     mx = torch.where(valid.any(1, keepdim=True), mx, torch.zeros_like(mx))
-    return torch.cat([mx, mean], dim=-1)
+    parts = [mx, mean, torch.log1p(n)] if count else [mx, mean]
+    return torch.cat(parts, dim=-1)
 
 
 def _init_weights(module: nn.Module) -> None:

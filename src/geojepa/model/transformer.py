@@ -115,8 +115,11 @@ class Block(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         drop = self.dropout if self.training else 0.0
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
-        x = x + self.proj(a.transpose(1, 2).reshape(b, n, d))
-        return x + self.mlp(self.norm2(x))
+        x = x + self._drop(self.proj(a.transpose(1, 2).reshape(b, n, d)))
+        return x + self._drop(self.mlp(self.norm2(x)))
+
+    def _drop(self, y: torch.Tensor) -> torch.Tensor:
+        return F.dropout(y, self.dropout, self.training) if self.dropout else y
 
     def _packed(self, x: torch.Tensor, p: Packing) -> torch.Tensor:
         n, d = x.shape
@@ -132,47 +135,69 @@ class Block(nn.Module):
             q, k, v = dense.permute(2, 0, 3, 1, 4).unbind(0)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=p.mask, dropout_p=drop)
             a = p.pack(a.transpose(1, 2)).reshape(n, d)
-        x = x + self.proj(a)
-        return x + self.mlp(self.norm2(x))
+        x = x + self._drop(self.proj(a))
+        return x + self._drop(self.mlp(self.norm2(x)))
 
 
 class Transformer(nn.Module):
     """A stack of pre-norm blocks and a final LayerNorm; ``packed`` picks the layout."""
 
     def __init__(
-        self, width: int, depth: int, heads: int, mlp_ratio: float = 4.0, packed: bool = True
+        self,
+        width: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        packed: bool = True,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.packed = packed
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """x [B,L,D], valid bool [B,L] -> [B,L,D]; padded positions never influence others."""
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, layers: int = 1) -> torch.Tensor:
+        """x [B,L,D], valid bool [B,L] -> [B,L,D]; padded positions never influence others.
+
+        ``layers`` > 1 returns the average of the last ``layers`` blocks' normed outputs (the
+        data2vec-style target: less tied to the last block's objective-specific features).
+        """
         if not self.packed:
             mask = key_mask(valid)
+            outs = []
             for block in self.blocks:
                 x = block(x, mask)
-            return self.norm(x)
+                outs.append(x)
+            return self._read(outs, layers)
         packing = Packing.from_valid(valid, flex=use_flex(x))
-        return packing.unpack(self.forward_packed(packing.pack(x), packing))
+        return packing.unpack(self.forward_packed(packing.pack(x), packing, layers))
 
-    def forward_packed(self, y: torch.Tensor, packing: Packing) -> torch.Tensor:
+    def forward_packed(self, y: torch.Tensor, packing: Packing, layers: int = 1) -> torch.Tensor:
         """Packed tokens [N,D] → [N,D]."""
+        outs = []
         for block in self.blocks:
             y = block(y, packing)
-        return self.norm(y)
+            outs.append(y)
+        return self._read(outs, layers)
+
+    def _read(self, outs: list[torch.Tensor], layers: int) -> torch.Tensor:
+        if layers <= 1:
+            return self.norm(outs[-1])
+        last = outs[-min(layers, len(outs)) :]
+        return torch.stack([self.norm(o) for o in last]).mean(0)
 
 
 class Predictor(nn.Module):
     """Narrow transformer: projects context outputs and mask tokens in, predictions out."""
 
-    def __init__(self, width: int, pred_width: int, depth: int, heads: int) -> None:
+    def __init__(
+        self, width: int, pred_width: int, depth: int, heads: int, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.embed = nn.Linear(width, pred_width)
         self.mask_token = nn.Parameter(torch.zeros(width))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
-        self.body = Transformer(pred_width, depth, heads)
+        self.body = Transformer(pred_width, depth, heads, dropout=dropout)
         self.out = nn.Linear(pred_width, width)
 
     def forward(

@@ -1,0 +1,202 @@
+"""Recipe search on **val** only: one line per hypothesis, test never read.
+
+    .venv/bin/python benchmarks/ablation.py NAME [NAME ...] [--seeds 2]
+    .venv/bin/python benchmarks/ablation.py --list
+    .venv/bin/python benchmarks/ablation.py --table      # rebuild the table from the runs
+
+Each hypothesis is a set of changes to the ``cpu-small`` preset and a fixed number of steps
+(``HYPOTHESES``). It is pretrained on the benchmark's train blocks (as `make benchmark`), then
+evaluated with the ``benchmark`` probe settings on the **search split**
+(``geojepa.eval.split.search_split``): the benchmark's test blocks are dropped, its val blocks
+are scored (called "test" inside the report), and a quarter of the train blocks become the
+probes' own val for early stopping and probe choice. Every run carries the baselines (tag
+counts, pooled tag text, the same network with random weights, the train median) so its
+verdicts have paired block-bootstrap intervals on val. Reports go to
+``reports/benchmark/ablation-search/NAME/``; ``--table`` writes ``ablation-search/README.md``
+and ``table.csv`` (one line per hypothesis: the val metric of the val-chosen probe per task,
+wins/ties/losses against each rival). The chosen recipe is then read once on test by
+``make benchmark``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from evaluate import AREAS, SHARED, log, prepare_inputs, pretrain_fixed  # noqa: E402
+
+REPORTS = ROOT / "reports" / "benchmark" / "ablation-search"
+BASELINES = ("dummy", "tag_counts", "pooled_text", "random_init")
+RIVALS = ("tag_counts", "pooled_text", "random_init")
+
+WIDE = {
+    "tokenizer": {"width": 256},
+    "model": {
+        "width": 256,
+        "depth": 4,
+        "heads": 8,
+        "predictor_width": 128,
+        "predictor_depth": 2,
+        "predictor_heads": 4,
+        "reg_weight": 0.05,
+    },
+}
+
+
+def _merge(*parts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for section, changes in part.items():
+            out.setdefault(section, {}).update(changes)
+    return out
+
+
+#: name → (what it tests, changes to cpu-small by config section, optimiser steps).
+HYPOTHESES: dict[str, tuple[str, dict[str, dict[str, Any]], int]] = {
+    "control": ("cpu-small as it is (64 wide, 2 deep)", {}, 484),
+    "wide": ("width 256, depth 4, predictor 128x2, reg_weight 0.05", WIDE, 600),
+    "wide-reg1": (
+        "wide + regulariser at the paper's strength (reg_weight 1.0)",
+        _merge(WIDE, {"model": {"reg_weight": 1.0}}),
+        600,
+    ),
+    "wide-long": ("wide, 3x longer (1800 steps)", WIDE, 1800),
+}
+
+
+def hypothesis_config(name: str) -> Any:
+    """The PretrainConfig of a hypothesis (cpu-small with its changes)."""
+    from geojepa.train import preset_config
+
+    _, changes, _ = HYPOTHESES[name]
+    config = preset_config("cpu-small").with_overrides(**changes)
+    return config.replace(preset=f"ablation-{name}")
+
+
+def run_one(name: str, sources: dict[str, Path], work: Path, seeds: int) -> Path:
+    from geojepa.eval import load_split, save_split, search_split
+    from geojepa.eval.evaluate import evaluate, evaluate_preset, format_summary
+
+    what, _, steps = HYPOTHESES[name]
+    datasets, split_path, train_ds = prepare_inputs(sources, work)
+    search = save_split(search_split(load_split(split_path)), work / "search-split.parquet")
+    config_path = work / "configs" / f"{name}.json"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    hypothesis_config(name).save(config_path)
+    seconds = pretrain_fixed(train_ds, work, f"run-{name}", steps, config_path)
+    out = REPORTS / name
+    config = evaluate_preset("benchmark").replace(
+        supervised_seeds=None,
+        title=f"Ablation `{name}` on val (search split): {what}",
+        notes=(
+            f"Hypothesis `{name}`: {what}; {steps} steps ({seconds / 60:.1f} min pretraining "
+            "on this machine). Scored on the benchmark's **val** blocks (shown as test); the "
+            "probes chose epochs and probe family on a quarter of the train blocks. The "
+            "benchmark's test blocks are not read.",
+        ),
+    )
+    t = time.perf_counter()
+    result = evaluate(
+        work / f"run-{name}", [ds.path for ds in datasets.values()], out,
+        seeds=range(seeds), baselines=BASELINES, split=search, config=config, progress=False,
+    )  # fmt: skip
+    print(format_summary(result))
+    record = {
+        "hypothesis": name,
+        "what": what,
+        "steps": steps,
+        "pretrain_s": round(seconds, 1),
+        "evaluate_s": round(time.perf_counter() - t, 1),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "changes": HYPOTHESES[name][1],
+    }
+    (out / "ablation.json").write_text(json.dumps(record, indent=2) + "\n")
+    log(f"{name} done: {out}")
+    return out
+
+
+def table() -> Path:
+    """``README.md`` + ``table.csv``: one line per finished hypothesis."""
+    import pandas as pd
+
+    lines = []
+    for name in HYPOTHESES:
+        report = REPORTS / name
+        if not (report / "ablation.json").is_file():
+            continue
+        info = json.loads((report / "ablation.json").read_text())
+        frame = pd.read_csv(report / "results.csv")
+        chosen = frame[frame["selected"].astype(str) == "True"]
+        row: dict[str, Any] = {"hypothesis": name, "steps": info["steps"],
+                               "pretrain_min": round(info["pretrain_s"] / 60, 1)}  # fmt: skip
+        wins = 0
+        for task, part in chosen.groupby("task", sort=False):
+            own = part[part["model"] == "geojepa"].iloc[0]
+            row[f"{task} {own['metric']}"] = round(float(own["mean"]), 3)
+            verdicts = {r["model"]: r["verdict"] for _, r in part.iterrows()}
+            beat_all = all(verdicts.get(m) == "win" for m in RIVALS)
+            wins += beat_all
+            row[f"{task} vs"] = "".join(
+                {"win": "W", "loss": "L"}.get(str(verdicts.get(m)), "=") for m in RIVALS
+            )
+        row["tasks beating all 3"] = wins
+        row["what"] = info["what"]
+        lines.append(row)
+    frame = pd.DataFrame(lines)
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(REPORTS / "table.csv", index=False)
+    md = [
+        "# Recipe search on val (issue 12, part 3)",
+        "",
+        "Written by `benchmarks/ablation.py --table`; each row's report is in its folder. "
+        "Metric: the val score of the probe chosen on the probes' own val (train blocks), mean "
+        "over seeds. `vs` = verdict against tag counts, pooled tag text and random weights "
+        "(W win, L loss, = tie: 95% paired block-bootstrap interval of the difference on val).",
+        "",
+        frame.to_markdown(index=False) if len(frame) else "(no finished hypothesis)",
+        "",
+    ]
+    (REPORTS / "README.md").write_text("\n".join(md))
+    print("\n".join(md))
+    return REPORTS / "README.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="hypotheses to run (see --list)")
+    parser.add_argument("--data", type=Path, default=SHARED)
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "benchmark")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--table", action="store_true")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, (what, _, steps) in HYPOTHESES.items():
+            print(f"{name:20s} {steps:5d} steps  {what}")
+        return 0
+    unknown = [n for n in args.names if n not in HYPOTHESES]
+    if unknown:
+        print(f"error: unknown hypothesis {unknown} (see --list)", file=sys.stderr)
+        return 2
+    sources = {name: args.data / file for name, file in AREAS.items()}
+    if any(not p.exists() for p in sources.values()):
+        print("ablation skipped: real-area data absent")
+        return 0
+    for name in args.names:
+        hypothesis_config(name)  # a bad hypothesis fails before any work
+    for name in args.names:
+        run_one(name, sources, args.work, args.seeds)
+    if args.table or args.names:
+        table()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
