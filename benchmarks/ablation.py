@@ -68,7 +68,31 @@ HYPOTHESES: dict[str, tuple[str, dict[str, dict[str, Any]], int]] = {
         600,
     ),
     "wide-long": ("wide, 3x longer (1800 steps)", WIDE, 1800),
+    "wide-count": (
+        "wide, read out with size-aware pooling [max ‖ mean ‖ log(1+n)] (same weights as wide)",
+        _merge(WIDE, {"model": {"tile_pooling": "max_mean_count"}}),
+        600,
+    ),
+    "wide-layers2": (
+        "wide, teacher targets and embeddings from the average of the last 2 blocks",
+        _merge(WIDE, {"model": {"target_layers": 2}}),
+        600,
+    ),
+    "wide-dropout": (
+        "wide + dropout 0.1 in the student encoder and predictor",
+        _merge(WIDE, {"model": {"dropout": 0.1}}),
+        600,
+    ),
+    "wide-ema": (
+        "wide + a faster teacher for a short run (EMA momentum 0.99 → 0.999)",
+        _merge(WIDE, {"model": {"ema_momentum": (0.99, 0.999)}}),
+        600,
+    ),
 }
+
+#: Hypotheses that change only how embeddings are read out of a trained network: they reuse the
+#: weights of the named run instead of pretraining the same network again.
+READOUT_ONLY = {"wide-count": "wide"}
 
 
 def hypothesis_config(name: str) -> Any:
@@ -78,6 +102,27 @@ def hypothesis_config(name: str) -> Any:
     _, changes, _ = HYPOTHESES[name]
     config = preset_config("cpu-small").with_overrides(**changes)
     return config.replace(preset=f"ablation-{name}")
+
+
+def reuse_weights(work: Path, base: str, name: str, config_path: Path) -> float:
+    """Copy the finished run of ``base`` with this hypothesis's config (a read-out change)."""
+    import shutil
+
+    from geojepa.errors import InputError
+    from geojepa.train import PretrainConfig
+
+    source, target = work / f"run-{base}", work / f"run-{name}"
+    if not (source / "model.safetensors").is_file():
+        raise InputError(f"hypothesis {name} reuses the weights of {base}: run {base} first")
+    changed = PretrainConfig.load(config_path)
+    trained = PretrainConfig.load(source / "config.json")
+    same_weights = changed.model.replace(tile_pooling=trained.model.tile_pooling) == trained.model
+    if not same_weights or changed.replace(model=trained.model, preset=trained.preset) != trained:
+        raise InputError(f"{name} differs from {base} in more than the model's read-out")
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("checkpoints", "logs"))
+    changed.save(target / "config.json")
+    return float(json.loads((work / f"run-{base}.json").read_text())["seconds"])
 
 
 def run_one(name: str, sources: dict[str, Path], work: Path, seeds: int) -> Path:
@@ -90,7 +135,10 @@ def run_one(name: str, sources: dict[str, Path], work: Path, seeds: int) -> Path
     config_path = work / "configs" / f"{name}.json"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     hypothesis_config(name).save(config_path)
-    seconds = pretrain_fixed(train_ds, work, f"run-{name}", steps, config_path)
+    if name in READOUT_ONLY:
+        seconds = reuse_weights(work, READOUT_ONLY[name], name, config_path)
+    else:
+        seconds = pretrain_fixed(train_ds, work, f"run-{name}", steps, config_path)
     out = REPORTS / name
     config = evaluate_preset("benchmark").replace(
         supervised_seeds=None,

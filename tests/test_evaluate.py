@@ -515,3 +515,16 @@ def test_protocol_from_the_cli(synthetic: Path, tmp_path: Path, capsys, monkeypa
     assert "not in the split" in err
     err = main_err(capsys, ["split", "-d", str(synthetic), "-o", "x.parquet", "--fractions", "1,2"])
     assert "--fractions must be three numbers" in err
+
+    # a recipe-search split from the CLI: the test blocks are gone, val is what gets scored
+    search_path = tmp_path / "search.parquet"
+    assert main(["split", "--search-from", str(split_path), "-o", str(search_path)]) == 0
+    search = load_split(search_path).set_index("region_id")["split"]
+    original = split.set_index("region_id")["split"]
+    assert set(search.index) == set(original.index[original != "test"])
+    assert (original[search.index[search == "test"]] == "val").all()
+    err = main_err(capsys, ["split", "-o", "x.parquet"])
+    assert "--search-from" in err
+    err = main_err(capsys, ["split", "--search-from", str(split_path), "-d", str(synthetic),
+                            "-o", "x.parquet"])  # fmt: skip
+    assert "drop --dataset" in err

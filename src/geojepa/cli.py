@@ -243,37 +243,55 @@ def _train_tiles(dataset: Path, split: Path) -> list[str]:
 
 @app.command("split")
 def split_(
-    dataset: list[Path] = typer.Option(..., "--dataset", "-d", help="tile dataset (repeatable)"),
+    dataset: list[Path] = typer.Option(None, "--dataset", "-d", help="tile dataset (repeatable)"),
     output: Path = typer.Option(..., "--output", "-o", help="split file (.parquet or .csv)"),
     block_zoom: int = typer.Option(14, help="tiles of one block at this zoom share a split"),
     fractions: str = typer.Option("0.6,0.2,0.2", help="train,val,test shares of the tiles"),
     seed: int = typer.Option(0, help="seed of the block shuffle"),
+    search_from: Path | None = typer.Option(
+        None,
+        "--search-from",
+        help="derive a recipe-search split from this split file instead: its test blocks "
+        "dropped, its val blocks scored (as test), a quarter of its train blocks as val",
+    ),
 ) -> None:
     """A spatial train/val/test split of the tiles of one or more datasets, by blocks.
 
     Pretrain on its train blocks only (`pretrain --split`), then evaluate with it
-    (`evaluate --split`), so that no val/test tile was seen in pretraining.
+    (`evaluate --split`), so that no val/test tile was seen in pretraining. To compare
+    recipes without reading test, evaluate them with a `--search-from` split.
     """
     from geojepa.data.reader import open_dataset
     from geojepa.errors import ConfigError
-    from geojepa.eval.split import SplitConfig, make_split, save_split
+    from geojepa.eval.split import SplitConfig, load_split, make_split, save_split, search_split
 
-    try:
-        shares = tuple(float(v) for v in fractions.split(","))
-    except ValueError:
-        shares = ()
-    if len(shares) != 3:
-        raise ConfigError(f"--fractions must be three numbers train,val,test, got {fractions!r}")
-    config = SplitConfig.from_dict({"block_zoom": block_zoom, "fractions": shares, "seed": seed})
-    ids = [
-        rid
-        for path in dataset
-        for rid in open_dataset(path)
-        .read_tiles(columns=["region_id"])
-        .column("region_id")
-        .to_pylist()
-    ]
-    frame = make_split(ids, config)
+    if search_from is not None:
+        if dataset:
+            raise ConfigError("--search-from derives from a split file: drop --dataset")
+        frame = search_split(load_split(search_from), seed=seed)
+    else:
+        if not dataset:
+            raise ConfigError("give --dataset (repeatable) or --search-from SPLIT")
+        try:
+            shares = tuple(float(v) for v in fractions.split(","))
+        except ValueError:
+            shares = ()
+        if len(shares) != 3:
+            raise ConfigError(
+                f"--fractions must be three numbers train,val,test, got {fractions!r}"
+            )
+        config = SplitConfig.from_dict(
+            {"block_zoom": block_zoom, "fractions": shares, "seed": seed}
+        )
+        ids = [
+            rid
+            for path in dataset
+            for rid in open_dataset(path)
+            .read_tiles(columns=["region_id"])
+            .column("region_id")
+            .to_pylist()
+        ]
+        frame = make_split(ids, config)
     out = save_split(frame, output)
     counts = frame["split"].value_counts().to_dict()
     sizes = ", ".join(f"{name} {counts.get(name, 0)}" for name in ("train", "val", "test"))
