@@ -124,9 +124,10 @@ def test_search_split_never_holds_test_and_scores_on_val():
     search = search_split(split, val_fraction=0.25, seed=1)
     original = split.set_index("region_id")["split"]
     new = search.set_index("region_id")["split"]
-    # no original test tile survives; original val is what gets scored ("test")
-    assert not (original[new.index] == "test").any()
-    assert set(new.index) == set(original.index[original != "test"])
+    # every original test tile is set aside; original val is what gets scored ("test")
+    assert set(new.index) == set(original.index)
+    assert (new[original.index[original == "test"]] == "unused").all()
+    assert (original[new.index[new == "unused"]] == "test").all()
     assert (original[new.index[new == "test"]] == "val").all()
     assert (new[original.index[original == "val"]] == "test").all()
     # the probes' own val is carved out of train, by whole blocks, near the asked fraction

@@ -521,8 +521,15 @@ def test_protocol_from_the_cli(synthetic: Path, tmp_path: Path, capsys, monkeypa
     assert main(["split", "--search-from", str(split_path), "-o", str(search_path)]) == 0
     search = load_split(search_path).set_index("region_id")["split"]
     original = split.set_index("region_id")["split"]
-    assert set(search.index) == set(original.index[original != "test"])
+    assert set(search.index[search != "unused"]) == set(original.index[original != "test"])
     assert (original[search.index[search == "test"]] == "val").all()
+    searched = tmp_path / "searched"
+    argv = ["evaluate", "-d", str(synthetic), "--run", str(run), "--split", str(search_path)]
+    argv += ["-o", str(searched), "--preset", "benchmark", "--tasks", "building_count"]
+    assert main([*argv, "--seeds", "1", "--baselines", "dummy", "-q"]) == 0
+    used = json.loads((searched / "provenance.json").read_text())["split"]
+    assert used["split_counts"]["test"] == int((original == "val").sum())  # the original val
+    assert used["evaluated_tiles"] == int((original != "test").sum())  # test never read
     err = main_err(capsys, ["split", "-o", "x.parquet"])
     assert "--search-from" in err
     err = main_err(capsys, ["split", "--search-from", str(split_path), "-d", str(synthetic),

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from pydantic import Field
 
@@ -61,6 +62,7 @@ from geojepa.eval.probes import PROBES, ProbeConfig, ResultRow, evaluate_embeddi
 from geojepa.eval.report import make_provenance, summarize, write_report
 from geojepa.eval.split import (
     SPLITS,
+    UNUSED,
     SplitConfig,
     assign_split,
     drop_shared_entities,
@@ -543,6 +545,14 @@ def evaluate(
     tiles, entities = _read_all(opened, use_image=False)
     region_ids = tiles.column("region_id").to_pylist()
     split_frame, split_path, split_info = _split(split, region_ids, config.split, output)
+    unused = split_frame["split"] == UNUSED
+    if unused.any():  # e.g. a search split's test blocks: never labelled, embedded or scored
+        keep = pa.array(split_frame.loc[~unused, "region_id"].tolist(), pa.string())
+        tiles = tiles.filter(pc.is_in(tiles.column("region_id"), value_set=keep))
+        entities = entities.filter(pc.is_in(entities.column("region_id"), value_set=keep))
+        region_ids = tiles.column("region_id").to_pylist()
+        split_frame = split_frame[~unused].reset_index(drop=True)
+    split_info["evaluated_tiles"] = len(region_ids)
     if trained_path is not None:
         split_info["pretraining_overlap"] = _pretraining_overlap(trained_path, split_frame)
     labels: dict[str, pd.Series] = {}

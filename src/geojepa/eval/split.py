@@ -22,6 +22,8 @@ from geojepa.errors import InputError, OutputError
 from geojepa.io.atomic import write_atomic
 
 SPLITS = ("train", "val", "test")
+#: Tiles a split sets aside: evaluation drops them before reading labels (search_split's test).
+UNUSED = "unused"
 SPLIT_COLUMNS = ("region_id", "block_id", "split")
 
 
@@ -105,9 +107,10 @@ def make_split(
 
 
 def search_split(split: pd.DataFrame, val_fraction: float = 0.25, seed: int = 0) -> pd.DataFrame:
-    """A split for choosing a recipe without reading test: test dropped, val scored as "test".
+    """A split for choosing a recipe without reading test: test set aside, val scored as "test".
 
-    Model and recipe selection must never look at the test blocks. This keeps the train blocks
+    Model and recipe selection must never look at the test blocks. Their tiles are marked
+    ``unused`` (evaluation drops them before any label or embedding). This keeps the train blocks
     (minus a seeded ``val_fraction`` of their tiles, dealt out by whole blocks, which become the
     probes' own "val" for early stopping and probe choice) and relabels the original **val**
     blocks "test", so ``evaluate`` and its intervals run unchanged and score on the original
@@ -129,9 +132,11 @@ def search_split(split: pd.DataFrame, val_fraction: float = 0.25, seed: int = 0)
             break  # at least one block stays train
         inner_val.add(sizes.index[index])
         filled += int(sizes.iloc[index])
-    out = split[split["split"] != "test"].copy()
-    out["split"] = np.where(
-        out["split"] == "val", "test", np.where(out["block_id"].isin(inner_val), "val", "train")
+    out = split.copy()
+    out["split"] = np.select(
+        [out["split"] == "test", out["split"] == "val", out["block_id"].isin(inner_val)],
+        [UNUSED, "test", "val"],
+        "train",
     ).astype(object)
     return out.reset_index(drop=True)
 
@@ -174,7 +179,7 @@ def _validate(split: pd.DataFrame, where: str) -> None:
     missing = [c for c in SPLIT_COLUMNS if c not in split.columns]
     if missing:
         raise InputError(f"split {where} lacks column(s) {missing}")
-    bad = ~split["split"].isin(SPLITS)
+    bad = ~split["split"].isin((*SPLITS, UNUSED))
     if bad.any():
         raise InputError(f"split {where}: unknown split name {split['split'][bad].iloc[0]!r}")
     if split["region_id"].duplicated().any():
