@@ -197,12 +197,15 @@ def test_supervised_learns_a_visible_label(synthetic: Path, tmp_path: Path) -> N
     vocab = TagVocabulary.from_dataset(ds)
     table = build_tag_table(vocab, "fake", None, embed_fn=fake_embed)
     arrays = tokenize_masked([ds], task, vocab, cfg.tokenizer)
-    sup = SupervisedConfig(depth=1, max_epochs=8, patience=3, tokens_per_batch=256)
+    sup = SupervisedConfig(width=8, depth=1, heads=2, max_epochs=8, patience=3,
+                           tokens_per_batch=256)  # fmt: skip
+    assert cfg.tokenizer.width != 8  # its own width, not the evaluated network's
     rows = train_supervised(arrays, labels, split, task, cfg.tokenizer, table, (0,), sup)
     assert 0.3 < labels.mean() < 0.9
     assert rows[0].model == "supervised" and rows[0].probe == "end2end"
     assert rows[0].n_train + rows[0].n_val + rows[0].n_test == len(labels)
     assert rows[0].metrics["auroc"] > 0.8, rows[0]
+    assert rows[0].params["width"] == 8
     p = rows[0].params  # early-stopped (patience 3 without a better val score) or capped at 8
     assert p["converged"] == (p["stopped_at"] - p["epochs"] >= 3) and p["stopped_at"] <= 8
 

@@ -131,7 +131,8 @@ class EvaluateConfig(Config):
 #: Named evaluation settings (`geojepa evaluate --preset NAME`). ``benchmark`` is what `make
 #: benchmark` runs: the default split, a single MLP width and weight decay, fewer MLP epochs, the
 #: 1000 most frequent tag strings, and the supervised transformer on one seed, trained until
-#: its val score stops improving (patience 5, epochs of 512 random train tiles, at most 60).
+#: its val score stops improving (patience 5, epochs of 512 random train tiles, at most 60), 64
+#: wide whatever the evaluated network's width (a fixed upper line, and its cost stays bounded).
 EVALUATE_PRESETS: dict[str, EvaluateConfig] = {
     "default": EvaluateConfig(),
     "benchmark": EvaluateConfig(
@@ -140,7 +141,7 @@ EVALUATE_PRESETS: dict[str, EvaluateConfig] = {
             mlp_hidden=(128,), mlp_weight_decays=(0.01,), mlp_max_epochs=60, mlp_patience=5
         ),
         supervised=SupervisedConfig(
-            max_epochs=60, patience=5, tiles_per_epoch=512, max_val_tiles=1024
+            width=64, max_epochs=60, patience=5, tiles_per_epoch=512, max_val_tiles=1024
         ),
         tag_count_max_features=1000,
         supervised_seeds=1,

@@ -40,8 +40,11 @@ PROBE_NAME = "end2end"
 
 
 class SupervisedConfig(Config):
-    """Size and training of the supervised transformer (width = the tokenizer's width)."""
+    """Size and training of the supervised transformer."""
 
+    width: int | None = Field(
+        None, ge=8, description="token width; None = the evaluated network's tokenizer width"
+    )
     depth: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
     head_hidden: int = Field(64, ge=1, description="hidden width of the output MLP")
@@ -237,6 +240,8 @@ def train_supervised(
     from the original entities, indexed like the probes' labels.
     """
     config = config or SupervisedConfig()
+    if config.width is not None:
+        tokenizer_config = tokenizer_config.replace(width=config.width)
     if tokenizer_config.width % config.heads:
         raise InputError(f"tokenizer width {tokenizer_config.width} not divisible by heads")
     parts = _parts(arrays, labels, split, task)
