@@ -93,6 +93,7 @@ HYPOTHESES: dict[str, tuple[str, dict[str, dict[str, Any]], int]] = {
 #: Hypotheses that change only how embeddings are read out of a trained network: they reuse the
 #: weights of the named run instead of pretraining the same network again.
 READOUT_ONLY = {"wide-count": "wide"}
+HYPOTHESES["control-long"] = ("cpu-small, 3x longer (1452 steps)", {}, 1452)
 HYPOTHESES["wide-layers4"] = (
     "wide, teacher targets and embeddings from the average of all 4 blocks",
     _merge(WIDE, {"model": {"target_layers": 4}}),
@@ -200,6 +201,8 @@ def table() -> Path:
                 {"win": "W", "loss": "L"}.get(str(verdicts.get(m)), "=") for m in RIVALS
             )
         row["tasks beating all 3"] = wins
+        verdict_string = "".join(str(v) for k, v in row.items() if str(k).endswith(" vs"))
+        row["net W-L"] = verdict_string.count("W") - verdict_string.count("L")
         row["what"] = info["what"]
         lines.append(row)
     if lines:  # the fixed rivals, as the last finished report scored them (same in every run)
@@ -210,7 +213,7 @@ def table() -> Path:
                 metric = part["metric"].iloc[0]
                 row[f"{task} {metric}"] = round(float(own["mean"].iloc[0]), 3) if len(own) else ""
                 row[f"{task} vs"] = ""
-            row.update({"tasks beating all 3": "", "what": "baseline (chosen probe)"})
+            row.update({"tasks beating all 3": "", "net W-L": "", "what": "baseline"})
             lines.append(row)
     frame = pd.DataFrame(lines)
     REPORTS.mkdir(parents=True, exist_ok=True)
