@@ -92,7 +92,23 @@ HYPOTHESES: dict[str, tuple[str, dict[str, dict[str, Any]], int]] = {
 
 #: Hypotheses that change only how embeddings are read out of a trained network: they reuse the
 #: weights of the named run instead of pretraining the same network again.
-READOUT_ONLY = {"wide-count": "wide"}
+READOUT_ONLY = {"wide-count": "wide", "reg1-count": "wide-reg1"}
+REG1 = _merge(WIDE, {"model": {"reg_weight": 1.0}})
+HYPOTHESES["reg1-count"] = (
+    "wide-reg1, read out with size-aware pooling [max ‖ mean ‖ log(1+n)] (its weights)",
+    _merge(REG1, {"model": {"tile_pooling": "max_mean_count"}}),
+    600,
+)
+HYPOTHESES["reg1-layers4"] = (
+    "wide-reg1, teacher targets and embeddings from the average of all 4 blocks",
+    _merge(REG1, {"model": {"target_layers": 4}}),
+    600,
+)
+HYPOTHESES["wide-reg3"] = (
+    "wide + a still stronger regulariser (reg_weight 3.0)",
+    _merge(WIDE, {"model": {"reg_weight": 3.0}}),
+    600,
+)
 HYPOTHESES["control-long"] = ("cpu-small, 3x longer (1452 steps)", {}, 1452)
 HYPOTHESES["wide-layers4"] = (
     "wide, teacher targets and embeddings from the average of all 4 blocks",
@@ -123,7 +139,8 @@ def reuse_weights(work: Path, base: str, name: str, config_path: Path) -> float:
     changed = PretrainConfig.load(config_path)
     trained = PretrainConfig.load(source / "config.json")
     same_weights = changed.model.replace(tile_pooling=trained.model.tile_pooling) == trained.model
-    if not same_weights or changed.replace(model=trained.model, preset=trained.preset) != trained:
+    run_set = {"model": trained.model, "preset": trained.preset, "trainer": trained.trainer}
+    if not same_weights or changed.replace(**run_set) != trained:  # max_steps is set per run
         raise InputError(f"{name} differs from {base} in more than the model's read-out")
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("checkpoints", "logs"))

@@ -151,3 +151,17 @@ def test_model_card_states_the_text_model_licence() -> None:
 
     card = model_card(preset_config("cpu-small"), {})
     assert "| text model licence | Apache-2.0" in card
+
+
+def test_model_card_states_the_recipe_and_the_read_out() -> None:
+    from geojepa.train.config import preset_config
+    from geojepa.train.export import model_card
+
+    card = model_card(preset_config("cpu-small"), {})
+    assert "| recipe | cpu-small: a tiny model" in card and "(128 numbers)" in card
+    config = preset_config("cpu-small")
+    model = config.model.replace(tile_pooling="max_mean_count", target_layers=2, reg_weight=1.0)
+    config = config.replace(model=model)
+    card = model_card(config.replace(preset=None), {})
+    assert "[max ‖ mean ‖ log(1 + tokens)]" in card and "(129 numbers)" in card
+    assert "mean of the last 2 blocks) + 1.0 ×" in card and "| recipe | custom" in card

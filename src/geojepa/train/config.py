@@ -171,6 +171,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: What each preset is for (written into the model card).
+PRESET_NOTES: dict[str, str] = {
+    "cpu-small": "cpu-small: a tiny model for tests and the demo (64 wide, 2 deep)",
+    "paper-t": "the paper's settings, tags only",
+    "paper-gt": "the paper's settings, tags + geometry",
+    "paper-gti": "the paper's settings, tags + geometry + imagery",
+}
+
+
 def preset_config(name: str) -> PretrainConfig:
     """The PretrainConfig of a named preset (ConfigError for an unknown name)."""
     if name not in PRESETS:

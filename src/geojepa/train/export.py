@@ -29,7 +29,7 @@ from geojepa.io.atomic import write_atomic, write_text_atomic
 from geojepa.model.jepa import GeoJEPA
 from geojepa.tokenize.tags import DEFAULT_TEXT_MODEL, DEFAULT_TEXT_MODEL_LICENSE, TagVocabulary
 from geojepa.tokenize.tokenizer import TileTokenizer
-from geojepa.train.config import FORMAT_VERSION, PretrainConfig
+from geojepa.train.config import FORMAT_VERSION, PRESET_NOTES, PretrainConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -109,6 +109,10 @@ def model_card(config: PretrainConfig, info: dict[str, Any]) -> str:
         if default_text
         else "see the text model's own card"
     )
+    counted = m.tile_pooling == "max_mean_count"
+    pooling = "[max ‖ mean ‖ log(1 + tokens)]" if counted else "[max ‖ mean]"
+    tile_width = 2 * m.width + counted
+    targets = f"mean of the last {m.target_layers} blocks" if m.target_layers > 1 else "last block"
     return f"""# GeoJEPA model card
 
 Self-supervised embeddings of map tiles and OpenStreetMap entities (GeoJEPA,
@@ -123,8 +127,10 @@ arXiv 2503.05774), trained with `geojepa pretrain`.
 | inputs | {", ".join(inputs)} |
 | text model | {t.text_model} |
 | text model licence | {text_licence} |
-| encoder | width {m.width}, {m.depth} layers, {m.heads} heads |
+| recipe | {PRESET_NOTES.get(config.preset or "", "custom configuration")} |
+| encoder | width {m.width}, {m.depth} layers, {m.heads} heads, dropout {m.dropout} |
 | predictor | width {m.predictor_width}, {m.predictor_depth} layers |
+| loss | smooth-L1 to teacher targets ({targets}) + {m.reg_weight} × variance/covariance |
 | optimiser steps | {info.get("steps", "?")} (epochs: {info.get("epochs", "?")}) |
 | devices | {info.get("devices", "?")} |
 
@@ -141,8 +147,8 @@ from geojepa.model import GeoJEPA
 model = GeoJEPA.from_pretrained("{info.get("name", "RUN")}")
 ```
 
-`tile_embedding(batch)` gives [max ‖ mean] over the target encoder's token outputs
-({2 * m.width} numbers); `entity_embeddings(batch)` gives one {m.width}-d vector per entity.
+`tile_embedding(batch)` gives {pooling} over the target encoder's token outputs
+({tile_width} numbers); `entity_embeddings(batch)` gives one {m.width}-d vector per entity.
 
 Data: © OpenStreetMap contributors, ODbL.
 """
