@@ -1,6 +1,6 @@
 """Leave-one-area-out transfer: pretrain on two areas, probe the third, open vs closed vocabulary.
 
-    .venv/bin/python benchmarks/transfer.py [--holdout montevideo] [--steps 484] [--seeds 5]
+    .venv/bin/python benchmarks/transfer.py [--holdout montevideo] [--steps 600] [--seeds 5]
 
 What a user with a model trained elsewhere gets. The pretraining sees every tile of the two
 other areas and none of the held-out one; the held-out area is then evaluated with the

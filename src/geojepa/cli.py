@@ -187,7 +187,9 @@ def pretrain(
     dataset: Path = typer.Argument(..., help="dataset directory written by `geojepa prepare`"),
     output: Path = typer.Option(..., "--output", "-o", help="run / model directory to write"),
     preset: str = typer.Option(
-        "cpu-small", help="cpu-small | paper-t | paper-gt | paper-gti (ignored with --config)"
+        "cpu-base",
+        help="cpu-base (the CPU recipe) | cpu-small (tiny, for tests) | paper-t | paper-gt | "
+        "paper-gti (ignored with --config)",
     ),
     config: Path | None = typer.Option(None, help="PretrainConfig JSON file"),
     devices: str = typer.Option("1", help="devices per node (N or 'auto'); N > 1 uses DDP"),

@@ -3,6 +3,7 @@
 Presets (``PRESETS``):
 
 - ``cpu-small``: a tiny model that trains in minutes on two CPU cores (tests, demo);
+- ``cpu-base``: the CPU recipe chosen on val by ``benchmarks/ablation.py`` (the default);
 - ``paper-t`` / ``paper-gt`` / ``paper-gti``: the paper's settings (DESIGN.md §1.5) with tags
   only / tags + geometry / tags + geometry + imagery (224 px, 14×14 patches of 16 px).
 """
@@ -165,6 +166,38 @@ PRESETS: dict[str, dict[str, Any]] = {
             "checkpoint_every_n_steps": 100,
         },
     },
+    # The recipe chosen on val by benchmarks/ablation.py (reports/benchmark/ablation-search/):
+    # cpu-small made 4x wider and 2x deeper, with the variance/covariance regulariser at the
+    # paper's strength. About 4x cpu-small's cost per step.
+    "cpu-base": {
+        "preset": "cpu-base",
+        "tokenizer": {
+            "width": 256,
+            "use_tags": True,
+            "use_geometry": True,
+            "use_image": False,
+            "geometry_hidden": 64,
+            "max_entities": 1024,
+        },
+        "model": {
+            "width": 256,
+            "depth": 4,
+            "heads": 8,
+            "predictor_width": 128,
+            "predictor_depth": 2,
+            "predictor_heads": 4,
+            "reg_weight": 1.0,
+        },
+        "masking": {"p_random": 0.4, "p_area": 0.6, "p_modality": 0.0},
+        "optim": {"lr": 1e-3},
+        "data": {"batch_size": 16},
+        "trainer": {
+            "max_steps": 600,
+            "max_epochs": None,
+            "log_every_n_steps": 5,
+            "checkpoint_every_n_steps": 100,
+        },
+    },
     "paper-t": _paper("paper-t", use_geometry=False, use_image=False),
     "paper-gt": _paper("paper-gt", use_geometry=True, use_image=False),
     "paper-gti": _paper("paper-gti", use_geometry=True, use_image=True),
@@ -174,6 +207,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: What each preset is for (written into the model card).
 PRESET_NOTES: dict[str, str] = {
     "cpu-small": "cpu-small: a tiny model for tests and the demo (64 wide, 2 deep)",
+    "cpu-base": "cpu-base: the CPU recipe chosen on val (benchmarks/ablation.py), 256 wide, "
+    "4 deep, reg_weight 1.0, 600 steps; scored once on test in reports/benchmark/",
     "paper-t": "the paper's settings, tags only",
     "paper-gt": "the paper's settings, tags + geometry",
     "paper-gti": "the paper's settings, tags + geometry + imagery",

@@ -37,7 +37,7 @@ RUN_CONFIG = "run_config.json"
 
 
 def resolve_config(
-    preset: str = "cpu-small",
+    preset: str = "cpu-base",
     config: PretrainConfig | str | Path | None = None,
     batch_size: int | None = None,
     max_steps: int | None = None,
@@ -102,7 +102,7 @@ def pretrain(
     dataset: str | Path | TileDataset,
     output: str | Path,
     config: PretrainConfig | str | Path | None = None,
-    preset: str = "cpu-small",
+    preset: str = "cpu-base",
     devices: int | str = 1,
     max_steps: int | None = None,
     max_epochs: int | None = None,
