@@ -246,6 +246,9 @@ def table() -> Path:
         _markdown(frame) if len(frame) else "(no finished hypothesis)",
         "",
     ]
+    not_run = [n for n in HYPOTHESES if not (REPORTS / n / "ablation.json").is_file()]
+    if not_run:
+        md += [f"Defined in `benchmarks/ablation.py` but not run yet: {', '.join(not_run)}.", ""]
     (REPORTS / "README.md").write_text("\n".join(md))
     print("\n".join(md))
     return REPORTS / "README.md"

@@ -40,3 +40,31 @@ def test_bad_options_fail_up_front(bench, tmp_path: Path, capsys, args, message)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err, err
     assert not work.exists()  # nothing was prepared or trained
+
+
+def test_every_ablation_hypothesis_is_a_valid_config_and_cpu_base_is_one_of_them() -> None:
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "ablation", ROOT / "benchmarks" / "ablation.py"
+        )
+        ablation = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(ablation)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from geojepa.train import preset_config
+
+    configs = {name: ablation.hypothesis_config(name) for name in ablation.HYPOTHESES}
+    for name, base in ablation.READOUT_ONLY.items():  # same weights: only the read-out differs
+        a, b = configs[name].model, configs[base].model
+        assert a != b and a.replace(tile_pooling=b.tile_pooling) == b
+    # the shipped CPU recipe is exactly a searched hypothesis, trained for its steps
+    chosen = preset_config("cpu-base")
+    matches = [
+        n for n, c in configs.items()
+        if c.replace(preset=None, trainer=chosen.trainer) == chosen.replace(preset=None)
+        and ablation.HYPOTHESES[n][2] == chosen.trainer.max_steps
+    ]  # fmt: skip
+    assert matches, "cpu-base is not one of the hypotheses searched on val"
