@@ -168,7 +168,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # The recipe chosen on val by benchmarks/ablation.py (reports/benchmark/ablation-search/):
     # cpu-small made 4x wider and 2x deeper, with the variance/covariance regulariser at the
-    # paper's strength. About 4x cpu-small's cost per step.
+    # paper's strength. About 2x cpu-small's cost per step on a 2-core CPU.
     "cpu-base": {
         "preset": "cpu-base",
         "tokenizer": {
