@@ -163,28 +163,23 @@ class Transformer(nn.Module):
         data2vec-style target: less tied to the last block's objective-specific features).
         """
         if not self.packed:
-            mask = key_mask(valid)
-            outs = []
-            for block in self.blocks:
-                x = block(x, mask)
-                outs.append(x)
-            return self._read(outs, layers)
+            return self._run(x, key_mask(valid), layers)
         packing = Packing.from_valid(valid, flex=use_flex(x))
         return packing.unpack(self.forward_packed(packing.pack(x), packing, layers))
 
     def forward_packed(self, y: torch.Tensor, packing: Packing, layers: int = 1) -> torch.Tensor:
         """Packed tokens [N,D] → [N,D]."""
-        outs = []
-        for block in self.blocks:
-            y = block(y, packing)
-            outs.append(y)
-        return self._read(outs, layers)
+        return self._run(y, packing, layers)
 
-    def _read(self, outs: list[torch.Tensor], layers: int) -> torch.Tensor:
-        if layers <= 1:
-            return self.norm(outs[-1])
-        last = outs[-min(layers, len(outs)) :]
-        return torch.stack([self.norm(o) for o in last]).mean(0)
+    def _run(self, x: torch.Tensor, mask: torch.Tensor | Packing, layers: int) -> torch.Tensor:
+        """The blocks, then the normed output (or the mean over the last ``layers`` of them)."""
+        first_read = len(self.blocks) - max(layers, 1)
+        read = []
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask)
+            if i >= first_read:  # only the outputs that are read are kept alive
+                read.append(self.norm(x))
+        return read[0] if len(read) == 1 else torch.stack(read).mean(0)
 
 
 class Predictor(nn.Module):
