@@ -166,43 +166,41 @@ PRESETS: dict[str, dict[str, Any]] = {
             "checkpoint_every_n_steps": 100,
         },
     },
-    # The recipe chosen on val by benchmarks/ablation.py (reports/benchmark/ablation-search/):
-    # cpu-small made 4x wider and 2x deeper, with the variance/covariance regulariser at the
-    # paper's strength. About 2x cpu-small's cost per step on a 2-core CPU.
-    "cpu-base": {
-        "preset": "cpu-base",
-        "tokenizer": {
-            "width": 256,
-            "use_tags": True,
-            "use_geometry": True,
-            "use_image": False,
-            "geometry_hidden": 64,
-            "max_entities": 1024,
-        },
-        "model": {
-            "width": 256,
-            "depth": 4,
-            "heads": 8,
-            "predictor_width": 128,
-            "predictor_depth": 2,
-            "predictor_heads": 4,
-            "reg_weight": 1.0,
-        },
-        "masking": {"p_random": 0.4, "p_area": 0.6, "p_modality": 0.0},
-        "optim": {"lr": 1e-3},
-        "data": {"batch_size": 16},
-        "trainer": {
-            "max_steps": 600,
-            "max_epochs": None,
-            "log_every_n_steps": 5,
-            "checkpoint_every_n_steps": 100,
-        },
-    },
     "paper-t": _paper("paper-t", use_geometry=False, use_image=False),
     "paper-gt": _paper("paper-gt", use_geometry=True, use_image=False),
     "paper-gti": _paper("paper-gti", use_geometry=True, use_image=True),
 }
 
+
+def _derived(base: dict[str, Any], **sections: Any) -> dict[str, Any]:
+    """A copy of preset ``base`` with some fields of some sections changed."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for section, changes in sections.items():
+        if isinstance(changes, dict):
+            out.setdefault(section, {}).update(changes)
+        else:
+            out[section] = changes
+    return out
+
+
+# The recipe chosen on val by benchmarks/ablation.py (reports/benchmark/ablation-search/):
+# cpu-small made 4x wider and 2x deeper, with the variance/covariance regulariser at the paper's
+# strength. About 2x cpu-small's cost per step on a 2-core CPU.
+PRESETS["cpu-base"] = _derived(
+    PRESETS["cpu-small"],
+    preset="cpu-base",
+    tokenizer={"width": 256},
+    model={
+        "width": 256,
+        "depth": 4,
+        "heads": 8,
+        "predictor_width": 128,
+        "predictor_depth": 2,
+        "predictor_heads": 4,
+        "reg_weight": 1.0,
+    },
+    trainer={"max_steps": 600},
+)
 
 #: What each preset is for (written into the model card).
 PRESET_NOTES: dict[str, str] = {
