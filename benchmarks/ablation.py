@@ -58,24 +58,45 @@ def _merge(*parts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+REG1 = _merge(WIDE, {"model": {"reg_weight": 1.0}})
+COUNT = {"model": {"tile_pooling": "max_mean_count"}}
+
 #: name → (what it tests, changes to cpu-small by config section, optimiser steps).
 HYPOTHESES: dict[str, tuple[str, dict[str, dict[str, Any]], int]] = {
     "control": ("cpu-small as it is (64 wide, 2 deep)", {}, 484),
     "wide": ("width 256, depth 4, predictor 128x2, reg_weight 0.05", WIDE, 600),
-    "wide-reg1": (
-        "wide + regulariser at the paper's strength (reg_weight 1.0)",
-        _merge(WIDE, {"model": {"reg_weight": 1.0}}),
+    "wide-reg1": ("wide + regulariser at the paper's strength (reg_weight 1.0)", REG1, 600),
+    "reg1-count": (
+        "wide-reg1, read out with size-aware pooling [max ‖ mean ‖ log(1+n)] (its weights)",
+        _merge(REG1, COUNT),
         600,
     ),
+    "reg1-layers4": (
+        "wide-reg1, teacher targets and embeddings from the average of all 4 blocks",
+        _merge(REG1, {"model": {"target_layers": 4}}),
+        600,
+    ),
+    "wide-reg3": (
+        "wide + a still stronger regulariser (reg_weight 3.0)",
+        _merge(WIDE, {"model": {"reg_weight": 3.0}}),
+        600,
+    ),
+    # defined, not run yet
     "wide-long": ("wide, 3x longer (1800 steps)", WIDE, 1800),
+    "control-long": ("cpu-small, 3x longer (1452 steps)", {}, 1452),
     "wide-count": (
         "wide, read out with size-aware pooling [max ‖ mean ‖ log(1+n)] (same weights as wide)",
-        _merge(WIDE, {"model": {"tile_pooling": "max_mean_count"}}),
+        _merge(WIDE, COUNT),
         600,
     ),
     "wide-layers2": (
         "wide, teacher targets and embeddings from the average of the last 2 blocks",
         _merge(WIDE, {"model": {"target_layers": 2}}),
+        600,
+    ),
+    "wide-layers4": (
+        "wide, teacher targets and embeddings from the average of all 4 blocks",
+        _merge(WIDE, {"model": {"target_layers": 4}}),
         600,
     ),
     "wide-dropout": (
@@ -93,28 +114,6 @@ HYPOTHESES: dict[str, tuple[str, dict[str, dict[str, Any]], int]] = {
 #: Hypotheses that change only how embeddings are read out of a trained network: they reuse the
 #: weights of the named run instead of pretraining the same network again.
 READOUT_ONLY = {"wide-count": "wide", "reg1-count": "wide-reg1"}
-REG1 = _merge(WIDE, {"model": {"reg_weight": 1.0}})
-HYPOTHESES["reg1-count"] = (
-    "wide-reg1, read out with size-aware pooling [max ‖ mean ‖ log(1+n)] (its weights)",
-    _merge(REG1, {"model": {"tile_pooling": "max_mean_count"}}),
-    600,
-)
-HYPOTHESES["reg1-layers4"] = (
-    "wide-reg1, teacher targets and embeddings from the average of all 4 blocks",
-    _merge(REG1, {"model": {"target_layers": 4}}),
-    600,
-)
-HYPOTHESES["wide-reg3"] = (
-    "wide + a still stronger regulariser (reg_weight 3.0)",
-    _merge(WIDE, {"model": {"reg_weight": 3.0}}),
-    600,
-)
-HYPOTHESES["control-long"] = ("cpu-small, 3x longer (1452 steps)", {}, 1452)
-HYPOTHESES["wide-layers4"] = (
-    "wide, teacher targets and embeddings from the average of all 4 blocks",
-    _merge(WIDE, {"model": {"target_layers": 4}}),
-    600,
-)
 
 
 def hypothesis_config(name: str) -> Any:
@@ -207,19 +206,17 @@ def table() -> Path:
         chosen = frame[frame["selected"].astype(str) == "True"]
         row: dict[str, Any] = {"hypothesis": name, "steps": info["steps"],
                                "pretrain_min": round(info["pretrain_s"] / 60, 1)}  # fmt: skip
-        wins = 0
+        wins = net = 0
         for task, part in chosen.groupby("task", sort=False):
             own = part[part["model"] == "geojepa"].iloc[0]
             row[f"{task} {own['metric']}"] = round(float(own["mean"]), 3)
-            verdicts = {r["model"]: r["verdict"] for _, r in part.iterrows()}
-            beat_all = all(verdicts.get(m) == "win" for m in RIVALS)
-            wins += beat_all
-            row[f"{task} vs"] = "".join(
-                {"win": "W", "loss": "L"}.get(str(verdicts.get(m)), "=") for m in RIVALS
-            )
+            verdicts = dict(zip(part["model"], part["verdict"].astype(str), strict=True))
+            against = [verdicts.get(m) for m in RIVALS]
+            wins += all(v == "win" for v in against)
+            net += against.count("win") - against.count("loss")
+            row[f"{task} vs"] = "".join({"win": "W", "loss": "L"}.get(v, "=") for v in against)
         row["tasks beating all 3"] = wins
-        verdict_string = "".join(str(v) for k, v in row.items() if str(k).endswith(" vs"))
-        row["net W-L"] = verdict_string.count("W") - verdict_string.count("L")
+        row["net W-L"] = net
         row["what"] = info["what"]
         lines.append(row)
     if lines:  # the fixed rivals, as the last finished report scored them (same in every run)
