@@ -35,6 +35,12 @@ run. ``--threads 1`` makes timings on a CPU shared with other processes far
 less noisy (two oversubscribed OpenMP threads were 5-10× slower per op here)::
 
     python benchmarks/train_step.py --data DATASET --preset cpu-small --out results.json
+
+``--compile`` adds a side with every transformer block compiled (``geojepa.model.compile``,
+``dynamic=True``), on the same batches: ``ours_compiled`` beside ``ours`` in the synthetic
+settings, ``packed_compiled`` beside ``packed`` on real data, with the warm-up time (which
+holds the compile time) and the number of distinct graphs Dynamo compiled. ``--dtype bf16``
+runs the steps under bf16 autocast (the default on CUDA, as ``pretrain`` does there).
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geojepa.model import GeoJEPA, MaskingConfig, ModelConfig
+from geojepa.model.compile import compile_blocks
 from geojepa.model.jepa import StepOutput, _gather, masked_vicreg
 from geojepa.model.masking import Masks
 from geojepa.train.config import preset_config
@@ -159,13 +166,25 @@ def build(s: dict, naive: bool, device: torch.device) -> GeoJEPA:
     return cls(cfg, SynthTokenizer(s["width"]), masking).to(device).train()
 
 
-def run(s: dict, naive: bool, device: torch.device, steps: int, warmup: int) -> dict:
+def _graphs() -> int:
+    """Distinct graphs Dynamo has compiled so far in this process."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def run(
+    s: dict, naive: bool, device: torch.device, steps: int, warmup: int, amp: bool,
+    compiled: bool = False,
+) -> dict:  # fmt: skip
     model = build(s, naive, device)
+    if compiled:
+        compile_blocks(model)
+    graphs0 = _graphs()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), fused=device.type == "cuda")
     batches = [make_batch(s, seed, device) for seed in range(4)]
     gen = torch.Generator(device=device).manual_seed(0)
-    amp = device.type == "cuda"
     n_tokens = sum(int(b["valid"].sum()) for b in batches) / len(batches)
 
     def step(batch: dict) -> None:
@@ -177,11 +196,13 @@ def run(s: dict, naive: bool, device: torch.device, steps: int, warmup: int) -> 
         opt.step()
         model.update_target(0.996)
 
+    t_warm = time.perf_counter()
     for i in range(warmup):
         step(batches[i % len(batches)])
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    warmup_s = time.perf_counter() - t_warm
     t0 = time.perf_counter()
     for i in range(steps):
         step(batches[i % len(batches)])
@@ -193,7 +214,11 @@ def run(s: dict, naive: bool, device: torch.device, steps: int, warmup: int) -> 
         "tiles_per_s": s["batch"] / dt_s,
         "tokens_per_s": n_tokens / dt_s,
         "mean_real_tokens_per_batch": n_tokens,
+        "warmup_s": warmup_s,
+        "compiled": compiled,
     }
+    if compiled:
+        result["graphs_compiled"] = _graphs() - graphs0
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     else:  # process-wide high-water mark (includes earlier settings)
@@ -201,8 +226,12 @@ def run(s: dict, naive: bool, device: torch.device, steps: int, warmup: int) -> 
     return result
 
 
-def _real_step(model: GeoJEPA, opt, params: list, gen: torch.Generator, batch) -> None:
-    loss = model(batch, gen).loss
+def _real_step(
+    model: GeoJEPA, opt, params: list, gen: torch.Generator, batch, amp: bool = False
+) -> None:
+    with torch.autocast(device_type=batch.entity_valid.device.type, dtype=torch.bfloat16,
+                        enabled=amp):  # fmt: skip
+        loss = model(batch, gen).loss
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 10.0, foreach=True)
@@ -212,7 +241,7 @@ def _real_step(model: GeoJEPA, opt, params: list, gen: torch.Generator, batch) -
 
 def run_real(
     ds_path: Path, preset: str, batch_size: int, tokens_per_batch: int | None, steps: int,
-    warmup: int, device: torch.device,
+    warmup: int, device: torch.device, amp: bool = False, compiled: bool = False,
 ) -> dict:  # fmt: skip
     """Padded random batches vs packed token-budget batches on one prepared dataset."""
     import numpy as np
@@ -241,31 +270,42 @@ def run_real(
         int(sum((ds.read_tiles(s, columns=["n_entities"]).column(0).to_numpy()
                  > cfg.tokenizer.max_entities).sum() for s in ds.shards)),
         "mean_tokens_per_tile": mean_tokens, "batch_size": batch_size,
-        "tokens_per_batch": budget,
+        "tokens_per_batch": budget, "amp_bf16": amp,
     }  # fmt: skip
-    sides = {}
-    for name, packed, kw in (
-        ("padded", False, {"batch_size": batch_size}),
-        ("packed", True, {"batch_size": batch_size, "tokens_per_batch": budget}),
-    ):
-        loader = make_dataloader(ds, vocab, cfg.tokenizer, shuffle=True, seed=0, **kw)
-        epoch = list(loader)  # one shuffled epoch; time batches spread evenly over it
-        pick = np.linspace(0, len(epoch) - 1, min(steps + warmup, len(epoch))).round()
-        batches = [epoch[int(i)].to(device) for i in pick]
-        del epoch
+    padded_kw = {"batch_size": batch_size}
+    packed_kw = {"batch_size": batch_size, "tokens_per_batch": budget}
+    runs = [("padded", False, padded_kw, False), ("packed", True, packed_kw, False)]
+    if compiled:  # the same packed batches, every transformer block compiled
+        runs.append(("packed_compiled", True, packed_kw, True))
+    sides, warm, graphs, epochs = {}, {}, {}, {}
+    for name, packed, kw, comp in runs:
+        key = "packed" if packed else "padded"
+        if key not in epochs:
+            loader = make_dataloader(ds, vocab, cfg.tokenizer, shuffle=True, seed=0, **kw)
+            epoch = list(loader)  # one shuffled epoch; time batches spread evenly over it
+            pick = np.linspace(0, len(epoch) - 1, min(steps + warmup, len(epoch))).round()
+            epochs[key] = [epoch[int(i)].to(device) for i in pick]
+            del epoch
+        batches = epochs[key]
         model = build_model(cfg, table).to(device).set_packed(packed).train()
+        if comp:
+            compile_blocks(model)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
         gen = torch.Generator(device=device).manual_seed(0)
+        graphs0, t0 = _graphs(), time.perf_counter()
         for b in batches[:warmup]:
-            _real_step(model, opt, params, gen, b)
+            _real_step(model, opt, params, gen, b, amp)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        warm[name], graphs[name] = time.perf_counter() - t0, _graphs() - graphs0
         sides[name] = (model, opt, params, gen, batches[warmup:], [0.0])
     # Alternate the two sides step by step: load from other processes hits both alike.
     for i in range(max(len(s[4]) for s in sides.values())):
         for model, opt, params, gen, timed, clock in sides.values():
             if i < len(timed):
                 t0 = time.perf_counter()
-                _real_step(model, opt, params, gen, timed[i])
+                _real_step(model, opt, params, gen, timed[i], amp)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 clock[0] += time.perf_counter() - t0
@@ -279,12 +319,21 @@ def run_real(
             "padded_slots": slots, "tiles": n_tiles,
             "real_tokens_per_s": real / elapsed, "tiles_per_s": n_tiles / elapsed,
             "s_per_step": elapsed / len(timed), "fill": real / slots,
+            "warmup_steps": warmup, "warmup_s": warm[name],
         }  # fmt: skip
+        if name.endswith("_compiled"):  # graphs compiled in warm-up and in the timed steps
+            out[name]["graphs_compiled_in_warmup"] = graphs[name]
         print(json.dumps({name: out[name]}), flush=True)
     out["ratio_real_tokens_per_s"] = (
         out["packed"]["real_tokens_per_s"] / out["padded"]["real_tokens_per_s"]
     )
     out["ratio_tiles_per_s"] = out["packed"]["tiles_per_s"] / out["padded"]["tiles_per_s"]
+    if compiled:
+        c, p = out["packed_compiled"], out["packed"]
+        out["graphs_compiled_total"] = _graphs()
+        out["ratio_compiled_real_tokens_per_s"] = c["real_tokens_per_s"] / p["real_tokens_per_s"]
+        # compile time ≈ the compiled side's warm-up minus the eager side's, same batches
+        out["compile_s_estimate"] = c["warmup_s"] - p["warmup_s"]
     return out
 
 
@@ -318,7 +367,15 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=48, help="padded baseline's batch")
     ap.add_argument("--tokens-per-batch", type=int, default=None, help="packed side's budget")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--compile", action="store_true", help="also time compiled blocks")
+    ap.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16"],
+        default=None,
+        help="bf16 = bf16 autocast (default on cuda), fp32 (default on cpu)",
+    )
     args = ap.parse_args()
+    amp = (args.dtype or ("bf16" if args.device == "cuda" else "fp32")) == "bf16"
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -326,12 +383,23 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
     steps = args.steps or (30 if device.type == "cuda" else 5)
     warmup = args.warmup if args.warmup is not None else (5 if device.type == "cuda" else 1)
-    report = {"machine": machine_info(device), "steps": steps, "warmup": warmup, "results": {}}
+    report = {
+        "machine": machine_info(device), "steps": steps, "warmup": warmup,
+        "dtype": "bf16" if amp else "fp32", "compile": args.compile, "results": {},
+    }  # fmt: skip
     if args.data is not None:
         steps = args.steps or 40
         report["steps"] = steps
         report["real_data"] = run_real(
-            args.data, args.preset, args.batch_size, args.tokens_per_batch, steps, warmup, device
+            args.data,
+            args.preset,
+            args.batch_size,
+            args.tokens_per_batch,
+            steps,
+            warmup,
+            device,
+            amp,
+            args.compile,
         )
         print(json.dumps(report["real_data"], indent=2), flush=True)
         if args.out:
@@ -341,9 +409,14 @@ def main() -> None:
     for name in args.settings:
         s = SETTINGS[name]
         entry: dict = {"setting": s}
-        entry["ours"] = run(s, False, device, steps, warmup)
+        entry["ours"] = run(s, False, device, steps, warmup, amp)
+        if args.compile:
+            entry["ours_compiled"] = run(s, False, device, steps, warmup, amp, compiled=True)
+            entry["compile_speedup"] = (
+                entry["ours"]["s_per_step"] / entry["ours_compiled"]["s_per_step"]
+            )
         if not args.no_naive:
-            entry["naive"] = run(s, True, device, steps, warmup)
+            entry["naive"] = run(s, True, device, steps, warmup, amp)
             entry["speedup"] = entry["naive"]["s_per_step"] / entry["ours"]["s_per_step"]
         report["results"][name] = entry
         if device.type == "cuda":
