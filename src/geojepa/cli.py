@@ -206,6 +206,9 @@ def pretrain(
     keep_checkpoints: int = typer.Option(
         3, min=-1, help="periodic checkpoints kept besides last.ckpt (newest; -1 = all)"
     ),
+    compile_blocks: bool = typer.Option(
+        False, "--compile", help="torch.compile the transformer blocks (pays on GPUs)"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display or summary"),
 ) -> None:
     """Pretrain GeoJEPA on a tile dataset; writes checkpoints, logs and a model directory."""
@@ -229,6 +232,7 @@ def pretrain(
         tiles=_train_tiles(dataset, split) if split is not None else None,
         keep_checkpoints=keep_checkpoints,
         progress=False if quiet else None,
+        compiled=True if compile_blocks else None,
     )
     if not quiet:
         typer.echo(f"model directory: {out}")

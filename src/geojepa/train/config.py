@@ -73,6 +73,11 @@ class TrainerConfig(Config):
     log_every_n_steps: int = Field(10, ge=1)
     checkpoint_every_n_steps: int = Field(500, ge=1)
     seed: int = 0
+    compile: bool = Field(
+        False,
+        description="torch.compile every transformer block (dynamic shapes); pays on GPUs, "
+        "not on CPUs (benchmarks/results/train_step-compile-cpu.json)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainerConfig:

@@ -43,6 +43,7 @@ def resolve_config(
     max_steps: int | None = None,
     max_epochs: int | None = None,
     tokens_per_batch: int | None = None,
+    compiled: bool | None = None,
 ) -> PretrainConfig:
     """Preset, or a config object/file, then command-line overrides."""
     if config is None:
@@ -64,6 +65,8 @@ def resolve_config(
         trainer["max_epochs"] = max_epochs
         if max_steps is None:
             trainer["max_steps"] = -1
+    if compiled is not None:
+        trainer["compile"] = compiled
     data = cfg.model_dump()
     data["trainer"].update(trainer)
     if batch_size is not None:
@@ -113,6 +116,7 @@ def pretrain(
     progress: bool | None = None,
     tiles: Iterable[str] | None = None,
     keep_checkpoints: int = 3,
+    compiled: bool | None = None,
 ) -> Path:
     """Pretrain GeoJEPA on ``dataset``; write checkpoints and the model directory to ``output``.
 
@@ -128,7 +132,8 @@ def pretrain(
     the model directory's ``training_data.json`` then names.
     ``progress``: False prints nothing; otherwise a bar on a terminal, else a plain line every
     few steps (see `geojepa.train.progress`). ``keep_checkpoints``: how many periodic
-    checkpoints to keep besides ``last.ckpt`` (the newest ones; -1 keeps all).
+    checkpoints to keep besides ``last.ckpt`` (the newest ones; -1 keeps all). ``compiled``:
+    overrides ``trainer.compile`` (``torch.compile`` of the transformer blocks; also on resume).
     """
     # Lightning is imported in _pretrain, not at module level: `import geojepa` and loading a
     # model directory must stay fast.
@@ -144,7 +149,7 @@ def pretrain(
     with OutputLock(out) if _rank() == 0 else nullcontext():
         return _pretrain(ds, out, config, preset, devices, max_steps, max_epochs, batch_size,
                          resume, strategy, progress, tiles, keep_checkpoints,
-                         tokens_per_batch)  # fmt: skip
+                         tokens_per_batch, compiled)  # fmt: skip
 
 
 def _check_devices(devices: int | str) -> int | str:
@@ -173,6 +178,7 @@ def _pretrain(
     tiles: Iterable[str] | None = None,
     keep_checkpoints: int = 3,
     tokens_per_batch: int | None = None,
+    compiled: bool | None = None,
 ) -> Path:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -185,7 +191,9 @@ def _pretrain(
     resuming = resume and last.exists()
     if resuming:
         saved = PretrainConfig.load(ckpt_dir / "config.json")
-        cfg = resolve_config(config=saved, max_steps=max_steps, max_epochs=max_epochs)
+        cfg = resolve_config(
+            config=saved, max_steps=max_steps, max_epochs=max_epochs, compiled=compiled
+        )
         if config is not None or batch_size is not None or tokens_per_batch is not None:
             wanted = resolve_config(
                 preset, config, batch_size, max_steps, max_epochs, tokens_per_batch
@@ -196,7 +204,9 @@ def _pretrain(
                     "or --no-resume"
                 )
     else:
-        cfg = resolve_config(preset, config, batch_size, max_steps, max_epochs, tokens_per_batch)
+        cfg = resolve_config(
+            preset, config, batch_size, max_steps, max_epochs, tokens_per_batch, compiled
+        )
         if out.exists() and any(out.iterdir()) and not ckpt_dir.exists():
             raise OutputError(f"{out} exists and is not a geojepa run directory")
         if any(ckpt_dir.glob("*.ckpt")):
@@ -231,6 +241,10 @@ def _pretrain(
 
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     model = build_model(cfg, tag_table)
+    if cfg.trainer.compile:
+        from geojepa.model import compile as model_compile
+
+        model_compile.compile_blocks(model)  # in place: checkpoint keys stay the same
     t = cfg.trainer
     n_tiles = int(ds.manifest.get("n_tiles") or 0) or sum(
         ds.read_tiles(s, columns=["region_id"]).num_rows for s in ds.shards
