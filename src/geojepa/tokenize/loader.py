@@ -460,12 +460,18 @@ class TileStream(IterableDataset):
             if cache and entity_transform is None
             else None
         )
-        self.epoch = 0
+        # A tensor, not an int: `TileLoader` moves it to shared memory for persistent workers,
+        # whose copies of this stream then see each new epoch.
+        self._epoch = torch.zeros((), dtype=torch.long)
         self._counts: dict[int, np.ndarray] | None = None
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle for ``epoch`` (the shuffling depends on ``(seed, epoch)`` only)."""
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def _shard_sizes(self) -> list[int]:
         ds = self.dataset
@@ -654,10 +660,20 @@ def _identity(batch: TileBatch) -> TileBatch:
 
 
 class TileLoader(DataLoader):
-    """A DataLoader of `TileBatch`; each new iteration reshuffles as the next epoch."""
+    """A DataLoader of `TileBatch`; each new iteration reshuffles as the next epoch.
 
-    def __init__(self, stream: TileStream, **kwargs) -> None:
-        super().__init__(stream, batch_size=None, collate_fn=_identity, **kwargs)
+    Workers (``num_workers > 0``) are persistent: started once, they keep their copy of the
+    stream between epochs, so the stream's epoch lives in shared memory and the epoch set in
+    `__iter__` (before the workers are told to start the next pass) reaches them.
+    """
+
+    def __init__(self, stream: TileStream, num_workers: int = 0, **kwargs) -> None:
+        if num_workers > 0:
+            stream._epoch.share_memory_()
+            kwargs.setdefault("persistent_workers", True)
+        super().__init__(
+            stream, batch_size=None, collate_fn=_identity, num_workers=num_workers, **kwargs
+        )
         self._next_epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -695,8 +711,8 @@ def make_dataloader(
     so later epochs skip parsing geometry and tags; off with an ``entity_transform``, and
     silently off when the dataset directory is not writable.
     ``tokens_per_batch``: form batches by a budget of real tokens with length bucketing
-    instead of ``batch_size`` tiles (see `TileBatcher`). Workers are not persistent: each
-    epoch's workers must see the epoch set on the stream.
+    instead of ``batch_size`` tiles (see `TileBatcher`). Workers are persistent (started
+    once per loader, not once per epoch); each epoch still reshuffles (see `TileLoader`).
     """
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
     if num_workers < 0:

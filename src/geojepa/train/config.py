@@ -10,7 +10,8 @@ Presets (``PRESETS``):
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import os
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -55,8 +56,22 @@ class DataConfig(Config):
         description="real tokens per device per step (length-bucketed batches); "
         "replaces batch_size when set",
     )
-    num_workers: int = Field(0, ge=0)
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto",
+        description="loader worker processes (persistent); auto = 0 when training on CPUs "
+        "(workers compete with the compute threads), min(4, CPUs - 1) on a GPU",
+    )
     shuffle_buffer: int = Field(1024, ge=1)
+
+    def workers(self, gpu: bool) -> int:
+        """``num_workers`` resolved for a run on a GPU (``gpu``) or on CPUs only.
+
+        Measured on a 2-core CPU (benchmarks/results/loader-workers-cpu.json): loading is a
+        small part of a CPU step, and a worker process takes a core from the step.
+        """
+        if self.num_workers != "auto":
+            return self.num_workers
+        return min(4, max((os.cpu_count() or 1) - 1, 0)) if gpu else 0
 
 
 class TrainerConfig(Config):

@@ -76,10 +76,14 @@ def resolve_config(
     return PretrainConfig.from_dict(data)
 
 
+def _on_gpu(accelerator: str) -> bool:
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
 def _precision(cfg: PretrainConfig, accelerator: str) -> str:
     if cfg.trainer.precision != "auto":
         return cfg.trainer.precision
-    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    gpu = _on_gpu(accelerator)
     return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
@@ -250,6 +254,7 @@ def _pretrain(
         ds.read_tiles(s, columns=["region_id"]).num_rows for s in ds.shards
     )
     module = PretrainModule(cfg, model, 1)  # total_steps is set once the world size is known
+    workers = cfg.data.workers(gpu=_on_gpu(t.accelerator))
     loader = make_dataloader(
         ds,
         vocab,
@@ -257,7 +262,7 @@ def _pretrain(
         batch_size=cfg.data.batch_size,
         shuffle=True,
         seed=cfg.trainer.seed,
-        num_workers=cfg.data.num_workers,
+        num_workers=workers,
         shuffle_buffer=cfg.data.shuffle_buffer,
         pin_memory=torch.cuda.is_available(),
         tokens_per_batch=cfg.data.tokens_per_batch,
@@ -307,7 +312,7 @@ def _pretrain(
         world = trainer.world_size
         planned = None
         if cfg.data.tokens_per_batch is not None:
-            planned = loader.dataset.planned_batches(world, max(cfg.data.num_workers, 1))
+            planned = loader.dataset.planned_batches(world, max(workers, 1))
         module.total_steps = _total_steps(cfg, n_tiles, world, planned)
         with warnings.catch_warnings():
             # The EMA teacher is in eval mode on purpose; the run directory holds config.json.

@@ -1,0 +1,100 @@
+"""Do DataLoader worker processes help pretraining on this machine? (``num_workers`` default)
+
+Two measurements on one prepared dataset, in one run:
+
+- ``loader``: one shuffled epoch of the tile loader alone (tokenising from the token cache,
+  collating) with 0, 1 and 2 workers: the cost of loading, without a model;
+- ``pretrain``: ``geojepa.pretrain`` for ``--steps`` optimiser steps with 0 and 2 workers
+  (cpu-small preset unless ``--preset``), wall time including start-up, run twice in the
+  order 0, 2, 2, 0 so that drift in the load from other processes hits both alike.
+
+On a CPU-only machine the workers compete with the training's compute threads for the same
+cores; this tells whether the data loading they take off the main process pays for that::
+
+    python benchmarks/loader_workers.py --data DATASET --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from geojepa.data.reader import open_dataset
+from geojepa.tokenize.loader import make_dataloader
+from geojepa.tokenize.tags import TagVocabulary
+from geojepa.train import preset_config, pretrain
+
+
+def machine_info() -> dict:
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        # other processes share the CPU: the 1-minute load average before the run tells how much
+        "loadavg_1min_before": os.getloadavg()[0],
+    }
+
+
+def loader_epoch(ds, vocab, cfg, workers: int) -> dict:
+    loader = make_dataloader(ds, vocab, cfg.tokenizer, batch_size=cfg.data.batch_size,
+                             shuffle=True, seed=0, num_workers=workers)  # fmt: skip
+    t0 = time.perf_counter()
+    n = sum(len(b) for b in loader)
+    s = time.perf_counter() - t0
+    return {"workers": workers, "tiles": n, "seconds": s, "tiles_per_s": n / s}
+
+
+def pretrain_run(ds_path: Path, preset: str, steps: int, workers: int, tmp: Path) -> dict:
+    cfg = preset_config(preset)
+    data = cfg.model_dump()
+    data["data"]["num_workers"] = workers
+    data["trainer"].update(max_steps=steps, max_epochs=None, checkpoint_every_n_steps=10**6)
+    out = tmp / f"run-{workers}"
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    pretrain(ds_path, out, config=type(cfg).from_dict(data), progress=False)
+    s = time.perf_counter() - t0
+    return {"workers": workers, "steps": steps, "seconds": s, "steps_per_s": steps / s}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, required=True, help="prepared dataset")
+    ap.add_argument("--preset", default="cpu-small")
+    ap.add_argument("--steps", type=int, default=100, help="pretrain steps per run")
+    ap.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    args = ap.parse_args()
+    ds = open_dataset(args.data)
+    cfg = preset_config(args.preset)
+    vocab = TagVocabulary.from_dataset(ds)
+    report: dict = {"machine": machine_info(), "dataset": str(args.data),
+                    "preset": args.preset, "batch_size": cfg.data.batch_size}  # fmt: skip
+    loader_epoch(ds, vocab, cfg, 0)  # fills the token cache once (not timed)
+    report["loader"] = [loader_epoch(ds, vocab, cfg, w) for w in (0, 1, 2)]
+    print(json.dumps(report["loader"], indent=2), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = [pretrain_run(args.data, args.preset, args.steps, w, Path(tmp))
+                for w in (0, 2, 2, 0)]  # fmt: skip
+    report["pretrain"] = runs
+    mean = {w: sum(r["seconds"] for r in runs if r["workers"] == w) / 2 for w in (0, 2)}
+    report["pretrain_mean_seconds"] = mean
+    report["ratio_seconds_2_workers_over_0"] = mean[2] / mean[0]
+    print(json.dumps(report, indent=2), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
