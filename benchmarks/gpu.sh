@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Training-step throughput on one CUDA GPU: the paper's GTI setting (synthetic, batch 48, bf16)
+# and real Neubrandenburg z16 tiles at paper width (paper-gt: 384 wide, 12 blocks), each with
+# and without `torch.compile` of the transformer blocks (issue 8). Two steps:
+#
+#   bash benchmarks/gpu.sh prepare   # here, with the project's venv and ../shared/data:
+#                                    # writes .bench-gpu/ (dataset + wheels, git-ignored)
+#   bash benchmarks/gpu.sh run       # on the GPU machine, from the repository root; writes
+#                                    # JSON + logs to $OUT (default benchmarks/results/gpu)
+#
+# The GPU machine needs Python 3.12 with CUDA PyTorch, numpy, pandas, pyarrow, safetensors and
+# tqdm (the device image has them) and no network: `prepare` downloads the other imports of the
+# benchmark (pydantic, shapely, osmium and their needs) as cp312 manylinux wheels into
+# .bench-gpu/whl, and `run` installs them into /tmp/site. With the device tool: run
+# `bash benchmarks/gpu.sh run` with carry [".bench-gpu"] and timeout_s 600 (about 6-8 min:
+# most of it compiling). Each measurement has its own time limit, so a failure or a slow
+# compile in one still leaves the others' JSON.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BENCH=${BENCH:-.bench-gpu}
+
+prepare() {
+    local py=${PYTHON:-.venv/bin/python}
+    local shared=${GEOJEPA_SHARED:-../shared}
+    mkdir -p "$BENCH/whl"
+    if [ ! -f "$BENCH/nb16/manifest.json" ]; then
+        if [ -n "${DATASET:-}" ]; then  # an already prepared Neubrandenburg z16, without its cache
+            mkdir -p "$BENCH/nb16"
+            cp -r "$DATASET"/{config.json,manifest.json,shards,vocab.parquet} "$BENCH/nb16/"
+        else
+            PYTHONPATH=src "$py" -m geojepa.cli prepare "$shared/data/neubrandenburg.osm.pbf" \
+                -o "$BENCH/nb16" --zoom 16 -q
+        fi
+    fi
+    # the benchmark's imports that the device image lacks (versions as in requirements pins)
+    local pins=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
+                typing-inspection==0.4.5 shapely==2.2.0 osmium==4.3.2)
+    "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d "$BENCH/whl" "${pins[@]}"
+    du -sh "$BENCH"
+}
+
+run() {
+    # DEVICE/SETTINGS/PRESET/STEPS/WARMUP: a dry run on a CPU with a small model, e.g.
+    # DEVICE=cpu SETTINGS=cpu-small PRESET=cpu-small STEPS=2 WARMUP=1 OUT=/tmp/g PYTHON=... run
+    local out=${OUT:-benchmarks/results/gpu} py=${PYTHON:-python3} device=${DEVICE:-cuda}
+    local settings=${SETTINGS:-gti} preset=${PRESET:-paper-gt} steps=${STEPS:-30}
+    local warmup=${WARMUP:-5} status=0
+    mkdir -p "$out"
+    if [ "$device" = cuda ] && ls "$BENCH"/whl/*.whl >/dev/null 2>&1; then
+        "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/site "$BENCH"/whl/*.whl
+        export PYTHONPATH=/tmp/site
+    fi
+    export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.txt" 2>&1 ||
+        true
+    local common=(benchmarks/train_step.py --device "$device" --dtype bf16 --steps "$steps"
+                  --warmup "$warmup")
+    local synth=("${common[@]}" --settings "$settings")
+    local real=("${common[@]}" --data "$BENCH/nb16" --preset "$preset")
+    # eager first (cheap, and kept if a compile fails), then --compile (the eager side is run
+    # again in the same process: the ratio comes from one run); time limits fit 10 minutes
+    timeout 75 "$py" "${synth[@]}" --out "$out/gti-eager.json" >"$out/gti-eager.log" 2>&1 ||
+        status=1
+    timeout 100 "$py" "${real[@]}" --out "$out/real-nb16-eager.json" \
+        >"$out/real-nb16-eager.log" 2>&1 || status=1
+    timeout 170 "$py" "${synth[@]}" --no-naive --compile --out "$out/gti-compile.json" \
+        >"$out/gti-compile.log" 2>&1 || status=1
+    timeout 170 "$py" "${real[@]}" --compile --out "$out/real-nb16-compile.json" \
+        >"$out/real-nb16-compile.log" 2>&1 || status=1
+    tail -n 4 "$out"/*.log
+    ls -la "$out"
+    return $status
+}
+
+case "${1:-}" in
+    prepare) prepare ;;
+    run) run ;;
+    *) echo "usage: bash benchmarks/gpu.sh prepare|run" >&2; exit 2 ;;
+esac
