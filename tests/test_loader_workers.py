@@ -48,6 +48,12 @@ def test_persistent_workers_reshuffle_every_epoch(ds_path) -> None:
     assert _ids(fresh) == epoch1
     run.set_epoch(0)  # resume: back to epoch 0 with the same workers
     assert _ids(run) == epoch0
+    procs = list(run._iterator._workers)
+    assert all(p.is_alive() for p in procs)
+    run.close()  # pretrain closes its loader: no worker is left idling after the run
+    for p in procs:
+        p.join(timeout=10)
+    assert not any(p.is_alive() for p in procs)
 
 
 def test_num_workers_auto_and_explicit(monkeypatch) -> None:
@@ -65,3 +71,16 @@ def test_num_workers_auto_and_explicit(monkeypatch) -> None:
             PretrainConfig.from_dict(data)
     data["data"]["num_workers"] = 2
     assert PretrainConfig.from_dict(data).data.workers(gpu=True) == 2
+
+
+def test_pretrain_leaves_no_worker_running(ds_path, tmp_path) -> None:
+    import multiprocessing
+
+    from geojepa.train import pretrain
+
+    data = preset_config("cpu-small").model_dump()
+    data["model"].update(depth=1, predictor_depth=1)
+    data["data"].update(batch_size=4, num_workers=1)
+    data["trainer"].update(max_steps=2, max_epochs=None)
+    pretrain(ds_path, tmp_path / "run", config=PretrainConfig.from_dict(data), progress=False)
+    assert not multiprocessing.active_children()

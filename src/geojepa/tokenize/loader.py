@@ -680,6 +680,12 @@ class TileLoader(DataLoader):
         """Make the next iteration epoch ``epoch`` (e.g. after resuming from a checkpoint)."""
         self._next_epoch = epoch
 
+    def close(self) -> None:
+        """Stop the persistent workers now (else they idle until the loader is collected)."""
+        it, self._iterator = self._iterator, None  # DataLoader's live (persistent) iterator
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+
     def __iter__(self):
         self.dataset.set_epoch(self._next_epoch)
         self._next_epoch += 1

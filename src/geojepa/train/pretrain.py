@@ -329,6 +329,8 @@ def _pretrain(
                     f"{last} is not a plain geojepa checkpoint (refusing to unpickle it: {first}); "
                     "delete it, or train into a new directory"
                 ) from None
+            finally:
+                loader.close()  # persistent workers: not left idling after the run
         trainer.save_checkpoint(last)  # the final state, also when the run ended mid-interval
     if interrupt.requested():
         raise interrupt.Interrupted(
