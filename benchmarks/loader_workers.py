@@ -4,11 +4,11 @@ Two measurements on one prepared dataset, in one run:
 
 - ``loader``: one shuffled epoch of the tile loader alone (tokenising from the token cache,
   collating) with 0, 1 and 2 workers: the cost of loading, without a model;
-- ``pretrain``: ``geojepa.pretrain`` for ``--steps`` optimiser steps with 0 and 2 workers
+- ``pretrain``: ``geojepa.pretrain`` for ``--steps`` optimiser steps with 0, 1, 2… workers
   (cpu-small preset unless ``--preset``), wall time including start-up, after one untimed
   run (the first run in a process pays one-time costs: imports, the text table), then
-  ``--repeats`` times in the order 0, 2, 2, 0 so that drift in the load from other processes
-  hits both alike.
+  ``--repeats`` rounds of the ``--workers`` counts in order and reversed (0, 2, 2, 0) so that
+  drift in the load from other processes hits all alike; medians per count.
 
 On a CPU-only machine the workers compete with the training's compute threads for the same
 cores; this tells whether the data loading they take off the main process pays for that::
@@ -75,7 +75,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="prepared dataset")
     ap.add_argument("--preset", default="cpu-small")
     ap.add_argument("--steps", type=int, default=100, help="pretrain steps per run")
-    ap.add_argument("--repeats", type=int, default=1, help="rounds of 0, 2, 2, 0 workers")
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="counts compared")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of counts, then reversed")
     ap.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = ap.parse_args()
     ds = open_dataset(args.data)
@@ -89,16 +90,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pretrain_run(args.data, args.preset, args.steps, 0, Path(tmp))  # one-time costs
         runs = [pretrain_run(args.data, args.preset, args.steps, w, Path(tmp))
-                for w in (0, 2, 2, 0) * args.repeats]  # fmt: skip
+                for w in (args.workers + args.workers[::-1]) * args.repeats]  # fmt: skip
     report["pretrain"] = runs
-    mean = {
-        w: sum(r["seconds"] for r in runs if r["workers"] == w) / (2 * args.repeats) for w in (0, 2)
-    }
-    report["pretrain_mean_seconds"] = mean
-    report["ratio_seconds_2_workers_over_0"] = mean[2] / mean[0]
+    times = {w: sorted(r["seconds"] for r in runs if r["workers"] == w) for w in args.workers}
+    # the median: other processes on a shared CPU make single runs 2-5x slower now and then
+    median = {w: t[len(t) // 2] if len(t) % 2 else sum(t[len(t) // 2 - 1 : len(t) // 2 + 1]) / 2
+              for w, t in times.items()}  # fmt: skip
+    report["pretrain_median_seconds"] = median
+    report["ratio_median_seconds_over_0_workers"] = {w: m / median[0] for w, m in median.items()}
     report["command"] = (
         f"python benchmarks/loader_workers.py --data DATASET --preset {args.preset} "
-        f"--steps {args.steps} --repeats {args.repeats}"
+        f"--steps {args.steps} --repeats {args.repeats} --workers "
+        + " ".join(map(str, args.workers))
     )
     print(json.dumps(report, indent=2), flush=True)
     if args.out:
