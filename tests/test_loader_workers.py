@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections import Counter
 
 import pytest
@@ -50,6 +53,12 @@ def test_persistent_workers_reshuffle_every_epoch(ds_path) -> None:
     assert _ids(run) == epoch0
     procs = list(run._iterator._workers)
     assert all(p.is_alive() for p in procs)
+    it = iter(run)  # the terminal's Ctrl-C reaches the workers too: they leave it to the main
+    first = next(it).region_ids
+    for p in procs:
+        os.kill(p.pid, signal.SIGINT)
+    time.sleep(0.5)
+    assert first + _ids(it) == epoch1 and all(p.is_alive() for p in procs)
     run.close()  # pretrain closes its loader: no worker is left idling after the run
     for p in procs:
         p.join(timeout=10)

@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -659,6 +660,12 @@ def _identity(batch: TileBatch) -> TileBatch:
     return batch
 
 
+def _ignore_sigint(worker_id: int) -> None:
+    """Workers leave Ctrl-C to the main process, which stops at a step boundary and shuts them
+    down; a worker that took the terminal's SIGINT itself would exit and fail the next batch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class TileLoader(DataLoader):
     """A DataLoader of `TileBatch`; each new iteration reshuffles as the next epoch.
 
@@ -671,6 +678,7 @@ class TileLoader(DataLoader):
         if num_workers > 0:
             stream._epoch.share_memory_()
             kwargs.setdefault("persistent_workers", True)
+            kwargs.setdefault("worker_init_fn", _ignore_sigint)
         super().__init__(
             stream, batch_size=None, collate_fn=_identity, num_workers=num_workers, **kwargs
         )
