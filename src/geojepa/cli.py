@@ -207,7 +207,7 @@ def pretrain(
         3, min=-1, help="periodic checkpoints kept besides last.ckpt (newest; -1 = all)"
     ),
     compile_blocks: bool = typer.Option(
-        False, "--compile", help="torch.compile the transformer blocks (pays on GPUs)"
+        False, "--compile", help="torch.compile the transformer blocks (for GPUs; no gain on CPUs)"
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display or summary"),
 ) -> None:

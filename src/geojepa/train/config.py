@@ -90,8 +90,8 @@ class TrainerConfig(Config):
     seed: int = 0
     compile: bool = Field(
         False,
-        description="torch.compile every transformer block (dynamic shapes); pays on GPUs, "
-        "not on CPUs (benchmarks/results/train_step-compile-cpu.json)",
+        description="torch.compile every transformer block (dynamic shapes); no gain on CPUs "
+        "(benchmarks/results/train_step-compile-cpu.json), not yet measured on GPUs",
     )
 
     @model_validator(mode="after")
