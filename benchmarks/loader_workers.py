@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -57,6 +58,20 @@ def loader_epoch(ds, vocab, cfg, workers: int) -> dict:
     return {"workers": workers, "tiles": n, "seconds": s, "tiles_per_s": n / s}
 
 
+def first_batches(ds, vocab, cfg, workers: int, steps: int) -> dict:
+    """The work in the first ``steps`` batches: the worker count changes the data order (each
+    worker shuffles its own part of the shards), so wall times must be read per real token."""
+    loader = make_dataloader(ds, vocab, cfg.tokenizer, batch_size=cfg.data.batch_size,
+                             shuffle=True, seed=0, num_workers=workers)  # fmt: skip
+    batches = list(itertools.islice(loader, steps))
+    loader.close()
+    return {
+        "workers": workers,
+        "real_tokens": sum(int(b.entity_valid.sum()) for b in batches),
+        "padded_slots": sum(b.entity_valid.numel() for b in batches),
+    }
+
+
 def pretrain_run(ds_path: Path, preset: str, steps: int, workers: int, tmp: Path) -> dict:
     cfg = preset_config(preset)
     data = cfg.model_dump()
@@ -77,6 +92,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100, help="pretrain steps per run")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="counts compared")
     ap.add_argument("--repeats", type=int, default=1, help="rounds of counts, then reversed")
+    ap.add_argument("--skip-pretrain", action="store_true", help="loader figures only")
     ap.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = ap.parse_args()
     ds = open_dataset(args.data)
@@ -87,6 +103,10 @@ def main() -> None:
     loader_epoch(ds, vocab, cfg, 0)  # fills the token cache once (not timed)
     report["loader"] = [loader_epoch(ds, vocab, cfg, w) for w in (0, 1, 2)]
     print(json.dumps(report["loader"], indent=2), flush=True)
+    report["first_batches"] = [first_batches(ds, vocab, cfg, w, args.steps) for w in args.workers]
+    if args.skip_pretrain:
+        print(json.dumps(report["first_batches"], indent=2))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         pretrain_run(args.data, args.preset, args.steps, 0, Path(tmp))  # one-time costs
         runs = [pretrain_run(args.data, args.preset, args.steps, w, Path(tmp))
@@ -98,6 +118,10 @@ def main() -> None:
               for w, t in times.items()}  # fmt: skip
     report["pretrain_median_seconds"] = median
     report["ratio_median_seconds_over_0_workers"] = {w: m / median[0] for w, m in median.items()}
+    tokens = {b["workers"]: b["real_tokens"] for b in report["first_batches"]}
+    report["ratio_median_seconds_per_real_token_over_0_workers"] = {
+        w: (m / tokens[w]) / (median[0] / tokens[0]) for w, m in median.items()
+    }
     report["command"] = (
         f"python benchmarks/loader_workers.py --data DATASET --preset {args.preset} "
         f"--steps {args.steps} --repeats {args.repeats} --workers "
