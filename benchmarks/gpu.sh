@@ -11,10 +11,13 @@
 # The GPU machine needs Python 3.12 with CUDA PyTorch, numpy, pandas, pyarrow, safetensors and
 # tqdm (the device image has them) and no network: `prepare` downloads the other imports of the
 # benchmark (pydantic, shapely, osmium and their needs) as cp312 manylinux wheels into
-# .bench-gpu/whl, and `run` installs them into /tmp/site. With the device tool: run
-# `bash benchmarks/gpu.sh run` with carry [".bench-gpu"] and timeout_s 600 (about 6-8 min:
-# most of it compiling). Each measurement has its own time limit, so a failure or a slow
-# compile in one still leaves the others' JSON.
+# .bench-gpu/whl, and `run` installs them into /tmp/site. With the device tool (from the
+# checkout the session started in, after `prepare` there): run `bash benchmarks/gpu.sh run`
+# with carry [".bench-gpu"] and timeout_s 600. The four measurements have their own time limits
+# (515 s in all, mostly compiling), so a failure or a slow compile in one still leaves the
+# others' JSON. Expect the eager runs to be slow or to run out of memory: on CUDA the packed
+# layout calls FlexAttention, which uncompiled materialises the N x N scores of the whole
+# packed batch; compiled blocks fuse it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH=${BENCH:-.bench-gpu}
