@@ -25,9 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 try:  # FlexAttention: PyTorch ≥ 2.5; used on CUDA only (on CPU it runs a slow eager path).
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
 except ImportError:  # pragma: no cover - older torch
-    create_block_mask = flex_attention = None
+    BlockMask = flex_attention = None
+
+#: FlexAttention's sparse block size (its default): the document mask is built per block pair.
+FLEX_BLOCK = 128
 
 
 def key_mask(valid: torch.Tensor) -> torch.Tensor:
@@ -100,13 +103,37 @@ class Packing:
 
 
 def document_mask(seq: torch.Tensor) -> Any:
-    """FlexAttention block mask: token q may attend token k iff both belong to the same tile."""
+    """FlexAttention block mask: token q may attend token k iff both belong to the same tile.
+
+    ``seq`` is sorted (tile after tile), so a block of 128 tokens spans a range of tiles: two
+    blocks interact iff their ranges overlap, and attend fully iff both lie inside one tile. The
+    mask is built from those ranges, in O((N/128)²) with fixed shapes (no host sync), instead of
+    evaluating the N × N token mask as ``create_block_mask`` does (gigabytes at GPU batch
+    sizes). Tokens past N (the last block's padding) are given tile -1.
+    """
+    n = seq.shape[0]
+    nb = max(1, -(-n // FLEX_BLOCK))
+    padded = F.pad(seq, (0, nb * FLEX_BLOCK - n), value=-1)
+    ends = torch.arange(1, nb + 1, device=seq.device) * FLEX_BLOCK
+    first = padded[::FLEX_BLOCK]
+    last = padded[(ends.clamp(max=n) - 1).clamp(min=0)]
+    touch = (first[:, None] <= last[None, :]) & (first[None, :] <= last[:, None])
+    whole = (first == last) & (ends <= n)  # inside one tile, no padding
+    full = whole[:, None] & whole[None, :] & (first[:, None] == first[None, :])
+
+    def ordered(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per query block: how many kv blocks, and which (those first)."""
+        count = dense.sum(-1).to(torch.int32)
+        index = (~dense).to(torch.int8).argsort(dim=-1, stable=True).to(torch.int32)
+        return count[None, None], index[None, None]
 
     def same_tile(b, h, q, k):
-        return seq[q] == seq[k]
+        return padded[q] == padded[k]
 
-    n = seq.shape[0]
-    return create_block_mask(same_tile, None, None, n, n, device=seq.device)
+    return BlockMask.from_kv_blocks(
+        *ordered(touch & ~full), *ordered(full), BLOCK_SIZE=FLEX_BLOCK, mask_mod=same_tile,
+        seq_lengths=(n, n),
+    )  # fmt: skip
 
 
 _COMPILED_FLEX: Any = None
@@ -164,7 +191,8 @@ class Block(nn.Module):
         qkv = self.qkv(self.norm1(x))  # [N, 3D]: only real tokens
         if p.block_mask is not None:
             q, k, v = qkv.view(1, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
-            a = compiled_flex_attention()(q, k, v, block_mask=p.block_mask)  # [1,h,N,dh]
+            attend = compiled_flex_attention() if q.is_cuda else flex_attention  # CPU: tests
+            a = attend(q, k, v, block_mask=p.block_mask)  # [1,h,N,dh]
             a = a.transpose(1, 2).reshape(n, d)
         else:
             dense = p.unpack(qkv).view(p.batch, p.length, 3, h, d // h)
