@@ -188,3 +188,10 @@ def test_rows_and_metadata_are_those_of_pandas_conversion(tmp_path):
     assert written.column("bbox").combine_chunks().field("xmin").null_count == 1
     meta = written.schema.metadata
     assert json.loads(meta[b"pandas"]) == json.loads(reference.schema.metadata[b"pandas"])
+    # embedding-like float columns are stored plainly (a dictionary of distinct values only
+    # costs), the others keep their dictionary
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    encodings = {group.column(i).path_in_schema: group.column(i).encodings
+                 for i in range(group.num_columns)}  # fmt: skip
+    assert "RLE_DICTIONARY" not in encodings["emb_0"] + encodings["score"]
+    assert "RLE_DICTIONARY" in encodings["tags"] and "RLE_DICTIONARY" in encodings["bbox.xmin"]
