@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import shapely
 import torch
 from tqdm.auto import tqdm
@@ -216,9 +215,10 @@ def embed_shard(
 ) -> ShardEmbeddings:
     """Embed every tile of one shard (and its entities, if asked) with the target encoder."""
     tiles = ds.read_tiles(shard, columns=["region_id", "west", "south", "east", "north"])
-    ents = ds.read_entities(shard)
     if entity_transform is not None:
-        ents = entity_transform(ents)
+        ents = entity_transform(ds.read_entities(shard))
+    else:  # the tokens come from the cache: read only what the output needs
+        ents = ds.read_entities(shard, columns=_ENTITY_COLUMNS[: 4 if entities else 2])
     tok_cfg = model.pretrain_config.tokenizer
     stream = TileStream(
         _single_shard(ds, shard), model.vocab, tok_cfg, batch_size, shuffle=False, seed=0,
@@ -234,28 +234,33 @@ def embed_shard(
         batch_size=batch_size, image_size=image_size,
     )  # fmt: skip
     ids = [str(r) for r in arrays.region_ids]
-    frame = pd.DataFrame(
-        tile_vecs,
-        index=pd.Index(ids, name="region_id"),
-        columns=embedding_columns(tile_vecs.shape[1]),
-    )
-    bounds = tiles.to_pandas().set_index("region_id").loc[frame.index]
-    counts = pd.Series(
-        pc.value_counts(ents.column("region_id")).field("counts").to_numpy(),
-        index=pc.value_counts(ents.column("region_id"))
-        .field("values")
-        .to_numpy(zero_copy_only=False),
-    )
-    frame.insert(0, "n_entities", counts.reindex(frame.index).fillna(0).astype("int32").values)
-    frame.insert(1, "top_tags", top_tags(ents).reindex(frame.index).fillna("").values)
-    geometry = shapely.box(bounds["west"], bounds["south"], bounds["east"], bounds["north"])
-    result = ShardEmbeddings(frame, np.asarray(geometry))
+    index = pd.Index(ids, name="region_id")
+    frame = pd.DataFrame(tile_vecs, index=index, columns=embedding_columns(tile_vecs.shape[1]))
+    tile_ids = pd.Index(tiles.column("region_id").to_numpy(zero_copy_only=False))
+    tile_rows = tile_ids.get_indexer(index)  # tiles-file row of each output row
+    if (tile_rows < 0).any():
+        raise InputError(f"{ds.path}: shard {shard}'s token cache lists tiles its tiles file lacks")
+    bounds = [tiles.column(c).to_numpy()[tile_rows] for c in ("west", "south", "east", "north")]
+    ent_rows = _positions(index, ents.column("region_id"))  # output row of each entity
+    n_entities = np.bincount(ent_rows[ent_rows >= 0], minlength=len(index)).astype(np.int32)
+    frame.insert(0, "n_entities", n_entities)
+    frame.insert(1, "top_tags", top_tags(ents).reindex(index).fillna("").values)
+    result = ShardEmbeddings(frame, np.asarray(shapely.box(*bounds)))
     if entities:
         assert ent_vecs is not None
         keys = list(zip(np.repeat(np.asarray(ids, dtype=object), arrays.ent_count),
                         arrays.feature_ids, strict=True))  # fmt: skip
         result.entities, result.entity_geometry = _entity_frame(ents, keys, [ent_vecs])
     return result
+
+
+#: Entity columns `embed_shard` reads: tile summaries need the first two, entity rows all four.
+_ENTITY_COLUMNS = ["region_id", "tags", "feature_id", "geometry"]
+
+
+def _positions(index: pd.Index, values: pa.ChunkedArray) -> np.ndarray:
+    """Position in ``index`` of each of ``values`` (-1 where absent)."""
+    return index.get_indexer(np.asarray(values.to_numpy(zero_copy_only=False), dtype=object))
 
 
 def _entity_frame(
