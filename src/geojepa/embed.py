@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import shapely
 import torch
 from tqdm.auto import tqdm
@@ -259,8 +260,9 @@ _ENTITY_COLUMNS = ["region_id", "tags", "feature_id", "geometry"]
 
 
 def _positions(index: pd.Index, values: pa.ChunkedArray) -> np.ndarray:
-    """Position in ``index`` of each of ``values`` (-1 where absent)."""
-    return index.get_indexer(np.asarray(values.to_numpy(zero_copy_only=False), dtype=object))
+    """Position in ``index`` of each of ``values`` (-1 where absent), without Python strings."""
+    found = pc.index_in(values, value_set=pa.array(index.to_numpy(), pa.string()))
+    return np.asarray(found.fill_null(-1).to_numpy(), dtype=np.int64)
 
 
 def _entity_frame(
