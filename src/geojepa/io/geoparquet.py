@@ -12,7 +12,8 @@ has a ``bbox`` struct column declared as the geometry's ``covering``; the rows o
 writes shard by shard, and a shard is a block of neighbouring parent tiles (in x, y order), so
 a row group covers a compact area and its bbox statistics let readers skip it.
 ``geometry_types`` lists the types actually written: the metadata goes into the footer when
-the file is closed.
+the file is closed. Files are zstd-compressed; float columns skip the dictionary encoding (see
+`_dictionary_columns`).
 """
 
 from __future__ import annotations
