@@ -145,6 +145,7 @@ def test_zorder_is_quadkey_order_for_tiles():
     assert by_key.tolist() == by_quadkey
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast")  # the empty point's key
 def test_rows_and_metadata_are_those_of_pandas_conversion(tmp_path):
     """The direct Arrow conversion writes what ``pa.Table.from_pandas`` of the sorted frame
     would: types, values (NaN → null), index, pandas metadata, bbox of an empty geometry."""
