@@ -19,7 +19,9 @@ Each side's fastest pass also reports where its time went (``stages``, seconds, 
 around the stages; a stage called inside another counts for the outer one): ``model`` (the
 tokenizer and encoder forward passes, pooling), ``read`` (tiles and entity columns, the token
 cache), ``top_tags``, ``write`` (GeoParquet conversion, encoding, footer) and ``other`` (the
-rest: batching, collating, building the frames, the finiteness check). Example::
+rest: batching, collating, building the frames, the finiteness check). ``--sweep`` also times
+packed passes at other token budgets (``budget_sweep_seconds``): the default budget of
+`geojepa embed` is the fastest of them on CPU. Example::
 
     python benchmarks/embed.py --data DATASET --out benchmarks/results/embed-cpu.json
 """
@@ -42,7 +44,7 @@ import torch
 
 import geojepa.embed
 from geojepa.data.reader import TileDataset, open_dataset
-from geojepa.embed import embed_tiles
+from geojepa.embed import EMBED_TOKENS_PER_BATCH, embed_tiles
 from geojepa.io.geoparquet import GeoParquetWriter
 from geojepa.model.jepa import GeoJEPA
 from geojepa.tokenize.loader import TileStream
@@ -103,10 +105,12 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--preset", default="cpu-small")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--tokens-per-batch", type=int, default=4096)
+    ap.add_argument("--tokens-per-batch", type=int, default=EMBED_TOKENS_PER_BATCH)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--repeats", type=int, default=2, help="passes per side (fastest kept)")
+    ap.add_argument("--sweep", type=int, nargs="*", default=[1024, 2048, 4096, 8192],
+                    help="packed token budgets to time as well (the default's choice)")  # fmt: skip
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -149,6 +153,16 @@ def main() -> None:
                                     "stages": stages}  # fmt: skip
                 print(json.dumps({name: elapsed, "repeat": rep}), flush=True)
                 outputs[name] = gpd.read_parquet(out)
+        sweep = report["budget_sweep_seconds"] = {}
+        model.set_packed(True)
+        for _ in range(args.repeats):  # the budget of `geojepa embed` was chosen from this
+            for budget in args.sweep:
+                t0 = time.perf_counter()
+                embed_tiles(model, ds, Path(tmp) / "sweep.parquet", progress=False,
+                            tokens_per_batch=budget)  # fmt: skip
+                elapsed = time.perf_counter() - t0
+                sweep[str(budget)] = min(sweep.get(str(budget), elapsed), elapsed)
+        print(json.dumps({"budget_sweep_seconds": sweep}), flush=True)
         a, b = outputs["padded"], outputs["packed"].loc[outputs["padded"].index]
         cols = [c for c in a.columns if c.startswith("emb_")]
         report["max_abs_diff_packed_vs_padded"] = float(

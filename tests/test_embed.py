@@ -193,3 +193,13 @@ def test_cli_quiet_prints_nothing(trained, tmp_path, capsys):
     assert main(["embed", str(run), str(ds_path), "-o", str(out), "--quiet"]) == 0
     assert capsys.readouterr() == ("", "")
     assert len(gpd.read_parquet(out)) > 0
+
+
+def test_cli_embeds_with_the_library_default_budget(monkeypatch, tmp_path):
+    """`geojepa embed` without --tokens-per-batch uses the library's measured default."""
+    import geojepa.embed as embed_module
+
+    seen = {}
+    monkeypatch.setattr(embed_module, "embed_tiles", lambda *a, **k: seen.update(k))
+    main(["embed", str(tmp_path / "run"), str(tmp_path / "ds"), "-o", str(tmp_path / "t.parquet")])
+    assert seen["tokens_per_batch"] == embed_module.EMBED_TOKENS_PER_BATCH
