@@ -13,7 +13,15 @@ be shared with other processes).
 
 The model is the ``--preset`` architecture with random weights (throughput does not depend on
 the weights) and a random stand-in text table. A first untimed pass fills the token cache, so
-both timed passes read the same cached tokens. Example::
+both timed passes read the same cached tokens.
+
+Each side's fastest pass also reports where its time went (``stages``, seconds, from timers
+around the stages; a stage called inside another counts for the outer one): ``model`` (the
+tokenizer and encoder forward passes, pooling), ``read`` (tiles and entity columns, the token
+cache), ``top_tags``, ``write`` (GeoParquet conversion, encoding, footer) and ``other`` (the
+rest: batching, collating, building the frames, the finiteness check). ``--sweep`` also times
+packed passes at other token budgets (``budget_sweep_seconds``): the default budget of
+`geojepa embed` is the fastest of them on CPU. Example::
 
     python benchmarks/embed.py --data DATASET --out benchmarks/results/embed-cpu.json
 """
@@ -21,17 +29,25 @@ both timed passes read the same cached tokens. Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
 import torch
 
-from geojepa.data.reader import open_dataset
-from geojepa.embed import embed_tiles
+import geojepa.embed
+from geojepa.data.reader import TileDataset, open_dataset
+from geojepa.embed import EMBED_TOKENS_PER_BATCH, embed_tiles
+from geojepa.io.geoparquet import GeoParquetWriter
+from geojepa.model.jepa import GeoJEPA
+from geojepa.tokenize.loader import TileStream
 from geojepa.tokenize.tags import PAD, UNKNOWN, TagVocabulary
 from geojepa.train.config import preset_config
 from geojepa.train.export import build_model
@@ -42,15 +58,59 @@ except ImportError:  # run as a module
     from benchmarks.train_step import machine_info
 
 
+#: Stage → the (owner, attribute) callables whose time it counts.
+STAGES = {
+    "model": [(GeoJEPA, "encode"), (GeoJEPA, "pool")],
+    "read": [(TileDataset, "read_tiles"), (TileDataset, "read_entities"), (TileStream, "_load")],
+    "top_tags": [(geojepa.embed, "top_tags")],
+    "write": [(GeoParquetWriter, "write"), (GeoParquetWriter, "close")],
+}
+
+
+@contextlib.contextmanager
+def stage_timers() -> Iterator[dict[str, float]]:
+    """Seconds spent in each of `STAGES` while inside; nested calls count for the outermost."""
+    seconds = dict.fromkeys(STAGES, 0.0)
+    depth = [0]
+
+    def timed(stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if depth[0]:
+                return fn(*args, **kwargs)
+            depth[0] += 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds[stage] += time.perf_counter() - t0
+                depth[0] -= 1
+
+        return wrapper
+
+    saved = [(owner, name, owner.__dict__[name]) for targets in STAGES.values()
+             for owner, name in targets]  # fmt: skip
+    for stage, targets in STAGES.items():
+        for owner, name in targets:
+            setattr(owner, name, timed(stage, owner.__dict__[name]))
+    try:
+        yield seconds
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--preset", default="cpu-small")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--tokens-per-batch", type=int, default=4096)
+    ap.add_argument("--tokens-per-batch", type=int, default=EMBED_TOKENS_PER_BATCH)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--repeats", type=int, default=2, help="passes per side (fastest kept)")
+    ap.add_argument("--sweep", type=int, nargs="*", default=[1024, 2048, 4096, 8192],
+                    help="packed token budgets to time as well (the default's choice)")  # fmt: skip
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,21 +141,38 @@ def main() -> None:
             for name, (packed, kw) in runs.items():
                 model.set_packed(packed)
                 out = Path(tmp) / f"{name}.parquet"
-                t0 = time.perf_counter()
-                embed_tiles(model, ds, out, progress=False, **kw)
-                elapsed = time.perf_counter() - t0
+                with stage_timers() as stages:
+                    t0 = time.perf_counter()
+                    embed_tiles(model, ds, out, progress=False, **kw)
+                    elapsed = time.perf_counter() - t0
                 best = report.get(name, {}).get("seconds", float("inf"))
                 if elapsed < best:
+                    stages["other"] = elapsed - sum(stages.values())
                     report[name] = {"seconds": elapsed, "tiles_per_s": n_tiles / elapsed,
-                                    "entities_per_s": float(counts.sum()) / elapsed}  # fmt: skip
+                                    "entities_per_s": float(counts.sum()) / elapsed,
+                                    "stages": stages}  # fmt: skip
                 print(json.dumps({name: elapsed, "repeat": rep}), flush=True)
                 outputs[name] = gpd.read_parquet(out)
+        sweep = report["budget_sweep_seconds"] = {}
+        model.set_packed(True)
+        for _ in range(args.repeats):  # the budget of `geojepa embed` was chosen from this
+            for budget in args.sweep:
+                t0 = time.perf_counter()
+                embed_tiles(model, ds, Path(tmp) / "sweep.parquet", progress=False,
+                            tokens_per_batch=budget)  # fmt: skip
+                elapsed = time.perf_counter() - t0
+                sweep[str(budget)] = min(sweep.get(str(budget), elapsed), elapsed)
+        print(json.dumps({"budget_sweep_seconds": sweep}), flush=True)
         a, b = outputs["padded"], outputs["packed"].loc[outputs["padded"].index]
         cols = [c for c in a.columns if c.startswith("emb_")]
         report["max_abs_diff_packed_vs_padded"] = float(
             np.abs(a[cols].to_numpy() - b[cols].to_numpy()).max()
         )
     report["ratio_tiles_per_s"] = report["packed"]["tiles_per_s"] / report["padded"]["tiles_per_s"]
+    # what the ratio would be if only the model ran (the other stages cost both sides alike)
+    report["ratio_model_only"] = (
+        report["padded"]["stages"]["model"] / report["packed"]["stages"]["model"]
+    )
     print(json.dumps(report, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ Measures full training steps (tokenizer stand-in, masking, target encoder, conte
 predictor, loss, backward, AdamW step, EMA update) in tiles/s, tokens/s and peak memory:
 
 - ``ours``: `GeoJEPA` as trained by `geojepa pretrain` — key-padding masks, all K targets in one
-  predictor call, no host syncs in the step except the two mask sizes;
+  predictor call, masks and packings made on the host before the step (no host sync in it);
 - ``naive``: the published design on the same modules and the same data — the predictor called
   once per target in a Python loop, no key-padding masks (padding is attended), and a ``.item()``
   host sync per loss term per step (as the published logging does).
@@ -65,8 +65,7 @@ from torch import nn
 
 from geojepa.model import GeoJEPA, MaskingConfig, ModelConfig
 from geojepa.model.compile import compile_blocks
-from geojepa.model.jepa import StepOutput, _gather, masked_vicreg
-from geojepa.model.masking import Masks
+from geojepa.model.jepa import StepOutput, StepPlan, _gather, masked_vicreg
 from geojepa.train.config import preset_config
 
 SETTINGS = {
@@ -95,7 +94,16 @@ class SynthTokenizer(nn.Module):
         super().__init__()
         self.proj = nn.Linear(width, width)
 
-    def forward(self, b: dict) -> SynthTokens:
+    def layout(self, b: dict) -> SynthTokens:
+        return SynthTokens(None, b["boxes"], b["modality"], b["valid"], b["n_entity_slots"])
+
+    def entity_index(self, b: dict) -> torch.Tensor:
+        return b["valid"].reshape(-1).nonzero().squeeze(1)
+
+    def image_features(self, b: dict) -> None:
+        return None
+
+    def forward(self, b: dict, entities=None, image_features=None) -> SynthTokens:
         x = self.proj(b["content"]) * b["valid"][..., None]
         return SynthTokens(x, b["boxes"], b["modality"], b["valid"], b["n_entity_slots"])
 
@@ -131,7 +139,8 @@ def make_batch(s: dict, seed: int, device: torch.device) -> dict:
 class NaiveGeoJEPA(GeoJEPA):
     """The published design on our modules: per-target predictor loop, no padding masks."""
 
-    def loss_from_tokens(self, tok, h: torch.Tensor, masks: Masks) -> StepOutput:
+    def loss_from_tokens(self, tok, h: torch.Tensor, plan: StepPlan) -> StepOutput:
+        masks = plan.masks
         k = masks.target_index.shape[1]
         prior = self.prior(tok.boxes, tok.modality).to(tok.tokens.dtype)
         x = tok.tokens + prior
@@ -187,13 +196,17 @@ def run(
     graphs0 = _graphs()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), fused=device.type == "cuda")
-    batches = [make_batch(s, seed, device) for seed in range(4)]
-    gen = torch.Generator(device=device).manual_seed(0)
+    batches = [make_batch(s, seed, torch.device("cpu")) for seed in range(4)]
+    gen = torch.Generator().manual_seed(0)
     n_tokens = sum(int(b["valid"].sum()) for b in batches) / len(batches)
 
-    def step(batch: dict) -> None:
+    def step(host_batch: dict) -> None:
+        # As in `geojepa pretrain`: masks and packings made on the host, copied with the batch.
+        plan = model.plan(host_batch, gen).to(device)
+        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                 for k, v in host_batch.items()}  # fmt: skip
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(batch, gen)
+            out = model(batch, plan=plan)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 10.0, foreach=True)
@@ -231,11 +244,12 @@ def run(
 
 
 def _real_step(
-    model: GeoJEPA, opt, params: list, gen: torch.Generator, batch, amp: bool = False
+    model: GeoJEPA, opt, params: list, gen: torch.Generator, batch, device, amp: bool = False
 ) -> None:
-    with torch.autocast(device_type=batch.entity_valid.device.type, dtype=torch.bfloat16,
-                        enabled=amp):  # fmt: skip
-        loss = model(batch, gen).loss
+    """One step as `geojepa pretrain` runs it: plan on the host, then copy and train."""
+    plan = model.plan(batch, gen).to(device)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        loss = model(batch.to(device), plan=plan).loss
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 10.0, foreach=True)
@@ -288,7 +302,7 @@ def run_real(
             loader = make_dataloader(ds, vocab, cfg.tokenizer, shuffle=True, seed=0, **kw)
             epoch = list(loader)  # one shuffled epoch; time batches spread evenly over it
             pick = np.linspace(0, len(epoch) - 1, min(steps + warmup, len(epoch))).round()
-            epochs[key] = [epoch[int(i)].to(device) for i in pick]
+            epochs[key] = [epoch[int(i)] for i in pick]  # on the host, as the loader gives them
             del epoch
         batches = epochs[key]
         model = build_model(cfg, table).to(device).set_packed(packed).train()
@@ -296,17 +310,17 @@ def run_real(
             compile_blocks(model)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
-        gen = torch.Generator(device=device).manual_seed(0)
+        gen = torch.Generator().manual_seed(0)
         graphs0, t0 = _graphs(), time.perf_counter()
         for b in batches[:warmup]:
-            _real_step(model, opt, params, gen, b, amp)
+            _real_step(model, opt, params, gen, b, device, amp)
         if device.type == "cuda":
             torch.cuda.synchronize()
         warm[name] = time.perf_counter() - t0
         if comp:  # one untimed pass: every shape class is compiled before the timed steps
             t0 = time.perf_counter()
             for b in batches[warmup:]:
-                _real_step(model, opt, params, gen, b, amp)
+                _real_step(model, opt, params, gen, b, device, amp)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             warm[name + "_first_pass"] = time.perf_counter() - t0
@@ -317,7 +331,7 @@ def run_real(
         for model, opt, params, gen, timed, clock in sides.values():
             if i < len(timed):
                 t0 = time.perf_counter()
-                _real_step(model, opt, params, gen, timed[i], amp)
+                _real_step(model, opt, params, gen, timed[i], device, amp)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 clock[0] += time.perf_counter() - t0

@@ -118,6 +118,31 @@ def test_top_tags_most_frequent_first():
     assert top["1/1/0"] == "highway=primary"
 
 
+def test_top_tags_matches_a_plain_count_on_random_tiles():
+    from collections import Counter
+
+    rng = np.random.default_rng(3)
+    keys, values = ["building", "name", "amenity", "highway", "shop"], ["yes", "a", "b", None]
+    regions = [f"17/{rng.integers(0, 9)}/{rng.integers(0, 9)}" for _ in range(400)]
+    tags = [[(keys[i], values[j]) for i, j in zip(rng.integers(0, 5, m), rng.integers(0, 4, m),
+                                                  strict=True)]
+            for m in rng.integers(0, 4, len(regions))]  # fmt: skip
+    table = pa.table({"region_id": regions,
+                      "tags": pa.array(tags, type=pa.map_(pa.string(), pa.string()))})  # fmt: skip
+    counts: dict[str, Counter] = {}
+    for region, entry in zip(regions, tags, strict=True):
+        texts = [k if v is None else f"{k}={v}" for k, v in entry]
+        counts.setdefault(region, Counter()).update(texts)
+    expected = {
+        r: "; ".join(t for t, _ in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[:3])
+        for r, c in sorted(counts.items())
+        if c
+    }
+    top = top_tags(table, k=3)
+    assert list(top.index) == list(expected)  # sorted, tiles without tags left out
+    assert top.to_dict() == expected
+
+
 def test_bad_inputs_are_clear_errors(trained, tmp_path, capsys):
     ds_path, run = trained
     with pytest.raises(InputError, match="model directory not found"):
@@ -168,3 +193,13 @@ def test_cli_quiet_prints_nothing(trained, tmp_path, capsys):
     assert main(["embed", str(run), str(ds_path), "-o", str(out), "--quiet"]) == 0
     assert capsys.readouterr() == ("", "")
     assert len(gpd.read_parquet(out)) > 0
+
+
+def test_cli_embeds_with_the_library_default_budget(monkeypatch, tmp_path):
+    """`geojepa embed` without --tokens-per-batch uses the library's measured default."""
+    import geojepa.embed as embed_module
+
+    seen = {}
+    monkeypatch.setattr(embed_module, "embed_tiles", lambda *a, **k: seen.update(k))
+    main(["embed", str(tmp_path / "run"), str(tmp_path / "ds"), "-o", str(tmp_path / "t.parquet")])
+    assert seen["tokens_per_batch"] == embed_module.EMBED_TOKENS_PER_BATCH

@@ -143,3 +143,56 @@ def test_zorder_is_quadkey_order_for_tiles():
     by_key = np.argsort(zorder_key(centres[:, 0], centres[:, 1]), kind="stable")
     by_quadkey = sorted(range(len(tiles)), key=lambda i: mercantile.quadkey(tiles[i]))
     assert by_key.tolist() == by_quadkey
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast")  # the empty point's key
+def test_rows_and_metadata_are_those_of_pandas_conversion(tmp_path):
+    """The direct Arrow conversion writes what ``pa.Table.from_pandas`` of the sorted frame
+    would: types, values (NaN → null), index, pandas metadata, bbox of an empty geometry."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from geojepa.io.geoparquet import spatial_order
+
+    n = 6
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        rng.random((n, 3)).astype(np.float32), columns=["emb_0", "emb_1", "emb_2"],
+        index=[f"way/{i}" for i in range(n)],
+    )  # fmt: skip
+    frame.iloc[2, 1] = np.nan
+    frame.insert(0, "n", np.arange(n, dtype=np.int32))
+    frame.insert(1, "tags", ["a=b", None, "", "c", "d=e", "f"])
+    frame["score"] = np.linspace(0, 1, n)  # a float64 block after the float32 one
+    x = rng.random(n)
+    geoms = shapely.points(x, x)
+    geoms[4] = shapely.Point()  # empty: NaN bounds
+    path = tmp_path / "x.parquet"
+    with GeoParquetWriter(path, "feature_id", []) as writer:
+        writer.write(frame, geoms)
+
+    order = spatial_order(geoms)
+    expected = frame.iloc[order].copy()
+    expected.index.name = "feature_id"
+    bounds = shapely.bounds(geoms[order])
+    keys = ("xmin", "ymin", "xmax", "ymax")
+    expected["bbox"] = [dict(zip(keys, b, strict=True)) for b in bounds.tolist()]
+    expected["geometry"] = shapely.to_wkb(geoms[order])
+    reference = pa.Table.from_pandas(expected, preserve_index=True)
+    pq.write_table(reference.replace_schema_metadata(None), tmp_path / "ref.parquet",
+                   store_schema=False)  # fmt: skip
+    written = pq.read_table(path)
+    assert written.equals(pq.read_table(tmp_path / "ref.parquet").replace_schema_metadata(None))
+    assert written.column("emb_1").null_count == 1
+    assert written.column("bbox").combine_chunks().field("xmin").null_count == 1
+    meta = written.schema.metadata
+    assert json.loads(meta[b"pandas"]) == json.loads(reference.schema.metadata[b"pandas"])
+    # embedding-like float columns are stored plainly (a dictionary of distinct values only
+    # costs), the others keep their dictionary
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    encodings = {group.column(i).path_in_schema: group.column(i).encodings
+                 for i in range(group.num_columns)}  # fmt: skip
+    assert "RLE_DICTIONARY" not in encodings["emb_0"] + encodings["score"]
+    assert "RLE_DICTIONARY" in encodings["tags"] and "RLE_DICTIONARY" in encodings["bbox.xmin"]

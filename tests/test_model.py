@@ -36,7 +36,16 @@ class FakeTokenizer(nn.Module):
         self.lin = nn.Linear(d_in, d)
         self.register_buffer("frozen_table", torch.randn(5, 3))  # like the tag table
 
-    def forward(self, b: dict) -> FakeTokens:
+    def layout(self, b: dict) -> FakeTokens:
+        return FakeTokens(None, b["boxes"], b["modality"], b["valid"], b["x"].shape[1])
+
+    def entity_index(self, b: dict) -> torch.Tensor:
+        return b["valid"].reshape(-1).nonzero().squeeze(1)
+
+    def image_features(self, b: dict) -> None:
+        return None
+
+    def forward(self, b: dict, entities=None, image_features=None) -> FakeTokens:
         x = self.lin(b["x"]) * b["valid"][..., None]
         return FakeTokens(x, b["boxes"], b["modality"], b["valid"], b["x"].shape[1])
 
@@ -101,10 +110,11 @@ def test_batched_predictor_equals_one_call_per_target() -> None:
     model = _model(masking=MaskingConfig(num_targets=3)).eval()
     batch = fake_batch([18, 30, 24, 12], seed=3)
     tok = model.tokenizer(batch)
-    masks = model.masker(tok.valid, tok.modality, tok.boxes, torch.Generator().manual_seed(5))
+    plan = model.plan(batch, torch.Generator().manual_seed(5))
+    masks = plan.masks
     with torch.no_grad():
         h, _ = model._target_outputs(batch)
-        out = model.loss_from_tokens(tok, h, masks)
+        out = model.loss_from_tokens(tok, h, plan)
         k = masks.target_index.shape[1]
         assert k > 1 and tok.tokens.shape[0] > 1  # else a wrong pairing could not show
         prior = model.prior(tok.boxes, tok.modality)

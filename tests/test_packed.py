@@ -122,7 +122,10 @@ def test_flex_document_mask_path_matches_dense() -> None:
     """The CUDA path (FlexAttention with a document mask), run on CPU for shape and values."""
     torch.manual_seed(0)
     block = Block(32, 4).eval()
-    valid = torch.arange(20)[None] < torch.tensor([20, 3, 9, 1])[:, None]
+    # tiles 0 and 4 span blocks of 128; the last block is ragged. (On CPU FlexAttention runs
+    # eagerly and applies the mask to every pair; which blocks the compiled CUDA kernel may
+    # skip the mask for is checked against create_block_mask in the next test.)
+    valid = torch.arange(300)[None] < torch.tensor([300, 3, 9, 1, 290])[:, None]
     dense = Packing.from_valid(valid)
     flex = Packing.from_valid(valid)
     flex.block_mask = document_mask(flex.seq)
@@ -136,6 +139,30 @@ def test_flex_document_mask_path_matches_dense() -> None:
     assert b.shape == a.shape == x.shape
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(c[flex.seq != 0], b[flex.seq != 0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.skipif(flex_attention is None, reason="this PyTorch has no FlexAttention")
+def test_document_mask_has_the_blocks_of_the_token_mask() -> None:
+    """The block mask built from tile ranges is the one the N × N token mask gives: the same
+    partial and full blocks, for many small tiles, tiles spanning blocks and a ragged end."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    g = torch.Generator().manual_seed(0)
+    kinds = torch.zeros(2, dtype=torch.int64)
+    for _ in range(12):
+        lens = torch.cat([torch.randint(1, 40, (25,), generator=g),
+                          torch.randint(100, 400, (3,), generator=g)])  # fmt: skip
+        lens = lens[torch.randperm(len(lens), generator=g)]
+        seq = torch.repeat_interleave(torch.arange(len(lens)), lens)
+        n = seq.shape[0]
+        ref = create_block_mask(lambda b, h, q, k, s=seq: s[q] == s[k], None, None, n, n, "cpu")
+        ours = document_mask(seq)
+        assert ours.shape == ref.shape
+        for name in ("kv_num_blocks", "full_kv_num_blocks", "q_num_blocks", "full_q_num_blocks"):
+            torch.testing.assert_close(getattr(ours, name), getattr(ref, name), msg=name)
+        assert torch.equal(ours.to_dense(), ref.to_dense())
+        kinds += torch.stack([ref.kv_num_blocks.sum(), ref.full_kv_num_blocks.sum()])
+    assert (kinds > 0).all()  # partial and full blocks both occurred
 
 
 def test_default_cap_keeps_every_entity_of_the_shared_data(real_batch) -> None:

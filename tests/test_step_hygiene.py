@@ -44,24 +44,94 @@ def test_strategy_draw_without_multinomial(monkeypatch) -> None:
     assert abs(float(freq[0]) - 0.25) < 0.03 and abs(float(freq[2]) - 0.75) < 0.03
 
 
-def test_training_step_host_syncs_are_only_the_mask_sizes(model_and_batch, monkeypatch) -> None:
-    """No .item()/.cpu() and one .tolist() (the two mask widths) in forward + backward."""
+def _count_host_syncs(monkeypatch) -> Counter[str]:
+    """Counts the calls that make the host wait for a GPU: .item/.cpu/.tolist and nonzero."""
+    calls: Counter[str] = Counter()
+    for owner, name in [(torch.Tensor, n) for n in ("item", "cpu", "tolist", "nonzero")] + [
+        (torch, "nonzero")
+    ]:
+        original = getattr(owner, name)
+
+        def spy(*a, _name=name, _orig=original, **k):
+            calls[_name] += 1
+            return _orig(*a, **k)
+
+        monkeypatch.setattr(owner, name, spy)
+    monkeypatch.setattr(torch, "multinomial", lambda *a, **k: 1 / 0)
+    return calls
+
+
+def test_training_step_with_a_host_plan_never_waits(model_and_batch, monkeypatch) -> None:
+    """Masks and packings made beforehand (on the host): forward + backward + EMA have no
+    .item()/.cpu()/.tolist()/nonzero; without a plan the step makes them itself."""
     model, batch = model_and_batch
     model.train()
-    calls: Counter[str] = Counter()
-    for name in ("item", "cpu", "tolist"):
-        original = getattr(torch.Tensor, name)
-
-        def spy(self, *a, _name=name, _orig=original, **k):
-            calls[_name] += 1
-            return _orig(self, *a, **k)
-
-        monkeypatch.setattr(torch.Tensor, name, spy)
-    monkeypatch.setattr(torch, "multinomial", lambda *a, **k: 1 / 0)
-    out = model(batch, torch.Generator().manual_seed(0))
+    plan = model.plan(batch, torch.Generator().manual_seed(0))
+    calls = _count_host_syncs(monkeypatch)
+    out = model(batch, plan=plan)
     out.loss.backward()
     model.update_target(0.99)
-    assert calls == Counter({"tolist": 1}), calls
+    assert calls == Counter(), calls
+    model(batch, torch.Generator().manual_seed(0))  # the counter does see a plan being made
+    assert calls["tolist"] == 1 and calls["nonzero"] >= 3, calls
+
+
+def test_a_host_plan_gives_the_same_step(model_and_batch) -> None:
+    model, batch = model_and_batch
+    model.train()
+    torch.manual_seed(1)  # modality dropout
+    inline = model(batch, torch.Generator().manual_seed(3))
+    plan = model.plan(batch, torch.Generator().manual_seed(3)).to("cpu")
+    torch.manual_seed(1)
+    planned = model(batch, plan=plan)
+    assert planned.n_targets > 0
+    for name in ("loss", "pred_loss", "reg_pred", "reg_context", "n_targets"):
+        torch.testing.assert_close(getattr(planned, name), getattr(inline, name), msg=name)
+
+
+def test_pretraining_makes_the_plan_before_the_copy(tmp_path, monkeypatch) -> None:
+    """Every step of `geojepa pretrain` gets its plan from the transfer hook, on the host."""
+    from geojepa.model import GeoJEPA
+    from geojepa.train import pretrain
+
+    path = write_synthetic_dataset(tmp_path / "ds", n_shards=1, seed=4)
+    seen: list[bool] = []
+    real = GeoJEPA.forward
+
+    def forward(self, batch, generator=None, plan=None):
+        seen.append(plan is not None and plan.tokens.index.device.type == "cpu")
+        return real(self, batch, generator, plan)
+
+    monkeypatch.setattr(GeoJEPA, "forward", forward)
+    cfg = preset_config("cpu-small").with_overrides(
+        model={"depth": 1, "predictor_depth": 1}, data={"batch_size": 4},
+        trainer={"max_steps": 3},
+    )  # fmt: skip
+    pretrain(path, tmp_path / "run", config=cfg, progress=False)
+    assert seen == [True] * 3
+
+
+def test_a_frozen_image_encoder_runs_once_per_step(tmp_path, monkeypatch) -> None:
+    """The student and the teacher share the frozen part of the image encoder: one call."""
+    from geojepa.tokenize.image import PatchEmbedding
+
+    path = tmp_path / "ds"
+    write_synthetic_dataset(path, n_shards=1, seed=5, image_size=32, image_fraction=1.0)
+    ds = open_dataset(path)
+    vocab = TagVocabulary.from_dataset(ds)
+    cfg = preset_config("cpu-small").with_overrides(
+        tokenizer={"use_image": True, "image_size": 32, "patch_size": 16}
+    )
+    batch = next(iter(make_dataloader(ds, vocab, cfg.tokenizer, 4, shuffle=False, seed=0)))
+    assert batch.image is not None
+    model = build_model(cfg, torch.randn(len(vocab), 16)).train()
+    calls = []
+    real = PatchEmbedding.frozen_features
+    monkeypatch.setattr(
+        PatchEmbedding, "frozen_features", lambda self, img: calls.append(1) or real(self, img)
+    )
+    out = model(batch, torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss) and len(calls) == 1
 
 
 def test_batch_copies_to_cuda_are_non_blocking(model_and_batch, monkeypatch) -> None:

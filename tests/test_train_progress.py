@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from geojepa.cli import main
 from geojepa.tokenize.synthetic import write_synthetic_dataset
@@ -84,7 +85,8 @@ def test_one_bar_on_a_tty(ds, tmp_path, monkeypatch) -> None:
 
 def test_line_format_after_a_resume() -> None:
     report = ProgressReport(tty=False, stream=io.StringIO())
-    report.total, report.first_step, report.tiles, report.loss = 100, 40, 80, 0.5
+    report.total, report.first_step, report.tiles = 100, 40, 80
+    report._loss = torch.tensor(0.5)
     report.start = 0.0
     import time
 
@@ -92,3 +94,23 @@ def test_line_format_after_a_resume() -> None:
     line = report.line(50)
     assert line.startswith("pretrain step 50/100 (50%) · loss 0.5000 · 4.0 tiles/s")
     assert line.endswith("ETA 1:40")  # 50 steps left at 2 s a step
+
+
+def test_the_loss_is_read_only_when_shown(monkeypatch) -> None:
+    """Reading the loss makes the host wait for a GPU: once per printed line, not per step."""
+    from types import SimpleNamespace
+
+    stream = io.StringIO()
+    report = ProgressReport(tty=False, every=5, stream=stream)
+    trainer = SimpleNamespace(global_rank=0, max_steps=20, global_step=0, world_size=1)
+    report.on_train_start(trainer, SimpleNamespace(total_steps=20))
+    reads = []
+    for name in ("__float__", "item", "tolist", "cpu"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, _r=real: reads.append(1) or _r(self, *a))  # fmt: skip
+    for step in range(1, 21):
+        trainer.global_step = step
+        report.on_train_batch_end(trainer, None, {"loss": torch.tensor(2.0)}, [0] * 4, step)
+    assert stream.getvalue().count("pretrain step") == 4 and len(reads) == 4
+    assert "loss 2.0000" in stream.getvalue()

@@ -321,7 +321,7 @@ def embed(
         64, min=1, help="tiles per forward pass (only with --tokens-per-batch 0)"
     ),
     tokens_per_batch: int = typer.Option(
-        4096, min=0, help="token slots per forward pass, length-sorted; 0 = --batch-size tiles"
+        2048, min=0, help="token slots per forward pass, length-sorted; 0 = --batch-size tiles"
     ),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu, cuda, cuda:1"),
     devices: int = typer.Option(

@@ -125,28 +125,40 @@ def check_compatible(model: GeoJEPA, ds: TileDataset) -> None:
 
 
 def top_tags(entities: pa.Table, k: int = TOP_TAGS) -> pd.Series:
-    """Per region_id: its ``k`` most frequent ``key=value`` tags (``key`` when value dropped)."""
+    """Per region_id (sorted): its ``k`` most frequent ``key=value`` tags (``key`` when value
+    dropped), most frequent first, ties in tag order, ``; ``-joined."""
     parent, text = tag_strings(entities)
     region = np.asarray(entities.column("region_id").to_numpy(zero_copy_only=False), object)
-    frame = pd.DataFrame({"region_id": region[parent], "tag": text})
-    if frame.empty:
+    # Counted and ranked on integer codes (codes of sorted uniques keep the string order).
+    tag_code, tags = pd.factorize(text, sort=True)  # a missing tag gets -1: not counted
+    region_code, regions = pd.factorize(region[parent], sort=True)
+    kept = tag_code >= 0
+    pairs, n = np.unique(region_code[kept] * len(tags) + tag_code[kept], return_counts=True)
+    if not len(pairs):
         return pd.Series(dtype=object)
-    counted = frame.value_counts(["region_id", "tag"]).reset_index(name="n")
-    counted = counted.sort_values(["region_id", "n", "tag"], ascending=[True, False, True])
-    best = counted.groupby("region_id", sort=False).head(k)  # still grouped by region_id
-    regions = best["region_id"].to_numpy(dtype=object)
-    starts = np.flatnonzero(np.r_[True, regions[1:] != regions[:-1]])
-    # One C-level concatenation per tile instead of a Python join per pandas group.
-    joined = np.add.reduceat(best["tag"].to_numpy(dtype=object) + "; ", starts)
-    return pd.Series([t[:-2] for t in joined], index=pd.Index(regions[starts], name="region_id"))
+    pair_region, pair_tag = np.divmod(pairs, len(tags))  # sorted by region
+    order = np.lexsort((pair_tag, -n, pair_region))  # region, most frequent, tag
+    pair_region, pair_tag = pair_region[order], pair_tag[order]
+    starts = np.flatnonzero(np.r_[True, pair_region[1:] != pair_region[:-1]])
+    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    best = rank < k
+    pair_region, pair_tag = pair_region[best], pair_tag[best]
+    starts = np.flatnonzero(np.r_[True, pair_region[1:] != pair_region[:-1]])
+    # One C-level concatenation per tile instead of a Python join per group.
+    joined = np.add.reduceat(np.asarray(tags, dtype=object)[pair_tag] + "; ", starts)
+    index = pd.Index(np.asarray(regions, dtype=object)[pair_region[starts]], name="region_id")
+    return pd.Series([t[:-2] for t in joined], index=index)
 
 
 def _single_shard(ds: TileDataset, shard: int) -> TileDataset:
     return TileDataset(ds.path, ds.config, {**ds.manifest, "shards": [shard]})
 
 
-#: Default budget of real tokens per forward pass when embedding (length-sorted batches).
-EMBED_TOKENS_PER_BATCH = 4096
+#: Default budget of token slots per forward pass when embedding (length-sorted batches).
+#: On CPU 1,024–2,048 ran fastest (cpu-small and cpu-base, Neubrandenburg z16/z17, one
+#: thread: 4,096 was 15–20% slower, 16,384 50% slower: bigger batches spread more lengths
+#: and leave the cache); a GPU likely wants more (`--tokens-per-batch`; not measured).
+EMBED_TOKENS_PER_BATCH = 2048
 
 
 def encode_tiles(
@@ -207,9 +219,10 @@ def embed_shard(
 ) -> ShardEmbeddings:
     """Embed every tile of one shard (and its entities, if asked) with the target encoder."""
     tiles = ds.read_tiles(shard, columns=["region_id", "west", "south", "east", "north"])
-    ents = ds.read_entities(shard)
     if entity_transform is not None:
-        ents = entity_transform(ents)
+        ents = entity_transform(ds.read_entities(shard))
+    else:  # the tokens come from the cache: read only what the output needs
+        ents = ds.read_entities(shard, columns=_ENTITY_COLUMNS[: 4 if entities else 2])
     tok_cfg = model.pretrain_config.tokenizer
     stream = TileStream(
         _single_shard(ds, shard), model.vocab, tok_cfg, batch_size, shuffle=False, seed=0,
@@ -225,28 +238,34 @@ def embed_shard(
         batch_size=batch_size, image_size=image_size,
     )  # fmt: skip
     ids = [str(r) for r in arrays.region_ids]
-    frame = pd.DataFrame(
-        tile_vecs,
-        index=pd.Index(ids, name="region_id"),
-        columns=embedding_columns(tile_vecs.shape[1]),
-    )
-    bounds = tiles.to_pandas().set_index("region_id").loc[frame.index]
-    counts = pd.Series(
-        pc.value_counts(ents.column("region_id")).field("counts").to_numpy(),
-        index=pc.value_counts(ents.column("region_id"))
-        .field("values")
-        .to_numpy(zero_copy_only=False),
-    )
-    frame.insert(0, "n_entities", counts.reindex(frame.index).fillna(0).astype("int32").values)
-    frame.insert(1, "top_tags", top_tags(ents).reindex(frame.index).fillna("").values)
-    geometry = shapely.box(bounds["west"], bounds["south"], bounds["east"], bounds["north"])
-    result = ShardEmbeddings(frame, np.asarray(geometry))
+    index = pd.Index(ids, name="region_id")
+    frame = pd.DataFrame(tile_vecs, index=index, columns=embedding_columns(tile_vecs.shape[1]))
+    tile_ids = pd.Index(tiles.column("region_id").to_numpy(zero_copy_only=False))
+    tile_rows = tile_ids.get_indexer(index)  # tiles-file row of each output row
+    if (tile_rows < 0).any():
+        raise InputError(f"{ds.path}: shard {shard}'s token cache lists tiles its tiles file lacks")
+    bounds = [tiles.column(c).to_numpy()[tile_rows] for c in ("west", "south", "east", "north")]
+    ent_rows = _positions(index, ents.column("region_id"))  # output row of each entity
+    n_entities = np.bincount(ent_rows[ent_rows >= 0], minlength=len(index)).astype(np.int32)
+    frame.insert(0, "n_entities", n_entities)
+    frame.insert(1, "top_tags", top_tags(ents).reindex(index).fillna("").values)
+    result = ShardEmbeddings(frame, np.asarray(shapely.box(*bounds)))
     if entities:
         assert ent_vecs is not None
         keys = list(zip(np.repeat(np.asarray(ids, dtype=object), arrays.ent_count),
                         arrays.feature_ids, strict=True))  # fmt: skip
         result.entities, result.entity_geometry = _entity_frame(ents, keys, [ent_vecs])
     return result
+
+
+#: Entity columns `embed_shard` reads: tile summaries need the first two, entity rows all four.
+_ENTITY_COLUMNS = ["region_id", "tags", "feature_id", "geometry"]
+
+
+def _positions(index: pd.Index, values: pa.ChunkedArray) -> np.ndarray:
+    """Position in ``index`` of each of ``values`` (-1 where absent), without Python strings."""
+    found = pc.index_in(values, value_set=pa.array(index.to_numpy(), pa.string()))
+    return np.asarray(found.fill_null(-1).to_numpy(), dtype=np.int64)
 
 
 def _entity_frame(

@@ -12,7 +12,8 @@ has a ``bbox`` struct column declared as the geometry's ``covering``; the rows o
 writes shard by shard, and a shard is a block of neighbouring parent tiles (in x, y order), so
 a row group covers a compact area and its bbox statistics let readers skip it.
 ``geometry_types`` lists the types actually written: the metadata goes into the footer when
-the file is closed.
+the file is closed. Files are zstd-compressed; float columns skip the dictionary encoding (see
+`_dictionary_columns`).
 """
 
 from __future__ import annotations
@@ -78,6 +79,63 @@ def spatial_order(geometry: np.ndarray) -> np.ndarray:
     return np.argsort(keys, kind="stable")
 
 
+_BBOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")
+
+
+def _to_arrow(
+    frame: pd.DataFrame, order: np.ndarray, index_name: str, bounds: np.ndarray, wkb: np.ndarray
+) -> pa.Table:
+    """The table ``pa.Table.from_pandas`` makes of ``frame`` (rows in ``order``, index last)
+    plus its ``bbox`` and ``geometry`` columns, without its pandas metadata.
+
+    Numeric columns (the embeddings: hundreds of them) are converted block by block from one
+    transposed copy; pandas' per-column conversion costs more than the model on CPU. The
+    others (strings, the index) go through ``from_pandas`` as before, so their types do not
+    change.
+    """
+    columns: dict[str, pa.Array] = {}
+    dtypes = dict(frame.dtypes.items())
+    numeric = [c for c, t in dtypes.items() if isinstance(t, np.dtype) and t.kind in "biuf"]
+    for dtype in {dtypes[c] for c in numeric}:
+        names = [c for c in numeric if dtypes[c] == dtype]
+        block = np.ascontiguousarray(frame[names].to_numpy()[order].T)
+        for name, values in zip(names, block, strict=True):
+            columns[str(name)] = pa.array(values, from_pandas=True)  # NaN → null, as pandas
+    rest = frame.drop(columns=numeric).iloc[order]
+    rest.index.name = index_name
+    other = pa.Table.from_pandas(rest, preserve_index=True)
+    columns.update(zip(other.column_names, other.columns, strict=True))
+    bbox = pa.StructArray.from_arrays(
+        [pa.array(bounds[:, i], from_pandas=True) for i in range(4)], names=list(_BBOX_FIELDS)
+    )
+    names = [*map(str, frame.columns), "bbox", "geometry", index_name]
+    columns.update({"bbox": bbox, "geometry": pa.array(wkb, pa.binary(), from_pandas=True)})
+    return pa.Table.from_arrays([columns[n] for n in names], names=names)
+
+
+def _pandas_metadata(
+    frame: pd.DataFrame, order: np.ndarray, index_name: str, schema: pa.Schema
+) -> dict[bytes, bytes]:
+    """The schema metadata ``from_pandas`` gives the frame `_to_arrow` converts (one row)."""
+    head = frame.iloc[order[:1]].copy()
+    head.index.name = index_name
+    head["bbox"] = [dict.fromkeys(_BBOX_FIELDS, 0.0)]
+    head["geometry"] = [b""]
+    return dict(pa.Table.from_pandas(head, schema=schema, preserve_index=True).schema.metadata)
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The leaf columns to dictionary-encode: all but top-level floats. Embedding values are
+    all distinct, so a dictionary only makes them bigger (~+40%) and twice as slow to write."""
+    leaves: list[str] = []
+    for field in schema:
+        if pa.types.is_struct(field.type):
+            leaves += [f"{field.name}.{child.name}" for child in field.type]
+        elif not pa.types.is_floating(field.type):
+            leaves.append(field.name)
+    return leaves
+
+
 class GeoParquetWriter:
     """Append DataFrames (index + columns + shapely geometry array) to one GeoParquet file.
 
@@ -119,29 +177,27 @@ class GeoParquetWriter:
         if len(frame) == 0:
             return
         order = spatial_order(geometry)
-        frame, geometry = frame.iloc[order].copy(), np.asarray(geometry)[order]
-        frame.index.name = self.index_name
+        geometry = np.asarray(geometry)[order]
         bounds = shapely.bounds(geometry)
-        frame["bbox"] = [
-            {"xmin": b[0], "ymin": b[1], "xmax": b[2], "ymax": b[3]} for b in bounds.tolist()
-        ]
-        frame["geometry"] = shapely.to_wkb(geometry)
         self._types.update(shapely.get_type_id(geometry).tolist())
         box = (*np.nanmin(bounds[:, :2], axis=0), *np.nanmax(bounds[:, 2:], axis=0))
         self._box = box if self._box is None else (
             min(self._box[0], box[0]), min(self._box[1], box[1]),
             max(self._box[2], box[2]), max(self._box[3], box[3]),
         )  # fmt: skip
-        table = pa.Table.from_pandas(frame, preserve_index=True)
+        table = _to_arrow(frame, order, self.index_name, bounds, shapely.to_wkb(geometry))
         if self._writer is None:
             # the metadata (pandas, geo) goes into the footer at close, when the geometry types
             # are known; the Arrow schema is then not stored, so it cannot shadow it
-            self._metadata = dict(table.schema.metadata or {})
-            self._schema = table.schema.remove_metadata()
+            self._metadata = _pandas_metadata(frame, order, self.index_name, table.schema)
+            self._schema = table.schema
             self._writer = pq.ParquetWriter(
-                self._tmp, self._schema, compression="zstd", store_schema=False
-            )
-        self._pending.append(table.replace_schema_metadata(None).cast(self._schema))
+                self._tmp, self._schema, compression="zstd", store_schema=False,
+                use_dictionary=_dictionary_columns(self._schema),
+            )  # fmt: skip
+        if not table.schema.equals(self._schema):
+            table = table.cast(self._schema)
+        self._pending.append(table)
         self._pending_rows += len(frame)
         self.rows += len(frame)
         if self._pending_rows >= self.row_group_rows:

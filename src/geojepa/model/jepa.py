@@ -4,17 +4,18 @@ One training step (``GeoJEPA.forward``) is fully batched: the target encoder enc
 token of every tile once; the context encoder sees only the context tokens; the predictor
 predicts the K targets of all B tiles in *one* call by repeating each tile's context K times
 along the batch (as I-JEPA does). Padding never enters attention, the loss or the statistics.
-There is no ``.item()``/``.cpu()`` in the step and one ``.tolist()``: the two integers the
-masking needs to size its padded index tensors (tests/test_step_hygiene.py). The packed layout
-adds data-dependent shapes (``nonzero`` of the valid tokens), which synchronise on CUDA: a
-sync-free step needs the packing offsets computed on the host in collate (not done yet).
+
+Everything whose size depends on the data (the masks' widths, the packings' ``nonzero``) is
+made before the step by `GeoJEPA.plan`, on the host, where it costs no wait: training makes
+the plan before copying the batch to the accelerator, so the step itself has no host sync
+(no ``.item()``, ``.cpu()``, ``.tolist()`` or ``nonzero``; tests/test_step_hygiene.py).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -26,7 +27,7 @@ from torch import nn
 from geojepa.config import Config
 from geojepa.model.masking import MaskGenerator, MaskingConfig, Masks
 from geojepa.model.prior import PositionPrior
-from geojepa.model.transformer import Predictor, Transformer
+from geojepa.model.transformer import Packing, Predictor, Transformer
 
 
 class ModelConfig(Config):
@@ -89,6 +90,57 @@ class StepOutput:
     target_valid: torch.Tensor  # [B,L] which of them are real tokens
 
 
+@dataclass
+class StepPlan:
+    """What a training step needs whose *shape* depends on the data, made before the step.
+
+    Masks and packings hold data-dependent sizes (``nonzero``, mask widths); made on the
+    device they make the host wait for it. `PretrainModule` makes the plan on the host, before
+    the batch is copied to the accelerator, so the step itself never waits (`GeoJEPA.plan`).
+    """
+
+    masks: Masks
+    entities: torch.Tensor  # long [n]: flat real entity slots (the tokenizer's packing)
+    tokens: Packing  # every real token (the teacher's encoder)
+    context: Packing  # context tokens [B, Lc] (the student's encoder)
+    predictor: Packing  # [context ‖ targets] of the B·K predictor rows
+
+    def to(self, device: torch.device | str, non_blocking: bool | None = None) -> StepPlan:
+        """A copy on ``device`` (non-blocking to CUDA, like `TileBatch.to`)."""
+        if non_blocking is None:
+            non_blocking = torch.device(device).type == "cuda"
+        kw = {"non_blocking": non_blocking}
+        m = self.masks
+        masks = Masks(**{f.name: getattr(m, f.name).to(device, **kw) for f in fields(m)})
+        return StepPlan(
+            masks, self.entities.to(device, **kw), self.tokens.to(device, **kw),
+            self.context.to(device, **kw), self.predictor.to(device, **kw),
+        )  # fmt: skip
+
+    def pin_memory(self) -> StepPlan:
+        """Pinned copy, so that the copy to a GPU overlaps with its work."""
+        m = self.masks
+        masks = Masks(**{f.name: getattr(m, f.name).pin_memory() for f in fields(m)})
+        return StepPlan(
+            masks, self.entities.pin_memory(), self.tokens.pin_memory(),
+            self.context.pin_memory(), self.predictor.pin_memory(),
+        )  # fmt: skip
+
+
+@dataclass
+class PlannedBatch:
+    """A batch and its `StepPlan`, copied to the device together (Lightning calls ``to``)."""
+
+    batch: Any
+    plan: StepPlan
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def to(self, device: torch.device | str, non_blocking: bool | None = None) -> PlannedBatch:
+        return PlannedBatch(self.batch.to(device, non_blocking), self.plan.to(device, non_blocking))
+
+
 def ema_momentum(step: int, total_steps: int, start: float, end: float) -> float:
     """Linear momentum schedule from ``start`` (step 0) to ``end`` (step ``total_steps``)."""
     t = min(max(step / max(total_steps, 1), 0.0), 1.0)
@@ -125,7 +177,9 @@ def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 class GeoJEPA(nn.Module):
     """Tokenizer + prior + encoder, their EMA copies, and the predictor.
 
-    ``tokenizer`` maps a batch to tokens (normally a ``TileTokenizer``). The EMA target branch is
+    ``tokenizer`` maps a batch to tokens (normally a ``TileTokenizer``: ``layout``,
+    ``entity_index``, ``image_features`` and ``forward(batch, entities, image_features)``, see
+    there). The EMA target branch is
     a deep copy of tokenizer, prior and encoder that never receives gradients and always runs in
     eval mode; ``encode``/``tile_embedding``/``entity_embeddings`` use it (the paper's choice).
     """
@@ -216,10 +270,14 @@ class GeoJEPA(nn.Module):
         return self
 
     # --- encoding --------------------------------------------------------------------------
-    def _target_outputs(self, batch: Any) -> tuple[torch.Tensor, TokensLike]:
-        tok = self.target["tokenizer"](batch)
+    def _target_outputs(
+        self, batch: Any, plan: StepPlan | None = None, image_features: Any = None
+    ) -> tuple[torch.Tensor, TokensLike]:
+        entities, packing = (plan.entities, plan.tokens) if plan is not None else (None, None)
+        tok = self.target["tokenizer"](batch, entities, image_features)
         x = tok.tokens + self.target["prior"](tok.boxes, tok.modality).to(tok.tokens.dtype)
-        h = self.target["encoder"](x, tok.valid, layers=self.config.target_layers)
+        layers = self.config.target_layers
+        h = self.target["encoder"](x, tok.valid, layers=layers, packing=packing)
         h = F.layer_norm(h.float(), (h.shape[-1],))
         return h.masked_fill(~tok.valid[..., None], 0.0), tok
 
@@ -252,31 +310,64 @@ class GeoJEPA(nn.Module):
         return h[:, :e], tok.valid[:, :e]
 
     # --- training --------------------------------------------------------------------------
-    def forward(self, batch: Any, generator: torch.Generator | None = None) -> StepOutput:
-        """One JEPA step: loss terms for ``batch`` with masks drawn from ``generator``."""
-        # Masks first: their one host sync then waits only for the cheap tokenizer, not for
-        # the target encoder.
-        tok = self.tokenizer(batch)
-        masks = self.masker(tok.valid, tok.modality, tok.boxes, generator)
-        with torch.no_grad():
-            h, _ = self._target_outputs(batch)
-        return self.loss_from_tokens(tok, h, masks)
+    def plan(self, batch: Any, generator: torch.Generator | None = None) -> StepPlan:
+        """Masks (drawn from ``generator``) and packings of a training step on ``batch``.
 
-    def loss_from_tokens(self, tok: TokensLike, h: torch.Tensor, masks: Masks) -> StepOutput:
+        Made where ``batch`` is: on the host, nothing here waits for an accelerator.
+        """
+        layout = self.tokenizer.layout(batch)
+        masks = self.masker(layout.valid, layout.modality, layout.boxes, generator)
+        k = masks.target_index.shape[1]
+        rows = torch.cat(
+            [
+                masks.context_valid.repeat_interleave(k, dim=0),
+                masks.target_valid.flatten(0, 1),
+            ],
+            dim=1,
+        )
+        return StepPlan(
+            masks=masks,
+            entities=self.tokenizer.entity_index(batch),
+            tokens=Packing.from_valid(layout.valid),
+            context=Packing.from_valid(masks.context_valid),
+            predictor=Packing.from_valid(rows),
+        )
+
+    def forward(
+        self,
+        batch: Any,
+        generator: torch.Generator | None = None,
+        plan: StepPlan | None = None,
+    ) -> StepOutput:
+        """One JEPA step: loss terms for ``batch``.
+
+        ``plan``: its masks and packings, made on the host (`plan`); without it they are made
+        here from ``generator``, which waits for the device once or more on a GPU.
+        """
+        if plan is None:
+            plan = self.plan(batch, generator)
+        feats = self.tokenizer.image_features(batch)  # a frozen backbone runs once per step
+        tok = self.tokenizer(batch, plan.entities, feats)
+        with torch.no_grad():
+            h, _ = self._target_outputs(batch, plan, feats)
+        return self.loss_from_tokens(tok, h, plan)
+
+    def loss_from_tokens(self, tok: TokensLike, h: torch.Tensor, plan: StepPlan) -> StepOutput:
         """Context encoding, batched prediction of all targets and the loss."""
+        masks = plan.masks
         b, _, d = tok.tokens.shape
         k, lt = masks.target_index.shape[1:]
         prior = self.prior(tok.boxes, tok.modality).to(tok.tokens.dtype)  # [B,L,D]
         x = tok.tokens + prior
         ctx_x = _gather(x, masks.context_index)
-        z = self.encoder(ctx_x, masks.context_valid)  # [B,Lc,D]
+        z = self.encoder(ctx_x, masks.context_valid, packing=plan.context)  # [B,Lc,D]
 
         # All K targets of all B tiles in one predictor call: repeat each context K times.
         ctx_in = (z + _gather(prior, masks.context_index)).repeat_interleave(k, dim=0)
         ctx_valid = masks.context_valid.repeat_interleave(k, dim=0)
         t_valid = masks.target_valid.reshape(b * k, lt)
         t_prior = _gather(prior, masks.target_index).reshape(b * k, lt, d)
-        pred = self.predictor(ctx_in, ctx_valid, t_prior, t_valid)  # [B*K,Lt,D]
+        pred = self.predictor(ctx_in, ctx_valid, t_prior, t_valid, plan.predictor)  # [B*K,Lt,D]
         target = _gather(h, masks.target_index).reshape(b * k, lt, d)  # layer-normed, fp32
 
         with torch.autocast(device_type=pred.device.type, enabled=False):  # losses in fp32

@@ -25,9 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 try:  # FlexAttention: PyTorch ≥ 2.5; used on CUDA only (on CPU it runs a slow eager path).
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
 except ImportError:  # pragma: no cover - older torch
-    create_block_mask = flex_attention = None
+    BlockMask = flex_attention = None
+
+#: FlexAttention's sparse block size (its default): the document mask is built per block pair.
+FLEX_BLOCK = 128
 
 
 def key_mask(valid: torch.Tensor) -> torch.Tensor:
@@ -56,6 +59,8 @@ class Packing:
 
     @classmethod
     def from_valid(cls, valid: torch.Tensor, flex: bool = False) -> Packing:
+        """The packing of ``valid``; its ``nonzero`` waits for the device when ``valid`` is on
+        CUDA, so a training step gets its packings made on the host (`GeoJEPA.plan`)."""
         b, n = valid.shape
         index = valid.reshape(-1).nonzero().squeeze(1)
         seq = torch.div(index, max(n, 1), rounding_mode="floor")
@@ -63,6 +68,28 @@ class Packing:
         if flex:
             packing.block_mask = document_mask(seq)
         return packing
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Packing:
+        """A copy on ``device`` (a FlexAttention mask is rebuilt there when needed)."""
+        return Packing(
+            self.index.to(device, non_blocking=non_blocking),
+            self.seq.to(device, non_blocking=non_blocking),
+            self.batch,
+            self.length,
+            self.mask.to(device, non_blocking=non_blocking),
+        )
+
+    def pin_memory(self) -> Packing:
+        return Packing(
+            self.index.pin_memory(), self.seq.pin_memory(), self.batch, self.length,
+            self.mask.pin_memory(),
+        )  # fmt: skip
+
+    def for_input(self, x: torch.Tensor) -> Packing:
+        """Self, with the document mask built once when attention will run on FlexAttention."""
+        if self.block_mask is None and use_flex(x):
+            self.block_mask = document_mask(self.seq)
+        return self
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """[B,L,...] → [N,...]."""
@@ -76,13 +103,49 @@ class Packing:
 
 
 def document_mask(seq: torch.Tensor) -> Any:
-    """FlexAttention block mask: token q may attend token k iff both belong to the same tile."""
+    """FlexAttention block mask: token q may attend token k iff both belong to the same tile.
+
+    ``seq`` is sorted (tile after tile), so a block of 128 tokens spans a range of tiles: two
+    blocks interact iff their ranges overlap, and attend fully iff both lie inside one tile. The
+    mask is built from those ranges, in O((N/128)²) with fixed shapes (no host sync), instead of
+    evaluating the N × N token mask as ``create_block_mask`` does (gigabytes at GPU batch
+    sizes). Tokens past N (the last block's padding) are given tile -1.
+    """
+    n = seq.shape[0]
+    nb = max(1, -(-n // FLEX_BLOCK))
+    padded = F.pad(seq, (0, nb * FLEX_BLOCK - n), value=-1)
+    ends = torch.arange(1, nb + 1, device=seq.device) * FLEX_BLOCK
+    first = padded[::FLEX_BLOCK]
+    last = padded[(ends.clamp(max=n) - 1).clamp(min=0)]
+    touch = (first[:, None] <= last[None, :]) & (first[None, :] <= last[:, None])
+    whole = (first == last) & (ends <= n)  # inside one tile, no padding
+    full = whole[:, None] & whole[None, :] & (first[:, None] == first[None, :])
+
+    def ordered(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per query block: how many kv blocks, and which (those first)."""
+        count = dense.sum(-1).to(torch.int32)
+        index = (~dense).to(torch.int8).argsort(dim=-1, stable=True).to(torch.int32)
+        return count[None, None], index[None, None]
 
     def same_tile(b, h, q, k):
-        return seq[q] == seq[k]
+        return padded[q] == padded[k]
 
-    n = seq.shape[0]
-    return create_block_mask(same_tile, None, None, n, n, device=seq.device)
+    return BlockMask.from_kv_blocks(
+        *ordered(touch & ~full), *ordered(full), BLOCK_SIZE=FLEX_BLOCK, mask_mod=same_tile,
+        seq_lengths=(n, n),
+    )  # fmt: skip
+
+
+_COMPILED_FLEX: Any = None
+
+
+def compiled_flex_attention() -> Any:
+    """FlexAttention compiled once, for every sequence length (``dynamic``): run eagerly it
+    materialises the whole ``N × N`` score matrix of the packed batch instead of fusing."""
+    global _COMPILED_FLEX
+    if _COMPILED_FLEX is None:
+        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=True)
+    return _COMPILED_FLEX
 
 
 def use_flex(x: torch.Tensor) -> bool:
@@ -128,7 +191,8 @@ class Block(nn.Module):
         qkv = self.qkv(self.norm1(x))  # [N, 3D]: only real tokens
         if p.block_mask is not None:
             q, k, v = qkv.view(1, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
-            a = flex_attention(q, k, v, block_mask=p.block_mask)  # [1,h,N,dh]
+            attend = compiled_flex_attention() if q.is_cuda else flex_attention  # CPU: tests
+            a = attend(q, k, v, block_mask=p.block_mask)  # [1,h,N,dh]
             a = a.transpose(1, 2).reshape(n, d)
         else:
             dense = p.unpack(qkv).view(p.batch, p.length, 3, h, d // h)
@@ -156,20 +220,28 @@ class Transformer(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.packed = packed
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor, layers: int = 1) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        valid: torch.Tensor,
+        layers: int = 1,
+        packing: Packing | None = None,
+    ) -> torch.Tensor:
         """x [B,L,D], valid bool [B,L] -> [B,L,D]; padded positions never influence others.
 
         ``layers`` > 1 returns the average of the last ``layers`` blocks' normed outputs (the
         data2vec-style target: less tied to the last block's objective-specific features).
+        ``packing``: the packing of ``valid`` when it is already known (made on the host).
         """
         if not self.packed:
             return self._run(x, key_mask(valid), layers)
-        packing = Packing.from_valid(valid, flex=use_flex(x))
+        if packing is None:
+            packing = Packing.from_valid(valid)
         return packing.unpack(self.forward_packed(packing.pack(x), packing, layers))
 
     def forward_packed(self, y: torch.Tensor, packing: Packing, layers: int = 1) -> torch.Tensor:
         """Packed tokens [N,D] → [N,D]."""
-        return self._run(y, packing, layers)
+        return self._run(y, packing.for_input(y), layers)
 
     def _run(self, x: torch.Tensor, mask: torch.Tensor | Packing, layers: int) -> torch.Tensor:
         """The blocks, then the normed output (or the mean over the last ``layers`` of them)."""
@@ -201,13 +273,17 @@ class Predictor(nn.Module):
         context_valid: torch.Tensor,
         target_prior: torch.Tensor,
         target_valid: torch.Tensor,
+        packing: Packing | None = None,
     ) -> torch.Tensor:
-        """context [N,Lc,D] (with prior added), target_prior [N,Lt,D] -> predictions [N,Lt,D]."""
+        """context [N,Lc,D] (with prior added), target_prior [N,Lt,D] -> predictions [N,Lt,D].
+
+        ``packing``: the packing of ``[context_valid ‖ target_valid]`` when already known.
+        """
         queries = self.mask_token.to(target_prior.dtype) + target_prior
         x = torch.cat([context, queries], dim=1)
         valid = torch.cat([context_valid, target_valid], dim=1)
         if self.body.packed:  # the in/out projections also touch real tokens only
-            p = Packing.from_valid(valid, flex=use_flex(x))
+            p = packing if packing is not None else Packing.from_valid(valid)
             y = self.out(self.body.forward_packed(self.embed(p.pack(x)), p))
             return p.unpack(y)[:, context.shape[1] :]
         y = self.body(self.embed(x), valid)

@@ -58,9 +58,19 @@ class PatchEmbedding(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.whole = nn.Sequential(nn.Linear(width, width), nn.LayerNorm(width))
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 [B, 3, H, W] → (whole-image token [B, 1, D], patches [B, N, D])."""
-        x = self.proj(normalise_image(image, self.image_size))
+    def frozen_features(self, image: torch.Tensor) -> torch.Tensor:
+        """The part without learned weights (normalised, resized pixels), shared by the student
+        and the teacher of a step."""
+        return normalise_image(image, self.image_size)
+
+    def forward(
+        self, image: torch.Tensor, features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 [B, 3, H, W] → (whole-image token [B, 1, D], patches [B, N, D]).
+
+        ``features``: ``frozen_features(image)`` when the caller already has them.
+        """
+        x = self.proj(self.frozen_features(image) if features is None else features)
         patches = self.norm(x.flatten(2).transpose(1, 2))
         whole = self.whole(patches.mean(dim=1, keepdim=True))
         return whole, patches
@@ -112,13 +122,24 @@ class TimmBackbone(nn.Module):
         self.backbone.eval()
         return self
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            feats = self.backbone.forward_features(normalise_image(image, self.image_size))
+    @torch.no_grad()
+    def frozen_features(self, image: torch.Tensor) -> torch.Tensor:
+        """The frozen backbone's token features [B, prefix + N, C]: computed once per training
+        step and shared by the student and the teacher (they hold the same frozen weights)."""
+        feats = self.backbone.forward_features(normalise_image(image, self.image_size))
         if feats.ndim != 3 or feats.shape[1] < self.n_patches + 1:
             raise ConfigError(
                 f"image backbone gives features {tuple(feats.shape)}; expected "
                 f"[B, prefix + {self.n_patches}, C] (a ViT with patch size matching patch_size)"
             )
-        feats = self.proj(feats)
+        return feats
+
+    def forward(
+        self, image: torch.Tensor, features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 [B, 3, H, W] → (whole-image token [B, 1, D], patches [B, N, D]).
+
+        ``features``: ``frozen_features(image)`` when the caller already has them.
+        """
+        feats = self.proj(self.frozen_features(image) if features is None else features)
         return feats[:, :1], feats[:, -self.n_patches :]

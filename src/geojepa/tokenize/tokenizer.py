@@ -65,6 +65,17 @@ class TokenizerConfig(Config):
 
 
 @dataclass
+class TokenLayout:
+    """Where each token of a batch sits and what it is, without its content: a function of the
+    batch alone, so the masks and packings of a step can be made on the host."""
+
+    boxes: torch.Tensor  # float [B, L, 8]
+    modality: torch.Tensor  # long [B, L]
+    valid: torch.Tensor  # bool [B, L]
+    n_entity_slots: int
+
+
+@dataclass
 class Tokens:
     tokens: torch.Tensor  # float [B, L, D] content embeddings (no position/modality prior)
     boxes: torch.Tensor  # float [B, L, 8] tile-local box of each token (patches: their square)
@@ -114,13 +125,7 @@ class TileTokenizer(nn.Module):
                 )
             else:
                 self.image_encoder = PatchEmbedding(d, config.image_size, config.patch_size)
-            self.register_buffer(
-                "image_boxes",
-                torch.cat(
-                    [torch.tensor([TILE_BOX]), patch_boxes(config.image_size, config.patch_size)]
-                ),
-                persistent=False,
-            )
+            self.register_buffer("image_boxes", image_token_boxes(config), persistent=False)
 
     def tag_embedding(self, tag_ids: torch.Tensor) -> torch.Tensor:
         """[..., T] → [..., D]: layer-norm(sum of tag vectors), projected."""
@@ -139,13 +144,17 @@ class TileTokenizer(nn.Module):
         x = torch.cat([geometry.flatten(-2), scalars], dim=-1)
         return self.geometry_mlp(x)
 
-    def entity_tokens(self, batch: TileBatch) -> torch.Tensor:
-        """[B, E, D]; computed on the real entities only when ``packed`` (the default)."""
+    def entity_tokens(self, batch: TileBatch, index: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, E, D]; computed on the real entities only when ``packed`` (the default).
+
+        ``index``: the flat positions of the real entity slots when already known (made on
+        the host by `entity_index`, so that the device is not waited for).
+        """
         cfg = self.config
         ev = batch.entity_valid
         b, e = ev.shape
         if self.packed:
-            index = ev.reshape(-1).nonzero().squeeze(1)
+            index = self.entity_index(batch) if index is None else index
         else:  # every slot, padding included (the padded layout, for comparison)
             index = torch.arange(b * e, device=ev.device)
 
@@ -180,44 +189,81 @@ class TileTokenizer(nn.Module):
         full.index_copy_(0, index, out)
         return full.view(b, e, -1)
 
-    def forward(self, batch: TileBatch) -> Tokens:
+    @staticmethod
+    def entity_index(batch: TileBatch) -> torch.Tensor:
+        """Flat positions ``b·E + e`` of the real entity slots (a ``nonzero``: on a GPU it
+        waits for the device, so a training step gets it made on the host)."""
+        return batch.entity_valid.reshape(-1).nonzero().squeeze(1)
+
+    def uses_image(self, batch: TileBatch) -> bool:
+        return self.config.use_image and batch.image is not None
+
+    def layout(self, batch: TileBatch) -> TokenLayout:
+        """Boxes, modality and validity of every token column (see the module docstring)."""
         cfg = self.config
         b = len(batch.region_ids)
         device = batch.entity_valid.device
-        tokens, boxes, modality, valid = [], [], [], []
+        boxes, modality, valid = [], [], []
         n_entity = 0
         if cfg.use_entities:
-            ent = self.entity_tokens(batch)
             ev = batch.entity_valid
             n_entity = ev.shape[1]
-            tokens.append(ent * ev[..., None])
             boxes.append(batch.entity_box.float() * ev[..., None])
             modality.append(torch.full((b, n_entity), ENTITY, dtype=torch.long, device=device))
             valid.append(ev)
-        if cfg.use_image and batch.image is not None:
-            whole, patches = self.image_encoder(batch.image)
-            img = torch.cat([whole, patches], dim=1)
-            iv = batch.image_valid
-            n_img = img.shape[1]
-            tokens.append(img * iv[:, None, None])
-            boxes.append(self.image_boxes.unsqueeze(0).expand(b, -1, -1))
+        if self.uses_image(batch):
+            n_img = cfg.n_image_tokens
+            img_boxes = self.image_boxes
+            if img_boxes.device != device:  # a layout made on the host for a model on a GPU
+                img_boxes = image_token_boxes(cfg).to(device)
+            boxes.append(img_boxes.unsqueeze(0).expand(b, -1, -1))
             mod = torch.full((n_img,), IMAGE_PATCH, dtype=torch.long, device=device)
             mod[0] = IMAGE_WHOLE
             modality.append(mod.unsqueeze(0).expand(b, -1))
-            valid.append(iv[:, None].expand(b, n_img))
-        if not tokens:  # image-only tokenizer on a batch without imagery
-            d = cfg.width
-            return Tokens(
-                torch.zeros(b, 0, d, device=device),
+            valid.append(batch.image_valid[:, None].expand(b, n_img))
+        if not valid:  # image-only tokenizer on a batch without imagery
+            return TokenLayout(
                 torch.zeros(b, 0, 8, device=device),
                 torch.zeros(b, 0, dtype=torch.long, device=device),
                 torch.zeros(b, 0, dtype=torch.bool, device=device),
                 0,
             )
-        return Tokens(
-            tokens=torch.cat(tokens, dim=1),
-            boxes=torch.cat(boxes, dim=1),
-            modality=torch.cat(modality, dim=1),
-            valid=torch.cat(valid, dim=1),
-            n_entity_slots=n_entity,
+        return TokenLayout(
+            torch.cat(boxes, dim=1), torch.cat(modality, dim=1), torch.cat(valid, dim=1), n_entity
         )
+
+    def image_features(self, batch: TileBatch) -> torch.Tensor | None:
+        """The frozen part of the image encoder's work (a frozen backbone's features), or None
+        when this tokenizer reads no image of this batch; see `forward`."""
+        return self.image_encoder.frozen_features(batch.image) if self.uses_image(batch) else None
+
+    def forward(
+        self,
+        batch: TileBatch,
+        entities: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+    ) -> Tokens:
+        """Tokens of ``batch``. ``entities``: `entity_index` of the batch when already known;
+        ``image_features``: `image_features` of the batch, when already computed (by the other
+        branch of a training step: the student and the teacher share the frozen backbone)."""
+        layout = self.layout(batch)
+        b = layout.valid.shape[0]
+        tokens = []
+        if self.config.use_entities:
+            ev = batch.entity_valid
+            tokens.append(self.entity_tokens(batch, entities) * ev[..., None])
+        if self.uses_image(batch):
+            whole, patches = self.image_encoder(batch.image, image_features)
+            tokens.append(torch.cat([whole, patches], dim=1) * batch.image_valid[:, None, None])
+        device = batch.entity_valid.device
+        content = (
+            torch.cat(tokens, dim=1)
+            if tokens
+            else torch.zeros(b, 0, self.config.width, device=device)
+        )
+        return Tokens(content, layout.boxes, layout.modality, layout.valid, layout.n_entity_slots)
+
+
+def image_token_boxes(config: TokenizerConfig) -> torch.Tensor:
+    """[1 + N, 8]: the whole tile for the whole-image token, then the patch squares."""
+    return torch.cat([torch.tensor([TILE_BOX]), patch_boxes(config.image_size, config.patch_size)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from geojepa.model.jepa import GeoJEPA, StepOutput, ema_momentum
+from geojepa.model.jepa import GeoJEPA, PlannedBatch, StepOutput, ema_momentum
 from geojepa.train.config import OptimConfig, PretrainConfig
 
 
@@ -104,8 +105,9 @@ class PretrainModule(L.LightningModule):
 
     # --- setup -----------------------------------------------------------------------------
     def _generator(self) -> torch.Generator:
-        if self.mask_generator is None or self.mask_generator.device != self.device:
-            g = torch.Generator(device=self.device)
+        """The masks' generator: on the host, where the masks are drawn (see `plan`)."""
+        if self.mask_generator is None:
+            g = torch.Generator()
             g.manual_seed(self.config.trainer.seed * 1000 + self.global_rank)
             self.mask_generator = g
         return self.mask_generator
@@ -128,8 +130,21 @@ class PretrainModule(L.LightningModule):
         self._batches_in_epoch = 0
 
     # --- step ------------------------------------------------------------------------------
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Draw the masks and make the packings here, on the host, before the batch goes to the
+        device: the step then never waits for the device (`GeoJEPA.plan`)."""
+        if self._trainer is None or not self.trainer.training or isinstance(batch, PlannedBatch):
+            return batch
+        plan = self.model.plan(batch, self._generator())
+        if self.device.type == "cuda":
+            plan = plan.pin_memory()  # its copy then overlaps with the previous step
+        return PlannedBatch(batch, plan)
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        out: StepOutput = self.model(batch, self._generator())
+        if isinstance(batch, PlannedBatch):
+            out: StepOutput = self.model(batch.batch, plan=batch.plan)
+        else:  # called without the trainer's transfer hook
+            out = self.model(batch, self._generator())
         self._batches_in_epoch = batch_idx + 1
         bs = len(batch) if hasattr(batch, "__len__") else None
         if self._logging_step():
@@ -202,7 +217,14 @@ class PretrainModule(L.LightningModule):
             return
         self._pending_rng = None
         if "mask_generator" in state:
-            self._generator().set_state(state["mask_generator"].cpu())
+            try:
+                self._generator().set_state(state["mask_generator"].cpu())
+            except (RuntimeError, ValueError):  # a GPU generator's state (older checkpoints)
+                warnings.warn(
+                    "the checkpoint's mask generator state is not a host generator's: the masks "
+                    "of the resumed run are drawn from the configured seed again",
+                    stacklevel=2,
+                )
         if "torch_rng" in state:
             torch.set_rng_state(state["torch_rng"].cpu())
         if state.get("cuda_rng") is not None and torch.cuda.is_available():

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 
 import lightning as L
+import torch
 
 #: Lightning's loggers that print start-up tips and "GPU available" style messages.
 _NOISY_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
@@ -53,7 +54,8 @@ class ProgressReport(L.Callback):
         self.last_printed = trainer.global_step
         self.start = time.perf_counter()
         self.tiles = 0
-        self.loss: float | None = None
+        self._loss: torch.Tensor | None = None  # moving average, kept where the loss is
+        self._shown = 0.0
         self.world = trainer.world_size
         if self.every is None:
             self.every = max(1, min(50, (self.total or 1000) // 20))
@@ -73,14 +75,17 @@ class ProgressReport(L.Callback):
             return
         self.tiles += (len(batch) if hasattr(batch, "__len__") else 0) * self.world
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is not None:
-            value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
-            self.loss = value if self.loss is None else 0.9 * self.loss + 0.1 * value
+        if loss is not None:  # averaged on the device: reading it would wait for a GPU
+            value = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(loss)
+            self._loss = value if self._loss is None else 0.9 * self._loss + 0.1 * value
         step = trainer.global_step
         if self._bar is not None:
             if step > self._bar.n:
                 self._bar.update(step - self._bar.n)
-                self._bar.set_postfix_str(self._fields(step, eta=False), refresh=False)
+                now = time.perf_counter()
+                if now - self._shown >= 1.0:  # the loss is read once a second at most
+                    self._shown = now
+                    self._bar.set_postfix_str(self._fields(step, eta=False), refresh=False)
         elif step - self.last_printed >= (self.every or 1) or step == self.total:
             self.last_printed = step
             print(self.line(step), file=self.stream, flush=True)
@@ -94,10 +99,16 @@ class ProgressReport(L.Callback):
         elif trainer.global_step != self.last_printed:
             print(self.line(trainer.global_step), file=self.stream, flush=True)
 
+    @property
+    def loss(self) -> float | None:
+        """The moving average of the loss (a host sync: read it only to show it)."""
+        return None if self._loss is None else float(self._loss)
+
     def _fields(self, step: int, eta: bool = True) -> str:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         done = step - self.first_step
-        parts = [f"loss {self.loss:.4f}" if self.loss is not None else "loss –",
+        loss = self.loss
+        parts = [f"loss {loss:.4f}" if loss is not None else "loss –",
                  f"{self.tiles / elapsed:.1f} tiles/s"]  # fmt: skip
         if eta:
             parts.append(f"elapsed {_clock(elapsed)}")
