@@ -70,6 +70,8 @@ def test_num_workers_auto_and_explicit(monkeypatch) -> None:
     auto = DataConfig()
     assert auto.num_workers == "auto"
     assert auto.workers(gpu=False) == 0 and auto.workers(gpu=True) == 4
+    assert auto.workers(gpu=True, processes=8) == 1  # 8 GPUs share the 15 spare cores
+    assert auto.workers(gpu=True, processes=32) == 0
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert auto.workers(gpu=True) == 1
     assert DataConfig(num_workers=3).workers(gpu=False) == 3

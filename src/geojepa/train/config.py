@@ -63,15 +63,18 @@ class DataConfig(Config):
     )
     shuffle_buffer: int = Field(1024, ge=1)
 
-    def workers(self, gpu: bool) -> int:
-        """``num_workers`` resolved for a run on a GPU (``gpu``) or on CPUs only.
+    def workers(self, gpu: bool, processes: int = 1) -> int:
+        """``num_workers`` resolved for a run on GPUs (``gpu``) or on CPUs only, for each of
+        the ``processes`` training processes of this machine (one per GPU under DDP).
 
         Measured on a 2-core CPU (benchmarks/results/loader-workers-cpu.json): loading is a
-        small part of a CPU step, and a worker process takes a core from the step.
+        small part of a CPU step, and a worker process takes a core from the step. On GPUs the
+        machine's cores but one are shared by the processes, at most 4 workers each.
         """
         if self.num_workers != "auto":
             return self.num_workers
-        return min(4, max((os.cpu_count() or 1) - 1, 0)) if gpu else 0
+        spare = max((os.cpu_count() or 1) - 1, 0) // max(processes, 1)
+        return min(4, spare) if gpu else 0
 
 
 class TrainerConfig(Config):

@@ -254,7 +254,10 @@ def _pretrain(
         ds.read_tiles(s, columns=["region_id"]).num_rows for s in ds.shards
     )
     module = PretrainModule(cfg, model, 1)  # total_steps is set once the world size is known
-    workers = cfg.data.workers(gpu=_on_gpu(t.accelerator))
+    gpu = _on_gpu(t.accelerator)
+    all_gpus = not isinstance(devices, int) or devices < 1  # "auto" or -1
+    per_node = max(torch.cuda.device_count(), 1) if all_gpus else devices
+    workers = cfg.data.workers(gpu=gpu, processes=per_node if gpu else 1)
     loader = make_dataloader(
         ds,
         vocab,
