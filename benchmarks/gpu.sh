@@ -15,9 +15,9 @@
 # checkout the session started in, after `prepare` there): run `bash benchmarks/gpu.sh run`
 # with carry [".bench-gpu"] and timeout_s 600. The four measurements have their own time limits
 # (515 s in all, mostly compiling), so a failure or a slow compile in one still leaves the
-# others' JSON. Expect the eager runs to be slow or to run out of memory: on CUDA the packed
-# layout calls FlexAttention, which uncompiled materialises the N x N scores of the whole
-# packed batch; compiled blocks fuse it.
+# others' JSON. On CUDA the packed layout's attention is FlexAttention, compiled once on its
+# first call also in the "eager" runs (uncompiled it would materialise the N x N scores of the
+# whole packed batch): the warm-up steps, which are not timed, pay for that compile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH=${BENCH:-.bench-gpu}
