@@ -13,8 +13,10 @@
 # benchmark (pydantic, shapely, osmium and their needs) as cp312 manylinux wheels into
 # .bench-gpu/whl, and `run` installs them into /tmp/site. With the device tool (from the
 # checkout the session started in, after `prepare` there): run `bash benchmarks/gpu.sh run`
-# with carry [".bench-gpu"] and timeout_s 600. The four measurements have their own time limits
-# (515 s in all, mostly compiling), so a failure or a slow compile in one still leaves the
+# with carry [".bench-gpu"] and timeout_s 600. It first runs the GPU tests (compiled
+# FlexAttention vs dense attention, a step under sync debug mode "error"; 60 s), then the four
+# measurements, each with its own time limit (475 s in all, mostly compiling), so a failure
+# or a slow compile in one still leaves the
 # others' JSON. On CUDA the packed layout's attention is FlexAttention, compiled once on its
 # first call also in the "eager" runs (uncompiled it would materialise the N x N scores of the
 # whole packed batch): the warm-up steps, which are not timed, pay for that compile.
@@ -64,15 +66,21 @@ run() {
                   --warmup "$warmup")
     local synth=("${common[@]}" --settings "$settings")
     local real=("${common[@]}" --data "$BENCH/nb16" --preset "$preset")
+    # GPU correctness first: the compiled FlexAttention against dense attention (values and
+    # gradients) and a training step under sync debug mode "error" (tests skipped on CPUs)
+    if [ "$device" = cuda ]; then
+        timeout 60 "$py" -m pytest -q -p no:cacheprovider -rs tests/test_step_hygiene.py \
+            tests/test_packed.py >"$out/gpu-tests.log" 2>&1 || status=1
+    fi
     # eager first (cheap, and kept if a compile fails), then --compile (the eager side is run
     # again in the same process: the ratio comes from one run); time limits fit 10 minutes
     timeout 75 "$py" "${synth[@]}" --out "$out/gti-eager.json" >"$out/gti-eager.log" 2>&1 ||
         status=1
     timeout 100 "$py" "${real[@]}" --out "$out/real-nb16-eager.json" \
         >"$out/real-nb16-eager.log" 2>&1 || status=1
-    timeout 170 "$py" "${synth[@]}" --no-naive --compile --out "$out/gti-compile.json" \
+    timeout 150 "$py" "${synth[@]}" --no-naive --compile --out "$out/gti-compile.json" \
         >"$out/gti-compile.log" 2>&1 || status=1
-    timeout 170 "$py" "${real[@]}" --compile --out "$out/real-nb16-compile.json" \
+    timeout 150 "$py" "${real[@]}" --compile --out "$out/real-nb16-compile.json" \
         >"$out/real-nb16-compile.log" 2>&1 || status=1
     tail -n 4 "$out"/*.log
     ls -la "$out"

@@ -117,19 +117,26 @@ def test_a_tile_never_attends_to_another_tile(real_batch) -> None:
     model.train()
 
 
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
 @pytest.mark.skipif(flex_attention is None, reason="this PyTorch has no FlexAttention")
-def test_flex_document_mask_path_matches_dense() -> None:
-    """The CUDA path (FlexAttention with a document mask), run on CPU for shape and values."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=GPU)])
+def test_flex_document_mask_path_matches_dense(device) -> None:
+    """The CUDA path (FlexAttention with a document mask) against the dense one: on CPU the
+    values (FlexAttention runs eagerly there, forward only), on a GPU the compiled kernel's
+    values and gradients."""
     torch.manual_seed(0)
-    block = Block(32, 4).eval()
+    block = Block(32, 4).to(device)
     # tiles 0 and 4 span blocks of 128; the last block is ragged. (On CPU FlexAttention runs
     # eagerly and applies the mask to every pair; which blocks the compiled CUDA kernel may
     # skip the mask for is checked against create_block_mask in the next test.)
     valid = torch.arange(300)[None] < torch.tensor([300, 3, 9, 1, 290])[:, None]
-    dense = Packing.from_valid(valid)
-    flex = Packing.from_valid(valid)
+    dense = Packing.from_valid(valid).to(device)
+    flex = Packing.from_valid(valid).to(device)
     flex.block_mask = document_mask(flex.seq)
-    x = torch.randn(int(valid.sum()), 32)
+    x = torch.randn(int(valid.sum()), 32, device=device)
+    tol = 1e-5 if device == "cpu" else 2e-4  # the GPU kernels may sum in another order
     with torch.no_grad():
         a = block(x, dense)
         b = block(x, flex)
@@ -137,8 +144,15 @@ def test_flex_document_mask_path_matches_dense() -> None:
         x2[flex.seq == 0] += 1.0  # change tile 0 only
         c = block(x2, flex)
     assert b.shape == a.shape == x.shape
-    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b, a, rtol=tol, atol=tol)
     torch.testing.assert_close(c[flex.seq != 0], b[flex.seq != 0], rtol=0, atol=1e-6)
+    if device == "cuda":  # training runs the compiled kernel's backward too
+        grads = []
+        for packing in (dense, flex):
+            xg = x.clone().requires_grad_(True)
+            (block(xg, packing) ** 2).sum().backward()
+            grads.append(xg.grad)
+        torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.skipif(flex_attention is None, reason="this PyTorch has no FlexAttention")

@@ -156,3 +156,27 @@ def test_teacher_shares_frozen_tensors(model_and_batch) -> None:
     # learned tensors are still the teacher's own (EMA copies)
     assert teacher.tag_proj.weight is not student.tag_proj.weight
     torch.testing.assert_close(teacher.tag_proj.weight, student.tag_proj.weight)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_step_with_a_host_plan_does_not_synchronise(model_and_batch) -> None:
+    """On a GPU, forward + backward + EMA with a host-made plan raise under sync debug mode
+    "error" if anything in them waits for the device (the first step compiles FlexAttention,
+    so it runs outside the check)."""
+    import copy
+
+    model, batch = model_and_batch
+    model = copy.deepcopy(model).cuda().train()
+    gen = torch.Generator().manual_seed(0)
+    for mode in ("default", "error"):
+        plan = model.plan(batch, gen).pin_memory().to("cuda")
+        on_gpu = batch.pin_memory().to("cuda")
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode(mode)
+        try:
+            out = model(on_gpu, plan=plan)
+            out.loss.backward()
+            model.update_target(0.99)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert torch.isfinite(out.loss).item()
