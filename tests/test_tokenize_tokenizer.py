@@ -189,3 +189,18 @@ def test_timm_backbone(tmp_path, data) -> None:
     assert not tok.image_encoder.backbone.training
     out = tok(collate(arrays.take(np.arange(3)), 16))
     assert out.tokens.shape[1] == out.n_entity_slots + 1 + 4
+
+
+def test_layout_is_made_on_the_host_for_a_model_elsewhere(data) -> None:
+    """The layout (boxes, modality, validity) of a host batch is made on the host even when
+    the tokenizer's buffers live on another device (a model on a GPU; here the meta device),
+    and it is the layout that the tokens carry."""
+    _, table, arrays = data
+    tok = make(table, use_image=True)
+    batch = collate(arrays.take(np.arange(4)), 16)
+    tokens = tok(batch)
+    layout = tok.to("meta").layout(batch)
+    assert layout.boxes.device.type == "cpu"
+    assert layout.n_entity_slots == tokens.n_entity_slots
+    for name in ("boxes", "modality", "valid"):
+        assert torch.equal(getattr(layout, name), getattr(tokens, name)), name
