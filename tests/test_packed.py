@@ -132,8 +132,8 @@ def test_flex_document_mask_path_matches_dense(device) -> None:
     # eagerly and applies the mask to every pair; which blocks the compiled CUDA kernel may
     # skip the mask for is checked against create_block_mask in the next test.)
     valid = torch.arange(300)[None] < torch.tensor([300, 3, 9, 1, 290])[:, None]
-    dense = Packing.from_valid(valid).to(device)
-    flex = Packing.from_valid(valid).to(device)
+    dense = Packing.from_valid(valid.to(device))
+    flex = Packing.from_valid(valid.to(device))
     flex.block_mask = document_mask(flex.seq)
     x = torch.randn(int(valid.sum()), 32, device=device)
     tol = 1e-5 if device == "cpu" else 2e-4  # the GPU kernels may sum in another order

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -105,26 +106,24 @@ class StepPlan:
     context: Packing  # context tokens [B, Lc] (the student's encoder)
     predictor: Packing  # [context ‖ targets] of the B·K predictor rows
 
+    def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> StepPlan:
+        """A copy with ``fn`` applied to each tensor."""
+        m = self.masks
+        return StepPlan(
+            Masks(**{f.name: fn(getattr(m, f.name)) for f in fields(m)}),
+            fn(self.entities),
+            *(p.map_tensors(fn) for p in (self.tokens, self.context, self.predictor)),
+        )
+
     def to(self, device: torch.device | str, non_blocking: bool | None = None) -> StepPlan:
         """A copy on ``device`` (non-blocking to CUDA, like `TileBatch.to`)."""
         if non_blocking is None:
             non_blocking = torch.device(device).type == "cuda"
-        kw = {"non_blocking": non_blocking}
-        m = self.masks
-        masks = Masks(**{f.name: getattr(m, f.name).to(device, **kw) for f in fields(m)})
-        return StepPlan(
-            masks, self.entities.to(device, **kw), self.tokens.to(device, **kw),
-            self.context.to(device, **kw), self.predictor.to(device, **kw),
-        )  # fmt: skip
+        return self.map_tensors(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> StepPlan:
         """Pinned copy, so that the copy to a GPU overlaps with its work."""
-        m = self.masks
-        masks = Masks(**{f.name: getattr(m, f.name).pin_memory() for f in fields(m)})
-        return StepPlan(
-            masks, self.entities.pin_memory(), self.tokens.pin_memory(),
-            self.context.pin_memory(), self.predictor.pin_memory(),
-        )  # fmt: skip
+        return self.map_tensors(torch.Tensor.pin_memory)
 
 
 @dataclass

@@ -17,6 +17,7 @@ Both layouts compute the same function; outputs at padding positions are zero wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,32 +59,18 @@ class Packing:
     block_mask: Any = None
 
     @classmethod
-    def from_valid(cls, valid: torch.Tensor, flex: bool = False) -> Packing:
+    def from_valid(cls, valid: torch.Tensor) -> Packing:
         """The packing of ``valid``; its ``nonzero`` waits for the device when ``valid`` is on
         CUDA, so a training step gets its packings made on the host (`GeoJEPA.plan`)."""
         b, n = valid.shape
         index = valid.reshape(-1).nonzero().squeeze(1)
         seq = torch.div(index, max(n, 1), rounding_mode="floor")
-        packing = cls(index, seq, b, n, key_mask(valid))
-        if flex:
-            packing.block_mask = document_mask(seq)
-        return packing
+        return cls(index, seq, b, n, key_mask(valid))
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Packing:
-        """A copy on ``device`` (a FlexAttention mask is rebuilt there when needed)."""
-        return Packing(
-            self.index.to(device, non_blocking=non_blocking),
-            self.seq.to(device, non_blocking=non_blocking),
-            self.batch,
-            self.length,
-            self.mask.to(device, non_blocking=non_blocking),
-        )
-
-    def pin_memory(self) -> Packing:
-        return Packing(
-            self.index.pin_memory(), self.seq.pin_memory(), self.batch, self.length,
-            self.mask.pin_memory(),
-        )  # fmt: skip
+    def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Packing:
+        """A copy with ``fn`` applied to each tensor (``to``, ``pin_memory``); a FlexAttention
+        mask is not copied but rebuilt where it is needed (`for_input`)."""
+        return Packing(fn(self.index), fn(self.seq), self.batch, self.length, fn(self.mask))
 
     def for_input(self, x: torch.Tensor) -> Packing:
         """Self, with the document mask built once when attention will run on FlexAttention."""
