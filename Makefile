@@ -1,19 +1,32 @@
-# Two commands on a fresh machine: `make demo` and `make test`. Each builds .venv itself.
+# Two commands on a fresh machine: `make demo` and `make test`. Each builds .venv itself,
+# from the lock file of the running Python (requirements/ci-py311.lock for Python 3.11):
+# exact versions with hashes, so every machine tests the same environment. Users' installs
+# (`pip install geojepa`) float within pyproject.toml's ranges; `make test-latest` runs the
+# suite against those floating versions on purpose, `make lock` re-resolves the lock.
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/python -m pip
-CONSTRAINTS := requirements/ci-constraints.txt
+PYVER  := $(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
+LOCK   := requirements/ci-py$(PYVER).lock
+# uv resolves the lock (pinned here; pip-tools would do, uv is faster and can --exclude-newer)
+UV_VERSION := 0.13.9
 
-.PHONY: venv demo test test-all lint benchmark benchmark-prepare clean
+.PHONY: venv demo test test-all test-latest lock lint benchmark benchmark-prepare clean
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+$(STAMP): pyproject.toml $(LOCK)
+	@test -f $(LOCK) || { echo "no lock file for Python $(PYVER): run 'make lock' (needs PyPI)"; exit 2; }
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c $(CONSTRAINTS) torch==2.13.0
-	$(PIP) install -q -c $(CONSTRAINTS) -e '.[dev]'
+	$(PIP) install -q --require-hashes --no-deps -r $(LOCK)
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PIP) check
 	touch $(STAMP)
+
+$(LOCK):
+	@echo "no lock file for Python $(PYVER) ($(LOCK)): run 'make lock' (needs PyPI)"; exit 2
 
 venv: $(STAMP)
 
@@ -24,10 +37,36 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
-# the slow README test also runs the SRAI example: install the 'srai' extra first
+# the slow README test also runs the SRAI example: install the 'srai' extra first (floating)
 test-all: $(STAMP)
-	$(PIP) install -q -c $(CONSTRAINTS) -e '.[dev,srai]'
+	$(PIP) install -q -e '.[dev,srai]'
 	$(BIN)/python -m pytest -q -m ''
+
+# The suite against the newest releases pyproject.toml allows (torch stays the CPU build):
+# drift seen on purpose, never in CI. A failure here that `make test` does not show is a
+# dependency release that changed something: find it, then `make lock`.
+test-latest:
+	rm -rf .venv-latest
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q torch==2.13.0
+	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
+	.venv-latest/bin/python -m pip freeze --exclude-editable > .venv-latest/freeze.txt
+	@diff <(grep '==' $(LOCK) | sed 's/ .*//' | tr A-Z_ a-z- | sort) \
+	      <(grep '==' .venv-latest/freeze.txt | sed 's/+cpu//' | tr A-Z_ a-z- | sort) \
+	      | grep '^[<>]' || echo "floating versions equal the lock"
+	.venv-latest/bin/ruff check src tests benchmarks
+	.venv-latest/bin/python -m pytest -q
+
+# Re-resolve the lock of this Python from pyproject.toml (dev extra) and the build backend,
+# with hashes; torch is the CPU build that pip finds on this machine's disk (/opt/wheels).
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q uv==$(UV_VERSION)
+	.venv-lock/bin/uv pip compile pyproject.toml requirements/build.in --extra dev \
+	    --constraint requirements/torch-cpu.txt --find-links /opt/wheels \
+	    --python-version $(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")') \
+	    --generate-hashes --quiet --custom-compile-command "make lock" -o $(LOCK)
+	@echo "wrote $(LOCK): review the diff, then run make test"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -42,4 +81,4 @@ benchmark-prepare: $(STAMP)
 	$(BIN)/python benchmarks/prepare.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) .venv-latest .venv-lock demo-output .pytest_cache
