@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import shapely
 
+from geojepa.data.boxes import hull_frames, min_rotated_boxes
 from geojepa.data.schema import MIN_BOX_SIDE
 
 SCALAR_NAMES = (
@@ -47,27 +48,17 @@ N_SCALARS = len(SCALAR_NAMES)
 def _frames(geoms: np.ndarray, boxes: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Centre [N,2], long-axis unit vector [N,2], long side [N], short side [N].
 
-    From the stored 8-number boxes when given (no GEOS call), else from GEOS' minimum
-    rotated rectangle.
+    From the stored 8-number boxes when given (no hull computed), else from the minimum
+    rotated rectangle of `geojepa.data.boxes` (the one `prepare` writes).
     """
-    if boxes is not None:
-        corners = np.asarray(boxes, dtype=np.float64).reshape(-1, 4, 2)
-        c0, c1, c3 = corners[:, 0], corners[:, 1], corners[:, 3]
-    else:
-        n = len(geoms)
-        rect = shapely.minimum_rotated_rectangle(geoms)
-        coords, idx = shapely.get_coordinates(rect, return_index=True)
-        counts = np.bincount(idx, minlength=n)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        has = counts > 0
-        safe = np.where(has, starts, 0)
-        if len(coords) == 0:
-            coords = np.zeros((1, 2))
-        last = len(coords) - 1
-        c0 = np.where(has[:, None], coords[np.minimum(safe, last)], 0.0)
-        # Polygon rectangle: 5 coordinates; collinear input: a 2-point line; a point: 1.
-        c1 = np.where((counts >= 2)[:, None], coords[np.minimum(safe + 1, last)], c0)
-        c3 = np.where((counts >= 5)[:, None], coords[np.minimum(safe + 3, last)], c0)
+    if boxes is None:
+        centre, axis, len_axis, len_other = hull_frames(geoms)
+        other = np.stack([-axis[:, 1], axis[:, 0]], axis=1)
+        swap = len_other > len_axis
+        u = np.where(swap[:, None], other, axis)
+        return centre, u, np.maximum(len_axis, len_other), np.minimum(len_axis, len_other)
+    corners = np.asarray(boxes, dtype=np.float64).reshape(-1, 4, 2)
+    c0, c1, c3 = corners[:, 0], corners[:, 1], corners[:, 3]
     e1, e2 = c1 - c0, c3 - c0
     centre = c0 + (e1 + e2) / 2.0
     l1, l2 = np.linalg.norm(e1, axis=1), np.linalg.norm(e2, axis=1)
@@ -208,31 +199,8 @@ def geometry_features(
 
 
 def box_corners(geoms: np.ndarray, min_side: float = MIN_BOX_SIDE) -> np.ndarray:
-    """The schema's 8-number box [N, 8] of each geometry: minimum rotated rectangle, sides at
-    least ``min_side``, corner 0 = smallest x + y (ties: smaller y), then clockwise on screen.
-
-    `prepare` writes these boxes itself; this is used for synthetic datasets and tests.
+    """The schema's 8-number box [N, 8] float32 of each geometry: minimum rotated rectangle,
+    sides at least ``min_side``, corner 0 = smallest x + y (ties: smaller y), then clockwise on
+    screen. The same boxes `prepare` writes (`geojepa.data.boxes`), for synthetic data and tests.
     """
-    geoms = np.asarray(geoms, dtype=object).reshape(-1)
-    if len(geoms) == 0:
-        return np.zeros((0, 8), np.float32)
-    centre, u, long_side, short_side = _frames(geoms)
-    v = np.stack([-u[:, 1], u[:, 0]], axis=1)
-    a = np.maximum(long_side, min_side)[:, None] / 2.0
-    b = np.maximum(short_side, min_side)[:, None] / 2.0
-    signs = np.array([[1, 1], [1, -1], [-1, -1], [-1, 1]], dtype=np.float64)
-    corners = (
-        centre[:, None, :]
-        + signs[None, :, 0:1] * (a * u)[:, None, :]
-        + signs[None, :, 1:2] * (b * v)[:, None, :]
-    )  # [N, 4, 2]
-    # Screen-clockwise (y down) = increasing atan2 angle in raw coordinates.
-    rel = corners - centre[:, None, :]
-    order = np.argsort(np.arctan2(rel[..., 1], rel[..., 0]), axis=1)
-    corners = np.take_along_axis(corners, order[..., None], axis=1)
-    s = corners.sum(axis=2)
-    cand = s <= s.min(axis=1, keepdims=True) + 1e-12
-    start = np.argmin(np.where(cand, corners[..., 1], np.inf), axis=1)
-    roll = (start[:, None] + np.arange(4)[None, :]) % 4
-    corners = np.take_along_axis(corners, roll[..., None], axis=1)
-    return corners.reshape(-1, 8).astype(np.float32)
+    return min_rotated_boxes(geoms, min_side).astype(np.float32)
