@@ -113,3 +113,10 @@ def test_prepare_tiles_from_a_geodataframe(tmp_path: Path) -> None:
     )
     ds = geojepa.prepare_tiles(gdf, tmp_path / "ds", {"workers": 1}, zoom=15, progress=False)
     assert ds.config.zoom == 15 and ds.manifest["n_entities"] == 2
+
+
+def test_model_directory_records_the_resolved_versions(model_and_data) -> None:
+    """A model directory names the library versions that made it (datasets: test_prepare)."""
+    run, _ = model_and_data
+    model_env = json.loads((run / "environment.json").read_text())
+    assert model_env["torch"] == torch.__version__ and model_env["geojepa"] == geojepa.__version__

@@ -288,6 +288,8 @@ def test_manifest_vocab_and_info(helsinki_ds: Path, capsys: pytest.CaptureFixtur
     assert m["n_entities"] == ents.num_rows and m["n_tiles"] == ds.read_tiles().num_rows
     assert m["format_version"] == schema.FORMAT_VERSION and len(m["source"]["sha256"]) == 64
     assert sum(m["geometry_types"].values()) == ents.num_rows
+    assert m["environment"]["shapely"] == shapely.__version__  # the versions that made it
+    assert m["environment"]["pyarrow"] == pa.__version__
     vocab = ds.vocab()
     assert vocab.num_rows == m["vocab_size"]
     counts = vocab.column("count").to_numpy()

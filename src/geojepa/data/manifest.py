@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from geojepa.data import schema
 from geojepa.data.arrow import buffer_array, bytes_array, to_numpy
 from geojepa.data.config import PrepareConfig
+from geojepa.environment import environment
 
 #: Parquet metadata key of a shard file holding its build statistics.
 STATS_KEY = b"geojepa_shard_stats"
@@ -171,6 +172,7 @@ def manifest_header(
         "format_version": schema.FORMAT_VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "geojepa_version": _version(),
+        "environment": environment(),
         "source": source,
         "zoom": config.zoom,
         "shard_zoom": config.shard_zoom,

@@ -9,6 +9,7 @@ Layout (format version ``FORMAT_VERSION``)::
     MODEL_CARD.md        data, steps, final losses, date
     dataset.json         the PrepareConfig of the training data (zoom, tag filter)
     training_data.json   where the training data lies and how many tiles it held
+    environment.json     geojepa's version and the resolved versions of its dependencies
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from geojepa.data.config import PrepareConfig
+from geojepa.environment import environment
 from geojepa.errors import GeojepaError, InputError
 from geojepa.io.atomic import write_atomic, write_text_atomic
 from geojepa.model.jepa import GeoJEPA
@@ -38,6 +40,7 @@ VOCAB_FILE = "vocab.json"
 CARD_FILE = "MODEL_CARD.md"
 DATASET_CONFIG_FILE = "dataset.json"  # PrepareConfig of the training data (zoom, tag filter)
 TRAINING_DATA_FILE = "training_data.json"  # {"dataset": path, "n_tiles": N} of the training data
+ENVIRONMENT_FILE = "environment.json"  # geojepa and dependency versions at export
 T = TypeVar("T")
 REQUIRED = (CONFIG_FILE, WEIGHTS_FILE, TAG_TABLE_FILE, VOCAB_FILE)
 
@@ -90,6 +93,7 @@ def export_model(
         dataset_config.save(out / DATASET_CONFIG_FILE)
     if training_data is not None:
         write_text_atomic(out / TRAINING_DATA_FILE, json.dumps(training_data, indent=2) + "\n")
+    write_text_atomic(out / ENVIRONMENT_FILE, json.dumps(environment(), indent=2) + "\n")
     write_text_atomic(out / CARD_FILE, model_card(config, info or {}))
     return out
 
