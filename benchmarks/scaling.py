@@ -1,0 +1,281 @@
+"""What training length buys, on **val** only: probes read at checkpoints along one run.
+
+    .venv/bin/python benchmarks/scaling.py train NAME [--steps 2400] [--every 600] [--corpus]
+        [--set model.reg_weight=0.05 ...] [--threads 1]
+    .venv/bin/python benchmarks/scaling.py eval NAME [--seeds 1]   # waits for each checkpoint
+    .venv/bin/python benchmarks/scaling.py table
+
+``train`` pretrains ``cpu-base`` with the ``--set`` changes for ``--steps`` optimiser steps on
+the benchmark's train blocks (``runs/benchmark/pretrain-data``, as `make benchmark`), plus the
+ten corpus extracts of ``../shared/data/corpus/`` with ``--corpus``, keeping a checkpoint every
+``--every`` steps. ``eval`` (run beside it, on the other core) turns each checkpoint into a
+model directory and evaluates it with the ``benchmark`` probe settings on the **search split**
+(the benchmark's val blocks scored, its test blocks never read), with every baseline, the
+random-weight twin included, so every point has paired intervals. ``table`` writes
+``reports/benchmark/scaling/README.md`` and ``table.csv``: one line per (run, step) with the val
+metric of each task, its verdict against each rival and the CPU-minutes of pretraining up to
+that step. The schedules (learning rate, weight decay, EMA) run over the whole ``--steps``, so
+an early checkpoint is the early part of a long run, not a short run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from ablation import BASELINES, RIVALS, _markdown  # noqa: E402
+from evaluate import AREAS, SHARED, log, prepare_inputs  # noqa: E402
+
+WORK = ROOT / "runs" / "benchmark"
+REPORTS = ROOT / "reports" / "benchmark" / "scaling"
+CORPUS = SHARED / "corpus"
+TILES_PER_STEP = 16  # cpu-base's batch: 600 steps x 16 = 9,600 tile visits = "1x"
+
+
+def _parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``section.key=value`` (value JSON, else a string) → config overrides by section."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        section, _, name = key.partition(".")
+        if not name or not raw:
+            raise SystemExit(f"error: --set wants section.key=value, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def corpus_dataset(work: Path, train_ds: Any) -> Any:
+    """The benchmark's train blocks + every corpus extract (zoom 16), merged once."""
+    from geojepa.data.combine import merge_datasets
+    from geojepa.data.config import PrepareConfig
+    from geojepa.data.prepare import prepare_tiles
+    from geojepa.data.reader import open_dataset
+
+    out = work / "pretrain-corpus"
+    if (out / "manifest.json").is_file():
+        return open_dataset(out)
+    parts = [train_ds]
+    for source in sorted(CORPUS.glob("*.osm.pbf")):
+        name = source.name.removesuffix(".osm.pbf")
+        target = work / "corpus" / name
+        if (target / "manifest.json").is_file():
+            parts.append(open_dataset(target))
+            continue
+        log(f"prepare corpus {name} (zoom 16)")
+        parts.append(prepare_tiles(source, target, PrepareConfig(zoom=16), progress=False))
+    merged = merge_datasets(parts, out, overwrite=True)
+    log(f"pretraining data (train blocks + corpus): {merged}")
+    return merged
+
+
+def train(args: argparse.Namespace) -> None:
+    import torch
+
+    from geojepa.train import preset_config, pretrain
+
+    torch.set_num_threads(args.threads)
+    sources = {name: SHARED / file for name, file in AREAS.items()}
+    _, _, train_ds = prepare_inputs(sources, WORK)
+    data = corpus_dataset(WORK, train_ds) if args.corpus else train_ds
+    changes = _parse_sets(args.set)
+    changes.setdefault("trainer", {})["checkpoint_every_n_steps"] = args.every
+    config = preset_config("cpu-base").with_overrides(**changes)
+    config = config.replace(preset=f"scaling-{args.name}")
+    run = WORK / f"scaling-{args.name}"
+    run.mkdir(parents=True, exist_ok=True)
+    record = {
+        "name": args.name,
+        "steps": args.steps,
+        "every": args.every,
+        "corpus": args.corpus,
+        "changes": changes,
+        "data": str(data.path),
+        "n_tiles": data.manifest["n_tiles"],
+        "threads": args.threads,
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "started_unix": time.time(),
+    }
+    (run.parent / f"scaling-{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    log(f"train {args.name}: {args.steps} steps on {data.manifest['n_tiles']} tiles")
+    pretrain(data.path, run, config=config, max_steps=args.steps, keep_checkpoints=-1,
+             progress=False)  # fmt: skip
+    log(f"train {args.name} done")
+
+
+def export_checkpoint(run: Path, ckpt: Path, out: Path) -> Path:
+    """A model directory from one periodic checkpoint of ``run`` (weights of that step)."""
+    import torch
+
+    from geojepa.data.reader import open_dataset
+    from geojepa.tokenize.tags import TagVocabulary
+    from geojepa.train import PretrainConfig
+    from geojepa.train.export import build_model, export_model
+
+    config = PretrainConfig.load(run / "checkpoints" / "config.json")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    weights = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    table = next(v for k, v in weights.items() if k.endswith("tag_table"))
+    model = build_model(config, table)
+    model.load_state_dict(weights)
+    record = json.loads((run.parent / f"{run.name}.json").read_text())
+    data = open_dataset(record["data"])
+    vocab = TagVocabulary.load(run / "vocab.json")
+    step = int(ckpt.stem.split("=")[1])
+    export_model(
+        model, config, vocab, out, {"steps": step, "dataset": record["data"], "name": out.name},
+        dataset_config=data.config,
+        training_data={"dataset": str(Path(record["data"]).resolve()),
+                       "n_tiles": data.manifest["n_tiles"]},
+    )  # fmt: skip
+    return out
+
+
+def _cpu_minutes(run: Path, step: int) -> float | None:
+    """Wall minutes of pretraining up to ``step``, from the checkpoint files' times."""
+    start = json.loads((run.parent / f"{run.name}.json").read_text()).get("started_unix")
+    ckpt = run / "checkpoints" / f"step={step}.ckpt"
+    first = run / "checkpoints" / "config.json"
+    if not ckpt.is_file() or not first.is_file():
+        return None
+    return round((ckpt.stat().st_mtime - (start or first.stat().st_mtime)) / 60, 1)
+
+
+def evaluate_points(args: argparse.Namespace) -> None:
+    import torch
+
+    from geojepa.eval import load_split, save_split, search_split
+    from geojepa.eval.evaluate import evaluate, evaluate_preset
+
+    torch.set_num_threads(args.threads)
+    run = WORK / f"scaling-{args.name}"
+    record_path = WORK / f"scaling-{args.name}.json"
+    while not record_path.is_file():
+        time.sleep(10)
+    record = json.loads(record_path.read_text())
+    datasets = [WORK / "data" / name for name in AREAS]
+    search = WORK / "search-split.parquet"
+    if not search.is_file():
+        save_split(search_split(load_split(WORK / "split.parquet")), search)
+    for step in range(record["every"], record["steps"] + 1, record["every"]):
+        out = REPORTS / args.name / f"step-{step}"
+        if (out / "point.json").is_file():
+            continue
+        ckpt = run / "checkpoints" / f"step={step}.ckpt"
+        while not ckpt.is_file():
+            time.sleep(15)
+        time.sleep(5)  # the checkpoint is written atomically by Lightning; be safe
+        model_dir = export_checkpoint(run, ckpt, WORK / f"scaling-{args.name}-at-{step}")
+        t = time.perf_counter()
+        config = evaluate_preset("benchmark").replace(
+            supervised_seeds=None,
+            title=f"Scaling `{args.name}` at step {step} on val (search split)",
+            notes=(f"Checkpoint {step} of {record['steps']} of run `{args.name}` "
+                   f"(changes to cpu-base: {json.dumps(record['changes'])}; corpus: "
+                   f"{record['corpus']}). Scored on the benchmark's **val** blocks (shown as "
+                   "test); the benchmark's test blocks are not read.",),
+        )  # fmt: skip
+        evaluate(model_dir, datasets, out, seeds=range(args.seeds), baselines=BASELINES,
+                 split=search, config=config, progress=False)  # fmt: skip
+        point = {
+            "name": args.name,
+            "step": step,
+            "tile_visits": step * TILES_PER_STEP,
+            "pretrain_minutes": _cpu_minutes(run, step),
+            "evaluate_s": round(time.perf_counter() - t, 1),
+            "seeds": args.seeds,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            **{k: record[k] for k in ("steps", "corpus", "changes", "n_tiles", "threads")},
+        }
+        (out / "point.json").write_text(json.dumps(point, indent=2) + "\n")
+        log(f"{args.name} step {step} evaluated: {out}")
+
+
+def table() -> Path:
+    import pandas as pd
+
+    rows = []
+    for point_file in sorted(REPORTS.glob("*/step-*/point.json")):
+        point = json.loads(point_file.read_text())
+        frame = pd.read_csv(point_file.parent / "results.csv")
+        chosen = frame[frame["selected"].astype(str) == "True"]
+        row: dict[str, Any] = {
+            "run": point["name"],
+            "step": point["step"],
+            "x (tile visits / 9,600)": round(point["tile_visits"] / 9600, 2),
+            "pretrain_min": point["pretrain_minutes"],
+            "tiles": point["n_tiles"],
+        }
+        wins_all = twin = 0
+        for task, part in chosen.groupby("task", sort=False):
+            own = part[part["model"] == "geojepa"].iloc[0]
+            row[f"{task} {own['metric']}"] = round(float(own["mean"]), 3)
+            verdicts = dict(zip(part["model"], part["verdict"].astype(str), strict=True))
+            against = [verdicts.get(m) for m in RIVALS]
+            row[f"{task} vs"] = "".join({"win": "W", "loss": "L"}.get(v, "=") for v in against)
+            wins_all += all(v == "win" for v in against)
+            twin += verdicts.get("random_init") == "win"
+        row["beats all 3"] = wins_all
+        row["beats twin"] = twin
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(REPORTS / "table.csv", index=False)
+    md = [
+        "# Scaling on val: checkpoints along one run (issue 21, part 2)",
+        "",
+        "Written by `benchmarks/scaling.py table`; each point's report is in "
+        "`NAME/step-N/`. Metric: the val score of the probe chosen on the probes' own val "
+        "(train blocks), mean over seeds. `vs` = verdict against tag counts, pooled tag text "
+        "and the random-weight twin (W win, L loss, = tie: 95% paired block-bootstrap interval "
+        "of the difference on val). `x` = tile visits / 9,600 (600 steps of 16 tiles, the "
+        "benchmark's pretraining).",
+        "",
+        _markdown(frame) if len(frame) else "(no point evaluated yet)",
+        "",
+    ]
+    (REPORTS / "README.md").write_text("\n".join(md))
+    print("\n".join(md))
+    return REPORTS / "README.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("phase", choices=("train", "eval", "table"))
+    parser.add_argument("name", nargs="?")
+    parser.add_argument("--steps", type=int, default=2400)
+    parser.add_argument("--every", type=int, default=600)
+    parser.add_argument("--corpus", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.phase == "table":
+        table()
+        return 0
+    if not args.name:
+        parser.error("NAME is needed")
+    if any(not (SHARED / f).exists() for f in AREAS.values()):
+        print("scaling skipped: real-area data absent")
+        return 0
+    if args.phase == "train":
+        if args.steps % args.every:
+            parser.error("--steps must be a multiple of --every")
+        train(args)
+    else:
+        evaluate_points(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
