@@ -169,7 +169,7 @@ class MaskGenerator:
         cdf[-1] = 2.0  # u < 1 always lands in a bucket; zero-probability buckets are empty
         u = _uniform((b,), gen, dev)
         if cfg.strategy_per == "batch":  # one strategy for the whole batch
-            u = u[:1].expand(b)
+            u = u[:1].repeat(b)
         strategy = torch.searchsorted(cdf, u, right=True)
         ks = torch.arange(k, device=dev).view(1, k, 1)
 

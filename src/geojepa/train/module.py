@@ -190,10 +190,14 @@ class PretrainModule(L.LightningModule):
         self.log("sched/weight_decay", wd, batch_size=batch_size)
 
     def _momentum(self) -> float:
-        """EMA momentum: linear from start to end over ``model.ema_steps`` (default: the run)."""
+        return self.momentum_at(self.global_step)
+
+    def momentum_at(self, step: int) -> float:
+        """EMA momentum: linear from start to end over ``model.ema_steps`` optimiser steps (default:
+        the whole run), then held at the end value."""
         lo, hi = self.config.model.ema_momentum
         ramp = self.config.model.ema_steps or self.total_steps
-        return ema_momentum(self.global_step, ramp, lo, hi)
+        return ema_momentum(step, ramp, lo, hi)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure=None):
         wd = weight_decay_at(self.global_step, self.total_steps, self.config.optim)
