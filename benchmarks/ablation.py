@@ -45,7 +45,8 @@ WIDE = {
         "predictor_width": 128,
         "predictor_depth": 2,
         "predictor_heads": 4,
-        "reg_weight": 0.05,
+        "var_weight": 0.05,
+        "cov_weight": 0.05,
     },
 }
 
@@ -58,14 +59,15 @@ def _merge(*parts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-REG1 = _merge(WIDE, {"model": {"reg_weight": 1.0}})
+# `reg_weight` w (as these runs were configured) = var_weight = cov_weight = w
+REG1 = _merge(WIDE, {"model": {"var_weight": 1.0, "cov_weight": 1.0}})
 COUNT = {"model": {"tile_pooling": "max_mean_count"}}
 
 #: name → (what it tests, changes to cpu-small by config section, optimiser steps).
 HYPOTHESES: dict[str, tuple[str, dict[str, dict[str, Any]], int]] = {
     "control": ("cpu-small as it is (64 wide, 2 deep)", {}, 484),
     "wide": ("width 256, depth 4, predictor 128x2, reg_weight 0.05", WIDE, 600),
-    "wide-reg1": ("wide + regulariser at the paper's strength (reg_weight 1.0)", REG1, 600),
+    "wide-reg1": ("wide + a stronger regulariser (reg_weight 1.0)", REG1, 600),
     "reg1-count": (
         "wide-reg1, read out with size-aware pooling [max ‖ mean ‖ log(1+n)] (its weights)",
         _merge(REG1, COUNT),
@@ -78,7 +80,7 @@ HYPOTHESES: dict[str, tuple[str, dict[str, dict[str, Any]], int]] = {
     ),
     "wide-reg3": (
         "wide + a still stronger regulariser (reg_weight 3.0)",
-        _merge(WIDE, {"model": {"reg_weight": 3.0}}),
+        _merge(WIDE, {"model": {"var_weight": 3.0, "cov_weight": 3.0}}),
         600,
     ),
     # defined, not run yet

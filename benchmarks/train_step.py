@@ -161,11 +161,13 @@ class NaiveGeoJEPA(GeoJEPA):
             pred_loss = torch.stack(losses).mean()
             reg_pred = torch.stack(regs).mean()
             reg_ctx = masked_vicreg(z, everything)
-            loss = pred_loss + self.config.reg_weight * (reg_pred + reg_ctx)
+            # the published code weights both terms alike (config var_weight = cov_weight)
+            loss = pred_loss + self.config.var_weight * (reg_pred + reg_ctx)
         for t in (pred_loss, reg_pred, reg_ctx):  # per-step logging with host syncs
             t.item()
-        return StepOutput(loss, pred_loss.detach(), reg_pred.detach(), reg_ctx.detach(),
-                          masks.target_valid.sum(), h, tok.valid)  # fmt: skip
+        zero = torch.zeros((), device=loss.device)
+        return StepOutput(loss, pred_loss.detach(), reg_pred.detach(), reg_ctx.detach(), zero,
+                          zero, masks.target_valid.sum(), h, tok.valid)  # fmt: skip
 
 
 def build(s: dict, naive: bool, device: torch.device) -> GeoJEPA:

@@ -160,8 +160,11 @@ def test_model_card_states_the_recipe_and_the_read_out() -> None:
     card = model_card(preset_config("cpu-small"), {})
     assert "| recipe | cpu-small: a tiny model" in card and "(128 numbers)" in card
     config = preset_config("cpu-small")
-    model = config.model.replace(tile_pooling="max_mean_count", target_layers=2, reg_weight=1.0)
+    model = config.model.replace(
+        tile_pooling="max_mean_count", target_layers=2, var_weight=1.0, cov_weight=1.0
+    )
     config = config.replace(model=model)
     card = model_card(config.replace(preset=None), {})
     assert "[max ‖ mean ‖ log(1 + tokens)]" in card and "(129 numbers)" in card
-    assert "mean of the last 2 blocks) + 1.0 ×" in card and "| recipe | custom" in card
+    assert "mean of the last 2 blocks; mean over tokens) + 1.0 × variance + 1.0 ×" in card
+    assert "| recipe | custom" in card

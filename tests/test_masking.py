@@ -28,10 +28,13 @@ def _draw(cfg: MaskingConfig, seed: int = 1, **kw):
     return valid, modality, boxes, masks
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_disjoint_padding_and_dense_indices(strategy: str) -> None:
+@pytest.mark.parametrize(
+    ("strategy", "random_targets"),
+    [(s, "dealt") for s in STRATEGIES] + [("random", "per_target"), ("modality", "per_target")],
+)
+def test_disjoint_padding_and_dense_indices(strategy: str, random_targets: str) -> None:
     probs = {f"p_{s}": float(s == strategy) for s in STRATEGIES}
-    cfg = MaskingConfig(**probs)
+    cfg = MaskingConfig(**probs, random_targets=random_targets)
     valid, _, _, m = _draw(cfg)
     # context and targets are disjoint, and only valid tokens are ever selected
     assert not (m.context[:, None] & m.targets).any()
@@ -138,3 +141,113 @@ def test_bad_configs_are_rejected() -> None:
         MaskingConfig.from_dict({"p_aera": 0.6})
     with pytest.raises(ConfigError, match="area_fraction"):
         MaskingConfig.from_dict({"area_fraction": [0.5, 0.2]})
+
+
+def _all_valid(b: int, n_tok: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    valid = torch.ones(b, n_tok, dtype=torch.bool)
+    modality = torch.zeros(b, n_tok, dtype=torch.long)
+    return valid, modality, torch.rand(b, n_tok, 8, generator=g)
+
+
+def test_dealt_random_targets_split_the_target_fraction() -> None:
+    """Dealt (default): ceil(0.45·n) tokens in all, split into K disjoint, near-equal targets."""
+    cfg = MaskingConfig(p_random=1.0, p_area=0.0, p_modality=0.0, min_context_fraction=0.0)
+    valid, modality, boxes = _all_valid(16, 200)
+    m = MaskGenerator(cfg)(valid, modality, boxes, torch.Generator().manual_seed(0))
+    want = math.ceil(200 * cfg.random_target_fraction)  # 90
+    assert (m.targets.any(1).sum(-1) == want).all()
+    assert (m.targets.sum(1) <= 1).all()  # disjoint
+    sizes = m.targets.sum(-1)
+    assert (sizes.max(1).values - sizes.min(1).values <= 1).all()
+    assert (m.context.sum(-1) == 200 - want).all()
+
+
+def test_per_target_random_targets_each_draw_the_fraction_and_may_overlap() -> None:
+    """Per target (the paper's): every target holds ceil(0.45·n) tokens on its own, targets
+    overlap each other, the context is exactly the tokens of no target."""
+    cfg = MaskingConfig(
+        p_random=1.0, p_area=0.0, p_modality=0.0, min_context_fraction=0.0,
+        random_targets="per_target",
+    )  # fmt: skip
+    valid, modality, boxes = _all_valid(16, 200)
+    m = MaskGenerator(cfg)(valid, modality, boxes, torch.Generator().manual_seed(0))
+    want = math.ceil(200 * cfg.random_target_fraction)
+    assert (m.targets.sum(-1) == want).all()  # [B,K]: each target its own 45 %
+    assert (m.targets.sum(1) >= 2).any()  # some token is in two targets
+    assert torch.equal(m.context, valid & ~m.targets.any(1))
+    assert not (m.context[:, None] & m.targets).any()
+    # with K = 4 the context is what remains: about 0.55⁴ ≈ 9 % of the tokens
+    frac = m.context.sum(-1).float().mean().item() / 200
+    assert 0.05 < frac < 0.14
+
+
+def test_per_target_min_context_shrinks_targets_never_copies() -> None:
+    cfg = MaskingConfig(
+        p_random=1.0, p_area=0.0, p_modality=0.0, min_context_fraction=0.3,
+        random_targets="per_target",
+    )  # fmt: skip
+    valid, modality, boxes = _batch(b=200, n_tok=60, images=False)
+    m = MaskGenerator(cfg)(valid, modality, boxes, torch.Generator().manual_seed(2))
+    n = valid.sum(-1)
+    ok = n >= 2
+    need = torch.ceil(n.float() * 0.3).long().clamp(min=1).minimum(n - 1)
+    assert (m.context.sum(-1)[ok] >= need[ok]).all()
+    assert not (m.context[:, None] & m.targets).any()
+    assert torch.equal(m.context | m.targets.any(1), valid)  # every token: context or target
+    # the targets shrank below the drawn fraction to make room
+    drawn = torch.ceil(n.float() * cfg.random_target_fraction).long()
+    assert (m.targets.sum(-1) <= drawn[:, None]).all()
+    assert (m.targets.sum(-1)[ok] < drawn[ok, None]).any()
+
+
+def test_strategy_per_batch_is_one_strategy_per_batch_with_the_configured_mix() -> None:
+    cfg = MaskingConfig(p_random=0.2, p_area=0.5, p_modality=0.3, strategy_per="batch")
+    valid = torch.ones(6, 4, dtype=torch.bool)
+    modality = torch.tensor([0, 0, 1, 1]).expand(6, 4)
+    boxes = torch.rand(6, 4, 8)
+    gen = torch.Generator().manual_seed(4)
+    masker = MaskGenerator(cfg)
+    drawn = []
+    for _ in range(3000):
+        s = masker(valid, modality, boxes, gen).strategy
+        assert (s == s[0]).all()  # every tile of the batch: one strategy
+        drawn.append(int(s[0]))
+    freq = torch.bincount(torch.tensor(drawn), minlength=4).float() / len(drawn)
+    for got, want in zip(freq.tolist(), cfg.probabilities, strict=True):
+        assert abs(got - want) < 4.5 * math.sqrt(want * (1 - want) / len(drawn)) + 1e-9
+
+
+def test_strategy_per_batch_still_falls_back_per_tile_without_both_modalities() -> None:
+    cfg = MaskingConfig(p_random=0.0, p_area=0.0, p_modality=1.0, strategy_per="batch")
+    valid, modality, _, m = _draw(cfg, images=True, n_tok=40)
+    both = ((modality == 0) & valid).any(-1) & ((modality == 1) & valid).any(-1)
+    assert (m.strategy[both] == STRATEGIES.index("modality")).all()
+    assert (m.strategy[~both] == STRATEGIES.index("random")).all()
+
+
+def test_fixed_area_fraction_gives_rectangles_of_that_area() -> None:
+    """area_fraction (0.35, 0.35), the paper's: every rectangle covers 35 % of the tile."""
+    cfg = MaskingConfig(
+        p_random=0.0, p_area=1.0, p_modality=0.0, min_context_fraction=0.0,
+        area_fraction=(0.35, 0.35),
+    )  # fmt: skip
+    g = 50  # a 50x50 grid of point tokens: the share of points inside ≈ the area
+    xs, ys = torch.meshgrid(torch.arange(g) / g + 0.01, torch.arange(g) / g + 0.01, indexing="ij")
+    pts = torch.stack([xs.flatten(), ys.flatten()], -1)
+    b = 8
+    boxes = pts.repeat(1, 4).view(1, g * g, 8).expand(b, -1, -1)
+    valid = torch.ones(b, g * g, dtype=torch.bool)
+    m = MaskGenerator(cfg)(valid, torch.zeros(b, g * g, dtype=torch.long), boxes,
+                           torch.Generator().manual_seed(1))  # fmt: skip
+    share = m.targets.sum(-1).float() / (g * g)
+    assert ((share - 0.35).abs() < 0.04).all(), share
+
+
+def test_paper_masking_fields_are_typed_and_unknown_keys_rejected() -> None:
+    with pytest.raises(ConfigError, match="random_targets"):
+        MaskingConfig.from_dict({"random_targets": "overlapping"})
+    with pytest.raises(ConfigError, match="strategy_per"):
+        MaskingConfig.from_dict({"strategy_per": "epoch"})
+    with pytest.raises(ConfigError, match="unknown config key 'strategy_pre'"):
+        MaskingConfig.from_dict({"strategy_pre": "batch"})

@@ -10,7 +10,7 @@ from torch import nn
 
 from geojepa.errors import ConfigError
 from geojepa.model import GeoJEPA, MaskingConfig, ModelConfig, Transformer
-from geojepa.model.jepa import ema_momentum, masked_vicreg, pool_tiles
+from geojepa.model.jepa import _gather, ema_momentum, masked_vicreg, pool_tiles, vicreg_terms
 from geojepa.model.transformer import key_mask
 
 D = 32
@@ -35,6 +35,7 @@ class FakeTokenizer(nn.Module):
         super().__init__()
         self.lin = nn.Linear(d_in, d)
         self.register_buffer("frozen_table", torch.randn(5, 3))  # like the tag table
+        self.modes: list[bool] = []  # self.training at each call (teacher runs in eval mode)
 
     def layout(self, b: dict) -> FakeTokens:
         return FakeTokens(None, b["boxes"], b["modality"], b["valid"], b["x"].shape[1])
@@ -46,6 +47,7 @@ class FakeTokenizer(nn.Module):
         return None
 
     def forward(self, b: dict, entities=None, image_features=None) -> FakeTokens:
+        self.modes.append(self.training)
         x = self.lin(b["x"]) * b["valid"][..., None]
         return FakeTokens(x, b["boxes"], b["modality"], b["valid"], b["x"].shape[1])
 
@@ -314,3 +316,155 @@ def test_dropout_acts_on_the_student_in_training_only() -> None:
     torch.testing.assert_close(model.encoder(x, valid), model.encoder(x, valid))
     model.train()  # the teacher stays deterministic while the student trains
     torch.testing.assert_close(model.encode(batch)[0], model.encode(batch)[0])
+
+
+def test_teacher_outputs_are_layer_normed_whatever_its_last_norm_learned() -> None:
+    """The targets (and the embeddings) are layer-normed without affine, as the paper's teacher
+    outputs: a teacher whose own final norm learned a scale and shift still gives mean 0, var 1."""
+    model = _model().eval()
+    with torch.no_grad():
+        model.target["encoder"].norm.weight.fill_(3.0)
+        model.target["encoder"].norm.bias.fill_(0.5)
+    h, valid = model.encode(fake_batch([9, 5], seed=1))
+    rows = h[valid]
+    torch.testing.assert_close(rows.mean(-1), torch.zeros(len(rows)), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        rows.var(-1, unbiased=False), torch.ones(len(rows)), atol=1e-3, rtol=0
+    )
+
+
+def _per_target_reference(model: GeoJEPA, batch: dict, plan) -> tuple[float, float]:
+    """(Σ_k mean over target k's tokens, mean over all target tokens), one predictor call per
+    target, written out."""
+    import torch.nn.functional as F
+
+    masks = plan.masks
+    tok = model.tokenizer(batch)
+    h, _ = model._target_outputs(batch)
+    prior = model.prior(tok.boxes, tok.modality)
+    z = model.encoder(_gather(tok.tokens + prior, masks.context_index), masks.context_valid)
+    ctx = z + _gather(prior, masks.context_index)
+    per_target, total, count = 0.0, 0.0, 0.0
+    for i in range(masks.target_index.shape[1]):
+        t_index, t_valid = masks.target_index[:, i], masks.target_valid[:, i]
+        pred = model.predictor(ctx, masks.context_valid, _gather(prior, t_index), t_valid)
+        err = F.smooth_l1_loss(pred, _gather(h, t_index), reduction="none").mean(-1)
+        s, n = float((err * t_valid).sum()), float(t_valid.sum())
+        per_target += s / max(n, 1.0)
+        total, count = total + s, count + n
+    return per_target, total / count
+
+
+def test_per_target_sum_loss_sums_each_targets_mean() -> None:
+    cfg = MaskingConfig(num_targets=3, p_random=1.0, p_area=0.0, p_modality=0.0,
+                        random_targets="per_target")  # fmt: skip
+    torch.manual_seed(0)
+    model = GeoJEPA(
+        SMALL.replace(pred_loss_reduction="per_target_sum"), FakeTokenizer(), cfg
+    ).eval()
+    batch = fake_batch([18, 30, 24, 12], seed=3)
+    plan = model.plan(batch, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out = model(batch, plan=plan)
+        want, token_mean = _per_target_reference(model, batch, plan)
+    torch.testing.assert_close(out.pred_loss, torch.tensor(want), atol=1e-5, rtol=1e-5)
+    assert want > 2.0 * token_mean  # K = 3 targets: the two reductions really differ
+    model.config = SMALL  # the default reduction: the mean over every target token
+    with torch.no_grad():
+        out = model(batch, plan=plan)
+    torch.testing.assert_close(out.pred_loss, torch.tensor(token_mean), atol=1e-5, rtol=1e-5)
+
+
+def test_variance_and_covariance_weights_are_separate() -> None:
+    batch = fake_batch([20, 14, 30, 9])
+
+    def step(**weights):
+        torch.manual_seed(0)
+        model = GeoJEPA(SMALL.replace(**weights), FakeTokenizer())
+        return model(batch, torch.Generator().manual_seed(1))
+
+    var = step(var_weight=1.0, cov_weight=0.0)
+    cov = step(var_weight=0.0, cov_weight=1.0)
+    v, c = var.var_loss, cov.cov_loss  # the unweighted terms (predictions + context)
+    assert v > 0.05 and c > 1e-4 and float(var.cov_loss) == 0.0 == float(cov.var_loss)
+    torch.testing.assert_close(v + c, var.reg_pred + var.reg_context)
+    paper = step(var_weight=0.25, cov_weight=0.01)
+    torch.testing.assert_close(paper.var_loss, 0.25 * v)
+    torch.testing.assert_close(paper.cov_loss, 0.01 * c)
+    torch.testing.assert_close(paper.loss, paper.pred_loss + 0.25 * v + 0.01 * c)
+
+
+def test_older_configs_with_reg_weight_load_with_the_same_loss() -> None:
+    """``reg_weight`` (configs written before the split) weighted both terms: it still does."""
+    old = SMALL.model_dump()
+    del old["var_weight"], old["cov_weight"]
+    cfg = ModelConfig.from_dict({**old, "reg_weight": 0.3})
+    assert cfg.var_weight == cfg.cov_weight == 0.3 and "reg_weight" not in cfg.model_dump()
+    torch.manual_seed(0)
+    out = GeoJEPA(cfg, FakeTokenizer())(fake_batch([12, 7]), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out.loss, out.pred_loss + 0.3 * (out.reg_pred + out.reg_context))
+    with pytest.raises(ConfigError, match="not both"):
+        ModelConfig.from_dict({"reg_weight": 0.3, "var_weight": 0.25})
+    with pytest.raises(ConfigError, match="unknown config key 'var_weigth'"):
+        ModelConfig.from_dict({"var_weigth": 0.25})
+    with pytest.raises(ConfigError, match="pred_loss_reduction"):
+        ModelConfig.from_dict({"pred_loss_reduction": "mean"})
+
+
+def test_vicreg_terms_are_the_two_parts_of_masked_vicreg() -> None:
+    x = torch.randn(2, 7, 5) * torch.tensor([0.1, 0.3, 1.0, 2.0, 0.5])
+    m = torch.rand(2, 7) < 0.8
+    var, cov = vicreg_terms(x, m)
+    assert var > 0 and cov > 0
+    torch.testing.assert_close(var + cov, masked_vicreg(x, m))
+
+
+def test_ema_scope_encoder_averages_the_encoder_and_shares_tokenizer_and_prior() -> None:
+    torch.manual_seed(0)
+    model = GeoJEPA(SMALL.replace(ema_scope="encoder"), FakeTokenizer())
+    assert set(model.target) == {"encoder"}
+    assert not any(k.startswith(("target.tokenizer", "target.prior")) for k in model.state_dict())
+    teacher = dict(model.target["encoder"].named_parameters())
+    before = {n: p.clone() for n, p in teacher.items()}
+    tok_before = model.tokenizer.lin.weight.clone()
+    prior_before = {n: p.clone() for n, p in model.prior.named_parameters()}
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.add_(1.0)
+    model.update_target(0.9)
+    online = dict(model.encoder.named_parameters())
+    for n, p in teacher.items():
+        torch.testing.assert_close(p, 0.9 * before[n] + 0.1 * online[n])
+    # the EMA touches nothing else: the tokenizer and prior are the student's own
+    assert torch.equal(model.tokenizer.lin.weight, tok_before)
+    for n, p in model.prior.named_parameters():
+        assert torch.equal(p, prior_before[n])
+    # the teacher reads the student's tokenizer (in eval mode) ...
+    batch = fake_batch([8, 5])
+    h1 = model.encode(batch)[0]
+    with torch.no_grad():
+        model.tokenizer.lin.weight.mul_(-1.0)
+    assert not torch.allclose(model.encode(batch)[0], h1)
+    model.train()
+    model.tokenizer.modes.clear()
+    model(batch, torch.Generator().manual_seed(0))
+    assert model.tokenizer.modes == [True, False] and model.tokenizer.training
+    # ... while with ema_scope "all" it holds its own (EMA) copy
+    model = _model()
+    h1 = model.encode(batch)[0]
+    with torch.no_grad():
+        model.tokenizer.lin.weight.mul_(-1.0)
+    torch.testing.assert_close(model.encode(batch)[0], h1)
+
+
+def test_predictor_embed_mlp() -> None:
+    torch.manual_seed(0)
+    model = GeoJEPA(SMALL.replace(predictor_embed="mlp"), FakeTokenizer())
+    embed = model.predictor.embed
+    assert isinstance(embed, nn.Sequential)
+    assert [type(m) for m in embed] == [nn.Linear, nn.GELU, nn.Linear]
+    assert (embed[0].in_features, embed[2].out_features) == (D, SMALL.predictor_width)
+    out = model(fake_batch([10, 6]), torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert embed[0].weight.grad is not None and embed[0].weight.grad.abs().sum() > 0
+    assert isinstance(_model().predictor.embed, nn.Linear)  # the default

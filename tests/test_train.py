@@ -72,6 +72,64 @@ def test_presets_and_bad_configs(tmp_path: Path) -> None:
     assert cfg.trainer.max_epochs == 3 and cfg.trainer.max_steps == -1
 
 
+def test_cpu_presets_keep_their_method_and_paper_presets_follow_the_paper() -> None:
+    """cpu-small/cpu-base: today's method (tests, resume and the shipped results rely on it);
+    paper-*: the paper's (docs/method.md); cpu-paper: cpu-base's size with the paper's method."""
+    for name, weight in (("cpu-small", 0.02), ("cpu-base", 1.0)):
+        cfg = preset_config(name)
+        m, k = cfg.model, cfg.masking
+        assert (m.var_weight, m.cov_weight) == (weight, weight)
+        assert (m.pred_loss_reduction, m.ema_scope, m.ema_steps) == ("tokens", "all", None)
+        assert (m.dropout, m.predictor_embed) == (0.0, "linear")
+        assert (k.random_targets, k.strategy_per) == ("dealt", "sample")
+        assert (k.area_fraction, k.min_context_fraction) == ((0.15, 0.35), 0.15)
+        assert (k.p_random, k.p_area, k.p_modality) == (0.4, 0.6, 0.0)
+    for name in ("paper-t", "paper-gt", "paper-gti", "cpu-paper"):
+        cfg = preset_config(name)
+        m, k = cfg.model, cfg.masking
+        assert (m.var_weight, m.cov_weight) == pytest.approx((0.25, 0.01))
+        assert (m.pred_loss_reduction, m.ema_scope) == ("per_target_sum", "encoder")
+        assert (m.dropout, m.predictor_embed) == (0.1, "mlp")
+        assert (k.random_targets, k.strategy_per) == ("per_target", "batch")
+        assert (k.random_target_fraction, k.num_targets) == (0.45, 4)
+        assert (k.area_fraction, k.area_aspect) == ((0.35, 0.35), (0.5, 2.0))
+        assert k.min_context_fraction == 0.10 and k.p_area == 0.6
+        if name.startswith("paper"):
+            assert cfg.data.batch_size * cfg.trainer.accumulate_grad_batches == 960
+    base, paper = preset_config("cpu-base"), preset_config("cpu-paper")
+    assert paper.tokenizer == base.tokenizer and paper.trainer == base.trainer
+    assert paper.data == base.data and paper.optim == base.optim
+    assert (paper.model.width, paper.model.depth) == (base.model.width, base.model.depth)
+    gti = preset_config("paper-gti")
+    assert gti.masking.p_modality == 0.2 and gti.tokenizer.image_backbone == "vit_base_patch16_224"
+    assert preset_config("paper-t").masking.p_modality == 0.0  # one modality: none to mask
+
+
+def test_frozen_image_backbone_needs_its_weights() -> None:
+    """paper-gti's ViT-B/16 without tokenizer.image_checkpoint would be a random frozen net."""
+    from geojepa.tokenize.image import TimmBackbone
+
+    with pytest.raises(ConfigError, match="image_checkpoint"):
+        TimmBackbone("vit_base_patch16_224", None, 384)
+
+
+def test_ema_ramp_length_is_configurable() -> None:
+    from geojepa.train.module import PretrainModule
+
+    cfg = preset_config("cpu-small")
+    model = build_model(cfg, torch.randn(12, 8))
+    module = PretrainModule(cfg, model, total_steps=100)
+    lo, hi = cfg.model.ema_momentum
+    assert module.momentum_at(0) == pytest.approx(lo)
+    assert module.momentum_at(50) == pytest.approx((lo + hi) / 2)  # default: over the run
+    assert module.momentum_at(100) == pytest.approx(hi)
+    cfg = cfg.with_overrides(model={"ema_momentum": (0.996, 1.0), "ema_steps": 20})
+    module = PretrainModule(cfg, model, total_steps=100)
+    assert module.momentum_at(0) == pytest.approx(0.996)
+    assert module.momentum_at(10) == pytest.approx(0.998)
+    assert module.momentum_at(20) == module.momentum_at(70) == pytest.approx(1.0)
+
+
 def test_schedules() -> None:
     o = preset_config("cpu-small").optim
     lrs = [lr_at(s, 100, o) for s in range(101)]
@@ -112,6 +170,16 @@ def test_pretrain_learns_and_exports(synthetic_ds: Path, tmp_path: Path) -> None
     assert (run / "checkpoints" / "config.json").exists()
     card = (run / "MODEL_CARD.md").read_text()
     assert "optimiser steps | 30" in card and "pred_loss" in card
+    # each loss term and its share of the loss is in the run's CSV
+    with open(run / "logs" / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["train/loss"]]
+    assert rows
+    for r in rows:
+        terms = [float(r[f"train/{t}_loss"]) for t in ("pred", "var", "cov")]
+        shares = [float(r[f"train/share_{t}"]) for t in ("pred", "var", "cov")]
+        assert sum(terms) == pytest.approx(float(r["train/loss"]), rel=1e-4)
+        assert sum(shares) == pytest.approx(1.0, rel=1e-4)
+        assert shares == pytest.approx([t / float(r["train/loss"]) for t in terms], rel=1e-4)
     assert any((run / "logs" / "tensorboard").iterdir())
     # no pickle in the model directory: safetensors + JSON only
     model = GeoJEPA.from_pretrained(run)
@@ -130,6 +198,19 @@ def test_pretrain_learns_and_exports(synthetic_ds: Path, tmp_path: Path) -> None
     torch.testing.assert_close(model.target["tokenizer"].tag_table, table)
     with pytest.raises(OutputError, match="already holds checkpoints"):
         pretrain(synthetic_ds, run, config=_tiny(max_steps=1), resume=False)
+
+    # a model directory written before var_weight/cov_weight (config with reg_weight) loads,
+    # with both weights set from it
+    older = tmp_path / "older"
+    shutil.copytree(run, older)
+    config = json.loads((older / "config.json").read_text())
+    weight = config["model"].pop("var_weight")
+    del config["model"]["cov_weight"]
+    config["model"]["reg_weight"] = weight
+    (older / "config.json").write_text(json.dumps(config))
+    old_model = GeoJEPA.from_pretrained(older)
+    assert old_model.config.var_weight == old_model.config.cov_weight == weight
+    torch.testing.assert_close(old_model.state_dict(), model.state_dict())
 
     # incomplete / newer-format directories are refused clearly
     broken = tmp_path / "broken"

@@ -188,8 +188,8 @@ def pretrain(
     output: Path = typer.Option(..., "--output", "-o", help="run / model directory to write"),
     preset: str = typer.Option(
         "cpu-base",
-        help="cpu-base (the CPU recipe) | cpu-small (tiny, for tests) | paper-t | paper-gt | "
-        "paper-gti (ignored with --config)",
+        help="cpu-base (the CPU recipe) | cpu-small (tiny, for tests) | cpu-paper (cpu-base "
+        "with the paper's method) | paper-t | paper-gt | paper-gti (ignored with --config)",
     ),
     config: Path | None = typer.Option(None, help="PretrainConfig JSON file"),
     devices: str = typer.Option("1", help="devices per node (N or 'auto'); N > 1 uses DDP"),

@@ -13,9 +13,10 @@ the plan before copying the batch to the accelerator, so the step itself has no 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -32,7 +33,12 @@ from geojepa.model.transformer import Packing, Predictor, Transformer
 
 
 class ModelConfig(Config):
-    """Encoder/predictor sizes, EMA schedule and loss weights (defaults: paper, DESIGN.md §1.5)."""
+    """Encoder/predictor sizes, EMA schedule and loss weights.
+
+    Defaults: the paper's sizes (DESIGN.md §1.5); the loss, EMA and predictor options default
+    to this project's earlier behaviour, which the ``paper-*`` and ``cpu-paper`` presets change
+    to the paper's. docs/method.md lists every difference.
+    """
 
     width: int = Field(384, ge=8)
     depth: int = Field(12, ge=1)
@@ -41,8 +47,35 @@ class ModelConfig(Config):
     predictor_width: int = Field(256, ge=8)
     predictor_depth: int = Field(4, ge=1)
     predictor_heads: int = Field(8, ge=1)
+    predictor_embed: Literal["linear", "mlp"] = Field(
+        "linear",
+        description="predictor input projection: linear, or a 2-layer GELU MLP (the paper)",
+    )
     ema_momentum: tuple[float, float] = (0.99, 0.99999)
-    reg_weight: float = Field(0.01, ge=0.0)
+    ema_steps: int | None = Field(
+        None,
+        ge=1,
+        description="optimiser steps of the linear momentum ramp from ema_momentum[0] to [1] "
+        "(then held); None = the whole run",
+    )
+    ema_scope: Literal["all", "encoder"] = Field(
+        "all",
+        description="what the teacher holds as an EMA copy: all = tokenizer, prior and encoder; "
+        "encoder = the encoder only, the teacher reading the student's tokenizer and prior "
+        "(the paper)",
+    )
+    var_weight: float = Field(
+        0.01, ge=0.0, description="weight of the variance hinge (VICReg/paper: 25 x reg)"
+    )
+    cov_weight: float = Field(
+        0.01, ge=0.0, description="weight of the covariance term (VICReg/paper: 1 x reg)"
+    )
+    pred_loss_reduction: Literal["tokens", "per_target_sum"] = Field(
+        "tokens",
+        description="prediction loss: tokens = mean over every target token of the batch; "
+        "per_target_sum = for each of the K targets the mean over its tokens, summed over "
+        "the K targets (the paper)",
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="encoder/predictor (student only)")
     target_layers: int = Field(
         1, ge=1, description="teacher targets and embeddings: average of the last N blocks"
@@ -52,6 +85,22 @@ class ModelConfig(Config):
         description="tile vector: [max ‖ mean] of token outputs; max_mean_count appends "
         "log(1 + tokens), so that counts are reachable by a probe",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_reg_weight(cls, data: Any) -> Any:
+        """Configs written before the split hold ``reg_weight``, which weighted the variance
+        and the covariance term alike: it maps to ``var_weight = cov_weight = reg_weight``."""
+        if isinstance(data, dict) and "reg_weight" in data:
+            data = dict(data)
+            weight = data.pop("reg_weight")
+            if "var_weight" in data or "cov_weight" in data:
+                raise ValueError(
+                    "reg_weight (older configs) sets both var_weight and cov_weight: "
+                    "give reg_weight or var_weight/cov_weight, not both"
+                )
+            data["var_weight"] = data["cov_weight"] = weight
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -84,8 +133,10 @@ class StepOutput:
 
     loss: torch.Tensor
     pred_loss: torch.Tensor
-    reg_pred: torch.Tensor
-    reg_context: torch.Tensor
+    reg_pred: torch.Tensor  # variance + covariance of the predictions (unweighted)
+    reg_context: torch.Tensor  # variance + covariance of the context outputs (unweighted)
+    var_loss: torch.Tensor  # var_weight × (variance terms): loss = pred + var + cov
+    cov_loss: torch.Tensor  # cov_weight × (covariance terms)
     n_targets: torch.Tensor  # number of real target tokens in the batch
     target_outputs: torch.Tensor  # [B,L,D] target-encoder outputs (for collapse monitors)
     target_valid: torch.Tensor  # [B,L] which of them are real tokens
@@ -147,7 +198,17 @@ def ema_momentum(step: int, total_steps: int, start: float, end: float) -> float
 
 
 def masked_vicreg(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """Variance (hinge on std at 1) + covariance (off-diagonal²/D) over rows where mask is True.
+    """Variance (hinge on std at 1) + covariance (off-diagonal²/D) over rows where mask is True,
+    unweighted (`vicreg_terms` gives the two apart)."""
+    var_loss, cov_loss = vicreg_terms(x, mask, eps)
+    return var_loss + cov_loss
+
+
+def vicreg_terms(
+    x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(variance hinge on the std of each dimension at 1, squared off-diagonal covariance / D)
+    over rows where mask is True.
 
     Padding rows carry zero weight, so the statistics are those of the real tokens only.
     """
@@ -162,7 +223,7 @@ def masked_vicreg(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-4) -> tor
     cov = xc.T @ xc / denom
     d = x.shape[-1]
     off = cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()
-    return var_loss + off / d
+    return var_loss, off / d
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -178,9 +239,11 @@ class GeoJEPA(nn.Module):
 
     ``tokenizer`` maps a batch to tokens (normally a ``TileTokenizer``: ``layout``,
     ``entity_index``, ``image_features`` and ``forward(batch, entities, image_features)``, see
-    there). The EMA target branch is
-    a deep copy of tokenizer, prior and encoder that never receives gradients and always runs in
-    eval mode; ``encode``/``tile_embedding``/``entity_embeddings`` use it (the paper's choice).
+    there). The EMA target branch (``config.ema_scope``) is a deep copy of tokenizer, prior and
+    encoder (``"all"``) or of the encoder only (``"encoder"``, the paper's: the teacher then
+    reads the student's tokenizer and prior, without gradient and in eval mode); it never
+    receives gradients and always runs in eval mode. ``encode``/``tile_embedding``/
+    ``entity_embeddings`` use it (the paper's choice).
     """
 
     def __init__(
@@ -205,26 +268,26 @@ class GeoJEPA(nn.Module):
             config.predictor_depth,
             config.predictor_heads,
             dropout=config.dropout,
+            embed=config.predictor_embed,
         )
         for part in (self.prior, self.encoder, self.predictor):
             part.apply(_init_weights)  # the tokenizer keeps its own initialisation
         # The teacher's tokenizer shares the frozen tensors (tag table, frozen image backbone,
         # constant buffers) with the student's instead of holding copies of them.
-        memo: dict[int, Any] = {id(t): t for _, t in _frozen_tensors(tokenizer)}
-        self.target = nn.ModuleDict(
-            {
-                "tokenizer": copy.deepcopy(tokenizer, memo),
-                "prior": copy.deepcopy(self.prior),
-                "encoder": copy.deepcopy(self.encoder),
-            }
-        )
+        teacher: dict[str, nn.Module] = {}
+        if config.ema_scope == "all":
+            memo: dict[int, Any] = {id(t): t for _, t in _frozen_tensors(tokenizer)}
+            teacher["tokenizer"] = copy.deepcopy(tokenizer, memo)
+            teacher["prior"] = copy.deepcopy(self.prior)
+        teacher["encoder"] = copy.deepcopy(self.encoder)
+        self.target = nn.ModuleDict(teacher)
         self.target.requires_grad_(False)
         self.target.eval()
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
         """``.to()``/``.float()``… convert buffers module by module: tie the shared ones again."""
         super()._apply(fn, recurse)
-        if "target" in self._modules:
+        if "target" in self._modules and "tokenizer" in self.target:
             target = self.target["tokenizer"]
             for name, t in _frozen_tensors(self.tokenizer):
                 owner, _, leaf = name.rpartition(".")
@@ -235,9 +298,9 @@ class GeoJEPA(nn.Module):
 
     # --- EMA -------------------------------------------------------------------------------
     def _pair_ema_tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        online = {"tokenizer": self.tokenizer, "prior": self.prior, "encoder": self.encoder}
         src, dst = [], []
-        for name, module in online.items():
+        for name in self.target:  # ema_scope: the encoder, or tokenizer, prior and encoder
+            module = getattr(self, name)
             t_params = dict(self.target[name].named_parameters())
             for pname, p in module.named_parameters():
                 if p.requires_grad:  # frozen parts (e.g. the tag table) are not averaged
@@ -273,8 +336,14 @@ class GeoJEPA(nn.Module):
         self, batch: Any, plan: StepPlan | None = None, image_features: Any = None
     ) -> tuple[torch.Tensor, TokensLike]:
         entities, packing = (plan.entities, plan.tokens) if plan is not None else (None, None)
-        tok = self.target["tokenizer"](batch, entities, image_features)
-        x = tok.tokens + self.target["prior"](tok.boxes, tok.modality).to(tok.tokens.dtype)
+        if "tokenizer" in self.target:  # ema_scope "all": the teacher's own EMA copies
+            tok = self.target["tokenizer"](batch, entities, image_features)
+            prior = self.target["prior"](tok.boxes, tok.modality)
+        else:  # ema_scope "encoder": the student's tokenizer and prior, as the teacher runs
+            with _evaluating(self.tokenizer):  # no modality dropout for the teacher
+                tok = self.tokenizer(batch, entities, image_features)
+            prior = self.prior(tok.boxes, tok.modality)
+        x = tok.tokens + prior.to(tok.tokens.dtype)
         layers = self.config.target_layers
         h = self.target["encoder"](x, tok.valid, layers=layers, packing=packing)
         h = F.layer_norm(h.float(), (h.shape[-1],))
@@ -373,15 +442,25 @@ class GeoJEPA(nn.Module):
             per_token = F.smooth_l1_loss(pred.float(), target, beta=1.0, reduction="none")
             w = t_valid.to(torch.float32)
             n_t = w.sum()
-            pred_loss = (per_token.mean(-1) * w).sum() / n_t.clamp(min=1)
-            reg_pred = masked_vicreg(pred, t_valid)
-            reg_ctx = masked_vicreg(z, masks.context_valid)
-            loss = pred_loss + self.config.reg_weight * (reg_pred + reg_ctx)
+            per_token = per_token.mean(-1) * w  # [B*K,Lt]
+            if self.config.pred_loss_reduction == "per_target_sum":
+                # the paper: each target's mean over its tokens (in the batch), summed over K
+                per_target = per_token.view(b, k, lt).sum((0, 2))
+                pred_loss = (per_target / w.view(b, k, lt).sum((0, 2)).clamp(min=1)).sum()
+            else:
+                pred_loss = per_token.sum() / n_t.clamp(min=1)
+            var_pred, cov_pred = vicreg_terms(pred, t_valid)
+            var_ctx, cov_ctx = vicreg_terms(z, masks.context_valid)
+            var_loss = self.config.var_weight * (var_pred + var_ctx)
+            cov_loss = self.config.cov_weight * (cov_pred + cov_ctx)
+            loss = pred_loss + var_loss + cov_loss
         return StepOutput(
             loss=loss,
             pred_loss=pred_loss.detach(),
-            reg_pred=reg_pred.detach(),
-            reg_context=reg_ctx.detach(),
+            reg_pred=(var_pred + cov_pred).detach(),
+            reg_context=(var_ctx + cov_ctx).detach(),
+            var_loss=var_loss.detach(),
+            cov_loss=cov_loss.detach(),
             n_targets=n_t.detach(),
             target_outputs=h,
             target_valid=tok.valid,
@@ -394,6 +473,18 @@ class GeoJEPA(nn.Module):
         from geojepa.train.export import load_model
 
         return load_model(path, map_location=map_location)
+
+
+@contextlib.contextmanager
+def _evaluating(module: nn.Module) -> Iterator[None]:
+    """``module`` and its children in eval mode for the block, their modes restored after."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.train(False)
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def _frozen_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:

@@ -1,29 +1,37 @@
 """Context/target masking for JEPA pretraining, vectorised over the batch.
 
-Every sample draws one strategy with exactly the configured probabilities (one uniform number
-per sample through the inverse cumulative distribution; unlike ``torch.multinomial`` this has no
-device→host check), then selects K target sets and a context set
-among its *valid* tokens:
+Every sample (``strategy_per="sample"``, the default) or every batch (``"batch"``, the paper's
+choice: one strategy for the whole batch) draws one strategy with exactly the configured
+probabilities (one uniform number through the inverse cumulative distribution; unlike
+``torch.multinomial`` this has no device→host check), then selects K target sets and a context
+set among its *valid* tokens:
 
-- ``random``: a random ``random_target_fraction`` of the tokens are targets, dealt round-robin
-  into the K targets (so the targets are disjoint);
+- ``random`` with ``random_targets="dealt"`` (default): a random ``random_target_fraction`` of
+  the tokens are targets, dealt round-robin into the K targets (disjoint, each ~fraction/K);
+  with ``"per_target"`` (the paper's): *each* of the K targets is its own random
+  ``random_target_fraction`` of the tokens, so targets may overlap each other and the context
+  is what no target holds (with 0.45 and K = 4 about 0.55⁴ ≈ 9 % of the tokens, so the minimum
+  context repair below usually decides its size);
 - ``contiguous``: K runs of ``contiguous_target_fraction`` of the tokens in token order (runs may
   overlap each other, as I-JEPA's blocks do);
-- ``area``: K axis-aligned rectangles in tile coordinates with an area fraction drawn from
-  ``area_fraction`` and an aspect ratio (w/h, log-uniform) from ``area_aspect``; a token belongs
-  to a rectangle's target iff the centroid of its 4 box corners falls inside it;
+- ``area``: K axis-aligned rectangles in tile coordinates with an area fraction drawn uniformly
+  from ``area_fraction`` (the paper: fixed 0.35, i.e. ``(0.35, 0.35)``) and an aspect ratio
+  (w/h, log-uniform) from ``area_aspect``, placed wholly inside the tile; a token belongs to a
+  rectangle's target iff the centroid of its 4 box corners falls inside it;
 - ``modality``: context = the tokens of one modality (entity vs. image), targets = the tokens of
   the other, dealt into K targets. A tile that lacks one of the two modalities cannot be masked
-  this way and falls back to ``random`` (documented, deterministic given the generator).
+  this way and falls back to ``random`` (documented, deterministic given the generator). A
+  tags-only model has one modality, so for it ``p_modality`` is in effect more ``p_random``;
+  the tags-only presets therefore give modality's share to random explicitly.
 
 The context is every valid token that is in no target, so ``context ∩ targets = ∅`` by
 construction. Two repairs keep each sample useful without ever breaking disjointness:
 
 1. if a sample has no target token at all (e.g. every rectangle fell on empty ground), one random
    context token becomes target 0;
-2. if the context holds fewer than ``ceil(min_context_fraction * n)`` tokens, random target tokens
-   are *removed from every target* and given to the context (never copied), keeping at least one
-   target token.
+2. if the context holds fewer than ``max(1, ceil(min_context_fraction * n))`` tokens, random
+   target tokens are *removed from every target* and given to the context (never copied): the
+   targets shrink, keeping at least one target token in all.
 
 Samples with fewer than 2 valid tokens cannot have both a context and a target: all their valid
 tokens (0 or 1) form the context and they have no target, so they add nothing to the loss.
@@ -38,6 +46,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -48,7 +57,13 @@ STRATEGIES = ("random", "contiguous", "area", "modality")
 
 
 class MaskingConfig(Config):
-    """Masking strategy mix and sizes (defaults: the paper's final mix, DESIGN.md §1.4)."""
+    """Masking strategy mix and sizes.
+
+    Defaults: the paper's strategy mix and target count (DESIGN.md §1.4) with this project's
+    earlier choices for the rest (targets dealt from one random draw, area 0.15–0.35, strategy
+    per sample, min context 0.15); the ``paper-*`` and ``cpu-paper`` presets use the paper's
+    forms. docs/method.md lists every difference.
+    """
 
     p_random: float = Field(0.2, ge=0.0, le=1.0)
     p_contiguous: float = Field(0.0, ge=0.0, le=1.0)
@@ -60,6 +75,15 @@ class MaskingConfig(Config):
     area_fraction: tuple[float, float] = (0.15, 0.35)
     area_aspect: tuple[float, float] = (0.5, 2.0)
     min_context_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    random_targets: Literal["dealt", "per_target"] = Field(
+        "dealt",
+        description="random strategy: dealt = one draw of random_target_fraction split into "
+        "num_targets disjoint targets; per_target = each target draws the fraction on its own "
+        "(the paper; targets may overlap)",
+    )
+    strategy_per: Literal["sample", "batch"] = Field(
+        "sample", description="draw the masking strategy per sample or once per batch (paper)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> MaskingConfig:
@@ -144,14 +168,21 @@ class MaskGenerator:
         cdf = (cdf / cdf[-1]).to(device=dev, dtype=torch.float32)
         cdf[-1] = 2.0  # u < 1 always lands in a bucket; zero-probability buckets are empty
         u = _uniform((b,), gen, dev)
+        if cfg.strategy_per == "batch":  # one strategy for the whole batch
+            u = u[:1].repeat(b)
         strategy = torch.searchsorted(cdf, u, right=True)
         ks = torch.arange(k, device=dev).view(1, k, 1)
 
-        # random: a fraction of the tokens, dealt into k disjoint targets.
+        # random: a fraction of the tokens, dealt into k disjoint targets, or that fraction
+        # drawn for each target on its own (they may overlap).
         n_rand = (nf * cfg.random_target_fraction).ceil().long()
-        rank = _rank(_uniform((b, n_tok), gen, dev), valid)
-        t_random = valid.unsqueeze(1) & (rank < n_rand[:, None]).unsqueeze(1)
-        t_random = t_random & ((rank % k).unsqueeze(1) == ks)
+        if cfg.random_targets == "per_target":
+            rank_k = _rank(_uniform((b, k, n_tok), gen, dev), valid.unsqueeze(1).expand(b, k, -1))
+            t_random = valid.unsqueeze(1) & (rank_k < n_rand[:, None, None])
+        else:
+            rank = _rank(_uniform((b, n_tok), gen, dev), valid)
+            t_random = valid.unsqueeze(1) & (rank < n_rand[:, None]).unsqueeze(1)
+            t_random = t_random & ((rank % k).unsqueeze(1) == ks)
 
         # contiguous: k runs in token order over the valid tokens.
         pos = valid.long().cumsum(-1) - 1  # position among valid tokens
@@ -205,7 +236,8 @@ class MaskGenerator:
         context = valid & ~union
 
         # Repair 2: minimum context, by removing tokens from the targets (never copying).
-        need = (nf * cfg.min_context_fraction).ceil().long().clamp(max=(n - 1).clamp(min=0))
+        need = (nf * cfg.min_context_fraction).ceil().long().clamp(min=1)
+        need = need.minimum((n - 1).clamp(min=0))
         n_union = union.sum(-1)
         deficit = (need - context.sum(-1)).clamp(min=0).minimum((n_union - 1).clamp(min=0))
         urank = _rank(_uniform((b, n_tok), gen, dev), union)

@@ -242,13 +242,30 @@ class Transformer(nn.Module):
 
 
 class Predictor(nn.Module):
-    """Narrow transformer: projects context outputs and mask tokens in, predictions out."""
+    """Narrow transformer: projects context outputs and mask tokens in, predictions out.
+
+    ``embed``: the input projection, ``"linear"`` or ``"mlp"`` (Linear → GELU → Linear, width →
+    pred_width → pred_width, as the paper's predictor has).
+    """
 
     def __init__(
-        self, width: int, pred_width: int, depth: int, heads: int, dropout: float = 0.0
+        self,
+        width: int,
+        pred_width: int,
+        depth: int,
+        heads: int,
+        dropout: float = 0.0,
+        embed: str = "linear",
     ) -> None:
         super().__init__()
-        self.embed = nn.Linear(width, pred_width)
+        if embed == "mlp":
+            self.embed: nn.Module = nn.Sequential(
+                nn.Linear(width, pred_width), nn.GELU(), nn.Linear(pred_width, pred_width)
+            )
+        elif embed == "linear":
+            self.embed = nn.Linear(width, pred_width)
+        else:
+            raise ValueError(f"unknown predictor embed {embed!r} (linear or mlp)")
         self.mask_token = nn.Parameter(torch.zeros(width))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.body = Transformer(pred_width, depth, heads, dropout=dropout)

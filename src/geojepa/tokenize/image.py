@@ -93,6 +93,11 @@ class TimmBackbone(nn.Module):
         patch_size: int = 16,
     ) -> None:
         super().__init__()
+        if checkpoint is None:  # a frozen backbone with random weights would never learn
+            raise ConfigError(
+                f"the frozen image backbone {name!r} needs its pretrained weights: set "
+                "tokenizer.image_checkpoint to a local checkpoint file (nothing is downloaded)"
+            )
         try:
             import timm
         except ImportError:

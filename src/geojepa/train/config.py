@@ -4,8 +4,14 @@ Presets (``PRESETS``):
 
 - ``cpu-small``: a tiny model that trains in minutes on two CPU cores (tests, demo);
 - ``cpu-base``: the CPU recipe chosen on val by ``benchmarks/ablation.py`` (the default);
-- ``paper-t`` / ``paper-gt`` / ``paper-gti``: the paper's settings (DESIGN.md §1.5) with tags
-  only / tags + geometry / tags + geometry + imagery (224 px, 14×14 patches of 16 px).
+- ``cpu-paper``: ``cpu-base``'s size and run length with the paper's method (masking forms,
+  loss reduction, regulariser weights, EMA scope, dropout, predictor MLP): the paper's method
+  at a size a CPU trains, to compare against ``cpu-base``;
+- ``paper-t`` / ``paper-gt`` / ``paper-gti``: the paper's settings (DESIGN.md §1) with tags
+  only / tags + geometry / tags + geometry + imagery (224 px, 14×14 patches of 16 px, frozen
+  timm ViT-B/16: ``paper-gti`` needs ``tokenizer.image_checkpoint``, a local checkpoint).
+
+docs/method.md compares each setting with the paper.
 """
 
 from __future__ import annotations
@@ -132,6 +138,29 @@ class PretrainConfig(Config):
         return type(self).from_dict(data)
 
 
+#: The paper's regulariser: VICReg's 25 : 1 variance : covariance ratio, scaled by its small
+#: regulariser weight (0.01; DESIGN.md §1.5 gives 0.01–0.02).
+PAPER_REG = 0.01
+PAPER_LOSS: dict[str, Any] = {
+    "var_weight": 25 * PAPER_REG,
+    "cov_weight": 1 * PAPER_REG,
+    "pred_loss_reduction": "per_target_sum",
+    "ema_scope": "encoder",
+    "dropout": 0.1,
+    "predictor_embed": "mlp",
+}
+#: The paper's masking forms (the mix is set per preset: modality masking needs images).
+PAPER_MASKING: dict[str, Any] = {
+    "random_target_fraction": 0.45,
+    "random_targets": "per_target",
+    "area_fraction": (0.35, 0.35),
+    "area_aspect": (0.5, 2.0),
+    "num_targets": 4,
+    "min_context_fraction": 0.10,
+    "strategy_per": "batch",
+}
+
+
 def _paper(name: str, use_geometry: bool, use_image: bool) -> dict[str, Any]:
     return {
         "preset": name,
@@ -142,20 +171,27 @@ def _paper(name: str, use_geometry: bool, use_image: bool) -> dict[str, Any]:
             "use_image": use_image,
             "image_size": 224,
             "patch_size": 16,
+            # the paper's frozen ViT-B/16; its weights come from tokenizer.image_checkpoint
+            "image_backbone": "vit_base_patch16_224" if use_image else None,
         },
-        "model": {"width": 384, "depth": 12, "heads": 8, "predictor_width": 256},
+        "model": {
+            "width": 384,
+            "depth": 12,
+            "heads": 8,
+            "predictor_width": 256,
+            "predictor_depth": 4,
+            **PAPER_LOSS,
+        },
         "masking": {
+            # without images modality masking cannot happen: its share goes to random
             "p_random": 0.2 if use_image else 0.4,
             "p_area": 0.6,
             "p_modality": 0.2 if use_image else 0.0,
-            "random_target_fraction": 0.45,
-            "area_fraction": (0.15, 0.35),
-            "num_targets": 4,
-            "min_context_fraction": 0.15,
+            **PAPER_MASKING,
         },
-        # effective batch ~480 tiles (DESIGN.md §1.5)
+        # effective batch 960 tiles, the paper's
         "data": {"batch_size": 48 if use_image else 96},
-        "trainer": {"accumulate_grad_batches": 10 if use_image else 5, "max_epochs": 100},
+        "trainer": {"accumulate_grad_batches": 20 if use_image else 10, "max_epochs": 100},
     }
 
 
@@ -177,7 +213,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "predictor_width": 32,
             "predictor_depth": 2,
             "predictor_heads": 4,
-            "reg_weight": 0.02,
+            "var_weight": 0.02,
+            "cov_weight": 0.02,
         },
         "masking": {"p_random": 0.4, "p_area": 0.6, "p_modality": 0.0},
         "optim": {"lr": 1e-3},
@@ -207,8 +244,9 @@ def _derived(base: dict[str, Any], **sections: Any) -> dict[str, Any]:
 
 
 # The recipe chosen on val by benchmarks/ablation.py (reports/benchmark/ablation-search/):
-# cpu-small made 4x wider and 2x deeper, with the variance/covariance regulariser at the paper's
-# strength. About 2x cpu-small's cost per step on a 2-core CPU.
+# cpu-small made 4x wider and 2x deeper, with the variance and covariance terms both weighted 1.0
+# (the ablation's `reg_weight` 1.0; the paper weights them 0.25 and 0.01). About 2x cpu-small's
+# cost per step on a 2-core CPU.
 PRESETS["cpu-base"] = _derived(
     PRESETS["cpu-small"],
     preset="cpu-base",
@@ -220,19 +258,35 @@ PRESETS["cpu-base"] = _derived(
         "predictor_width": 128,
         "predictor_depth": 2,
         "predictor_heads": 4,
-        "reg_weight": 1.0,
+        "var_weight": 1.0,
+        "cov_weight": 1.0,
     },
     trainer={"max_steps": 600},
+)
+
+# cpu-base's size, batch and run length with the paper's method: what cpu-base is compared with.
+# Tags + geometry (no images), so the paper-t/gt mix (random 0.4, area 0.6). The EMA ramps over
+# the 600 steps, like cpu-base's.
+PRESETS["cpu-paper"] = _derived(
+    PRESETS["cpu-base"],
+    preset="cpu-paper",
+    model={**PRESETS["cpu-base"]["model"], **PAPER_LOSS},
+    masking={"p_random": 0.4, "p_area": 0.6, "p_modality": 0.0, **PAPER_MASKING},
 )
 
 #: What each preset is for (written into the model card).
 PRESET_NOTES: dict[str, str] = {
     "cpu-small": "cpu-small: a tiny model for tests and the demo (64 wide, 2 deep)",
     "cpu-base": "cpu-base: the CPU recipe chosen on val (benchmarks/ablation.py), 256 wide, "
-    "4 deep, reg_weight 1.0, 600 steps; scored once on test in reports/benchmark/",
-    "paper-t": "the paper's settings, tags only",
-    "paper-gt": "the paper's settings, tags + geometry",
-    "paper-gti": "the paper's settings, tags + geometry + imagery",
+    "4 deep, variance and covariance weights 1.0, 600 steps; scored once on test in "
+    "reports/benchmark/",
+    "cpu-paper": "cpu-paper: cpu-base's size and 600 steps with the paper's method (per-target "
+    "random and fixed-area masking per batch, per-target loss sum, variance 0.25 / covariance "
+    "0.01, EMA of the encoder only, dropout 0.1, predictor MLP); docs/method.md",
+    "paper-t": "the paper's settings, tags only (docs/method.md)",
+    "paper-gt": "the paper's settings, tags + geometry (docs/method.md)",
+    "paper-gti": "the paper's settings, tags + geometry + imagery through a frozen ViT-B/16 "
+    "(docs/method.md)",
 }
 
 

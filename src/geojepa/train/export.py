@@ -117,6 +117,13 @@ def model_card(config: PretrainConfig, info: dict[str, Any]) -> str:
     pooling = "[max ‖ mean ‖ log(1 + tokens)]" if counted else "[max ‖ mean]"
     tile_width = 2 * m.width + counted
     targets = f"mean of the last {m.target_layers} blocks" if m.target_layers > 1 else "last block"
+    per_target = m.pred_loss_reduction == "per_target_sum"
+    reduction = "sum over targets of each target's mean" if per_target else "mean over tokens"
+    loss = (f"smooth-L1 to teacher targets ({targets}; {reduction}) + {m.var_weight} × variance "
+            f"+ {m.cov_weight} × covariance")  # fmt: skip
+    ema = "encoder (student's tokenizer, prior)" if m.ema_scope == "encoder" else "all"
+    ema += f", momentum {m.ema_momentum[0]} → {m.ema_momentum[1]}"
+    ema += f" over {m.ema_steps} steps" if m.ema_steps else " over the run"
     return f"""# GeoJEPA model card
 
 Self-supervised embeddings of map tiles and OpenStreetMap entities (GeoJEPA,
@@ -134,7 +141,8 @@ arXiv 2503.05774), trained with `geojepa pretrain`.
 | recipe | {PRESET_NOTES.get(config.preset or "", "custom configuration")} |
 | encoder | width {m.width}, {m.depth} layers, {m.heads} heads, dropout {m.dropout} |
 | predictor | width {m.predictor_width}, {m.predictor_depth} layers |
-| loss | smooth-L1 to teacher targets ({targets}) + {m.reg_weight} × variance/covariance |
+| loss | {loss} |
+| EMA teacher | {ema} |
 | optimiser steps | {info.get("steps", "?")} (epochs: {info.get("epochs", "?")}) |
 | devices | {info.get("devices", "?")} |
 

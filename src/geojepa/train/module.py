@@ -163,13 +163,20 @@ class PretrainModule(L.LightningModule):
         """Loss terms, schedules and collapse monitors (only on logging steps: they sync)."""
         opt = self.optimizers()
         lr = opt.param_groups[0]["lr"] if opt is not None else 0.0
+        loss = out.loss.detach()
         terms = {
-            "train/loss": out.loss.detach(),
+            "train/loss": loss,
             "train/pred_loss": out.pred_loss,
+            "train/var_loss": out.var_loss,  # weighted: loss = pred + var + cov
+            "train/cov_loss": out.cov_loss,
             "train/reg_pred": out.reg_pred,
             "train/reg_context": out.reg_context,
             "train/n_targets": out.n_targets,
         }
+        # each term's share of the loss, so that a run's CSV shows the balance
+        total = loss.clamp(min=1e-12)
+        for name in ("pred", "var", "cov"):
+            terms[f"train/share_{name}"] = terms[f"train/{name}_loss"] / total
         with torch.no_grad():
             h = out.target_outputs[out.target_valid].float()
             if h.shape[0] > 1:
@@ -183,8 +190,14 @@ class PretrainModule(L.LightningModule):
         self.log("sched/weight_decay", wd, batch_size=batch_size)
 
     def _momentum(self) -> float:
+        return self.momentum_at(self.global_step)
+
+    def momentum_at(self, step: int) -> float:
+        """EMA momentum: linear from start to end over ``model.ema_steps`` optimiser steps (default:
+        the whole run), then held at the end value."""
         lo, hi = self.config.model.ema_momentum
-        return ema_momentum(self.global_step, self.total_steps, lo, hi)
+        ramp = self.config.model.ema_steps or self.total_steps
+        return ema_momentum(step, ramp, lo, hi)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure=None):
         wd = weight_decay_at(self.global_step, self.total_steps, self.config.optim)
