@@ -1,21 +1,22 @@
 """What training length buys, on **val** only: probes read at checkpoints along one run.
 
-    .venv/bin/python benchmarks/scaling.py train NAME [--steps 2400] [--every 600] [--corpus]
-        [--set model.reg_weight=0.05 ...] [--threads 1]
+    .venv/bin/python benchmarks/scaling.py train NAME [--preset cpu-base] [--steps 2400]
+        [--every 600] [--corpus] [--set model.var_weight=0.05 ...] [--threads 1]
     .venv/bin/python benchmarks/scaling.py eval NAME [--seeds 1]   # waits for each checkpoint
     .venv/bin/python benchmarks/scaling.py table
 
-``train`` pretrains ``cpu-base`` with the ``--set`` changes for ``--steps`` optimiser steps on
-the benchmark's train blocks (``runs/benchmark/pretrain-data``, as `make benchmark`), plus the
-ten corpus extracts of ``../shared/data/corpus/`` with ``--corpus``, keeping a checkpoint every
-``--every`` steps. ``eval`` (run beside it, on the other core) turns each checkpoint into a
-model directory and evaluates it with the ``benchmark`` probe settings on the **search split**
-(the benchmark's val blocks scored, its test blocks never read), with every baseline, the
-random-weight twin included, so every point has paired intervals. ``table`` writes
-``reports/benchmark/scaling/README.md`` and ``table.csv``: one line per (run, step) with the val
-metric of each task, its verdict against each rival and the CPU-minutes of pretraining up to
-that step. The schedules (learning rate, weight decay, EMA) run over the whole ``--steps``, so
-an early checkpoint is the early part of a long run, not a short run.
+``train`` pretrains ``--preset`` (default ``cpu-base``) with the ``--set`` changes for
+``--steps`` optimiser steps on the benchmark's train blocks (``runs/benchmark/pretrain-data``,
+as `make benchmark`), plus the ten corpus extracts of ``../shared/data/corpus/`` with
+``--corpus``, keeping a checkpoint every ``--every`` steps. ``eval`` (run beside it, on the
+other core) turns each checkpoint into a model directory and evaluates it with the
+``benchmark`` probe settings on the **search split** (the benchmark's val blocks scored, its
+test blocks never read), with every baseline, the random-weight twin included, so every point
+has paired intervals. ``table`` writes ``reports/benchmark/scaling/README.md`` and
+``table.csv``: one line per (run, step) with the val metric of each task, its verdict against
+each rival and the wall minutes of pretraining up to that step. The schedules (learning rate,
+weight decay, EMA) run over the whole ``--steps``, so an early checkpoint is the early part of
+a long run, not a short run.
 """
 
 from __future__ import annotations
@@ -90,12 +91,13 @@ def train(args: argparse.Namespace) -> None:
     data = corpus_dataset(WORK, train_ds) if args.corpus else train_ds
     changes = _parse_sets(args.set)
     changes.setdefault("trainer", {})["checkpoint_every_n_steps"] = args.every
-    config = preset_config("cpu-base").with_overrides(**changes)
+    config = preset_config(args.preset).with_overrides(**changes)
     config = config.replace(preset=f"scaling-{args.name}")
     run = WORK / f"scaling-{args.name}"
     run.mkdir(parents=True, exist_ok=True)
     record = {
         "name": args.name,
+        "preset": args.preset,
         "steps": args.steps,
         "every": args.every,
         "corpus": args.corpus,
@@ -181,7 +183,8 @@ def evaluate_points(args: argparse.Namespace) -> None:
             supervised_seeds=None,
             title=f"Scaling `{args.name}` at step {step} on val (search split)",
             notes=(f"Checkpoint {step} of {record['steps']} of run `{args.name}` "
-                   f"(changes to cpu-base: {json.dumps(record['changes'])}; corpus: "
+                   f"(preset {record.get('preset', 'cpu-base')}, changes: "
+                   f"{json.dumps(record['changes'])}; corpus: "
                    f"{record['corpus']}). Scored on the benchmark's **val** blocks (shown as "
                    "test); the benchmark's test blocks are not read.",),
         )  # fmt: skip
@@ -256,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2400)
     parser.add_argument("--every", type=int, default=600)
     parser.add_argument("--corpus", action="store_true")
+    parser.add_argument("--preset", default="cpu-base")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
