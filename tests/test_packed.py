@@ -91,6 +91,29 @@ def test_packed_and_padded_give_the_same_embeddings(real_batch) -> None:
     model.set_packed(True)
 
 
+def test_skewed_batches_attend_in_length_groups_with_the_same_outputs(real_batch) -> None:
+    """On CPU a skewed batch is attended per group of similar lengths (one padded layout would
+    make every tile pay the longest tile's L²), with the single layout's outputs and gradients;
+    a batch of similar lengths keeps its one layout."""
+    _, batch, _ = real_batch
+    valid = batch.entity_valid
+    p = Packing.from_valid(valid)
+    assert p.groups is not None and len(p.groups.shape) > 1
+    assert 4 * sum(b * n * n for b, n in p.groups.shape) < valid.shape[0] * valid.shape[1] ** 2
+    torch.manual_seed(0)
+    block = Block(32, 4)
+    x = torch.randn(int(valid.sum()), 32, requires_grad=True)
+    single = Packing(p.index, p.seq, p.batch, p.length, p.mask)  # no groups: one [B,L] layout
+    results = []
+    for packing in (p, single):
+        y = block(x, packing)
+        (grad,) = torch.autograd.grad(y.square().sum(), x)
+        results.append((y, grad))
+    (y, grad), (y_one, grad_one) = results
+    assert _rel(y, y_one) <= RTOL and _rel(grad, grad_one) <= RTOL
+    assert Packing.from_valid(torch.ones(5, 7, dtype=torch.bool)).groups is None
+
+
 def test_a_tile_never_attends_to_another_tile(real_batch) -> None:
     """Changing one tile's input changes its own outputs and no other tile's, packed."""
     model, batch, _ = real_batch

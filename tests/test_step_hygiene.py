@@ -73,7 +73,7 @@ def test_training_step_with_a_host_plan_never_waits(model_and_batch, monkeypatch
     model.update_target(0.99)
     assert calls == Counter(), calls
     model(batch, torch.Generator().manual_seed(0))  # the counter does see a plan being made
-    assert calls["tolist"] == 1 and calls["nonzero"] >= 3, calls
+    assert calls["tolist"] >= 1 and calls["nonzero"] >= 3, calls  # CPU: + attention groups
 
 
 def test_a_host_plan_gives_the_same_step(model_and_batch) -> None:

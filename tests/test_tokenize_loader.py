@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from itertools import pairwise
 from types import SimpleNamespace
 
 import numpy as np
@@ -327,8 +328,8 @@ def test_token_budget_batches_cover_every_tile_within_budget(ds_path, vocab) -> 
         batches = list(loader)
         assert Counter(ids_of(batches)) == Counter(all_region_ids(ds_path))
         tokens = [np.maximum(b.entity_valid.sum(1).numpy(), 1) for b in batches]
-        # at most the budget in slots (tiles × longest), unless a single tile is bigger
-        assert all(len(t) * t.max() <= budget or len(t) == 1 for t in tokens)
+        # at most the budget in real tokens, unless a single tile is bigger
+        assert all(t.sum() <= budget or len(t) == 1 for t in tokens)
         assert max(len(b) for b in batches) > 2  # batch_size does not cap a budgeted batch
         # length bucketing: batches are cut from a length-sorted pool, so they are homogeneous
         assert all(np.all(np.diff(t) >= 0) for t in tokens)
@@ -346,13 +347,33 @@ def test_tile_batcher_rules() -> None:
     rng = np.random.default_rng(0)
     counts = np.array([0, 1, 5, 30, 2, 2, 9, 3])
     full, rest = TileBatcher(4, tokens_per_batch=10).split(counts, rng, shuffle=False)
-    # sorted lengths 1,1,2,2,3,5,9,30; a batch holds tiles × longest tile <= 10 slots
-    assert [list(b) for b in full] == [[0, 1, 4, 5], [7, 2], [6], [3]]  # 30 > 10: on its own
+    # sorted lengths 1,1,2,2,3,5,9,30; a batch holds at most 10 real tokens
+    assert [list(b) for b in full] == [[0, 1, 4, 5, 7], [2], [6], [3]]  # 30 > 10: on its own
     assert list(rest) == []
     full, rest = TileBatcher(4, tokens_per_batch=1000).split(counts, rng, shuffle=False)
     assert full == [] and sorted(rest) == list(range(8))  # not full: carried to the next buffer
     with pytest.raises(ConfigError, match="tokens_per_batch"):
         TileBatcher(4, tokens_per_batch=0)
+
+
+def test_token_budget_counts_real_tokens_not_padded_slots() -> None:
+    """The budget bounds the sum of the tiles' lengths (what the packed model computes), not
+    tiles × the batch's longest tile: padding never takes a tile's place in a batch."""
+    from geojepa.tokenize.loader import TileBatcher
+
+    counts = np.array([1] * 8 + [4])  # 8 one-entity tiles and one of 4: 12 real tokens
+    full, rest = TileBatcher(1, tokens_per_batch=12).split(counts, np.random.default_rng(0), False)
+    assert [sorted(b) for b in full] == [list(range(9))] and len(rest) == 0  # not 9 × 4 = 36
+
+    rng = np.random.default_rng(0)
+    counts = np.minimum(rng.zipf(1.6, size=3000), 511)  # heavy-tailed, as OSM tiles are
+    batcher = TileBatcher(1, tokens_per_batch=200)
+    lens = batcher.lengths(counts)
+    full, rest = batcher.split(counts, rng, shuffle=False)
+    for a, b in pairwise(full):
+        assert lens[a].sum() <= 200 or len(a) == 1
+        assert lens[a].sum() + lens[b[0]] > 200  # greedy: the next tile would not have fit
+        assert lens[a].max() <= lens[b].min()  # cut from the length-sorted pool
 
 
 @pytest.mark.parametrize("world,workers", [(2, 1), (3, 2)])

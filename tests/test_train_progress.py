@@ -19,7 +19,7 @@ NOISE = ("GPU available", "TPU available", "Tip", "v_num", "Epoch", "LeafSpec", 
          "max_steps=", "Warning")  # fmt: skip
 LINE = re.compile(
     r"^pretrain step (\d+)/(\d+) \(\d+%\) · loss \d+\.\d{4} · [\d.]+ tiles/s · "
-    r"elapsed \d+:\d\d · ETA \d+:\d\d$"
+    r"\d+ real tokens/s · elapsed \d+:\d\d · ETA \d+:\d\d$"
 )
 
 
@@ -51,6 +51,35 @@ def test_plain_lines_without_a_tty_and_newest_checkpoints_kept(ds, tmp_path, cap
     assert kept == ["last.ckpt", "step=10.ckpt", "step=8.ckpt"]
 
 
+def test_speeds_reach_the_csv_log_and_the_model_card_also_when_silent(ds, tmp_path) -> None:
+    import pandas as pd
+
+    run = pretrain(ds, tmp_path / "run", config=_cfg(4), progress=False)
+    log = pd.concat(pd.read_csv(p) for p in (run / "logs").glob("*/metrics.csv"))
+    speeds = log[["speed/real_tokens_per_s", "speed/tiles_per_s"]].dropna()
+    assert len(speeds) == 4 and (speeds > 0).all().all()  # one row per logging step
+    tokens_per_tile = speeds["speed/real_tokens_per_s"] / speeds["speed/tiles_per_s"]
+    assert tokens_per_tile.between(2, 20).all()  # the synthetic tiles hold 2-20 entities
+    assert re.search(r"training speed \| [\d,]+ real tokens/s, [\d.]+ tiles/s",
+                     (run / "MODEL_CARD.md").read_text())  # fmt: skip
+
+
+def test_real_tokens_of_a_planned_batch_are_its_entities(ds) -> None:
+    from geojepa.data.reader import open_dataset
+    from geojepa.model.jepa import PlannedBatch
+    from geojepa.tokenize.loader import make_dataloader
+    from geojepa.tokenize.tags import TagVocabulary
+    from geojepa.train.export import build_model
+    from geojepa.train.progress import real_tokens
+
+    cfg = _cfg(1)
+    vocab = TagVocabulary.from_dataset(open_dataset(ds))
+    batch = next(iter(make_dataloader(ds, vocab, cfg.tokenizer, 4, True, 0)))
+    model = build_model(cfg, torch.zeros(len(vocab), 384))
+    planned = PlannedBatch(batch, model.plan(batch, torch.Generator().manual_seed(0)))
+    assert real_tokens(planned) == real_tokens(batch) == int(batch.entity_valid.sum()) > 0
+
+
 def test_keep_all_or_only_last(ds, tmp_path, capfd) -> None:
     run = pretrain(ds, tmp_path / "all", config=_cfg(6), keep_checkpoints=-1, progress=False)
     assert len(list((run / "checkpoints").glob("step=*.ckpt"))) == 3
@@ -79,6 +108,11 @@ def test_one_bar_on_a_tty(ds, tmp_path, monkeypatch) -> None:
     text = term.getvalue()
     assert "pretrain" in text and "4/4" in text and "tiles/s" in text and "loss" in text
     assert "pretrain step" not in text  # the bar, not the plain lines
+    assert re.search(
+        r"pretrain done · step 4/4 · loss [\d.]+ · [\d.]+ tiles/s · \d+ real tokens/s · "
+        r"elapsed",
+        text,
+    )  # a summary line once the bar is closed
     for word in NOISE:
         assert word not in text, word
 

@@ -197,7 +197,10 @@ def pretrain(
     max_epochs: int | None = typer.Option(None, help="epochs (overrides the config)"),
     batch_size: int | None = typer.Option(None, help="tiles per device per step"),
     tokens_per_batch: int | None = typer.Option(
-        None, min=1, help="real tokens per device per step, length-bucketed (replaces batch size)"
+        None,
+        min=1,
+        help="real tokens (entities) per device per step, length-bucketed; replaces --batch-size. "
+        "Pick about tiles per step × mean entities per tile (`geojepa info`, 'per tile … mean')",
     ),
     resume: bool = typer.Option(True, help="continue from OUTPUT/checkpoints/last.ckpt"),
     split: Path | None = typer.Option(
@@ -321,7 +324,7 @@ def embed(
         64, min=1, help="tiles per forward pass (only with --tokens-per-batch 0)"
     ),
     tokens_per_batch: int = typer.Option(
-        2048, min=0, help="token slots per forward pass, length-sorted; 0 = --batch-size tiles"
+        2048, min=0, help="real tokens per forward pass, length-sorted; 0 = --batch-size tiles"
     ),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu, cuda, cuda:1"),
     devices: int = typer.Option(

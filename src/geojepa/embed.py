@@ -154,10 +154,11 @@ def _single_shard(ds: TileDataset, shard: int) -> TileDataset:
     return TileDataset(ds.path, ds.config, {**ds.manifest, "shards": [shard]})
 
 
-#: Default budget of token slots per forward pass when embedding (length-sorted batches).
+#: Default budget of real tokens per forward pass when embedding (length-sorted batches).
 #: On CPU 1,024–2,048 ran fastest (cpu-small and cpu-base, Neubrandenburg z16/z17, one
 #: thread: 4,096 was 15–20% slower, 16,384 50% slower: bigger batches spread more lengths
-#: and leave the cache); a GPU likely wants more (`--tokens-per-batch`; not measured).
+#: and leave the cache; measured when the budget counted tiles × longest tile, nearly the
+#: same on length-sorted batches); a GPU likely wants more (`--tokens-per-batch`; not measured).
 EMBED_TOKENS_PER_BATCH = 2048
 
 
@@ -317,7 +318,7 @@ def embed_tiles(
     ``entity_rows``: ``feature`` (one row per feature, unique ``feature_id``; see
     `geojepa.entity_features`) or ``clip`` (one row per (tile, feature) clip, key
     ``(feature_id, region_id)``). ``tokens_per_batch`` batches tiles of similar length up to
-    that many token slots; ``None`` takes ``batch_size`` tiles in dataset order instead. Rows
+    that many real tokens; ``None`` takes ``batch_size`` tiles in dataset order instead. Rows
     come out in dataset order either way. ``devices > 1`` embeds shards in that many processes
     (``cuda:0 …`` when ``device`` is CUDA, else CPU processes sharing the cores); the main
     process writes their results in shard order, so the files are those of one device.

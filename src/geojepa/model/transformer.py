@@ -8,10 +8,13 @@ garbage that every consumer masks out with ``valid``.
 Packed layout (the default, `Packing`): only the real tokens of a batch, ``[N,D]`` with
 ``N = valid.sum()``, go through every Linear, LayerNorm and MLP, so their cost follows real
 tokens, not ``B × L``. Attention stays within a tile: on CPU the packed q/k/v are scattered
-into the padded ``[B,L]`` layout for one dense SDPA with the key-padding mask (measured faster
-on CPU than a block-diagonal mask over ``N × N``, and cheap once batches are length-bucketed,
-see ``tokens_per_batch``); on CUDA, when FlexAttention is available, attention runs on the
-packed sequence itself with a document mask (tokens attend only to tokens of the same tile).
+into padded layouts for dense SDPA with the key-padding mask (measured faster on CPU than a
+block-diagonal mask over ``N × N``): one ``[B,L]`` layout for a batch of similar lengths (see
+``tokens_per_batch``), else one per group of similar lengths (`attention_groups`), since one
+long tile would make every tile of the batch pay ``L²`` (16 random Neubrandenburg tiles with
+one of 511 entities: ~16× the attention work); on CUDA, when FlexAttention is available,
+attention runs on the packed sequence itself with a document mask (tokens attend only to
+tokens of the same tile).
 Both layouts compute the same function; outputs at padding positions are zero when packed.
 """
 
@@ -57,6 +60,7 @@ class Packing:
     length: int
     mask: torch.Tensor  # bool [B,1,1,L]
     block_mask: Any = None
+    groups: AttentionGroups | None = None  # dense attention per length group (None: one)
 
     @classmethod
     def from_valid(cls, valid: torch.Tensor) -> Packing:
@@ -65,12 +69,15 @@ class Packing:
         b, n = valid.shape
         index = valid.reshape(-1).nonzero().squeeze(1)
         seq = torch.div(index, max(n, 1), rounding_mode="floor")
-        return cls(index, seq, b, n, key_mask(valid))
+        groups = attention_groups(valid) if valid.device.type == "cpu" else None
+        return cls(index, seq, b, n, key_mask(valid), groups=groups)
 
     def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Packing:
         """A copy with ``fn`` applied to each tensor (``to``, ``pin_memory``); a FlexAttention
         mask is not copied but rebuilt where it is needed (`for_input`)."""
-        return Packing(fn(self.index), fn(self.seq), self.batch, self.length, fn(self.mask))
+        groups = None if self.groups is None else self.groups.map_tensors(fn)
+        return Packing(fn(self.index), fn(self.seq), self.batch, self.length, fn(self.mask),
+                       groups=groups)  # fmt: skip
 
     def for_input(self, x: torch.Tensor) -> Packing:
         """Self, with the document mask built once when attention will run on FlexAttention."""
@@ -87,6 +94,105 @@ class Packing:
         out = y.new_zeros(self.batch * self.length, *y.shape[1:])
         out.index_copy_(0, self.index, y)
         return out.view(self.batch, self.length, *y.shape[1:])
+
+
+#: Cost of a dense attention over ``b`` tiles padded to ``L`` tokens, ``b·L·(L + 64) + 2048``
+#: (SDPA forward + backward, one CPU thread: ~0.1 µs per score, ~8 µs per padded row and
+#: ~100-300 µs per call), to choose the length groups of `attention_groups`.
+_ROW_COST, _CALL_COST = 64, 2048
+
+
+@dataclass
+class AttentionGroups:
+    """Tiles of similar length, each group attended as one dense ``[b_g, L_g]`` layout.
+
+    Per group: ``gather`` (long ``[b_g·L_g]``: the packed token in each slot, ``N`` for padding,
+    which reads a zero row), ``mask`` (bool ``[b_g,1,1,L_g]``), ``real`` (long: the slots that
+    hold tokens) and its ``shape`` ``(b_g, L_g)``; ``order`` (long ``[N]``): where each packed
+    token's output is in the concatenated real slots of all groups. A tile's tokens keep their
+    packed order, left-aligned; empty tiles belong to no group (they have no tokens).
+    """
+
+    gather: list[torch.Tensor]
+    mask: list[torch.Tensor]
+    real: list[torch.Tensor]
+    shape: list[tuple[int, int]]
+    order: torch.Tensor
+
+    def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> AttentionGroups:
+        return AttentionGroups([fn(t) for t in self.gather], [fn(t) for t in self.mask],
+                               [fn(t) for t in self.real], self.shape, fn(self.order))  # fmt: skip
+
+    def attend(self, qkv: torch.Tensor, heads: int, dropout: float) -> torch.Tensor:
+        """Packed ``qkv [N,3D]`` → attention outputs ``[N,D]`` (each tile attends to itself)."""
+        d3 = qkv.shape[1]
+        d = d3 // 3
+        rows = torch.cat([qkv, qkv.new_zeros(1, d3)])  # row N: the padding slots' zeros
+        outs = []
+        for gather, mask, real, (b, length) in zip(
+            self.gather, self.mask, self.real, self.shape, strict=True
+        ):
+            dense = rows.index_select(0, gather).view(b, length, 3, heads, d // heads)
+            q, k, v = dense.permute(2, 0, 3, 1, 4).unbind(0)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            outs.append(a.transpose(1, 2).reshape(b * length, d).index_select(0, real))
+        return torch.cat(outs).index_select(0, self.order)
+
+
+def _length_groups(lengths: list[int]) -> list[int]:
+    """Cut points of ascending ``lengths`` into runs that minimise the summed dense-attention
+    cost (dynamic programming over the distinct lengths)."""
+    distinct = sorted(set(lengths))
+    count = [lengths.count(v) for v in distinct]  # lengths are few; fine on the host
+    m = len(distinct)
+    best = [0.0] + [float("inf")] * m
+    cut = [0] * (m + 1)
+    for j in range(1, m + 1):
+        top, tiles = distinct[j - 1], 0
+        for i in range(j - 1, -1, -1):
+            tiles += count[i]
+            c = best[i] + tiles * top * (top + _ROW_COST) + _CALL_COST
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    bounds, j = [], m
+    while j > 0:
+        j = cut[j]
+        bounds.append(sum(count[:j]))
+    return [*sorted(bounds)[1:], len(lengths)]  # ends of the runs, in tiles
+
+
+def attention_groups(valid: torch.Tensor) -> AttentionGroups | None:
+    """Length groups for dense attention over the packed tokens of ``valid [B,L]`` (on the
+    host), or None when one ``[B,L]`` layout costs about as little (a length-bucketed batch)."""
+    lengths = valid.sum(1)
+    tiles = lengths.nonzero().squeeze(1)
+    lens = lengths[tiles]
+    if len(tiles) < 2:
+        return None
+    sort = torch.argsort(lens, stable=True)
+    tiles, lens = tiles[sort], lens[sort]
+    ends = _length_groups(lens.tolist())
+    if len(ends) == 1:
+        return None
+    starts = torch.cumsum(lengths, 0) - lengths  # first packed token of each tile
+    n = int(lengths.sum())
+    gather, mask, real, shape, dest = [], [], [], [], []
+    begin = 0
+    for end in ends:
+        g_lens, g_starts = lens[begin:end], starts[tiles[begin:end]]
+        width = int(g_lens[-1])
+        slot = torch.arange(width)
+        ok = slot[None, :] < g_lens[:, None]
+        pos = g_starts[:, None] + slot[None, :]
+        gather.append(torch.where(ok, pos, n).reshape(-1))
+        mask.append(ok[:, None, None, :])
+        real.append(ok.reshape(-1).nonzero().squeeze(1))
+        shape.append((end - begin, width))
+        dest.append(pos[ok])
+        begin = end
+    order = torch.empty(n, dtype=torch.long)
+    order[torch.cat(dest)] = torch.arange(n)
+    return AttentionGroups(gather, mask, real, shape, order)
 
 
 def document_mask(seq: torch.Tensor) -> Any:
@@ -181,6 +287,8 @@ class Block(nn.Module):
             attend = compiled_flex_attention() if q.is_cuda else flex_attention  # CPU: tests
             a = attend(q, k, v, block_mask=p.block_mask)  # [1,h,N,dh]
             a = a.transpose(1, 2).reshape(n, d)
+        elif p.groups is not None:
+            a = p.groups.attend(qkv, h, drop)
         else:
             dense = p.unpack(qkv).view(p.batch, p.length, 3, h, d // h)
             q, k, v = dense.permute(2, 0, 3, 1, 4).unbind(0)

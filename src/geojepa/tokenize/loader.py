@@ -20,7 +20,7 @@ How a pass (epoch) runs:
    ones in the stored map order).
 
 With ``tokens_per_batch`` (token-budget batching, `TileBatcher`), step 2 cuts each buffer,
-sorted by tile length, into batches of at most that many token slots (tiles × longest tile),
+sorted by tile length, into batches of at most that many real tokens (sum of tile lengths),
 and under DDP every rank runs all ranks' plans on the tiles files' entity counts alone to stop
 each worker slot after the same number of *batches* on every rank.
 
@@ -350,10 +350,11 @@ class TileBatcher:
     Fixed size (``tokens_per_batch=None``): runs of ``batch_size`` tiles of the (shuffled)
     buffer, the rest carried over. Token budget: the buffer is sorted by token count (a stable
     sort of the shuffled order, so equal lengths stay in random order), cut greedily into
-    batches of at most ``tokens_per_batch`` token *slots* (tiles × the batch's longest tile, so
-    both the real tokens and the padding of the attention layout are bounded), and the batches
-    are shuffled; the last, unfilled batch is carried over. A tile bigger than the budget forms a
-    batch on its own.
+    batches of at most ``tokens_per_batch`` *real* tokens (the sum of the tiles' `lengths`: the
+    model runs packed, so real tokens are what a step computes; sorting keeps the tiles of a
+    batch of similar length, so the padded attention layout on CPU stays small too), and the
+    batches are shuffled; the last, unfilled batch is carried over. A tile bigger than the
+    budget forms a batch on its own.
     ``batch_size`` is not used in budget mode: the budget decides how many tiles a batch holds.
     """
 
@@ -386,14 +387,14 @@ class TileBatcher:
         lens = self.lengths(ent_count)
         order = order[np.argsort(lens[order], kind="stable")]
         batches: list[np.ndarray] = []
-        start, slots = 0, 0
+        start, tokens = 0, 0
         for i, length in enumerate(lens[order].tolist()):  # ascending lengths
-            if i > start and (i - start + 1) * length > budget:
+            if i > start and tokens + length > budget:
                 batches.append(order[start:i])
-                start = i
-            slots = (i - start + 1) * length  # tiles × longest tile: real tokens + padding
+                start, tokens = i, 0
+            tokens += length  # real tokens of the batch so far
         rest = order[start:]
-        if slots >= budget:  # the last batch is full (or one tile over the budget)
+        if tokens >= budget:  # the last batch is full (or one tile over the budget)
             batches.append(rest)
             rest = order[n:]
         if shuffle and batches:

@@ -98,6 +98,14 @@ def export_model(
     return out
 
 
+def _speed(throughput: dict[str, float] | None) -> str:
+    """``1,234 real tokens/s, 56.7 tiles/s`` (the last training attempt's loop), or ``?``."""
+    if not throughput:
+        return "?"
+    return (f"{throughput['real_tokens_per_s']:,.0f} real tokens/s, "
+            f"{throughput['tiles_per_s']:.1f} tiles/s (last attempt's training loop)")  # fmt: skip
+
+
 def model_card(config: PretrainConfig, info: dict[str, Any]) -> str:
     """A short Markdown card filled from the run."""
     date = info.get("date") or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -145,6 +153,7 @@ arXiv 2503.05774), trained with `geojepa pretrain`.
 | EMA teacher | {ema} |
 | optimiser steps | {info.get("steps", "?")} (epochs: {info.get("epochs", "?")}) |
 | devices | {info.get("devices", "?")} |
+| training speed | {_speed(info.get("throughput"))} |
 
 ## Final training losses
 

@@ -135,7 +135,8 @@ def pretrain(
     complete dataset, vocabulary included, so no tag string of another tile is learnt), which
     the model directory's ``training_data.json`` then names.
     ``progress``: False prints nothing; otherwise a bar on a terminal, else a plain line every
-    few steps (see `geojepa.train.progress`). ``keep_checkpoints``: how many periodic
+    few steps (see `geojepa.train.progress`); either way the real tokens/s and tiles/s go to
+    the CSV log (``speed/…``) and the model card. ``keep_checkpoints``: how many periodic
     checkpoints to keep besides ``last.ckpt`` (the newest ones; -1 keeps all). ``compiled``:
     overrides ``trainer.compile`` (``torch.compile`` of the transformer blocks; also on resume).
     """
@@ -289,9 +290,8 @@ def _pretrain(
         # Batches without imagery leave the image encoder unused: DDP must allow that.
         unused = "_find_unused_parameters_true" if cfg.tokenizer.use_image else ""
         strategy = f"ddp{unused}" if multi else "auto"
-    callbacks: list[Any] = [checkpoints, _stop_on_interrupt_callback()]
-    if progress is not False:
-        callbacks.append(ProgressReport())
+    report = ProgressReport(show=progress is not False)  # also logs the speeds when silent
+    callbacks: list[Any] = [checkpoints, _stop_on_interrupt_callback(), report]
     with quiet_dependencies():  # Lightning talks from Trainer() on
         trainer = L.Trainer(
             default_root_dir=out,
@@ -354,6 +354,7 @@ def _pretrain(
             "epochs": trainer.current_epoch,
             "devices": f"{world} × {trainer.accelerator.__class__.__name__}",
             "final_losses": metrics,
+            "throughput": report.summary(),
         }
         training_data = {"dataset": str(ds.path.resolve()), "n_tiles": n_tiles}
         if ds is not source:
