@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/scaling.py train NAME [--preset cpu-base] [--steps 2400]
         [--every 600] [--corpus] [--set model.var_weight=0.05 ...] [--threads 1]
-    .venv/bin/python benchmarks/scaling.py eval NAME [--seeds 1]   # waits for each checkpoint
+    .venv/bin/python benchmarks/scaling.py eval NAME [--seeds 1] [--at 600,2400]  # waits for them
     .venv/bin/python benchmarks/scaling.py table
 
 ``train`` pretrains ``--preset`` (default ``cpu-base``) with the ``--set`` changes for
@@ -169,7 +169,8 @@ def evaluate_points(args: argparse.Namespace) -> None:
     search = WORK / "search-split.parquet"
     if not search.is_file():
         save_split(search_split(load_split(WORK / "split.parquet")), search)
-    for step in range(record["every"], record["steps"] + 1, record["every"]):
+    steps = range(record["every"], record["steps"] + 1, record["every"])
+    for step in [s for s in steps if not args.at or s in args.at]:
         out = REPORTS / args.name / f"step-{step}"
         if (out / "point.json").is_file():
             continue
@@ -262,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="cpu-base")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument(
+        "--at",
+        type=lambda v: [int(s) for s in v.split(",")],
+        default=None,
+        help="eval: only these checkpoint steps (comma-separated)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     if args.phase == "table":
