@@ -178,11 +178,12 @@ def test_encode_arrays_matches_embed_shard(synthetic: Path) -> None:
 
 def test_supervised_learns_a_visible_label(synthetic: Path, tmp_path: Path) -> None:
     """With nothing removed, "the tile has a tree" is in the tokens: the transformer finds it."""
+    from geojepa.data.tags import TagEntries
     from geojepa.eval.supervised import train_supervised
-    from geojepa.eval.tasks import Task, _per_tile, _Tags
+    from geojepa.eval.tasks import Task, _per_tile
 
     def trees(tiles: pa.Table, entities: pa.Table) -> pd.Series:
-        tags = _Tags.of(entities)
+        tags = TagEntries.of(entities)
         rows = tags.rows_with(tags.key_is("natural")).astype(np.int64)
         return _per_tile(entities, rows, tiles, "max")
 

@@ -29,8 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from geojepa.data.reader import TileDataset, local_to_lonlat, open_dataset
+from geojepa.data.tags import tag_strings
 from geojepa.errors import ConfigError, InputError
-from geojepa.eval.baselines import tag_strings
 from geojepa.io.geoparquet import GeoParquetWriter
 from geojepa.model.jepa import GeoJEPA
 from geojepa.tokenize.loader import TileArrays, TileBatcher, TileStream, collate

@@ -28,8 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from geojepa.data.tags import TagEntries, tag_strings
 from geojepa.errors import InputError
-from geojepa.eval.tasks import ENTITY_INDEX, _Tags
+from geojepa.eval.tasks import ENTITY_INDEX
 
 Level = Literal["tile", "entity"]
 EmbedTexts = Callable[[list[str]], np.ndarray]
@@ -38,14 +39,6 @@ EmbedTexts = Callable[[list[str]], np.ndarray]
 def dummy_features(index: pd.Index) -> pd.DataFrame:
     """A feature frame with no columns: evaluate_embeddings then runs only the dummy probe."""
     return pd.DataFrame(index=index)
-
-
-def tag_strings(entities: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """(entity row of each tag entry, its ``key=value`` string; ``key`` if the value is null)."""
-    tags = _Tags.of(entities)
-    joined = pc.binary_join_element_wise(tags.keys, tags.values, "=")
-    strings = pc.coalesce(joined, tags.keys)
-    return tags.parent, np.asarray(strings.to_numpy(zero_copy_only=False), dtype=object)
 
 
 def _groups(entities: pa.Table, level: Level) -> tuple[np.ndarray, pd.Index]:
@@ -223,7 +216,7 @@ def srai_count_features(
     import geopandas as gpd
     from srai.embedders import CountEmbedder
 
-    tags = _Tags.of(entities)
+    tags = TagEntries.of(entities)
     region = np.asarray(entities.column("region_id").to_numpy(zero_copy_only=False), object)
     feature = np.asarray(entities.column("feature_id").to_numpy(zero_copy_only=False), object)
     keys = np.asarray(tags.keys.to_numpy(zero_copy_only=False), object)
