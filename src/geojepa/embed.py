@@ -55,13 +55,14 @@ def embedding_columns(width: int) -> list[str]:
     return [f"{EMBEDDING_PREFIX}{i}" for i in range(width)]
 
 
-def load_model(model: GeoJEPA | str | Path, device: str | torch.device = "cpu") -> GeoJEPA:
-    """A model directory path or an in-memory GeoJEPA, in eval mode on ``device``."""
+def model_on_device(model: GeoJEPA | str | Path, device: str | torch.device = "cpu") -> GeoJEPA:
+    """A model directory path (loaded with `GeoJEPA.from_pretrained`) or an in-memory GeoJEPA
+    that came from one, in eval mode on ``device`` (InputError for a GeoJEPA without its
+    directory's vocabulary)."""
     device = check_device(device)
     if not isinstance(model, GeoJEPA):
         model = GeoJEPA.from_pretrained(model)
-    if getattr(model, "vocab", None) is None:
-        raise InputError("this GeoJEPA has no tag vocabulary (load it with from_pretrained)")
+    model.require_directory()
     return model.to(device).eval()
 
 
@@ -73,11 +74,11 @@ def model_for(
 ) -> GeoJEPA:
     """The model ready to read ``ds``: loaded, checked against the data it was trained on, and
     (``open_vocabulary``) given text vectors for the tags of ``ds`` it has never seen, instead
-    of reading them through their key or as UNKNOWN (see `tokenize.open_vocab`)."""
-    net = load_model(model, device)
+    of reading them through their key or as UNKNOWN (see `model.open_vocab`)."""
+    net = model_on_device(model, device)
     check_compatible(net, ds)
     if open_vocabulary:
-        from geojepa.tokenize.open_vocab import open_vocabulary as add_unseen
+        from geojepa.model.open_vocab import open_vocabulary as add_unseen
 
         add_unseen(net, ds)
     return net
@@ -100,7 +101,8 @@ def check_device(device: str | torch.device) -> torch.device:
 
 def check_compatible(model: GeoJEPA, ds: TileDataset) -> None:
     """Refuse a dataset the model cannot read the way it was trained."""
-    trained = getattr(model, "dataset_config", None)
+    directory = model.require_directory()
+    trained = directory.dataset_config
     if trained is not None:
         mine = ds.config
         if trained.zoom != mine.zoom:
@@ -117,7 +119,7 @@ def check_compatible(model: GeoJEPA, ds: TileDataset) -> None:
                 f"{ds.path} was built with other tag-filter settings than the model's training "
                 "data: re-run `geojepa prepare` with the same tag filter"
             )
-    tok = model.pretrain_config.tokenizer
+    tok = directory.spec.tokenizer
     if tok.use_image and ds.config.image_size != tok.image_size:
         raise InputError(
             f"{ds.path} has {ds.config.image_size}px images, the model expects {tok.image_size}px"
@@ -223,9 +225,10 @@ def embed_shard(
         ents = entity_transform(ds.read_entities(shard))
     else:  # the tokens come from the cache: read only what the output needs
         ents = ds.read_entities(shard, columns=_ENTITY_COLUMNS[: 4 if entities else 2])
-    tok_cfg = model.pretrain_config.tokenizer
+    directory = model.require_directory()
+    tok_cfg = directory.spec.tokenizer
     stream = TileStream(
-        _single_shard(ds, shard), model.vocab, tok_cfg, batch_size, shuffle=False, seed=0,
+        _single_shard(ds, shard), directory.vocab, tok_cfg, batch_size, shuffle=False, seed=0,
         entity_transform=entity_transform, cache=entity_transform is None,
     )  # fmt: skip
     arrays = stream._load(shard)  # tokenised once (or read from the token cache)

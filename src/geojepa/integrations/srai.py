@@ -155,10 +155,10 @@ class GeoJEPAEmbedder:
     def _load(self) -> GeoJEPA:
         if self._net is not None:
             return self._net
-        from geojepa.embed import load_model
+        from geojepa.embed import model_on_device
 
-        self._net = load_model(self.model, self.device)
-        trained = getattr(self._net, "dataset_config", None)  # from dataset.json
+        self._net = model_on_device(self.model, self.device)
+        trained = self._net.require_directory().dataset_config  # from dataset.json
         if trained is not None:
             self._tag_config = {
                 "tag_filter": trained.tag_filter,
