@@ -19,6 +19,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,9 @@ from geojepa.errors import ConfigError, InputError
 from geojepa.io.geoparquet import GeoParquetWriter
 from geojepa.model.jepa import GeoJEPA
 from geojepa.tokenize.loader import TileArrays, TileBatcher, TileStream, collate
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 EMBEDDING_PREFIX = "emb_"
 TOP_TAGS = 5
@@ -438,6 +442,60 @@ def _init_worker(
 
 def _embed_in_worker(shard: int, options: dict) -> ShardEmbeddings:
     return embed_shard(_WORKER["net"], _WORKER["ds"], shard, **options)  # type: ignore[arg-type]
+
+
+def embed_frames(
+    model: GeoJEPA | str | Path,
+    dataset: str | Path | TileDataset,
+    *,
+    entities: bool,
+    batch_size: int,
+    device: str,
+    progress: bool,
+    open_vocabulary: bool = True,
+    rows: str = "feature",
+) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame | None]:
+    """Tile (and entity) embeddings of a whole dataset, in memory, shard by shard: the frames
+    of `geojepa.embed_tiles`/`embed_entities` without an output (rows in the files' order)."""
+    import geopandas as gpd
+
+    from geojepa.entity_features import FeatureWriter, last_shards
+    from geojepa.io.geoparquet import spatial_order
+
+    ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
+    net = model_for(model, ds, device, open_vocabulary)
+    tiles, tile_geoms, ents, ent_geoms = [], [], [], []
+
+    class Collect:  # the row order of `geojepa embed` files: spatial within each write
+        def write(self, frame: pd.DataFrame, geometry: np.ndarray) -> None:
+            order = spatial_order(geometry)
+            ents.append(frame.iloc[order])
+            ent_geoms.append(np.asarray(geometry)[order])
+
+    pooler = FeatureWriter(Collect(), last_shards(ds)) if entities and rows == "feature" else None
+    bar = tqdm(total=int(ds.manifest.get("n_tiles", 0)) or None, unit="tile", desc="embed",
+               disable=not progress)  # fmt: skip
+    with bar:
+        for shard in ds.shards:
+            part = embed_shard(net, ds, shard, entities=entities, batch_size=batch_size)
+            order = spatial_order(part.tile_geometry)  # the row order of `geojepa embed` files
+            tiles.append(part.tiles.iloc[order])
+            tile_geoms.append(np.asarray(part.tile_geometry)[order])
+            if pooler is not None:
+                pooler.add(shard, part.entities, part.entity_geometry)
+            elif part.entities is not None:
+                Collect().write(part.entities, part.entity_geometry)
+            bar.update(len(part.tiles))
+        if pooler is not None:
+            pooler.finish()
+
+    def frame(parts: list[pd.DataFrame], geoms: list[np.ndarray]) -> gpd.GeoDataFrame:
+        return gpd.GeoDataFrame(
+            pd.concat(parts), geometry=np.concatenate(geoms) if geoms else [], crs="EPSG:4326"
+        )
+
+    tile_frame = frame(tiles, tile_geoms)
+    return tile_frame, (frame(ents, ent_geoms) if entities else None)
 
 
 def _same_path(a: str | Path, b: str | Path) -> bool:
