@@ -46,6 +46,7 @@ import geojepa.embed
 from geojepa.data.reader import TileDataset, open_dataset
 from geojepa.embed import EMBED_TOKENS_PER_BATCH, embed_tiles
 from geojepa.io.geoparquet import GeoParquetWriter
+from geojepa.model.directory import ModelDirectory
 from geojepa.model.jepa import GeoJEPA
 from geojepa.tokenize.loader import TileStream
 from geojepa.tokenize.tags import PAD, UNKNOWN, TagVocabulary
@@ -121,7 +122,7 @@ def main() -> None:
     table = torch.randn(len(vocab), 384)
     table[[PAD, UNKNOWN]] = 0.0
     model = build_model(cfg, table).eval()
-    model.vocab, model.pretrain_config = vocab, cfg
+    model.directory = ModelDirectory.of_run(cfg, vocab)
     n_tiles = int(ds.manifest["n_tiles"])
     counts = np.concatenate([ds.read_tiles(s, columns=["n_entities"]).column(0).to_numpy()
                              for s in ds.shards])  # fmt: skip

@@ -103,6 +103,33 @@ def test_bad_api_inputs(model_and_data, tmp_path: Path) -> None:
         geojepa.prepare_tiles("x.osm.pbf", tmp_path / "out", {"zoom": 99})
 
 
+def test_a_loaded_model_carries_its_directory(model_and_data, tmp_path: Path) -> None:
+    """`load_model` gives the network and what its directory says, typed; `from_pretrained`
+    keeps that record on the network, so `embed_tiles` still refuses data of another zoom."""
+    from geojepa.model import GeoJEPA, LoadedModel, ModelSpec, load_model
+
+    run, ds = model_and_data
+    loaded = load_model(run)
+    assert isinstance(loaded, LoadedModel) and isinstance(loaded.model, GeoJEPA)
+    assert loaded.path == run and not loaded.model.training
+    assert loaded.config == json.loads((run / "config.json").read_text())  # the whole run config
+    assert type(loaded.spec) is ModelSpec
+    assert loaded.spec == PretrainConfig.from_dict(loaded.config).spec()
+    assert loaded.dataset_config == ds.config and loaded.training_data is None
+    assert len(loaded.vocab) == loaded.model.tokenizer.tag_table.shape[0]
+    assert loaded.model.directory is not None and loaded.model.directory.vocab is loaded.vocab
+
+    model = geojepa.GeoJEPA.from_pretrained(run)
+    assert model.require_directory().dataset_config == ds.config
+    other = write_synthetic_dataset(tmp_path / "z15", n_shards=1, zoom=15, seed=1)
+    with pytest.raises(InputError, match=r"zoom 15.*trained on zoom 16"):
+        geojepa.embed_tiles(model, other, progress=False)
+    bare = build_model(loaded.spec, loaded.model.tokenizer.tag_table)  # no directory
+    assert bare.directory is None
+    with pytest.raises(InputError, match="no tag vocabulary"):
+        geojepa.embed_tiles(bare, ds, progress=False)
+
+
 def test_prepare_tiles_from_a_geodataframe(tmp_path: Path) -> None:
     lon, lat = 24.94, 60.17
     gdf = gpd.GeoDataFrame(

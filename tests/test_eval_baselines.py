@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from geojepa.data.tags import tag_strings
 from geojepa.errors import InputError
 from geojepa.eval.baselines import (
     dummy_features,
@@ -13,7 +14,6 @@ from geojepa.eval.baselines import (
     srai_available,
     srai_count_features,
     tag_count_features,
-    tag_strings,
 )
 from geojepa.eval.split import SplitConfig, make_split
 from geojepa.eval.suite import evaluate_baselines, masked_tag_strings

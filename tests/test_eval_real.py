@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geojepa.eval.baselines import tag_strings
+from geojepa.data.tags import tag_strings
 from geojepa.eval.probes import ProbeConfig
 from geojepa.eval.split import SplitConfig, make_split
 from geojepa.eval.suite import evaluate_baselines

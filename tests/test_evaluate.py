@@ -22,6 +22,7 @@ from geojepa.eval import ProbeConfig, SplitConfig, get_task, load_split, make_sp
 from geojepa.eval.evaluate import EvaluateConfig, encode_arrays, evaluate, tokenize_masked
 from geojepa.eval.split import file_sha256
 from geojepa.eval.supervised import SupervisedConfig
+from geojepa.model.directory import ModelDirectory
 from geojepa.tokenize.synthetic import write_synthetic_dataset
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
 from geojepa.train import PretrainConfig, preset_config, pretrain
@@ -158,7 +159,7 @@ def test_encode_arrays_matches_embed_shard(synthetic: Path) -> None:
     vocab = TagVocabulary.from_dataset(ds)
     torch.manual_seed(0)
     model = build_model(cfg, build_tag_table(vocab, "fake", None, embed_fn=fake_embed)).eval()
-    model.vocab, model.pretrain_config = vocab, cfg
+    model.directory = ModelDirectory.of_run(cfg, vocab)
     task = get_task("way_bridge")
     arrays = tokenize_masked([ds], task, vocab, cfg.tokenizer, seed=cfg.trainer.seed)
     tiles, ents = encode_arrays(model, arrays, entities=True, batch_tokens=64)
@@ -178,11 +179,12 @@ def test_encode_arrays_matches_embed_shard(synthetic: Path) -> None:
 
 def test_supervised_learns_a_visible_label(synthetic: Path, tmp_path: Path) -> None:
     """With nothing removed, "the tile has a tree" is in the tokens: the transformer finds it."""
+    from geojepa.data.tags import TagEntries
     from geojepa.eval.supervised import train_supervised
-    from geojepa.eval.tasks import Task, _per_tile, _Tags
+    from geojepa.eval.tasks import Task, _per_tile
 
     def trees(tiles: pa.Table, entities: pa.Table) -> pd.Series:
-        tags = _Tags.of(entities)
+        tags = TagEntries.of(entities)
         rows = tags.rows_with(tags.key_is("natural")).astype(np.int64)
         return _per_tile(entities, rows, tiles, "max")
 
@@ -398,7 +400,7 @@ def test_removed_tags_absent_from_embedded_input(helsinki: tuple[Path, Path]) ->
     dataset, run = helsinki
     ds = open_dataset(dataset)
     model = GeoJEPA.from_pretrained(run)
-    cfg, vocab = model.pretrain_config.tokenizer, model.vocab
+    cfg, vocab = model.directory.spec.tokenizer, model.directory.vocab
     checks = {
         "way_bridge": lambda e: "bridge" in e or e.split("=")[0] == "layer",
         "max_speed": lambda e: "maxspeed" in e.split("=")[0],
@@ -489,16 +491,17 @@ def test_protocol_from_the_cli(synthetic: Path, tmp_path: Path, capsys, monkeypa
     argv = ["pretrain", str(synthetic), "-o", str(run), "--split", str(split_path)]
     assert main([*argv, "--max-steps", "2", "--batch-size", "4"]) == 0
     model = GeoJEPA.from_pretrained(run)
-    assert model.training_data["n_tiles"] == n_train
-    assert model.training_data["subset_of"] == str(synthetic.resolve())
-    trained = open_dataset(model.training_data["dataset"])
+    record = model.directory.training_data
+    assert record["n_tiles"] == n_train
+    assert record["subset_of"] == str(synthetic.resolve())
+    trained = open_dataset(record["dataset"])
     train_ids = set(split.loc[split["split"] == "train", "region_id"])
     assert set(trained.read_tiles(columns=["region_id"]).column("region_id").to_pylist()) == (
         train_ids
     )
 
     build_tag_table(  # the evaluation embeds with the run's table; the baselines need none
-        TagVocabulary.from_dataset(ds), model.pretrain_config.tokenizer.text_model, ds.path,
+        TagVocabulary.from_dataset(ds), model.directory.spec.tokenizer.text_model, ds.path,
         embed_fn=fake_embed,
     )  # fmt: skip
     report = tmp_path / "report"

@@ -13,7 +13,7 @@ from geojepa.data.config import PrepareConfig
 from geojepa.data.prepare import prepare_tiles
 from geojepa.embed import model_for
 from geojepa.model.jepa import GeoJEPA
-from geojepa.tokenize.open_vocab import open_vocabulary, unseen_entries
+from geojepa.model.open_vocab import open_vocabulary, unseen_entries
 from geojepa.tokenize.tags import SPECIALS, TagVocabulary, build_tag_table
 from geojepa.train import PretrainConfig, preset_config, pretrain
 
@@ -32,6 +32,11 @@ def areas(tmp_path_factory, finland_test_pbf, helsinki_pbf):
     return town, city, Path(run)
 
 
+def _vocab(model: GeoJEPA) -> TagVocabulary:
+    """The tag vocabulary a model reads with (its directory's, plus open-vocabulary entries)."""
+    return model.require_directory().vocab
+
+
 def _embed(run: Path, ds, open_vocab: bool) -> np.ndarray:
     import geojepa
 
@@ -42,20 +47,20 @@ def _embed(run: Path, ds, open_vocab: bool) -> np.ndarray:
 def test_unseen_tags_get_their_own_text_vectors(areas):
     _town, city, run = areas
     model = GeoJEPA.from_pretrained(run)
-    old_entries, old_table = list(model.vocab.entries), model.tokenizer.tag_table.clone()
-    new = unseen_entries(model.vocab, city)
+    old_entries, old_table = list(_vocab(model).entries), model.tokenizer.tag_table.clone()
+    new = unseen_entries(_vocab(model), city)
     assert len(new) > 50  # central Helsinki has many tags the small town has not
     assert open_vocabulary(model, city) == len(new)
-    assert model.vocab.entries[: len(old_entries)] == old_entries  # trained rows keep indices
+    assert _vocab(model).entries[: len(old_entries)] == old_entries  # trained rows keep indices
     assert torch.equal(model.tokenizer.tag_table[: len(old_entries)], old_table)
     teacher = model.target["tokenizer"].tag_table  # the EMA teacher encodes at embed time
     assert teacher.shape == model.tokenizer.tag_table.shape
     sample = new[:: max(len(new) // 20, 1)]  # the text model's own vectors, for a sample
     direct = build_tag_table(TagVocabulary([*SPECIALS, *sample]), cache_dir=None)
-    rows = model.tokenizer.tag_table[[model.vocab.index[e] for e in sample]]
+    rows = model.tokenizer.tag_table[[_vocab(model).index[e] for e in sample]]
     torch.testing.assert_close(rows, direct[len(SPECIALS) :])
     tag = next(e for e in new if "=" in e)
-    assert model.vocab.lookup(*tag.split("=", 1)) == model.vocab.index[tag]
+    assert _vocab(model).lookup(*tag.split("=", 1)) == _vocab(model).index[tag]
     assert open_vocabulary(model, city) == 0  # idempotent
 
 
@@ -80,21 +85,21 @@ def test_open_vocabulary_changes_only_tiles_with_unseen_tags(areas):
 
 def test_model_for_can_keep_the_vocabulary_closed(areas):
     _, city, run = areas
-    n = len(GeoJEPA.from_pretrained(run).vocab)
-    assert len(model_for(run, city, open_vocabulary=False).vocab) == n
-    assert len(model_for(run, city).vocab) > n
+    n = len(_vocab(GeoJEPA.from_pretrained(run)))
+    assert len(_vocab(model_for(run, city, open_vocabulary=False))) == n
+    assert len(_vocab(model_for(run, city))) > n
 
 
 def test_evaluation_reads_unseen_tags_like_embed(areas):
     from geojepa.eval.evaluate import EvaluateConfig, _load_networks
 
     _, city, run = areas
-    n = len(GeoJEPA.from_pretrained(run).vocab)
+    n = len(_vocab(GeoJEPA.from_pretrained(run)))
     for flag in (True, False):
         net, twin, _, vocab, table, base = _load_networks(
             run, [city], EvaluateConfig(open_vocabulary=flag), want_random=True
         )
         assert len(base) == n
-        assert (len(vocab) > n) is flag and net.vocab is vocab
+        assert (len(vocab) > n) is flag and _vocab(net) is vocab
         # the random-weights twin reads the same table, unseen rows included
         assert twin.tokenizer.tag_table.shape[0] == table.shape[0] == len(vocab)

@@ -190,10 +190,11 @@ def test_pretrain_learns_and_exports(synthetic_ds: Path, tmp_path: Path) -> None
     assert not model.training and not model.target.training
     # the training data is found from the model directory, not from the card's prose
     n_tiles = open_dataset(synthetic_ds).manifest["n_tiles"]
-    assert model.training_data == {"dataset": str(synthetic_ds.resolve()), "n_tiles": n_tiles}
+    record = model.directory.training_data
+    assert record == {"dataset": str(synthetic_ds.resolve()), "n_tiles": n_tiles}
     # the frozen text table is exported unchanged (it was never trained or decayed)
     vocab = TagVocabulary.load(run / "vocab.json")
-    table = build_tag_table(vocab, model.pretrain_config.tokenizer.text_model, synthetic_ds)
+    table = build_tag_table(vocab, model.directory.spec.tokenizer.text_model, synthetic_ds)
     torch.testing.assert_close(model.tokenizer.tag_table, table)
     torch.testing.assert_close(model.target["tokenizer"].tag_table, table)
     with pytest.raises(OutputError, match="already holds checkpoints"):

@@ -108,64 +108,6 @@ def prepare_tiles(
 # --------------------------------------------------------------------------- embed
 
 
-def _frames(
-    model: GeoJEPA | str | Path,
-    dataset: str | Path | TileDataset,
-    *,
-    entities: bool,
-    batch_size: int,
-    device: str,
-    progress: bool,
-    open_vocabulary: bool = True,
-    rows: str = "feature",
-) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame | None]:
-    """Tile (and entity) embeddings of a whole dataset, in memory, shard by shard."""
-    import geopandas as gpd
-    import numpy as np
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from geojepa.data.reader import TileDataset, open_dataset
-    from geojepa.embed import embed_shard, model_for
-    from geojepa.entity_features import FeatureWriter, last_shards
-    from geojepa.io.geoparquet import spatial_order
-
-    ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
-    net = model_for(model, ds, device, open_vocabulary)
-    tiles, tile_geoms, ents, ent_geoms = [], [], [], []
-
-    class Collect:  # the row order of `geojepa embed` files: spatial within each write
-        def write(self, frame: pd.DataFrame, geometry: np.ndarray) -> None:
-            order = spatial_order(geometry)
-            ents.append(frame.iloc[order])
-            ent_geoms.append(np.asarray(geometry)[order])
-
-    pooler = FeatureWriter(Collect(), last_shards(ds)) if entities and rows == "feature" else None
-    bar = tqdm(total=int(ds.manifest.get("n_tiles", 0)) or None, unit="tile", desc="embed",
-               disable=not progress)  # fmt: skip
-    with bar:
-        for shard in ds.shards:
-            part = embed_shard(net, ds, shard, entities=entities, batch_size=batch_size)
-            order = spatial_order(part.tile_geometry)  # the row order of `geojepa embed` files
-            tiles.append(part.tiles.iloc[order])
-            tile_geoms.append(np.asarray(part.tile_geometry)[order])
-            if pooler is not None:
-                pooler.add(shard, part.entities, part.entity_geometry)
-            elif part.entities is not None:
-                Collect().write(part.entities, part.entity_geometry)
-            bar.update(len(part.tiles))
-        if pooler is not None:
-            pooler.finish()
-
-    def frame(parts: list[pd.DataFrame], geoms: list[np.ndarray]) -> gpd.GeoDataFrame:
-        return gpd.GeoDataFrame(
-            pd.concat(parts), geometry=np.concatenate(geoms) if geoms else [], crs="EPSG:4326"
-        )
-
-    tile_frame = frame(tiles, tile_geoms)
-    return tile_frame, (frame(ents, ent_geoms) if entities else None)
-
-
 def embed_tiles(
     model: GeoJEPA | str | Path,
     dataset: str | Path | TileDataset,
@@ -198,8 +140,10 @@ def embed_tiles(
         )  # fmt: skip
     if entities_output is not None:
         raise _config_error("entities_output needs output (use embed_entities for a frame)")
-    tiles, _ = _frames(model, dataset, entities=False, batch_size=batch_size, device=device,
-                       progress=progress, open_vocabulary=open_vocabulary)  # fmt: skip
+    from geojepa.embed import embed_frames
+
+    tiles, _ = embed_frames(model, dataset, entities=False, batch_size=batch_size, device=device,
+                            progress=progress, open_vocabulary=open_vocabulary)  # fmt: skip
     return tiles
 
 
@@ -226,8 +170,12 @@ def embed_entities(
 
     if rows not in ENTITY_ROWS:
         raise _config_error(f"rows must be {' or '.join(ENTITY_ROWS)}, got {rows!r}")
-    _, ents = _frames(model, dataset, entities=True, batch_size=batch_size, device=device,
-                      progress=progress, open_vocabulary=open_vocabulary, rows=rows)  # fmt: skip
+    from geojepa.embed import embed_frames
+
+    _, ents = embed_frames(
+        model, dataset, entities=True, batch_size=batch_size, device=device, progress=progress,
+        open_vocabulary=open_vocabulary, rows=rows,
+    )  # fmt: skip
     assert ents is not None
     return ents
 

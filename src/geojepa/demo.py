@@ -197,9 +197,9 @@ def fastest_threads(dataset: TileDataset, config: PretrainConfig) -> tuple[int, 
 def _time_steps(dataset: TileDataset, config: PretrainConfig, repeats: int) -> float:
     import torch
 
+    from geojepa.model.jepa import build_model
     from geojepa.tokenize.loader import make_dataloader
     from geojepa.tokenize.tags import TagVocabulary, build_tag_table
-    from geojepa.train.export import build_model
 
     vocab = TagVocabulary.from_dataset(dataset)
     table = build_tag_table(vocab, config.tokenizer.text_model, cache_dir=dataset.path)
@@ -365,7 +365,7 @@ def _run_demo(
         import torch
 
         torch.set_num_threads(int(threads))  # the faster setting; run_demo restores it
-    from geojepa.train.export import CONFIG_FILE, REQUIRED
+    from geojepa.model.directory import CONFIG_FILE, REQUIRED
 
     old_key = dict(stages.state.get("pretrain", {}).get("key", {}))
     old_key.pop("steps", None)

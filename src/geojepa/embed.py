@@ -19,6 +19,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -29,11 +30,14 @@ import torch
 from tqdm.auto import tqdm
 
 from geojepa.data.reader import TileDataset, local_to_lonlat, open_dataset
+from geojepa.data.tags import tag_strings
 from geojepa.errors import ConfigError, InputError
-from geojepa.eval.baselines import tag_strings
 from geojepa.io.geoparquet import GeoParquetWriter
 from geojepa.model.jepa import GeoJEPA
 from geojepa.tokenize.loader import TileArrays, TileBatcher, TileStream, collate
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 EMBEDDING_PREFIX = "emb_"
 TOP_TAGS = 5
@@ -55,13 +59,14 @@ def embedding_columns(width: int) -> list[str]:
     return [f"{EMBEDDING_PREFIX}{i}" for i in range(width)]
 
 
-def load_model(model: GeoJEPA | str | Path, device: str | torch.device = "cpu") -> GeoJEPA:
-    """A model directory path or an in-memory GeoJEPA, in eval mode on ``device``."""
+def model_on_device(model: GeoJEPA | str | Path, device: str | torch.device = "cpu") -> GeoJEPA:
+    """A model directory path (loaded with `GeoJEPA.from_pretrained`) or an in-memory GeoJEPA
+    that came from one, in eval mode on ``device`` (InputError for a GeoJEPA without its
+    directory's vocabulary)."""
     device = check_device(device)
     if not isinstance(model, GeoJEPA):
         model = GeoJEPA.from_pretrained(model)
-    if getattr(model, "vocab", None) is None:
-        raise InputError("this GeoJEPA has no tag vocabulary (load it with from_pretrained)")
+    model.require_directory()
     return model.to(device).eval()
 
 
@@ -73,11 +78,11 @@ def model_for(
 ) -> GeoJEPA:
     """The model ready to read ``ds``: loaded, checked against the data it was trained on, and
     (``open_vocabulary``) given text vectors for the tags of ``ds`` it has never seen, instead
-    of reading them through their key or as UNKNOWN (see `tokenize.open_vocab`)."""
-    net = load_model(model, device)
+    of reading them through their key or as UNKNOWN (see `model.open_vocab`)."""
+    net = model_on_device(model, device)
     check_compatible(net, ds)
     if open_vocabulary:
-        from geojepa.tokenize.open_vocab import open_vocabulary as add_unseen
+        from geojepa.model.open_vocab import open_vocabulary as add_unseen
 
         add_unseen(net, ds)
     return net
@@ -100,7 +105,8 @@ def check_device(device: str | torch.device) -> torch.device:
 
 def check_compatible(model: GeoJEPA, ds: TileDataset) -> None:
     """Refuse a dataset the model cannot read the way it was trained."""
-    trained = getattr(model, "dataset_config", None)
+    directory = model.require_directory()
+    trained = directory.dataset_config
     if trained is not None:
         mine = ds.config
         if trained.zoom != mine.zoom:
@@ -117,7 +123,7 @@ def check_compatible(model: GeoJEPA, ds: TileDataset) -> None:
                 f"{ds.path} was built with other tag-filter settings than the model's training "
                 "data: re-run `geojepa prepare` with the same tag filter"
             )
-    tok = model.pretrain_config.tokenizer
+    tok = directory.spec.tokenizer
     if tok.use_image and ds.config.image_size != tok.image_size:
         raise InputError(
             f"{ds.path} has {ds.config.image_size}px images, the model expects {tok.image_size}px"
@@ -224,9 +230,10 @@ def embed_shard(
         ents = entity_transform(ds.read_entities(shard))
     else:  # the tokens come from the cache: read only what the output needs
         ents = ds.read_entities(shard, columns=_ENTITY_COLUMNS[: 4 if entities else 2])
-    tok_cfg = model.pretrain_config.tokenizer
+    directory = model.require_directory()
+    tok_cfg = directory.spec.tokenizer
     stream = TileStream(
-        _single_shard(ds, shard), model.vocab, tok_cfg, batch_size, shuffle=False, seed=0,
+        _single_shard(ds, shard), directory.vocab, tok_cfg, batch_size, shuffle=False, seed=0,
         entity_transform=entity_transform, cache=entity_transform is None,
     )  # fmt: skip
     arrays = stream._load(shard)  # tokenised once (or read from the token cache)
@@ -436,6 +443,60 @@ def _init_worker(
 
 def _embed_in_worker(shard: int, options: dict) -> ShardEmbeddings:
     return embed_shard(_WORKER["net"], _WORKER["ds"], shard, **options)  # type: ignore[arg-type]
+
+
+def embed_frames(
+    model: GeoJEPA | str | Path,
+    dataset: str | Path | TileDataset,
+    *,
+    entities: bool,
+    batch_size: int,
+    device: str,
+    progress: bool,
+    open_vocabulary: bool = True,
+    rows: str = "feature",
+) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame | None]:
+    """Tile (and entity) embeddings of a whole dataset, in memory, shard by shard: the frames
+    of `geojepa.embed_tiles`/`embed_entities` without an output (rows in the files' order)."""
+    import geopandas as gpd
+
+    from geojepa.entity_features import FeatureWriter, last_shards
+    from geojepa.io.geoparquet import spatial_order
+
+    ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
+    net = model_for(model, ds, device, open_vocabulary)
+    tiles, tile_geoms, ents, ent_geoms = [], [], [], []
+
+    class Collect:  # the row order of `geojepa embed` files: spatial within each write
+        def write(self, frame: pd.DataFrame, geometry: np.ndarray) -> None:
+            order = spatial_order(geometry)
+            ents.append(frame.iloc[order])
+            ent_geoms.append(np.asarray(geometry)[order])
+
+    pooler = FeatureWriter(Collect(), last_shards(ds)) if entities and rows == "feature" else None
+    bar = tqdm(total=int(ds.manifest.get("n_tiles", 0)) or None, unit="tile", desc="embed",
+               disable=not progress)  # fmt: skip
+    with bar:
+        for shard in ds.shards:
+            part = embed_shard(net, ds, shard, entities=entities, batch_size=batch_size)
+            order = spatial_order(part.tile_geometry)  # the row order of `geojepa embed` files
+            tiles.append(part.tiles.iloc[order])
+            tile_geoms.append(np.asarray(part.tile_geometry)[order])
+            if pooler is not None:
+                pooler.add(shard, part.entities, part.entity_geometry)
+            elif part.entities is not None:
+                Collect().write(part.entities, part.entity_geometry)
+            bar.update(len(part.tiles))
+        if pooler is not None:
+            pooler.finish()
+
+    def frame(parts: list[pd.DataFrame], geoms: list[np.ndarray]) -> gpd.GeoDataFrame:
+        return gpd.GeoDataFrame(
+            pd.concat(parts), geometry=np.concatenate(geoms) if geoms else [], crs="EPSG:4326"
+        )
+
+    tile_frame = frame(tiles, tile_geoms)
+    return tile_frame, (frame(ents, ent_geoms) if entities else None)
 
 
 def _same_path(a: str | Path, b: str | Path) -> bool:

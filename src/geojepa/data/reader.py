@@ -74,7 +74,8 @@ def _read_shard(path: Path, columns: list[str] | None) -> pa.Table:
         ) from None
 
 
-#: Files that only a model/run directory holds (`train.export.WEIGHTS_FILE`, `pretrain.CKPT_DIR`).
+#: Files that only a model/run directory holds (`model.directory.WEIGHTS_FILE`,
+#: `pretrain.CKPT_DIR`).
 _MODEL_ENTRIES = ("model.safetensors", "checkpoints", "tag_table.safetensors")
 #: Files that only `prepare` writes: the manifest when done, these while a build is unfinished.
 _BUILD_ENTRIES = (".source.json", ".work")

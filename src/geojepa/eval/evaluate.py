@@ -76,7 +76,7 @@ from geojepa.eval.supervised import SupervisedConfig, train_supervised
 from geojepa.eval.tasks import TASKS, Task, get_task
 from geojepa.eval.uncertainty import bootstrap_intervals
 from geojepa.io.atomic import write_text_atomic
-from geojepa.model.jepa import GeoJEPA
+from geojepa.model.jepa import GeoJEPA, build_model
 from geojepa.tokenize.loader import TileArrays, tokenize_shard
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
 from geojepa.tokenize.tokenizer import TokenizerConfig
@@ -182,20 +182,19 @@ def _log(progress: bool, message: str) -> None:
 def _training_data(model: GeoJEPA) -> tuple[PrepareConfig | None, str | None]:
     """The PrepareConfig of the data the model was pretrained on, and that data's path.
 
-    Both come from the model directory: ``dataset.json`` (``model.dataset_config``) and
-    ``training_data.json`` (``model.training_data``); either is None for runs that lack it.
-    Without a saved config, the training dataset's own config is used if it still exists.
+    Both come from the model directory (``model.directory``): ``dataset.json``
+    (``dataset_config``) and ``training_data.json`` (``training_data``); either is None for
+    runs that lack it. Without a saved config, the training dataset's own config is used if it
+    still exists.
     """
-    cfg = getattr(model, "dataset_config", None)
-    record = getattr(model, "training_data", None) or {}
-    path = record.get("dataset")
-    if not isinstance(cfg, PrepareConfig):
-        cfg = None
-        if path is not None:
-            try:
-                cfg = open_dataset(path).config
-            except InputError:
-                cfg = None
+    directory = model.require_directory()
+    cfg = directory.dataset_config
+    path = (directory.training_data or {}).get("dataset")
+    if cfg is None and path is not None:
+        try:
+            cfg = open_dataset(path).config
+        except InputError:
+            cfg = None
     return cfg, path
 
 
@@ -390,19 +389,19 @@ def _load_networks(
     """(pretrained or None, random-weights twin or None, PretrainConfig, vocab, tag table, the
     run's own vocabulary). With ``open_vocabulary`` the data's unseen tags are appended to the
     pretrained model's vocabulary and table first, so the random twin reads them too."""
-    from geojepa.train.config import preset_config
-    from geojepa.train.export import build_model
+    from geojepa.train.config import PretrainConfig, preset_config
 
     pretrained = None
     if run is not None:
         pretrained = GeoJEPA.from_pretrained(run)
-        base_vocab = pretrained.vocab
+        base_vocab = pretrained.require_directory().vocab
         if config.open_vocabulary:
-            from geojepa.tokenize.open_vocab import open_vocabulary
+            from geojepa.model.open_vocab import open_vocabulary
 
             for ds in datasets:
                 open_vocabulary(pretrained, ds)
-        pcfg, vocab = pretrained.pretrain_config, pretrained.vocab
+        directory = pretrained.require_directory()
+        pcfg, vocab = PretrainConfig.from_dict(directory.config), directory.vocab
         table = pretrained.tokenizer.tag_table.detach().clone()
     else:
         pcfg = preset_config(config.preset)

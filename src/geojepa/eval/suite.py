@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import pandas as pd
 import pyarrow as pa
 
+from geojepa.data.tags import tag_strings
 from geojepa.errors import InputError
 from geojepa.eval.baselines import (
     EmbedTexts,
@@ -20,7 +21,6 @@ from geojepa.eval.baselines import (
     srai_available,
     srai_count_features,
     tag_count_features,
-    tag_strings,
 )
 from geojepa.eval.probes import ProbeConfig, ResultRow, evaluate_embeddings
 from geojepa.eval.tasks import Task

@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from geojepa.data.schema import TAGS_TYPE
+from geojepa.data.tags import TagEntries, arrow_bool
 from geojepa.errors import InputError
 
 TaskKind = Literal["regression", "count", "binary"]
@@ -163,70 +163,7 @@ def _parse_one(text: str) -> float | None:
     return speed
 
 
-# --------------------------------------------------------------------------------------------
-# Flattened tags
-
-
-@dataclass(frozen=True)
-class _Tags:
-    """The tag entries of an entities table: entry i belongs to entity row ``parent[i]``."""
-
-    n_rows: int
-    offsets: np.ndarray  # int64 [n_rows + 1], relative to the first entry
-    parent: np.ndarray  # int64 [n_entries]
-    keys: pa.Array  # string [n_entries]
-    values: pa.Array  # string [n_entries], nullable
-
-    @classmethod
-    def of(cls, entities: pa.Table) -> _Tags:
-        if "tags" not in entities.column_names:
-            raise InputError("entities table has no 'tags' column (see geojepa.data.schema)")
-        column = entities.column("tags")
-        tags = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-        if isinstance(tags, pa.ChunkedArray):  # zero chunks
-            tags = pa.array([], type=TAGS_TYPE)
-        raw = np.asarray(tags.offsets, dtype=np.int64)
-        start, stop = int(raw[0]), int(raw[-1])
-        offsets = raw - start
-        counts = np.diff(offsets)
-        parent = np.repeat(np.arange(len(tags), dtype=np.int64), counts)
-        keys = tags.keys.slice(start, stop - start)
-        values = tags.items.slice(start, stop - start)
-        return cls(len(tags), offsets, parent, keys, values)
-
-    def rows_with(self, entry_mask: np.ndarray) -> np.ndarray:
-        """Bool per entity row: it has at least one entry in ``entry_mask``."""
-        return np.bincount(self.parent[entry_mask], minlength=self.n_rows) > 0
-
-    def key_is(self, key: str) -> np.ndarray:
-        return _np_bool(pc.equal(self.keys, key))
-
-    def value_in(self, values: frozenset[str] | set[str]) -> np.ndarray:
-        return _np_bool(pc.is_in(self.values, value_set=pa.array(sorted(values), pa.string())))
-
-    def key_contains(self, text: str) -> np.ndarray:
-        return _np_bool(pc.match_substring(self.keys, text))
-
-    def value_contains(self, text: str) -> np.ndarray:
-        return _np_bool(pc.match_substring(self.values, text))
-
-    def key_startswith(self, text: str) -> np.ndarray:
-        return _np_bool(pc.starts_with(self.keys, text))
-
-    def value_of(self, key: str) -> np.ndarray:
-        """Object array per entity row: the value of ``key`` (None if absent or key-only)."""
-        out = np.full(self.n_rows, None, dtype=object)
-        mask = self.key_is(key)
-        out[self.parent[mask]] = np.asarray(self.values.filter(pa.array(mask)).to_pylist(), object)
-        return out
-
-
-def _np_bool(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A pyarrow boolean result as numpy, nulls as False."""
-    return np.asarray(pc.fill_null(array, False).to_numpy(zero_copy_only=False), dtype=bool)
-
-
-def _without_entries(entities: pa.Table, tags: _Tags, drop: np.ndarray) -> pa.Table:
+def _without_entries(entities: pa.Table, tags: TagEntries, drop: np.ndarray) -> pa.Table:
     """``entities`` with the tag entries in ``drop`` deleted (rows, order and schema kept)."""
     if not drop.any():
         return entities
@@ -241,7 +178,7 @@ def _without_entries(entities: pa.Table, tags: _Tags, drop: np.ndarray) -> pa.Ta
     return entities.set_column(index, entities.schema.field("tags"), new_tags)
 
 
-def _emptied(tags: _Tags, drop: np.ndarray) -> np.ndarray:
+def _emptied(tags: TagEntries, drop: np.ndarray) -> np.ndarray:
     """Bool per entity row: it had tags and ``drop`` deletes every one of them.
 
     Such rows are dropped by the removals: ``prepare`` never writes an entity without tags, so
@@ -254,7 +191,7 @@ def _emptied(tags: _Tags, drop: np.ndarray) -> np.ndarray:
 
 
 def _is_point(entities: pa.Table) -> np.ndarray:
-    return _np_bool(pc.is_in(entities.column("geom_type"), value_set=pa.array(POINT_TYPES)))
+    return arrow_bool(pc.is_in(entities.column("geom_type"), value_set=pa.array(POINT_TYPES)))
 
 
 def _column_np(entities: pa.Table, name: str) -> np.ndarray:
@@ -265,13 +202,13 @@ def _column_np(entities: pa.Table, name: str) -> np.ndarray:
 # Per-task predicates and removals (module-level: picklable as DataLoader entity_transform)
 
 
-def _signal_points(entities: pa.Table, tags: _Tags) -> np.ndarray:
+def _signal_points(entities: pa.Table, tags: TagEntries) -> np.ndarray:
     """Rows that are traffic-signal points: a (multi)point with ``highway=traffic_signals``."""
     signal = tags.key_is("highway") & tags.value_in({"traffic_signals"})
     return tags.rows_with(signal) & _is_point(entities)
 
 
-def _signal_entries(tags: _Tags) -> np.ndarray:
+def _signal_entries(tags: TagEntries) -> np.ndarray:
     """Tag entries that reveal a signal: ``*traffic_signals*`` in key or value (e.g.
     ``crossing=traffic_signals``, ``traffic_signals:sound=*``), ``crossing:signals=*`` and
     ``button_operated=*`` (only found on signalised crossings)."""
@@ -286,7 +223,7 @@ def _signal_entries(tags: _Tags) -> np.ndarray:
 def remove_traffic_signals(entities: pa.Table) -> pa.Table:
     """Drop the signal points; strip every signal-revealing tag from the other entities (and
     drop those left with no tag)."""
-    tags = _Tags.of(entities)
+    tags = TagEntries.of(entities)
     drop = _signal_entries(tags)
     gone = _signal_points(entities, tags) | _emptied(tags, drop)
     return _without_entries(entities, tags, drop).filter(pa.array(~gone))
@@ -298,22 +235,22 @@ def remove_traffic_signals(entities: pa.Table) -> pa.Table:
 SPEED_SIGN = r"maxspeed|\[\d+(\.\d+)?\]|DE:27[45]|FI:36[1-4]|FI:C3[2-5]"
 
 
-def _maxspeed_entries(tags: _Tags) -> np.ndarray:
+def _maxspeed_entries(tags: TagEntries) -> np.ndarray:
     """Every entry whose key contains "maxspeed" (``maxspeed``, ``maxspeed:*``,
     ``source:maxspeed``, ``zone:maxspeed``, …), and speed-limit ``traffic_sign*`` entries."""
-    speed_sign = _np_bool(pc.match_substring_regex(tags.values, SPEED_SIGN))
+    speed_sign = arrow_bool(pc.match_substring_regex(tags.values, SPEED_SIGN))
     return tags.key_contains("maxspeed") | (tags.key_startswith("traffic_sign") & speed_sign)
 
 
 def remove_maxspeed(entities: pa.Table) -> pa.Table:
     """Strip every ``*maxspeed*`` key and speed-limit traffic sign from every entity (all clips
     of every way included); drop the entities left with no tag."""
-    tags = _Tags.of(entities)
+    tags = TagEntries.of(entities)
     drop = _maxspeed_entries(tags)
     return _without_entries(entities, tags, drop).filter(pa.array(~_emptied(tags, drop)))
 
 
-def _road_speeds(entities: pa.Table, tags: _Tags) -> np.ndarray:
+def _road_speeds(entities: pa.Table, tags: TagEntries) -> np.ndarray:
     """Float per row: parsed legal limit (km/h) of a non-point ``highway=*`` entity, NaN if none.
 
     The maximum over ``MAXSPEED_LABEL_KEYS`` (a road can have different limits per direction).
@@ -336,23 +273,23 @@ def _nan_if_none(value: float | None) -> float:
     return math.nan if value is None else value
 
 
-def _building_rows(tags: _Tags) -> np.ndarray:
+def _building_rows(tags: TagEntries) -> np.ndarray:
     """Rows with any ``building*`` key (``building``, ``building:part``, ``building:levels``…)."""
     return tags.rows_with(tags.key_startswith("building"))
 
 
 def remove_buildings(entities: pa.Table) -> pa.Table:
     """Drop every entity that has a ``building*`` key."""
-    return entities.filter(pa.array(~_building_rows(_Tags.of(entities))))
+    return entities.filter(pa.array(~_building_rows(TagEntries.of(entities))))
 
 
-def _bridge_entries(tags: _Tags) -> np.ndarray:
+def _bridge_entries(tags: TagEntries) -> np.ndarray:
     """Entries that mention a bridge: "bridge" in the key or the value (case-sensitive, so a
     brand like "Bridgestone" is not one), plus every ``layer`` tag (layer>0 marks bridges)."""
     return tags.key_contains("bridge") | tags.value_contains("bridge") | tags.key_is("layer")
 
 
-def _bridge_rows(tags: _Tags) -> np.ndarray:
+def _bridge_rows(tags: TagEntries) -> np.ndarray:
     """Rows that *are* bridges: a ``*bridge*`` key with a value other than "no" (key-only
     entries count), or a value containing "bridge" (``man_made=bridge``)."""
     negative = tags.value_in({"no"})
@@ -363,16 +300,16 @@ def _bridge_rows(tags: _Tags) -> np.ndarray:
 def remove_bridges(entities: pa.Table) -> pa.Table:
     """Strip every ``*bridge*`` key/value and every ``layer`` tag from every entity; an entity
     left with no tag (a ``man_made=bridge`` outline) is dropped, the others stay."""
-    tags = _Tags.of(entities)
+    tags = TagEntries.of(entities)
     drop = _bridge_entries(tags)
     return _without_entries(entities, tags, drop).filter(pa.array(~_emptied(tags, drop)))
 
 
-def _car_road_rows(tags: _Tags) -> np.ndarray:
+def _car_road_rows(tags: TagEntries) -> np.ndarray:
     return tags.rows_with(tags.key_is("highway") & tags.value_in(CAR_ROADS))
 
 
-def _way_rows(entities: pa.Table, tags: _Tags) -> np.ndarray:
+def _way_rows(entities: pa.Table, tags: TagEntries) -> np.ndarray:
     """Non-point transport ways: ``highway=*`` or ``railway=*`` lines/areas (way_bridge rows)."""
     transport = tags.rows_with(tags.key_is("highway") | tags.key_is("railway"))
     return transport & ~_is_point(entities)
@@ -414,40 +351,40 @@ def _per_entity(entities: pa.Table, values: np.ndarray, rows: np.ndarray, tiles:
 
 
 def _labels_traffic_signals(tiles: pa.Table, entities: pa.Table) -> pd.Series:
-    tags = _Tags.of(entities)
+    tags = TagEntries.of(entities)
     return _per_tile(entities, _signal_points(entities, tags).astype(np.int64), tiles, "sum")
 
 
 def _labels_max_speed(tiles: pa.Table, entities: pa.Table) -> pd.Series:
-    speeds = _road_speeds(entities, _Tags.of(entities))
+    speeds = _road_speeds(entities, TagEntries.of(entities))
     return _per_tile(
         entities, speeds, tiles, "max", math.nan
     ).dropna()  # no speed → excluded, not 0
 
 
 def _labels_building_count(tiles: pa.Table, entities: pa.Table) -> pd.Series:
-    rows = _building_rows(_Tags.of(entities)).astype(np.int64)
+    rows = _building_rows(TagEntries.of(entities)).astype(np.int64)
     return _per_tile(entities, rows, tiles, "sum")
 
 
 def _labels_bridge(tiles: pa.Table, entities: pa.Table) -> pd.Series:
-    rows = _bridge_rows(_Tags.of(entities)).astype(np.int64)
+    rows = _bridge_rows(TagEntries.of(entities)).astype(np.int64)
     return _per_tile(entities, rows, tiles, "max")
 
 
 def _labels_car_bridge(tiles: pa.Table, entities: pa.Table) -> pd.Series:
-    tags = _Tags.of(entities)
+    tags = TagEntries.of(entities)
     rows = (_bridge_rows(tags) & _car_road_rows(tags)).astype(np.int64)
     return _per_tile(entities, rows, tiles, "max")
 
 
 def _labels_road_speed(tiles: pa.Table, entities: pa.Table) -> pd.Series:
-    speeds = _road_speeds(entities, _Tags.of(entities))
+    speeds = _road_speeds(entities, TagEntries.of(entities))
     return _per_entity(entities, speeds, ~np.isnan(speeds), tiles)
 
 
 def _labels_way_bridge(tiles: pa.Table, entities: pa.Table) -> pd.Series:
-    tags = _Tags.of(entities)
+    tags = TagEntries.of(entities)
     rows = _way_rows(entities, tags)
     return _per_entity(entities, _bridge_rows(tags).astype(np.int64), rows, tiles)
 

@@ -113,12 +113,11 @@ class GeoJEPAEmbedder:
 
         Indexed by ``region_id`` ``z/x/y`` like ``geojepa embed``'s tile files.
         """
-        import geopandas as gpd
         import shapely
 
-        from geojepa.api import embed_tiles
         from geojepa.data.config import PrepareConfig
         from geojepa.data.prepare import prepare_tiles
+        from geojepa.embed import embed_frames
 
         net = self._load()
         regions = _regions(regions_gdf)
@@ -145,20 +144,20 @@ class GeoJEPAEmbedder:
                 ds = prepare_tiles(inside, Path(tmp) / "tiles", config, progress=self.progress)
             except InputError as exc:
                 raise InputError(f"nothing to embed inside the regions: {exc}") from None
-            tiles = embed_tiles(
-                net, ds, batch_size=self.batch_size, device=self.device, progress=self.progress
-            )
-        assert isinstance(tiles, gpd.GeoDataFrame)
+            tiles, _ = embed_frames(
+                net, ds, entities=False, batch_size=self.batch_size, device=self.device,
+                progress=self.progress,
+            )  # fmt: skip
         return tiles
 
     # ----------------------------------------------------------------------- model
     def _load(self) -> GeoJEPA:
         if self._net is not None:
             return self._net
-        from geojepa.embed import load_model
+        from geojepa.embed import model_on_device
 
-        self._net = load_model(self.model, self.device)
-        trained = getattr(self._net, "dataset_config", None)  # from dataset.json
+        self._net = model_on_device(self.model, self.device)
+        trained = self._net.require_directory().dataset_config  # from dataset.json
         if trained is not None:
             self._tag_config = {
                 "tag_filter": trained.tag_filter,

@@ -19,102 +19,25 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch import nn
 
-from geojepa.config import Config
+from geojepa.errors import InputError
+from geojepa.model.config import ModelConfig, ModelSpec
+from geojepa.model.directory import (
+    CONFIG_FILE,
+    ModelDirectory,
+    load_weights,
+    read_model_directory,
+    read_model_file,
+)
 from geojepa.model.masking import MaskGenerator, MaskingConfig, Masks
 from geojepa.model.prior import PositionPrior
 from geojepa.model.transformer import Packing, Predictor, Transformer
-
-
-class ModelConfig(Config):
-    """Encoder/predictor sizes, EMA schedule and loss weights.
-
-    Defaults: the paper's sizes (DESIGN.md §1.5); the loss, EMA and predictor options default
-    to this project's earlier behaviour, which the ``paper-*`` and ``cpu-paper`` presets change
-    to the paper's. docs/method.md lists every difference.
-    """
-
-    width: int = Field(384, ge=8)
-    depth: int = Field(12, ge=1)
-    heads: int = Field(8, ge=1)
-    mlp_ratio: float = Field(4.0, gt=0.0)
-    predictor_width: int = Field(256, ge=8)
-    predictor_depth: int = Field(4, ge=1)
-    predictor_heads: int = Field(8, ge=1)
-    predictor_embed: Literal["linear", "mlp"] = Field(
-        "linear",
-        description="predictor input projection: linear, or a 2-layer GELU MLP (the paper)",
-    )
-    ema_momentum: tuple[float, float] = (0.99, 0.99999)
-    ema_steps: int | None = Field(
-        None,
-        ge=1,
-        description="optimiser steps of the linear momentum ramp from ema_momentum[0] to [1] "
-        "(then held); None = the whole run",
-    )
-    ema_scope: Literal["all", "encoder"] = Field(
-        "all",
-        description="what the teacher holds as an EMA copy: all = tokenizer, prior and encoder; "
-        "encoder = the encoder only, the teacher reading the student's tokenizer and prior "
-        "(the paper)",
-    )
-    var_weight: float = Field(
-        0.01, ge=0.0, description="weight of the variance hinge (VICReg/paper: 25 x reg)"
-    )
-    cov_weight: float = Field(
-        0.01, ge=0.0, description="weight of the covariance term (VICReg/paper: 1 x reg)"
-    )
-    pred_loss_reduction: Literal["tokens", "per_target_sum"] = Field(
-        "tokens",
-        description="prediction loss: tokens = mean over every target token of the batch; "
-        "per_target_sum = for each of the K targets the mean over its tokens, summed over "
-        "the K targets (the paper)",
-    )
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="encoder/predictor (student only)")
-    target_layers: int = Field(
-        1, ge=1, description="teacher targets and embeddings: average of the last N blocks"
-    )
-    tile_pooling: Literal["max_mean", "max_mean_count"] = Field(
-        "max_mean",
-        description="tile vector: [max ‖ mean] of token outputs; max_mean_count appends "
-        "log(1 + tokens), so that counts are reachable by a probe",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _legacy_reg_weight(cls, data: Any) -> Any:
-        """Configs written before the split hold ``reg_weight``, which weighted the variance
-        and the covariance term alike: it maps to ``var_weight = cov_weight = reg_weight``."""
-        if isinstance(data, dict) and "reg_weight" in data:
-            data = dict(data)
-            weight = data.pop("reg_weight")
-            if "var_weight" in data or "cov_weight" in data:
-                raise ValueError(
-                    "reg_weight (older configs) sets both var_weight and cov_weight: "
-                    "give reg_weight or var_weight/cov_weight, not both"
-                )
-            data["var_weight"] = data["cov_weight"] = weight
-        return data
-
-    @model_validator(mode="after")
-    def _check(self) -> ModelConfig:
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
-        if self.predictor_width % self.predictor_heads:
-            raise ValueError(
-                f"predictor_width {self.predictor_width} must be divisible by "
-                f"predictor_heads {self.predictor_heads}"
-            )
-        lo, hi = self.ema_momentum
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"ema_momentum must satisfy 0 <= start <= end <= 1, got {lo}, {hi}")
-        return self
+from geojepa.tokenize.tokenizer import TileTokenizer
 
 
 class TokensLike(Protocol):
@@ -283,6 +206,9 @@ class GeoJEPA(nn.Module):
         self.target = nn.ModuleDict(teacher)
         self.target.requires_grad_(False)
         self.target.eval()
+        #: What its model directory says about it (vocabulary, run config, training data);
+        #: set by `from_pretrained`, None for a network built in memory.
+        self.directory: ModelDirectory | None = None
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
         """``.to()``/``.float()``… convert buffers module by module: tie the shared ones again."""
@@ -469,10 +395,29 @@ class GeoJEPA(nn.Module):
     # --- persistence -----------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path, map_location: str = "cpu") -> GeoJEPA:
-        """Load a model directory written by ``geojepa pretrain`` (see ``train/export.py``)."""
-        from geojepa.train.export import load_model
+        """Load a model directory written by ``geojepa pretrain`` (see ``model/directory.py``),
+        in eval mode on ``map_location``; ``directory`` holds what the directory says about it.
+        InputError if the directory is incomplete, too new or damaged."""
+        directory, table = read_model_directory(path)
+        model = read_model_file(Path(path) / CONFIG_FILE,
+                                lambda p: build_model(directory.spec, table))  # fmt: skip
+        load_weights(model, path, map_location)
+        model.directory = directory
+        return model.to(map_location).eval()
 
-        return load_model(path, map_location=map_location)
+    def require_directory(self) -> ModelDirectory:
+        """``directory``, or InputError for a network that was not loaded from a model
+        directory (it has no tag vocabulary to read a dataset with)."""
+        if self.directory is None:
+            raise InputError("this GeoJEPA has no tag vocabulary (load it with from_pretrained)")
+        return self.directory
+
+
+def build_model(spec: ModelSpec, tag_table: torch.Tensor) -> GeoJEPA:
+    """A fresh GeoJEPA (its TileTokenizer included, random weights) for ``spec`` (a ModelSpec,
+    or a run config, which is one)."""
+    tokenizer = TileTokenizer(spec.tokenizer, tag_table)
+    return GeoJEPA(spec.model, tokenizer, spec.masking)
 
 
 @contextlib.contextmanager

@@ -23,12 +23,7 @@ from pydantic import Field, model_validator
 
 from geojepa.config import Config
 from geojepa.errors import ConfigError
-from geojepa.model.jepa import ModelConfig
-from geojepa.model.masking import MaskingConfig
-from geojepa.tokenize.tokenizer import TokenizerConfig
-
-#: Version of the model-directory format written by `geojepa.train.export`.
-FORMAT_VERSION = 1
+from geojepa.model.config import ModelSpec
 
 
 class OptimConfig(Config):
@@ -110,25 +105,15 @@ class TrainerConfig(Config):
         return self
 
 
-class PretrainConfig(Config):
-    """One pretraining run. ``model.width`` must equal ``tokenizer.width``."""
+class PretrainConfig(ModelSpec):
+    """One pretraining run: the model's spec (``tokenizer``, ``model``, ``masking``; see
+    `model.config.ModelSpec`, ``model.width`` must equal ``tokenizer.width``) and the run's own
+    sections. Saved as a model directory's ``config.json``."""
 
     preset: str | None = None
-    tokenizer: TokenizerConfig = TokenizerConfig()
-    model: ModelConfig = ModelConfig()
-    masking: MaskingConfig = MaskingConfig()
     optim: OptimConfig = OptimConfig()
     data: DataConfig = DataConfig()
     trainer: TrainerConfig = TrainerConfig()
-
-    @model_validator(mode="after")
-    def _check(self) -> PretrainConfig:
-        if self.model.width != self.tokenizer.width:
-            raise ValueError(
-                f"model.width ({self.model.width}) must equal tokenizer.width "
-                f"({self.tokenizer.width})"
-            )
-        return self
 
     def with_overrides(self, **sections: dict[str, Any]) -> PretrainConfig:
         """A validated copy with some fields of some sections changed (None values ignored)."""

@@ -1,58 +1,62 @@
-"""The model directory: what `geojepa pretrain` leaves for `embed`/`evaluate` and for users.
+"""The model directory, write side: `export_model` and the model card.
 
-Layout (format version ``FORMAT_VERSION``)::
-
-    config.json          the PretrainConfig of the run
-    model.safetensors    every weight except the frozen tag table (no pickle)
-    tag_table.safetensors the frozen text-embedding table (one row per vocabulary entry)
-    vocab.json           the tag vocabulary (TagVocabulary.save)
-    MODEL_CARD.md        data, steps, final losses, date
-    dataset.json         the PrepareConfig of the training data (zoom, tag filter)
-    training_data.json   where the training data lies and how many tiles it held
-    environment.json     geojepa's version and the resolved versions of its dependencies
+The layout, the format version and the reading of a directory (with its checks) are in
+`geojepa.model.directory`, below the training layer, so that `GeoJEPA.from_pretrained` needs
+nothing from here; `load_model` (`geojepa.model.io`) and the file names are re-exported for
+older imports.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from geojepa.data.config import PrepareConfig
 from geojepa.environment import environment
-from geojepa.errors import GeojepaError, InputError
 from geojepa.io.atomic import write_atomic, write_text_atomic
-from geojepa.model.jepa import GeoJEPA
+from geojepa.model.directory import (
+    CARD_FILE,
+    CONFIG_FILE,
+    DATASET_CONFIG_FILE,
+    ENVIRONMENT_FILE,
+    FORMAT_VERSION,
+    REQUIRED,
+    TAG_TABLE_FILE,
+    TRAINING_DATA_FILE,
+    VOCAB_FILE,
+    WEIGHTS_FILE,
+    is_tag_table,
+    read_model_info,
+    read_training_data,
+)
+from geojepa.model.io import LoadedModel, load_model
+from geojepa.model.jepa import GeoJEPA, build_model
 from geojepa.tokenize.tags import DEFAULT_TEXT_MODEL, DEFAULT_TEXT_MODEL_LICENSE, TagVocabulary
-from geojepa.tokenize.tokenizer import TileTokenizer
-from geojepa.train.config import FORMAT_VERSION, PRESET_NOTES, PretrainConfig
+from geojepa.train.config import PRESET_NOTES, PretrainConfig
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-TAG_TABLE_FILE = "tag_table.safetensors"
-VOCAB_FILE = "vocab.json"
-CARD_FILE = "MODEL_CARD.md"
-DATASET_CONFIG_FILE = "dataset.json"  # PrepareConfig of the training data (zoom, tag filter)
-TRAINING_DATA_FILE = "training_data.json"  # {"dataset": path, "n_tiles": N} of the training data
-ENVIRONMENT_FILE = "environment.json"  # geojepa and dependency versions at export
-T = TypeVar("T")
-REQUIRED = (CONFIG_FILE, WEIGHTS_FILE, TAG_TABLE_FILE, VOCAB_FILE)
-
-
-def build_model(config: PretrainConfig, tag_table: torch.Tensor) -> GeoJEPA:
-    """A fresh GeoJEPA (tokenizer included, random weights) for ``config``."""
-    tokenizer = TileTokenizer(config.tokenizer, tag_table)
-    return GeoJEPA(config.model, tokenizer, config.masking)
-
-
-def _is_tag_table(key: str) -> bool:
-    return key.endswith("tag_table")
+__all__ = [
+    "CARD_FILE",
+    "CONFIG_FILE",
+    "DATASET_CONFIG_FILE",
+    "ENVIRONMENT_FILE",
+    "FORMAT_VERSION",
+    "REQUIRED",
+    "TAG_TABLE_FILE",
+    "TRAINING_DATA_FILE",
+    "VOCAB_FILE",
+    "WEIGHTS_FILE",
+    "LoadedModel",
+    "build_model",
+    "export_model",
+    "load_model",
+    "model_card",
+    "read_model_info",
+    "read_training_data",
+]
 
 
 def export_model(
@@ -74,7 +78,7 @@ def export_model(
     config.save(out / CONFIG_FILE)
     state, seen = {}, set()
     for k, v in model.state_dict().items():
-        if _is_tag_table(k):
+        if is_tag_table(k):
             continue
         t = v.detach().cpu().contiguous()
         ptr = t.untyped_storage().data_ptr()
@@ -173,91 +177,3 @@ model = GeoJEPA.from_pretrained("{info.get("name", "RUN")}")
 
 Data: © OpenStreetMap contributors, ODbL.
 """
-
-
-def load_model(path: str | Path, map_location: str = "cpu") -> GeoJEPA:
-    """Rebuild a GeoJEPA from a model directory (InputError if incomplete or too new)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise InputError(f"model directory not found: {path}")
-    missing = [name for name in REQUIRED if not (path / name).exists()]
-    if missing:
-        raise InputError(f"{path} is not a complete geojepa model directory (missing: "
-                         f"{', '.join(missing)})")  # fmt: skip
-    meta = _read_model_file(path / WEIGHTS_FILE, lambda p: _safetensors_metadata(p))
-    try:
-        version = int(meta.get("format_version", "-1"))
-    except ValueError:
-        version = -1
-    if version < 1:
-        raise InputError(f"{path / WEIGHTS_FILE} has no geojepa format version")
-    if version > FORMAT_VERSION:
-        raise InputError(
-            f"{path} was written by a newer geojepa (format {version}; this version reads up "
-            f"to {FORMAT_VERSION}): upgrade geojepa"
-        )
-    config = _read_model_file(path / CONFIG_FILE, PretrainConfig.load)
-    table = _read_model_file(path / TAG_TABLE_FILE, lambda p: load_file(str(p))["tag_table"])
-    vocab = _read_model_file(path / VOCAB_FILE, TagVocabulary.load)
-    if len(vocab) != table.shape[0]:
-        raise InputError(f"{path}: vocabulary ({len(vocab)}) and tag table "
-                         f"({table.shape[0]} rows) do not match")  # fmt: skip
-    model = _read_model_file(path / CONFIG_FILE, lambda p: build_model(config, table))
-    state = _read_model_file(path / WEIGHTS_FILE, lambda p: load_file(str(p), device=map_location))
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # a tensor of the wrong shape
-        first = str(exc).strip().splitlines()[-1].strip()
-        raise InputError(
-            f"{path / WEIGHTS_FILE} does not match {path / CONFIG_FILE} ({first}); the model "
-            "directory is damaged or mixed from two runs: export it again"
-        ) from None
-    bad = [k for k in result.missing_keys if not _is_tag_table(k)] + list(result.unexpected_keys)
-    if bad:
-        raise InputError(f"{path / WEIGHTS_FILE} does not match its config ({bad[:3]} ...)")
-    model.vocab = vocab  # type: ignore[attr-defined]
-    model.pretrain_config = config  # type: ignore[attr-defined]
-    dataset_json = path / DATASET_CONFIG_FILE
-    model.dataset_config = (  # type: ignore[attr-defined]
-        _read_model_file(dataset_json, PrepareConfig.load) if dataset_json.exists() else None
-    )
-    model.training_data = read_training_data(path)  # type: ignore[attr-defined]
-    return model.to(map_location).eval()
-
-
-def read_training_data(path: str | Path) -> dict[str, Any] | None:
-    """``training_data.json`` of a model directory (None if absent: older runs, or not saved)."""
-    file = Path(path) / TRAINING_DATA_FILE
-    if not file.is_file():
-        return None
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {file}: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("dataset"), str):
-        raise InputError(f'{file} does not name its dataset (expected {{"dataset": path}})')
-    return data
-
-
-def read_model_info(path: str | Path) -> dict[str, Any]:
-    """config.json of a model directory as a dict (for `geojepa info`-style tools)."""
-    return json.loads((Path(path) / CONFIG_FILE).read_text())
-
-
-def _safetensors_metadata(path: Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
-
-
-def _read_model_file(path: Path, read: Callable[[Path], T]) -> T:
-    """``read(path)``, with any failure of a damaged file turned into one clear InputError."""
-    try:
-        return read(path)
-    except GeojepaError as exc:
-        raise InputError(f"{path}: {exc}") from None
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise InputError(
-            f"{path} is damaged or not a geojepa model file ({type(exc).__name__}: {first}); "
-            "export or copy the model directory again"
-        ) from None

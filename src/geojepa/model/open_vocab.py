@@ -4,25 +4,27 @@ The tag table holds frozen text vectors of ``key=value`` strings, and the tokeni
 a projection of them; so the text encoder can give a vector to any tag, including one of an
 area (or a language) the model was not trained on. Without this, an unseen tag falls back to its
 key, a key prefix, or UNKNOWN (see `tokenize.tags`). :func:`open_vocabulary` appends the
-dataset's unseen entries to the model's vocabulary and their text vectors to its tag table (in
-memory; the model directory is not changed). The vectors are cached next to the dataset, like
-the training table, so a second embed of the same data does not load the text model.
+dataset's unseen entries to the model's vocabulary (``model.directory.vocab``) and their text
+vectors to its tag table (in memory; the model directory is not changed). The vectors are
+cached next to the dataset, like the training table, so a second embed of the same data does
+not load the text model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
 import torch
 
 from geojepa.errors import InputError
+from geojepa.model.jepa import GeoJEPA
 from geojepa.tokenize.tags import SPECIALS, EmbedFn, TagVocabulary, build_tag_table
 from geojepa.tokenize.tokenizer import TileTokenizer
 
 if TYPE_CHECKING:
     from geojepa.data.reader import TileDataset
-    from geojepa.model.jepa import GeoJEPA
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +41,12 @@ def open_vocabulary(model: GeoJEPA, ds: TileDataset, *, embed_fn: EmbedFn | None
     The model's own rows keep their indices, so tags it was trained on are read exactly as
     before. ``embed_fn`` replaces the model's text encoder (tests, custom encoders).
     """
-    vocab: TagVocabulary | None = getattr(model, "vocab", None)
-    if vocab is None:
-        raise InputError("this GeoJEPA has no tag vocabulary (load it with from_pretrained)")
+    directory = model.require_directory()
+    vocab = directory.vocab
     new = unseen_entries(vocab, ds)
     if not new:
         return 0
-    text_model = model.pretrain_config.tokenizer.text_model
+    text_model = directory.spec.tokenizer.text_model
     try:
         rows = build_tag_table(TagVocabulary([*SPECIALS, *new]), text_model, cache_dir=ds.path,
                                embed_fn=embed_fn)[len(SPECIALS) :]  # fmt: skip
@@ -64,7 +65,7 @@ def open_vocabulary(model: GeoJEPA, ds: TileDataset, *, embed_fn: EmbedFn | None
     for tokenizer in [m for m in model.modules() if isinstance(m, TileTokenizer)]:
         old = tokenizer.tag_table
         tokenizer.tag_table = torch.cat([old, rows.to(old.device, old.dtype)])
-    model.vocab = TagVocabulary([*vocab.entries, *new])  # type: ignore[attr-defined]
+    model.directory = dataclasses.replace(directory, vocab=TagVocabulary([*vocab.entries, *new]))
     log.info("open vocabulary: %d entries of %s added to the model's %d", len(new), ds.path,
              len(vocab))  # fmt: skip
     return len(new)

@@ -1,0 +1,186 @@
+"""The model directory, read side: its files, its format version, and reading it with checks.
+
+What `geojepa pretrain` leaves for `embed`/`evaluate` and for users (format ``FORMAT_VERSION``;
+written by `train.export`)::
+
+    config.json          the run config (train.config.PretrainConfig: a ModelSpec + the run's)
+    model.safetensors    every weight except the frozen tag table (no pickle)
+    tag_table.safetensors the frozen text-embedding table (one row per vocabulary entry)
+    vocab.json           the tag vocabulary (TagVocabulary.save)
+    MODEL_CARD.md        data, steps, final losses, date
+    dataset.json         the PrepareConfig of the training data (zoom, tag filter)
+    training_data.json   where the training data lies and how many tiles it held
+    environment.json     geojepa's version and the resolved versions of its dependencies
+
+A missing or damaged file is one InputError line naming it, never a traceback from safetensors
+or pydantic. Nothing here builds a network: `model.jepa.GeoJEPA.from_pretrained` does, from
+what `read_model_directory` returns.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from geojepa.data.config import PrepareConfig
+from geojepa.errors import GeojepaError, InputError
+from geojepa.model.config import ModelSpec
+from geojepa.tokenize.tags import TagVocabulary
+
+#: Version of the model-directory format (written by `train.export`, read here).
+FORMAT_VERSION = 1
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TAG_TABLE_FILE = "tag_table.safetensors"
+VOCAB_FILE = "vocab.json"
+CARD_FILE = "MODEL_CARD.md"
+DATASET_CONFIG_FILE = "dataset.json"  # PrepareConfig of the training data (zoom, tag filter)
+TRAINING_DATA_FILE = "training_data.json"  # {"dataset": path, "n_tiles": N} of the training data
+ENVIRONMENT_FILE = "environment.json"  # geojepa and dependency versions at export
+REQUIRED = (CONFIG_FILE, WEIGHTS_FILE, TAG_TABLE_FILE, VOCAB_FILE)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ModelDirectory:
+    """What a model directory says about its model, besides the weights.
+
+    ``spec`` is what the network is built from; ``config`` the whole saved run config as a dict
+    (`train.config.PretrainConfig.from_dict` reads it back); ``vocab`` the tag vocabulary whose
+    entries are the rows of the model's tag table (open vocabulary appends to both, in memory);
+    ``dataset_config`` and ``training_data`` describe the training data (None for runs that did
+    not save them). ``path`` is None for a model assembled in memory.
+    """
+
+    spec: ModelSpec
+    config: dict[str, Any]
+    vocab: TagVocabulary
+    dataset_config: PrepareConfig | None = None
+    training_data: dict[str, Any] | None = None
+    path: Path | None = None
+
+    @classmethod
+    def of_run(
+        cls,
+        config: ModelSpec,
+        vocab: TagVocabulary,
+        dataset_config: PrepareConfig | None = None,
+        training_data: dict[str, Any] | None = None,
+    ) -> ModelDirectory:
+        """The record of a model built in memory from ``config`` (a run config or a spec)."""
+        return cls(config.spec(), config.model_dump(mode="json"), vocab, dataset_config,
+                   training_data)  # fmt: skip
+
+
+def read_model_directory(path: str | Path) -> tuple[ModelDirectory, torch.Tensor]:
+    """The record and the tag table [V, D_text] of model directory ``path`` (InputError if
+    incomplete, too new or damaged; the weights are checked for a format version only)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"model directory not found: {path}")
+    missing = [name for name in REQUIRED if not (path / name).exists()]
+    if missing:
+        raise InputError(f"{path} is not a complete geojepa model directory (missing: "
+                         f"{', '.join(missing)})")  # fmt: skip
+    meta = read_model_file(path / WEIGHTS_FILE, _safetensors_metadata)
+    try:
+        version = int(meta.get("format_version", "-1"))
+    except ValueError:
+        version = -1
+    if version < 1:
+        raise InputError(f"{path / WEIGHTS_FILE} has no geojepa format version")
+    if version > FORMAT_VERSION:
+        raise InputError(
+            f"{path} was written by a newer geojepa (format {version}; this version reads up "
+            f"to {FORMAT_VERSION}): upgrade geojepa"
+        )
+    config = read_model_file(path / CONFIG_FILE, _read_json_object)
+    spec = read_model_file(path / CONFIG_FILE, lambda p: ModelSpec.from_run_config(config))
+    table = read_model_file(path / TAG_TABLE_FILE, lambda p: load_file(str(p))["tag_table"])
+    vocab = read_model_file(path / VOCAB_FILE, TagVocabulary.load)
+    if len(vocab) != table.shape[0]:
+        raise InputError(f"{path}: vocabulary ({len(vocab)}) and tag table "
+                         f"({table.shape[0]} rows) do not match")  # fmt: skip
+    dataset_json = path / DATASET_CONFIG_FILE
+    dataset_config = (
+        read_model_file(dataset_json, PrepareConfig.load) if dataset_json.exists() else None
+    )
+    record = ModelDirectory(spec, config, vocab, dataset_config, read_training_data(path), path)
+    return record, table
+
+
+def load_weights(model: nn.Module, path: str | Path, map_location: str = "cpu") -> None:
+    """Load ``model.safetensors`` of directory ``path`` into ``model`` (built from its spec);
+    every weight but the tag table must be there with its shape (InputError if not)."""
+    path = Path(path)
+    state = read_model_file(path / WEIGHTS_FILE, lambda p: load_file(str(p), device=map_location))
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of the wrong shape
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise InputError(
+            f"{path / WEIGHTS_FILE} does not match {path / CONFIG_FILE} ({first}); the model "
+            "directory is damaged or mixed from two runs: export it again"
+        ) from None
+    bad = [k for k in result.missing_keys if not is_tag_table(k)] + list(result.unexpected_keys)
+    if bad:
+        raise InputError(f"{path / WEIGHTS_FILE} does not match its config ({bad[:3]} ...)")
+
+
+def is_tag_table(key: str) -> bool:
+    """Whether a state-dict key is a (frozen) tag table, stored in its own file."""
+    return key.endswith("tag_table")
+
+
+def read_training_data(path: str | Path) -> dict[str, Any] | None:
+    """``training_data.json`` of a model directory (None if absent: older runs, or not saved)."""
+    file = Path(path) / TRAINING_DATA_FILE
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {file}: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("dataset"), str):
+        raise InputError(f'{file} does not name its dataset (expected {{"dataset": path}})')
+    return data
+
+
+def read_model_info(path: str | Path) -> dict[str, Any]:
+    """config.json of a model directory as a dict (for `geojepa info`-style tools)."""
+    return json.loads((Path(path) / CONFIG_FILE).read_text())
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON object expected, not {type(data).__name__}")
+    return data
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+def read_model_file(path: Path, read: Callable[[Path], T]) -> T:
+    """``read(path)``, with any failure of a damaged file turned into one clear InputError."""
+    try:
+        return read(path)
+    except GeojepaError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(
+            f"{path} is damaged or not a geojepa model file ({type(exc).__name__}: {first}); "
+            "export or copy the model directory again"
+        ) from None
