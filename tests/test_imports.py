@@ -22,6 +22,7 @@ PACKAGE = "geojepa"
 LAYERS: dict[str, int] = {
     # -1: helpers every layer may use; they import nothing but each other
     "geojepa.config": -1,  # the typed-config base class
+    "geojepa.constants": -1,  # index names and shared defaults
     "geojepa.errors": -1,  # the error classes
     "geojepa.environment": -1,  # versions of geojepa and its dependencies
     "geojepa.interrupt": -1,  # Ctrl-C / SIGTERM handling

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from geojepa.constants import EMBED_BATCH_SIZE
+
 if TYPE_CHECKING:
     import geopandas as gpd
     import pandas as pd
@@ -114,7 +116,7 @@ def embed_tiles(
     output: str | Path | None = None,
     *,
     entities_output: str | Path | None = None,
-    batch_size: int = 64,
+    batch_size: int = EMBED_BATCH_SIZE,
     device: str = "cpu",
     progress: bool = True,
     open_vocabulary: bool = True,
@@ -151,7 +153,7 @@ def embed_entities(
     model: GeoJEPA | str | Path,
     dataset: str | Path | TileDataset,
     *,
-    batch_size: int = 64,
+    batch_size: int = EMBED_BATCH_SIZE,
     device: str = "cpu",
     progress: bool = True,
     open_vocabulary: bool = True,

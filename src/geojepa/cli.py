@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from geojepa import interrupt
+from geojepa.constants import EMBED_BATCH_SIZE, EMBED_TOKENS_PER_BATCH
 from geojepa.errors import GeojepaError
 
 app = typer.Typer(
@@ -321,10 +322,12 @@ def embed(
         "row per (tile, feature) clip, key (feature_id, region_id)",
     ),
     batch_size: int = typer.Option(
-        64, min=1, help="tiles per forward pass (only with --tokens-per-batch 0)"
+        EMBED_BATCH_SIZE, min=1, help="tiles per forward pass (only with --tokens-per-batch 0)"
     ),
     tokens_per_batch: int = typer.Option(
-        2048, min=0, help="real tokens per forward pass, length-sorted; 0 = --batch-size tiles"
+        EMBED_TOKENS_PER_BATCH,
+        min=0,
+        help="real tokens per forward pass, length-sorted; 0 = --batch-size tiles",
     ),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu, cuda, cuda:1"),
     devices: int = typer.Option(

@@ -29,6 +29,7 @@ import shapely
 import torch
 from tqdm.auto import tqdm
 
+from geojepa import constants
 from geojepa.data.reader import TileDataset, local_to_lonlat, open_dataset
 from geojepa.data.tags import tag_strings
 from geojepa.errors import ConfigError, InputError
@@ -165,7 +166,8 @@ def _single_shard(ds: TileDataset, shard: int) -> TileDataset:
 #: thread: 4,096 was 15–20% slower, 16,384 50% slower: bigger batches spread more lengths
 #: and leave the cache; measured when the budget counted tiles × longest tile, nearly the
 #: same on length-sorted batches); a GPU likely wants more (`--tokens-per-batch`; not measured).
-EMBED_TOKENS_PER_BATCH = 2048
+EMBED_TOKENS_PER_BATCH = constants.EMBED_TOKENS_PER_BATCH
+EMBED_BATCH_SIZE = constants.EMBED_BATCH_SIZE
 
 
 def encode_tiles(
@@ -174,7 +176,7 @@ def encode_tiles(
     *,
     entities: bool = False,
     tokens_per_batch: int | None = EMBED_TOKENS_PER_BATCH,
-    batch_size: int = 64,
+    batch_size: int = EMBED_BATCH_SIZE,
     image_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The one embedding loop (`embed_tiles` and the evaluation both use it).
@@ -220,7 +222,7 @@ def embed_shard(
     shard: int,
     *,
     entities: bool = False,
-    batch_size: int = 64,
+    batch_size: int = EMBED_BATCH_SIZE,
     entity_transform: EntityTransform | None = None,
     tokens_per_batch: int | None = EMBED_TOKENS_PER_BATCH,
 ) -> ShardEmbeddings:
@@ -307,7 +309,7 @@ def embed_tiles(
     output: str | Path,
     *,
     entities_output: str | Path | None = None,
-    batch_size: int = 64,
+    batch_size: int = EMBED_BATCH_SIZE,
     device: str = "cpu",
     entity_transform: EntityTransform | None = None,
     progress: bool = True,

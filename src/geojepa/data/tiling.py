@@ -34,16 +34,6 @@ def merc_to_lonlat(mx: np.ndarray, my: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return lon, lat - 90.0
 
 
-def lonlat_geoms_to_merc(geoms: np.ndarray) -> np.ndarray:
-    """Shapely geometries in EPSG:4326 → Web-Mercator metres."""
-
-    def fn(coords: np.ndarray) -> np.ndarray:
-        mx, my = lonlat_to_merc(coords[:, 0], coords[:, 1])
-        return np.column_stack([mx, my])
-
-    return shapely.transform(geoms, fn)
-
-
 def tile_origin(z: int, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mercator (left, top) of tiles ``(z, x, y)``."""
     size = tile_size(z)

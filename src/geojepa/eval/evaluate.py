@@ -51,7 +51,7 @@ from geojepa.config import Config
 from geojepa.data.combine import MERGE_FIELDS
 from geojepa.data.config import PrepareConfig
 from geojepa.data.reader import TileDataset, open_dataset
-from geojepa.embed import embedding_columns, encode_tiles
+from geojepa.embed import EMBED_TOKENS_PER_BATCH, embedding_columns, encode_tiles
 from geojepa.errors import ConfigError, InputError, OutputError
 from geojepa.eval.baselines import (
     sentence_transformer_embedder,
@@ -109,7 +109,9 @@ class EvaluateConfig(Config):
     tag_count_max_features: int = Field(
         5000, ge=1, description="most frequent tag strings kept by the tag-count baseline"
     )
-    batch_tokens: int = Field(8192, ge=16, description="padded tokens per embedding batch")
+    batch_tokens: int = Field(
+        EMBED_TOKENS_PER_BATCH, ge=16, description="real tokens per embedding batch (as embed)"
+    )
     open_vocabulary: bool = Field(
         True, description="tags the run never saw get their own text vectors, as in `geojepa "
         "embed` (False: read through their key / as unknown)",
@@ -354,7 +356,7 @@ def encode_arrays(
     model: GeoJEPA,
     arrays: TileArrays,
     entities: bool = False,
-    batch_tokens: int = 8192,
+    batch_tokens: int = EMBED_TOKENS_PER_BATCH,
     image_size: int | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Frozen target-encoder embeddings of tokenized tiles (as `embed_shard` computes them).

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from geojepa.constants import EMBED_BATCH_SIZE
 from geojepa.data.features import tags_from_key_columns
 from geojepa.errors import ConfigError, InputError
 
@@ -54,7 +55,7 @@ class GeoJEPAEmbedder:
         self,
         model: GeoJEPA | str | Path,
         zoom: int | None = None,
-        batch_size: int = 64,
+        batch_size: int = EMBED_BATCH_SIZE,
         device: str = "cpu",
         workers: int = 1,
         progress: bool = False,

@@ -155,11 +155,6 @@ def read_training_data(path: str | Path) -> dict[str, Any] | None:
     return data
 
 
-def read_model_info(path: str | Path) -> dict[str, Any]:
-    """config.json of a model directory as a dict (for `geojepa info`-style tools)."""
-    return json.loads((Path(path) / CONFIG_FILE).read_text())
-
-
 def _read_json_object(path: Path) -> dict[str, Any]:
     data = json.loads(path.read_text())
     if not isinstance(data, dict):

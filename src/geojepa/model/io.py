@@ -22,7 +22,6 @@ from geojepa.model.directory import (
     VOCAB_FILE,
     WEIGHTS_FILE,
     ModelDirectory,
-    read_model_info,
     read_training_data,
 )
 from geojepa.model.jepa import GeoJEPA, build_model
@@ -42,7 +41,6 @@ __all__ = [
     "ModelDirectory",
     "build_model",
     "load_model",
-    "read_model_info",
     "read_training_data",
 ]
 

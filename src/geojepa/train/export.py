@@ -30,7 +30,6 @@ from geojepa.model.directory import (
     VOCAB_FILE,
     WEIGHTS_FILE,
     is_tag_table,
-    read_model_info,
     read_training_data,
 )
 from geojepa.model.io import LoadedModel, load_model
@@ -54,7 +53,6 @@ __all__ = [
     "export_model",
     "load_model",
     "model_card",
-    "read_model_info",
     "read_training_data",
 ]
 
