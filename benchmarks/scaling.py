@@ -248,6 +248,9 @@ def table() -> Path:
         _markdown(frame) if len(frame) else "(no point evaluated yet)",
         "",
     ]
+    reading = REPORTS / "reading.md"  # the hand-written reading of the table, kept beside it
+    if reading.is_file():
+        md += [reading.read_text()]
     (REPORTS / "README.md").write_text("\n".join(md))
     print("\n".join(md))
     return REPORTS / "README.md"
