@@ -49,7 +49,8 @@ test-latest:
 	rm -rf .venv-latest
 	$(PYTHON) -m venv .venv-latest
 	.venv-latest/bin/python -m pip install -q torch==2.13.0
-	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
+	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager \
+	    -c requirements/torch-cpu.txt -e '.[dev]'
 	.venv-latest/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip==' > .venv-latest/freeze.txt
 	@# the runtime set only: the build backend (setuptools, wheel) is pinned for the lock's install
 	@diff <(grep '==' $(LOCK) | sed 's/ .*//; s/+cpu//' | tr A-Z_ a-z- | grep -vE '^(setuptools|wheel)==' | sort) \
