@@ -235,6 +235,8 @@ def table() -> Path:
     frame = pd.DataFrame(rows)
     REPORTS.mkdir(parents=True, exist_ok=True)
     frame.to_csv(REPORTS / "table.csv", index=False)
+    if len(frame):
+        plot_curves()
     md = [
         "# Scaling on val: checkpoints along one run (issue 21, part 2)",
         "",
@@ -254,6 +256,55 @@ def table() -> Path:
     (REPORTS / "README.md").write_text("\n".join(md))
     print("\n".join(md))
     return REPORTS / "README.md"
+
+
+def plot_curves() -> Path:
+    """``curves.png``: each task's val metric against pretraining minutes, one line per run,
+    the random-weight twin of each point dotted, the fixed rivals as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    points = []
+    for point_file in sorted(REPORTS.glob("*/step-*/point.json")):
+        point = json.loads(point_file.read_text())
+        frame = pd.read_csv(point_file.parent / "results.csv")
+        chosen = frame[frame["selected"].astype(str) == "True"]
+        for row in chosen.itertuples():
+            points.append({"run": point["name"], "minutes": point["pretrain_minutes"],
+                           "task": row.task, "metric": row.metric, "model": row.model,
+                           "mean": row.mean})  # fmt: skip
+    data = pd.DataFrame(points)
+    tasks = list(dict.fromkeys(data["task"]))
+    cols = 4
+    n_rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(3.4 * cols, 3.0 * n_rows), squeeze=False)
+    for ax in axes.ravel()[len(tasks) :]:
+        ax.axis("off")
+    for ax, task in zip(axes.ravel(), tasks, strict=False):
+        part = data[data["task"] == task]
+        for i, (run, by_run) in enumerate(part.groupby("run")):
+            colour = f"C{i}"
+            for model, style in (("geojepa", "-o"), ("random_init", ":x")):
+                line = by_run[by_run["model"] == model].sort_values("minutes")
+                label = run if model == "geojepa" else f"{run} (random twin)"
+                ax.plot(line["minutes"], line["mean"], style, color=colour, label=label)
+        for rival, colour in (("pooled_text", "k"), ("tag_counts", "grey")):
+            level = part[part["model"] == rival]["mean"]
+            if len(level):
+                ax.axhline(level.iloc[0], color=colour, ls="--", lw=1, label=rival)
+        ax.set_title(f"{task} ({part['metric'].iloc[0]}, val)", fontsize=9)
+        ax.set_xlabel("pretraining minutes (2-core CPU, shared)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    out = REPORTS / "curves.png"
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
