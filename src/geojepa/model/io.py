@@ -10,39 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from geojepa.model.directory import (
-    CARD_FILE,
-    CONFIG_FILE,
-    DATASET_CONFIG_FILE,
-    ENVIRONMENT_FILE,
-    FORMAT_VERSION,
-    REQUIRED,
-    TAG_TABLE_FILE,
-    TRAINING_DATA_FILE,
-    VOCAB_FILE,
-    WEIGHTS_FILE,
-    ModelDirectory,
-    read_training_data,
-)
-from geojepa.model.jepa import GeoJEPA, build_model
+from geojepa.model.directory import ModelDirectory
+from geojepa.model.jepa import GeoJEPA
 
-__all__ = [
-    "CARD_FILE",
-    "CONFIG_FILE",
-    "DATASET_CONFIG_FILE",
-    "ENVIRONMENT_FILE",
-    "FORMAT_VERSION",
-    "REQUIRED",
-    "TAG_TABLE_FILE",
-    "TRAINING_DATA_FILE",
-    "VOCAB_FILE",
-    "WEIGHTS_FILE",
-    "LoadedModel",
-    "ModelDirectory",
-    "build_model",
-    "load_model",
-    "read_training_data",
-]
+__all__ = ["LoadedModel", "load_model"]
 
 
 @dataclass(frozen=True, kw_only=True)

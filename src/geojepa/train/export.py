@@ -2,8 +2,7 @@
 
 The layout, the format version and the reading of a directory (with its checks) are in
 `geojepa.model.directory`, below the training layer, so that `GeoJEPA.from_pretrained` needs
-nothing from here; `load_model` (`geojepa.model.io`) and the file names are re-exported for
-older imports.
+nothing from here; `build_model` and `load_model` are re-exported for older imports.
 """
 
 from __future__ import annotations
@@ -24,37 +23,18 @@ from geojepa.model.directory import (
     DATASET_CONFIG_FILE,
     ENVIRONMENT_FILE,
     FORMAT_VERSION,
-    REQUIRED,
     TAG_TABLE_FILE,
     TRAINING_DATA_FILE,
     VOCAB_FILE,
     WEIGHTS_FILE,
     is_tag_table,
-    read_training_data,
 )
 from geojepa.model.io import LoadedModel, load_model
 from geojepa.model.jepa import GeoJEPA, build_model
 from geojepa.tokenize.tags import DEFAULT_TEXT_MODEL, DEFAULT_TEXT_MODEL_LICENSE, TagVocabulary
 from geojepa.train.config import PRESET_NOTES, PretrainConfig
 
-__all__ = [
-    "CARD_FILE",
-    "CONFIG_FILE",
-    "DATASET_CONFIG_FILE",
-    "ENVIRONMENT_FILE",
-    "FORMAT_VERSION",
-    "REQUIRED",
-    "TAG_TABLE_FILE",
-    "TRAINING_DATA_FILE",
-    "VOCAB_FILE",
-    "WEIGHTS_FILE",
-    "LoadedModel",
-    "build_model",
-    "export_model",
-    "load_model",
-    "model_card",
-    "read_training_data",
-]
+__all__ = ["LoadedModel", "build_model", "export_model", "load_model", "model_card"]
 
 
 def export_model(

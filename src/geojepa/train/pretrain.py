@@ -26,10 +26,11 @@ from geojepa.data.reader import TileDataset, open_dataset
 from geojepa.data.schema import MANIFEST_FILE
 from geojepa.errors import ConfigError, InputError, OutputError
 from geojepa.io.atomic import OutputLock
+from geojepa.model.directory import VOCAB_FILE
 from geojepa.tokenize.loader import make_dataloader
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
 from geojepa.train.config import PretrainConfig, preset_config
-from geojepa.train.export import VOCAB_FILE, build_model, export_model
+from geojepa.train.export import build_model, export_model
 
 CKPT_DIR = "checkpoints"
 TRAIN_DATA_DIR = "train-data"  # pretrain(tiles=...): the subset of tiles trained on
