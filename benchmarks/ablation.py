@@ -194,6 +194,21 @@ def run_one(name: str, sources: dict[str, Path], work: Path, seeds: int) -> Path
     return out
 
 
+def verdict_cells(chosen: Any) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+    """From a report's val-chosen rows (``results.csv`` where ``selected``): per task the
+    GeoJEPA metric and its ``vs`` cell (W/L/= against each of `RIVALS`) as table cells, and
+    each task's verdicts by model."""
+    cells: dict[str, Any] = {}
+    verdicts: dict[str, dict[str, str]] = {}
+    for task, part in chosen.groupby("task", sort=False):
+        own = part[part["model"] == "geojepa"].iloc[0]
+        cells[f"{task} {own['metric']}"] = round(float(own["mean"]), 3)
+        verdicts[task] = dict(zip(part["model"], part["verdict"].astype(str), strict=True))
+        against = [verdicts[task].get(m) for m in RIVALS]
+        cells[f"{task} vs"] = "".join({"win": "W", "loss": "L"}.get(v, "=") for v in against)
+    return cells, verdicts
+
+
 def table() -> Path:
     """``README.md`` + ``table.csv``: one line per finished hypothesis."""
     import pandas as pd
@@ -208,17 +223,11 @@ def table() -> Path:
         chosen = frame[frame["selected"].astype(str) == "True"]
         row: dict[str, Any] = {"hypothesis": name, "steps": info["steps"],
                                "pretrain_min": round(info["pretrain_s"] / 60, 1)}  # fmt: skip
-        wins = net = 0
-        for task, part in chosen.groupby("task", sort=False):
-            own = part[part["model"] == "geojepa"].iloc[0]
-            row[f"{task} {own['metric']}"] = round(float(own["mean"]), 3)
-            verdicts = dict(zip(part["model"], part["verdict"].astype(str), strict=True))
-            against = [verdicts.get(m) for m in RIVALS]
-            wins += all(v == "win" for v in against)
-            net += against.count("win") - against.count("loss")
-            row[f"{task} vs"] = "".join({"win": "W", "loss": "L"}.get(v, "=") for v in against)
-        row["tasks beating all 3"] = wins
-        row["net W-L"] = net
+        cells, verdicts = verdict_cells(chosen)
+        row.update(cells)
+        against = [[v.get(m) for m in RIVALS] for v in verdicts.values()]
+        row["tasks beating all 3"] = sum(all(x == "win" for x in a) for a in against)
+        row["net W-L"] = sum(a.count("win") - a.count("loss") for a in against)
         row["what"] = info["what"]
         lines.append(row)
     if lines:  # the fixed rivals, as the last finished report scored them (same in every run)

@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ablation import BASELINES, RIVALS, _markdown  # noqa: E402
+from ablation import BASELINES, RIVALS, _markdown, verdict_cells  # noqa: E402
 from evaluate import AREAS, SHARED, log, prepare_inputs  # noqa: E402
 
 WORK = ROOT / "runs" / "benchmark"
@@ -143,7 +143,7 @@ def export_checkpoint(run: Path, ckpt: Path, out: Path) -> Path:
     return out
 
 
-def _cpu_minutes(run: Path, step: int) -> float | None:
+def _pretrain_minutes(run: Path, step: int) -> float | None:
     """Wall minutes of pretraining up to ``step``, from the checkpoint files' times."""
     start = json.loads((run.parent / f"{run.name}.json").read_text()).get("started_unix")
     ckpt = run / "checkpoints" / f"step={step}.ckpt"
@@ -195,7 +195,7 @@ def evaluate_points(args: argparse.Namespace) -> None:
             "name": args.name,
             "step": step,
             "tile_visits": step * TILES_PER_STEP,
-            "pretrain_minutes": _cpu_minutes(run, step),
+            "pretrain_minutes": _pretrain_minutes(run, step),
             "evaluate_s": round(time.perf_counter() - t, 1),
             "seeds": args.seeds,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -220,17 +220,10 @@ def table() -> Path:
             "pretrain_min": point["pretrain_minutes"],
             "tiles": point["n_tiles"],
         }
-        wins_all = twin = 0
-        for task, part in chosen.groupby("task", sort=False):
-            own = part[part["model"] == "geojepa"].iloc[0]
-            row[f"{task} {own['metric']}"] = round(float(own["mean"]), 3)
-            verdicts = dict(zip(part["model"], part["verdict"].astype(str), strict=True))
-            against = [verdicts.get(m) for m in RIVALS]
-            row[f"{task} vs"] = "".join({"win": "W", "loss": "L"}.get(v, "=") for v in against)
-            wins_all += all(v == "win" for v in against)
-            twin += verdicts.get("random_init") == "win"
-        row["beats all 3"] = wins_all
-        row["beats twin"] = twin
+        cells, verdicts = verdict_cells(chosen)
+        row.update(cells)
+        row["beats all 3"] = sum(all(v.get(m) == "win" for m in RIVALS) for v in verdicts.values())
+        row["beats twin"] = sum(v.get("random_init") == "win" for v in verdicts.values())
         rows.append(row)
     frame = pd.DataFrame(rows)
     REPORTS.mkdir(parents=True, exist_ok=True)
