@@ -1,14 +1,15 @@
 """What training length buys, on **val** only: probes read at checkpoints along one run.
 
     .venv/bin/python benchmarks/scaling.py train NAME [--preset cpu-base] [--steps 2400]
-        [--every 600] [--corpus] [--set model.var_weight=0.05 ...] [--threads 1]
+        [--every 600] [--corpus | --corpus-only] [--set model.var_weight=0.05 ...] [--threads 1]
     .venv/bin/python benchmarks/scaling.py eval NAME [--seeds 1] [--at 600,2400]  # waits for them
     .venv/bin/python benchmarks/scaling.py table
 
 ``train`` pretrains ``--preset`` (default ``cpu-base``) with the ``--set`` changes for
 ``--steps`` optimiser steps on the benchmark's train blocks (``runs/benchmark/pretrain-data``,
 as `make benchmark`), plus the ten corpus extracts of ``../shared/data/corpus/`` with
-``--corpus``, keeping a checkpoint every ``--every`` steps. ``eval`` (run beside it, on the
+``--corpus`` (or the corpus alone with ``--corpus-only``: no tile of the benchmark's areas, for
+the transfer row), keeping a checkpoint every ``--every`` steps. ``eval`` (run beside it, on the
 other core) turns each checkpoint into a model directory and evaluates it with the
 ``benchmark`` probe settings on the **search split** (the benchmark's val blocks scored, its
 test blocks never read), with every baseline, the random-weight twin included, so every point
@@ -56,17 +57,19 @@ def _parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def corpus_dataset(work: Path, train_ds: Any) -> Any:
-    """The benchmark's train blocks + every corpus extract (zoom 16), merged once."""
+def corpus_dataset(work: Path, train_ds: Any | None) -> Any:
+    """The benchmark's train blocks + every corpus extract (zoom 16), merged once; with
+    ``train_ds`` None the corpus alone (no tile of the benchmark's three areas: the transfer
+    row)."""
     from geojepa.data.combine import merge_datasets
     from geojepa.data.config import PrepareConfig
     from geojepa.data.prepare import prepare_tiles
     from geojepa.data.reader import open_dataset
 
-    out = work / "pretrain-corpus"
+    out = work / ("pretrain-corpus" if train_ds is not None else "pretrain-corpus-only")
     if (out / "manifest.json").is_file():
         return open_dataset(out)
-    parts = [train_ds]
+    parts = [] if train_ds is None else [train_ds]
     for source in sorted(CORPUS.glob("*.osm.pbf")):
         name = source.name.removesuffix(".osm.pbf")
         target = work / "corpus" / name
@@ -76,7 +79,7 @@ def corpus_dataset(work: Path, train_ds: Any) -> Any:
         log(f"prepare corpus {name} (zoom 16)")
         parts.append(prepare_tiles(source, target, PrepareConfig(zoom=16), progress=False))
     merged = merge_datasets(parts, out, overwrite=True)
-    log(f"pretraining data (train blocks + corpus): {merged}")
+    log(f"pretraining data ({'train blocks + ' if train_ds is not None else ''}corpus): {merged}")
     return merged
 
 
@@ -88,7 +91,10 @@ def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     sources = {name: SHARED / file for name, file in AREAS.items()}
     _, _, train_ds = prepare_inputs(sources, WORK)
-    data = corpus_dataset(WORK, train_ds) if args.corpus else train_ds
+    if args.corpus_only:
+        data = corpus_dataset(WORK, None)
+    else:
+        data = corpus_dataset(WORK, train_ds) if args.corpus else train_ds
     changes = _parse_sets(args.set)
     changes.setdefault("trainer", {})["checkpoint_every_n_steps"] = args.every
     config = preset_config(args.preset).with_overrides(**changes)
@@ -100,7 +106,7 @@ def train(args: argparse.Namespace) -> None:
         "preset": args.preset,
         "steps": args.steps,
         "every": args.every,
-        "corpus": args.corpus,
+        "corpus": "only" if args.corpus_only else args.corpus,
         "changes": changes,
         "data": str(data.path),
         "n_tiles": data.manifest["n_tiles"],
@@ -307,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2400)
     parser.add_argument("--every", type=int, default=600)
     parser.add_argument("--corpus", action="store_true")
+    parser.add_argument(
+        "--corpus-only",
+        action="store_true",
+        help="train: the corpus extracts alone (the transfer row)",
+    )
     parser.add_argument("--preset", default="cpu-base")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--seeds", type=int, default=1)

@@ -13,6 +13,7 @@ from geojepa.eval.split import (
     block_ids,
     drop_shared_entities,
     file_sha256,
+    label_subset,
     load_split,
     make_split,
     save_split,
@@ -139,3 +140,33 @@ def test_search_split_never_holds_test_and_scores_on_val():
     pd.testing.assert_frame_equal(search, search_split(split, val_fraction=0.25, seed=1))
     with pytest.raises(InputError):
         search_split(split, val_fraction=0.0)
+
+
+def test_label_subset_keeps_whole_train_blocks_nested_and_leaves_val_test():
+    split = make_split(IDS, SplitConfig(block_zoom=16))
+    original = split.set_index("region_id")["split"]
+    n_train = int((original == "train").sum())
+    kept = {}
+    for fraction in (0.05, 0.25, 1.0):
+        subset = label_subset(split, fraction, seed=3)
+        new = subset.set_index("region_id")["split"]
+        assert set(new.index) == set(original.index)
+        # val and test untouched; only train tiles become unused
+        for name in ("val", "test"):
+            assert (new[original == name] == name).all()
+        assert (original[new.index[new == "unused"]] == "train").all()
+        assert set(new[original == "train"]) == ({"train", "unused"} if fraction < 1 else {"train"})
+        assert (subset.groupby("block_id")["split"].nunique() == 1).all()  # whole blocks
+        kept[fraction] = set(new.index[new == "train"])
+        # near the asked share of the train tiles (a block of 4 tiles is the granularity)
+        assert len(kept[fraction]) / n_train == pytest.approx(fraction, abs=4 / n_train + 1e-9)
+    assert kept[0.05] < kept[0.25] < kept[1.0]  # nested: a smaller share is a subset
+    assert kept[1.0] == set(original.index[original == "train"])
+    other = label_subset(split, 0.25, seed=4).set_index("region_id")["split"]
+    assert set(other.index[other == "train"]) != kept[0.25]  # the seed chooses the blocks
+    pd.testing.assert_frame_equal(
+        label_subset(split, 0.25, seed=3), label_subset(split, 0.25, seed=3)
+    )
+    for bad in (0.0, 1.5):
+        with pytest.raises(InputError, match="label fraction"):
+            label_subset(split, bad)

@@ -538,6 +538,17 @@ def test_protocol_from_the_cli(synthetic: Path, tmp_path: Path, capsys, monkeypa
     assert used["evaluated_tiles"] == int((original != "test").sum())  # test never read
     err = main_err(capsys, ["split", "-o", "x.parquet"])
     assert "--search-from" in err
+    # label efficiency from the CLI: a quarter of the train blocks keep their labels
+    quarter = tmp_path / "quarter.parquet"
+    argv = ["split", "--from", str(split_path), "--label-fraction", "0.25", "-o", str(quarter)]
+    assert main(argv) == 0
+    fewer = load_split(quarter).set_index("region_id")["split"]
+    assert set(fewer.index[fewer == "test"]) == set(original.index[original == "test"])
+    assert 0 < (fewer == "train").sum() < (original == "train").sum()
+    assert (original[fewer.index[fewer == "unused"]] == "train").all()
+    err = main_err(capsys, ["split", "--from", str(split_path), "--search-from", str(split_path),
+                            "-o", "x.parquet"])  # fmt: skip
+    assert "not both" in err
     err = main_err(capsys, ["split", "--search-from", str(split_path), "-d", str(synthetic),
                             "-o", "x.parquet"])  # fmt: skip
     assert "drop --dataset" in err

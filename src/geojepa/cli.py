@@ -264,24 +264,44 @@ def split_(
         help="derive a recipe-search split from this split file instead: its test blocks "
         "dropped, its val blocks scored (as test), a quarter of its train blocks as val",
     ),
+    from_split: Path | None = typer.Option(
+        None, "--from", help="start from this split file (with --label-fraction)"
+    ),
+    label_fraction: float = typer.Option(
+        1.0,
+        help="label only this share of the train tiles, by whole seeded blocks (label "
+        "efficiency: the rest is unused; val and test unchanged)",
+    ),
 ) -> None:
     """A spatial train/val/test split of the tiles of one or more datasets, by blocks.
 
     Pretrain on its train blocks only (`pretrain --split`), then evaluate with it
     (`evaluate --split`), so that no val/test tile was seen in pretraining. To compare
-    recipes without reading test, evaluate them with a `--search-from` split.
+    recipes without reading test, evaluate them with a `--search-from` split. For label
+    efficiency, derive splits with `--label-fraction` (e.g. 0.05, 0.25) `--from` one split.
     """
     from geojepa.data.reader import open_dataset
     from geojepa.errors import ConfigError
-    from geojepa.eval.split import SplitConfig, load_split, make_split, save_split, search_split
+    from geojepa.eval.split import (
+        SplitConfig,
+        label_subset,
+        load_split,
+        make_split,
+        save_split,
+        search_split,
+    )
 
+    if search_from is not None and from_split is not None:
+        raise ConfigError("give --from or --search-from, not both")
+    if (search_from or from_split) is not None and dataset:
+        raise ConfigError("--from/--search-from derive from a split file: drop --dataset")
     if search_from is not None:
-        if dataset:
-            raise ConfigError("--search-from derives from a split file: drop --dataset")
         frame = search_split(load_split(search_from), seed=seed)
+    elif from_split is not None:
+        frame = load_split(from_split)
     else:
         if not dataset:
-            raise ConfigError("give --dataset (repeatable) or --search-from SPLIT")
+            raise ConfigError("give --dataset (repeatable), --from SPLIT or --search-from SPLIT")
         try:
             shares = tuple(float(v) for v in fractions.split(","))
         except ValueError:
@@ -302,6 +322,8 @@ def split_(
             .to_pylist()
         ]
         frame = make_split(ids, config)
+    if label_fraction != 1.0:
+        frame = label_subset(frame, label_fraction, seed=seed)
     out = save_split(frame, output)
     counts = frame["split"].value_counts().to_dict()
     sizes = ", ".join(f"{name} {counts.get(name, 0)}" for name in ("train", "val", "test"))

@@ -7,6 +7,7 @@ from geojepa.eval.report import make_provenance, summarize, write_report
 from geojepa.eval.split import (
     SplitConfig,
     assign_split,
+    label_subset,
     load_split,
     make_split,
     save_split,
@@ -31,6 +32,7 @@ __all__ = [
     "evaluate_baselines",
     "evaluate_embeddings",
     "get_task",
+    "label_subset",
     "load_split",
     "mae",
     "make_provenance",

@@ -141,6 +141,36 @@ def search_split(split: pd.DataFrame, val_fraction: float = 0.25, seed: int = 0)
     return out.reset_index(drop=True)
 
 
+def label_subset(split: pd.DataFrame, fraction: float, seed: int = 0) -> pd.DataFrame:
+    """The split with only a seeded ``fraction`` of its train tiles labelled (label efficiency).
+
+    Whole train blocks are kept in a seeded order until ``fraction`` of the train tiles is
+    reached (at least one block); the other train blocks become ``unused`` (evaluation drops
+    them). Val and test are unchanged, so scores at 5%, 25% and 100% are comparable, and for one
+    seed the blocks of a smaller fraction are a subset of a larger one's.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise InputError(f"label fraction must be in (0, 1], got {fraction}")
+    _validate(split, "given to label_subset")
+    train = split[split["split"] == "train"]
+    if train.empty:
+        raise InputError("label_subset needs a split with train tiles")
+    sizes = train["block_id"].value_counts().sort_index()
+    order = np.random.default_rng(seed).permutation(len(sizes))
+    target = fraction * len(train)
+    kept: set[str] = set()
+    filled = 0
+    for index in order:
+        if filled >= target and kept:
+            break
+        kept.add(sizes.index[index])
+        filled += int(sizes.iloc[index])
+    out = split.copy()
+    dropped = (out["split"] == "train") & ~out["block_id"].isin(kept)
+    out.loc[dropped, "split"] = UNUSED
+    return out.reset_index(drop=True)
+
+
 def save_split(split: pd.DataFrame, path: str | Path) -> Path:
     """Write a split as Parquet (``.parquet``) or CSV (``.csv``)."""
     path = Path(path)

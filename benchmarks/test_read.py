@@ -1,0 +1,129 @@
+"""Read the benchmark's **test** blocks once for a chosen model: its test row, its transfer row,
+and its label efficiency (issue 21, parts 3 and 4).
+
+    .venv/bin/python benchmarks/test_read.py NAME --model DIR [--label-fraction 0.05]
+        [--seeds 2] [--fp16]
+
+Evaluates model directory ``--model`` with the ``benchmark`` probe settings on the benchmark's
+saved block split (`runs/benchmark/split.parquet`, as `make benchmark`), every rival in the same
+call (median dummy, tag counts, pooled tag text, the random-weight twin) so that every verdict has
+paired intervals, and writes ``reports/benchmark/test-read/NAME/``. With ``--label-fraction F``
+the probes see only a seeded share F of the train tiles' labels, by whole blocks
+(`geojepa split --from SPLIT --label-fraction F`); val and test are unchanged. ``--fp16`` scores
+the weights as a float16 export carries them (every tensor rounded to float16 and back), so the
+row is that of the shipped file, not of its float32 parent.
+
+The model is chosen on **val** before this runs (`benchmarks/scaling.py`), never from this
+output: nothing here feeds back into a recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from ablation import BASELINES  # noqa: E402  (dummy, tag counts, pooled text, random twin)
+from evaluate import AREAS, SHARED, log, prepare_inputs  # noqa: E402
+
+WORK = ROOT / "runs" / "benchmark"
+REPORTS = ROOT / "reports" / "benchmark" / "test-read"
+FP16_NOTE = " (weights rounded to float16, as shipped)"
+
+
+def fp16_copy(model: Path, out: Path) -> Path:
+    """A copy of model directory ``model`` whose weights are rounded to float16 (kept float32)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from geojepa.model.directory import TAG_TABLE_FILE, WEIGHTS_FILE
+
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(model, out)
+    for name in (WEIGHTS_FILE, TAG_TABLE_FILE):
+        with safe_open(str(model / name), framework="pt") as f:
+            meta = f.metadata()
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        rounded = {
+            k: v.to(torch.float16).to(v.dtype) if v.is_floating_point() else v
+            for k, v in state.items()
+        }
+        save_file(rounded, str(out / name), metadata=meta)
+    return out
+
+
+def _pretraining_tiles(model: Path) -> int | None:
+    """How many tiles the model was pretrained on (never the machine path of that data)."""
+    record = model / "training_data.json"
+    return json.loads(record.read_text()).get("n_tiles") if record.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name")
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--label-fraction", type=float, default=1.0)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--fp16", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    if any(not (SHARED / f).exists() for f in AREAS.values()):
+        print("test read skipped: real-area data absent")
+        return 0
+
+    import torch
+
+    from geojepa.eval import label_subset, load_split, save_split
+    from geojepa.eval.evaluate import evaluate, evaluate_preset
+
+    torch.set_num_threads(args.threads)
+    sources = {name: SHARED / file for name, file in AREAS.items()}
+    datasets, split_path, _ = prepare_inputs(sources, WORK)
+    out = REPORTS / args.name
+    model = args.model
+    if args.fp16:
+        model = fp16_copy(model, WORK / f"test-read-{args.name}-fp16")
+    split = split_path
+    if args.label_fraction < 1.0:
+        split = save_split(
+            label_subset(load_split(split_path), args.label_fraction, seed=0),
+            WORK / f"split-labels-{args.label_fraction:g}.parquet",
+        )
+    started = time.perf_counter()
+    config = evaluate_preset("benchmark").replace(
+        supervised_seeds=None,
+        title=f"Test read `{args.name}`",
+        notes=(
+            f"Model `{args.model.name}`{FP16_NOTE if args.fp16 else ''}, chosen on val; the "
+            "benchmark's **test** blocks, read once. Train labels: "
+            f"{args.label_fraction:.0%} of the train tiles (whole blocks, seed 0).",
+        ),
+    )
+    log(f"test read {args.name}: {model} (labels {args.label_fraction:.0%})")
+    evaluate(model, [datasets[n] for n in AREAS], out, seeds=range(args.seeds),
+             baselines=BASELINES, split=split, config=config, progress=False)  # fmt: skip
+    record = {
+        "name": args.name,
+        "model": args.model.name,
+        "fp16": args.fp16,
+        "label_fraction": args.label_fraction,
+        "seeds": args.seeds,
+        "evaluate_s": round(time.perf_counter() - started, 1),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "pretraining_tiles": _pretraining_tiles(args.model),
+    }
+    (out / "read.json").write_text(json.dumps(record, indent=2) + "\n")
+    log(f"test read {args.name} done: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
