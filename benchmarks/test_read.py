@@ -3,6 +3,7 @@ and its label efficiency (issue 21, parts 3 and 4).
 
     .venv/bin/python benchmarks/test_read.py NAME --model DIR [--label-fraction 0.05]
         [--seeds 2] [--fp16]
+    .venv/bin/python benchmarks/test_read.py --table
 
 Evaluates model directory ``--model`` with the ``benchmark`` probe settings on the benchmark's
 saved block split (`runs/benchmark/split.parquet`, as `make benchmark`), every rival in the same
@@ -25,11 +26,12 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ablation import BASELINES  # noqa: E402  (dummy, tag counts, pooled text, random twin)
+from ablation import BASELINES, RIVALS, _markdown, verdict_cells  # noqa: E402
 from evaluate import AREAS, SHARED, log, prepare_inputs  # noqa: E402
 
 WORK = ROOT / "runs" / "benchmark"
@@ -66,15 +68,73 @@ def _pretraining_tiles(model: Path) -> int | None:
     return json.loads(record.read_text()).get("n_tiles") if record.is_file() else None
 
 
+def table() -> Path:
+    """``README.md`` + ``table.csv`` of every read: one line per read (test metric of the
+    val-chosen probe, verdicts against each rival), then each model's metric by label share."""
+    import pandas as pd
+
+    reads, shares = [], []
+    for record_file in sorted(REPORTS.glob("*/read.json")):
+        record = json.loads(record_file.read_text())
+        frame = pd.read_csv(record_file.parent / "results.csv")
+        chosen = frame[frame["selected"].astype(str) == "True"]
+        row: dict[str, Any] = {
+            "read": record["name"],
+            "labels": f"{record['label_fraction']:.0%}",
+            "pretrain tiles": record.get("pretraining_tiles"),
+        }
+        cells, verdicts = verdict_cells(chosen)
+        row.update(cells)
+        row["beats all 3"] = sum(all(v.get(m) == "win" for m in RIVALS) for v in verdicts.values())
+        row["beats twin"] = sum(v.get("random_init") == "win" for v in verdicts.values())
+        reads.append(row)
+        for part in chosen.itertuples():
+            shares.append({"read": record["name"], "labels": row["labels"], "task": part.task,
+                           "model": part.model, "mean": round(float(part.mean), 3)})  # fmt: skip
+    frame = pd.DataFrame(reads)
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(REPORTS / "table.csv", index=False)
+    md = [
+        "# Test read: the chosen model, its transfer twin, label efficiency (issue 21)",
+        "",
+        "Written by `benchmarks/test_read.py --table`; each read's report is in `NAME/`. "
+        "Metric: the **test** score of the probe chosen on val, mean over seeds. `vs` = verdict "
+        "against tag counts, pooled tag text and the random-weight twin (W win, L loss, = tie: "
+        "95% paired block-bootstrap interval of the difference on test).",
+        "",
+        _markdown(frame) if len(frame) else "(no read yet)",
+        "",
+    ]
+    if shares:
+        by_share = pd.DataFrame(shares).pivot_table(
+            index=["task", "model"], columns=["read", "labels"], values="mean", sort=False
+        )
+        by_share.columns = [f"{read} @{labels}" for read, labels in by_share.columns]
+        md += ["## Every model by read and label share", "",
+               _markdown(by_share.reset_index()), ""]  # fmt: skip
+    reading = REPORTS / "reading.md"  # the hand-written reading of the tables, kept beside them
+    if reading.is_file():
+        md += [reading.read_text()]
+    (REPORTS / "README.md").write_text("\n".join(md))
+    print("\n".join(md))
+    return REPORTS / "README.md"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("name")
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("name", nargs="?")
+    parser.add_argument("--table", action="store_true")
+    parser.add_argument("--model", type=Path)
     parser.add_argument("--label-fraction", type=float, default=1.0)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--fp16", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.table:
+        table()
+        return 0
+    if not args.name or args.model is None:
+        parser.error("NAME and --model are needed (or --table)")
     if any(not (SHARED / f).exists() for f in AREAS.values()):
         print("test read skipped: real-area data absent")
         return 0

@@ -69,6 +69,10 @@ def test_paired_differences_and_verdicts():
     rows += _rows("tag_counts", "mlp", index, y, [y + 1.04 * (geo - y)])
     rows += _rows("random_init", "mlp", index, y, [geo.copy()])
     rows += _rows("dummy", "dummy", index, y, [np.full(len(y), np.median(y))], val=np.nan)
+    # a rival whose val choice is the linear probe: better than GeoJEPA's (poor) linear probe,
+    # worse than GeoJEPA's chosen MLP; best meets best, so GeoJEPA wins
+    rows += _rows("pooled_text", "linear", index, y, [y + 1.04 * (geo - y)], val=-0.5)
+    rows += _rows("pooled_text", "mlp", index, y, [geo + 3.0], val=-3.0)
     areas = {rid: ("east" if int(rid.split("/")[1]) >= 20 else "west") for rid in IDS}
     intervals, by_area = bootstrap_intervals(rows, split, n_boot=300, areas=areas)
     row = intervals.set_index(["model", "probe"])
@@ -84,6 +88,11 @@ def test_paired_differences_and_verdicts():
     assert row.loc[("random_init", "mlp"), "verdict"] == "tie"
     assert row.loc[("dummy", "dummy"), "reference_probe"] == "mlp"  # GeoJEPA's val choice
     assert row.loc[("dummy", "dummy"), "verdict"] == "win"
+    assert row.loc[("pooled_text", "linear"), "selected"]
+    assert row.loc[("pooled_text", "linear"), "reference_probe"] == "mlp"
+    assert row.loc[("pooled_text", "linear"), "verdict"] == "win"
+    # a probe that is not the model's choice meets GeoJEPA's same probe
+    assert row.loc[("pooled_text", "mlp"), "reference_probe"] == "mlp"
     value = row.loc[("geojepa", "mlp"), "value"]
     assert value == pytest.approx(np.mean([mae(y, geo), mae(y, geo + 0.01)]))
     assert lo <= row.loc[("tag_counts", "mlp"), "value"] <= hi

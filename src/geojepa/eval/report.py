@@ -189,7 +189,8 @@ def uncertainty_markdown(intervals: pd.DataFrame, by_area: pd.DataFrame | None) 
     lines = [
         "## Uncertainty: 95% intervals over the test data\n",
         "Paired bootstrap over the test split's spatial blocks (the headline metric, mean over "
-        "seeds, each model's probe chosen on **val**). Δ = model − GeoJEPA; a **win** (for "
+        "seeds, each model's probe chosen on **val**). Δ = model − GeoJEPA, each model's "
+        "val-chosen probe against GeoJEPA's val-chosen probe; a **win** (for "
         "GeoJEPA) only when Δ's interval excludes 0 on GeoJEPA's side, a loss when it excludes "
         "0 on the other side, else a tie.\n",
         "| task | model | probe | value [95%] | Δ vs geojepa [95%] | verdict |",

@@ -142,12 +142,16 @@ def bootstrap_intervals(
         ref_default = chosen.get((task, REFERENCE))
         for (model, probe), s in samples.items():
             lo, hi = _ci(s)
+            selected = chosen.get((task, model)) == probe
             record = {
                 "task": task, "metric": metric, "model": model, "probe": probe,
-                "selected": chosen.get((task, model)) == probe, "value": values[(model, probe)],
+                "selected": selected, "value": values[(model, probe)],
                 "ci_low": lo, "ci_high": hi, "n_test": len(y),
             }  # fmt: skip
-            ref = probe if (REFERENCE, probe) in samples else ref_default
+            # a model's val-chosen probe meets GeoJEPA's val-chosen one (best against best);
+            # any other probe meets GeoJEPA's same probe (like against like)
+            same = (REFERENCE, probe) in samples and not selected
+            ref = probe if same else ref_default
             if ref is not None and model != REFERENCE:
                 d = s - samples[(REFERENCE, ref)]
                 d_lo, d_hi = _ci(d)
