@@ -170,6 +170,7 @@ def test_pretrain_learns_and_exports(synthetic_ds: Path, tmp_path: Path) -> None
     assert (run / "checkpoints" / "config.json").exists()
     card = (run / "README.md").read_text()
     assert "optimiser steps | 30" in card and "pred_loss" in card
+    assert str(synthetic_ds.resolve()) not in card and str(tmp_path) not in card  # no paths
     # each loss term and its share of the loss is in the run's CSV
     with open(run / "logs" / "csv" / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["train/loss"]]
