@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import geojepa
 from geojepa.cli import main
@@ -150,6 +152,25 @@ def test_a_damaged_model_file_is_named(exported, tmp_path: Path, damage: str) ->
     message = str(err.value)
     assert "\n" not in message
     assert f"{run / name} " in message or f"(missing: {name})" in message
+
+
+def test_a_format_1_directory_loads_with_a_warning_and_saves_as_format_2(
+    exported, tmp_path: Path
+) -> None:
+    run = _copy(exported[0], tmp_path)  # as written before checksums and README.md
+    (run / "checksums.json").unlink()
+    (run / "README.md").rename(run / "MODEL_CARD.md")
+    weights = load_file(str(run / "model.safetensors"))
+    save_file(weights, str(run / "model.safetensors"),
+              metadata={"format_version": "1", "geojepa": "model"})  # fmt: skip
+    with pytest.warns(UserWarning, match="files are not verified"):
+        model = GeoJEPA.from_pretrained(run)
+    out = model.save_pretrained(run)  # upgraded in place
+    assert (out / "checksums.json").is_file() and (out / "README.md").is_file()
+    assert not (out / "MODEL_CARD.md").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GeoJEPA.from_pretrained(out)
 
 
 def test_an_edited_card_still_loads(exported, tmp_path: Path) -> None:
@@ -307,8 +328,11 @@ def test_compact_export_embeds_as_the_full_model(exported, tmp_path: Path, ema_s
 
 def test_a_compact_export_still_checks_its_files(exported, tmp_path: Path) -> None:
     out = GeoJEPA.from_pretrained(exported[0]).save_pretrained(tmp_path / "c", compact=True)
-    weights = GeoJEPA.from_pretrained(out).state_dict()
-    assert "predictor.out.weight" in weights  # the network is whole (the predictor unused)
+    model = GeoJEPA.from_pretrained(out)
+    assert model.directory.compact
+    assert "predictor.out.weight" in model.state_dict()  # the network is whole (predictor unused)
+    # the student starts as the teacher (as at initialisation), not from random weights
+    torch.testing.assert_close(model.encoder.state_dict(), model.target["encoder"].state_dict())
     data = bytearray((out / "model.safetensors").read_bytes())
     data[-10] ^= 0x01
     (out / "model.safetensors").write_bytes(bytes(data))
