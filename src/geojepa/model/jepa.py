@@ -16,11 +16,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Protocol
 
 import torch
@@ -28,21 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from geojepa.errors import InputError
-from geojepa.model.card import EvalRow, card_info, model_card
 from geojepa.model.config import ModelConfig, ModelSpec
-from geojepa.model.directory import (
-    CARD_FILE,
-    CONFIG_FILE,
-    ModelDirectory,
-    load_weights,
-    read_model_directory,
-    read_model_file,
-)
-from geojepa.model.hub import resolve_model, upload
+from geojepa.model.directory import ModelDirectory
 from geojepa.model.masking import MaskGenerator, MaskingConfig, Masks
+from geojepa.model.pretrained import Pretrained
 from geojepa.model.prior import PositionPrior
 from geojepa.model.transformer import Packing, Predictor, Transformer
-from geojepa.model.writer import write_model_directory
 from geojepa.tokenize.tokenizer import TileTokenizer
 
 
@@ -163,7 +151,7 @@ def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return out.view(*index.shape, *x.shape[2:])
 
 
-class GeoJEPA(nn.Module):
+class GeoJEPA(Pretrained, nn.Module):
     """Tokenizer + prior + encoder, their EMA copies, and the predictor.
 
     ``tokenizer`` maps a batch to tokens (normally a ``TileTokenizer``: ``layout``,
@@ -398,7 +386,13 @@ class GeoJEPA(nn.Module):
             target_valid=tok.valid,
         )
 
-    # --- persistence -----------------------------------------------------------------------
+    # --- persistence (from_pretrained, save_pretrained, push_to_hub: model/pretrained.py) ---
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, tag_table: torch.Tensor) -> GeoJEPA:
+        """A fresh GeoJEPA (its TileTokenizer included, random weights) for ``spec`` (a
+        ModelSpec, or a run config, which is one)."""
+        return cls(spec.model, TileTokenizer(spec.tokenizer, tag_table), spec.masking)
+
     def embedding_key(self, key: str) -> bool:
         """Whether state-dict ``key`` is read by embedding (``encode`` and what builds on it):
         the target branch, and with ``ema_scope="encoder"`` the student's tokenizer and prior,
@@ -412,89 +406,6 @@ class GeoJEPA(nn.Module):
         state = self.state_dict()
         return {k: v for k, v in state.items() if not compact or self.embedding_key(k)}
 
-    @classmethod
-    def from_pretrained(
-        cls, name_or_path: str | Path, map_location: str = "cpu", revision: str | None = None
-    ) -> GeoJEPA:
-        """Load a model directory written by ``geojepa pretrain`` or `save_pretrained` (see
-        ``model/directory.py``), in eval mode on ``map_location``; ``directory`` holds what the
-        directory says about it. ``name_or_path``: a directory, ``"default"`` (the model shipped
-        with geojepa) or a Hub id ``owner/name`` (``revision``: its branch, tag or commit; see
-        ``model/hub.py``). InputError if it is none of these, or incomplete, damaged (a file
-        whose SHA-256 differs from ``checksums.json``) or too new."""
-        path = resolve_model(name_or_path, revision)
-        directory, table = read_model_directory(path)
-        model = read_model_file(path / CONFIG_FILE,
-                                lambda p: build_model(directory.spec, table))  # fmt: skip
-        compact = directory.compact  # its training-only weights are absent, not lost
-        load_weights(model, path, map_location, lambda k: compact and not model.embedding_key(k))
-        if directory.compact:  # the student starts as the teacher, as at initialisation
-            for name in model.target:
-                getattr(model, name).load_state_dict(model.target[name].state_dict())
-        model.directory = directory
-        return model.to(map_location).eval()
-
-    def save_pretrained(
-        self,
-        path: str | Path,
-        *,
-        compact: bool = False,
-        dtype: str = "float32",
-        results: list[EvalRow] | None = None,
-        training_data: bool = True,
-        repo_id: str | None = None,
-    ) -> Path:
-        """Write this model as a model directory ``path`` that `from_pretrained` reads.
-
-        ``compact``: only what embedding needs (no student encoder, no predictor: it embeds
-        but cannot resume training), with weights and tag table in ``dtype`` (``"float16"``
-        halves them; embeddings then differ by float16 rounding). ``results``: benchmark rows
-        for the card's header (`model.card.EvalRow`). ``training_data``: keep
-        ``training_data.json`` (the local path of the training data, for `evaluate`).
-        """
-        directory = self.require_directory()
-        source = directory.path
-        old = (source / CARD_FILE) if source is not None else None
-        info = card_info(old.read_text(encoding="utf-8")) if old and old.is_file() else {}
-        info.update(compact=compact, dtype=dtype)
-        if repo_id:
-            info["repo_id"] = repo_id
-        spec = directory.spec
-        card_config = SimpleNamespace(tokenizer=spec.tokenizer, model=spec.model,
-                                      preset=directory.config.get("preset"))  # fmt: skip
-        card = model_card(card_config, info, results, name=repo_id or Path(path).name)
-        return write_model_directory(
-            path,
-            state=self.weights_to_save(compact),
-            tag_table=self.tokenizer.tag_table,
-            config=directory.config,
-            vocab=directory.vocab,
-            card=card,
-            dataset_config=directory.dataset_config,
-            training_data=directory.training_data if training_data else None,
-            compact=compact,
-            dtype=dtype,
-        )
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        compact: bool = False,
-        dtype: str = "float32",
-        results: list[EvalRow] | None = None,
-        private: bool = False,
-        token: str | None = None,
-    ) -> str:
-        """`save_pretrained` into a temporary folder (without ``training_data.json``: a local
-        path) and upload it to Hub model repository ``repo_id`` (created if needed; needs
-        ``pip install 'geojepa[hub]'`` and a token). The repository's URL."""
-        with tempfile.TemporaryDirectory(prefix="geojepa-push-") as tmp:
-            folder = self.save_pretrained(Path(tmp) / "model", compact=compact, dtype=dtype,
-                                          results=results, training_data=False,
-                                          repo_id=repo_id)  # fmt: skip
-            return upload(folder, repo_id, private=private, token=token)
-
     def require_directory(self) -> ModelDirectory:
         """``directory``, or InputError for a network that was not loaded from a model
         directory (it has no tag vocabulary to read a dataset with)."""
@@ -506,8 +417,7 @@ class GeoJEPA(nn.Module):
 def build_model(spec: ModelSpec, tag_table: torch.Tensor) -> GeoJEPA:
     """A fresh GeoJEPA (its TileTokenizer included, random weights) for ``spec`` (a ModelSpec,
     or a run config, which is one)."""
-    tokenizer = TileTokenizer(spec.tokenizer, tag_table)
-    return GeoJEPA(spec.model, tokenizer, spec.masking)
+    return GeoJEPA.from_spec(spec, tag_table)
 
 
 @contextlib.contextmanager
