@@ -50,7 +50,8 @@ def _export(root: Path, ds, ema_scope: str = "all", name: str = "model") -> Path
             "sources": [{"name": "town.osm.pbf", "kind": "osm", "size": 12, "sha256": "ab" * 32,
                          "snapshot": "2013-08-03T19:00:02Z"}]}  # fmt: skip
     training = {"dataset": str(ds.path.resolve()), "n_tiles": ds.manifest["n_tiles"]}
-    rows = [EvalRow("max_speed", "mae", 11.8, 10.9, 12.7, dataset="Neubrandenburg z16")]
+    rows = [EvalRow("max_speed", "mae", 11.8, 10.9, 12.7, dataset="Neubrandenburg z16"),
+            EvalRow("bridge", "f1", 0.61, task_type="tabular-classification")]  # fmt: skip
     return export_model(model, cfg, vocab, root / name, info, ds.config, training, results=rows)
 
 
@@ -80,7 +81,7 @@ def test_card_is_a_hub_readme_with_a_yaml_header(exported) -> None:
     header = yaml.safe_load(text.split("---")[1])
     assert header["library_name"] == "geojepa" and header["license"] == "apache-2.0"
     assert "openstreetmap" in header["tags"] and header["datasets"] == ["town.osm.pbf"]
-    assert header["metrics"] == ["mae"]
+    assert header["metrics"] == ["f1", "mae"]
     # the data by name, hash and snapshot date; never a local path
     assert "town.osm.pbf" in text and "ab" * 32 in text and "2013-08-03T19:00:02Z" in text
     assert str(ds.path.resolve()) not in text and str(ds.path) not in text
@@ -91,10 +92,11 @@ def test_huggingface_modelcard_parses_the_card_with_its_intervals(exported) -> N
     run, _ = exported
     card = hf.ModelCard((run / "README.md").read_text())
     assert card.data.library_name == "geojepa" and card.data.license == "apache-2.0"
-    (result,) = card.data.eval_results
+    result, bridge = card.data.eval_results
     assert result.task_name == "max_speed" and result.metric_type == "mae"
     assert result.metric_value == 11.8 and "10.9–12.7" in result.metric_name
     assert result.dataset_name == "Neubrandenburg z16"
+    assert bridge.task_type == "tabular-classification" and bridge.metric_name == "f1"
 
 
 def test_training_sources_name_files_hashes_and_snapshot_dates(liechtenstein_pbf) -> None:

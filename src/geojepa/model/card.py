@@ -31,7 +31,8 @@ TAGS = ("geojepa", "openstreetmap", "geospatial", "self-supervised", "jepa", "em
 class EvalRow:
     """One benchmark result for the card: ``value`` of ``metric`` (e.g. ``"mae"``) on
     ``task`` over ``dataset``, with its interval ``[low, high]`` (e.g. mean ± std over seeds,
-    or a bootstrap interval: ``interval`` says which)."""
+    or a bootstrap interval: ``interval`` says which); ``task_type`` is the Hub's task kind
+    (``tabular-classification`` for the 0/1 bridge tasks)."""
 
     task: str
     metric: str
@@ -40,6 +41,7 @@ class EvalRow:
     high: float | None = None
     dataset: str = "geojepa benchmark"
     interval: str = "95% interval"
+    task_type: str = "tabular-regression"
 
 
 def model_card(
@@ -181,7 +183,7 @@ def _header(
 def _index_row(r: EvalRow) -> dict[str, Any]:
     metric: dict[str, Any] = {"type": r.metric, "value": r.value, "name": _metric_name(r)}
     return {
-        "task": {"type": "tabular-regression", "name": r.task},
+        "task": {"type": r.task_type, "name": r.task},
         "dataset": {"name": r.dataset, "type": r.dataset},
         "metrics": [metric],
     }
