@@ -212,6 +212,9 @@ def test_default_resolves_to_the_shipped_model(exported, tmp_path: Path, monkeyp
     shipped = shutil.copytree(exported[0], tmp_path / "shipped")
     monkeypatch.setattr(hub_module, "default_model_path", lambda: shipped)
     assert GeoJEPA.from_pretrained("default").directory.path == shipped
+    out = tmp_path / "t.parquet"  # the CLI's embed takes the name too
+    assert main(["embed", "default", str(exported[1].path), "-o", str(out), "-q"]) == 0
+    assert out.is_file()
 
 
 def test_the_shipped_model_is_package_data() -> None:
