@@ -128,7 +128,7 @@ def export_checkpoint(run: Path, ckpt: Path, out: Path) -> Path:
     from geojepa.data.reader import open_dataset
     from geojepa.tokenize.tags import TagVocabulary
     from geojepa.train import PretrainConfig
-    from geojepa.train.export import build_model, export_model
+    from geojepa.train.export import build_model, export_model, training_sources
 
     config = PretrainConfig.load(run / "checkpoints" / "config.json")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
@@ -141,7 +141,10 @@ def export_checkpoint(run: Path, ckpt: Path, out: Path) -> Path:
     vocab = TagVocabulary.load(run / "vocab.json")
     step = int(ckpt.stem.split("=")[1])
     export_model(
-        model, config, vocab, out, {"steps": step, "dataset": record["data"], "name": out.name},
+        model, config, vocab, out,
+        {"steps": step, "dataset_name": Path(record["data"]).name, "name": out.name,
+         "n_tiles": data.manifest["n_tiles"],
+         "sources": training_sources(data.manifest.get("source") or {})},
         dataset_config=data.config,
         training_data={"dataset": str(Path(record["data"]).resolve()),
                        "n_tiles": data.manifest["n_tiles"]},

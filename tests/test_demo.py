@@ -47,7 +47,7 @@ def test_reduced_demo_runs_and_reuses(finland_test_pbf: Path, tmp_path: Path, mo
     assert tiles.index.name == "region_id" and len(tiles) > 50
     assert tiles.index[0].startswith("17/")
     assert ents.index.name == "feature_id" and len(ents) > len(tiles)
-    card = (out / "model" / "MODEL_CARD.md").read_text()
+    card = (out / "model" / "README.md").read_text()
     assert "| optimiser steps | 3 " in card
     for key in ("map town", "embedding plot", "training curves", "evaluation"):
         assert result[key].is_file() and result[key].stat().st_size > 0, key
@@ -64,7 +64,7 @@ def test_reduced_demo_runs_and_reuses(finland_test_pbf: Path, tmp_path: Path, mo
     status = {s.name: s.status for s in more.stages}
     assert status["prepare town"] == "reused" and status["pretrain"] == "ran"
     assert status["embed town"] == "ran" and status["evaluate"] == "skipped"
-    assert "| optimiser steps | 5 " in (out / "model" / "MODEL_CARD.md").read_text()
+    assert "| optimiser steps | 5 " in (out / "model" / "README.md").read_text()
 
 
 def test_missing_pyrosm_is_a_clear_error(monkeypatch, tmp_path: Path, capsys) -> None:

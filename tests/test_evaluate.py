@@ -338,7 +338,7 @@ def test_evaluate_helsinki_end_to_end(helsinki: tuple[Path, Path], tmp_path: Pat
     dataset, run = helsinki
     out = tmp_path / "report"
     # the training data comes from the model directory's JSON, not from the card's prose
-    (run / "MODEL_CARD.md").write_text("# a card someone edited\n")
+    (run / "README.md").write_text("# a card someone edited\n")
     result = evaluate(
         run,
         [dataset],

@@ -53,10 +53,22 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _copy_model(run: Path, dest: Path) -> Path:
+    """The model files of ``run`` (those its checksums.json lists, and that record)."""
     dest.mkdir()
-    for name in ("config.json", "model.safetensors", "tag_table.safetensors", "vocab.json"):
+    listed = json.loads((run / "checksums.json").read_text())["files"]
+    for name in [*listed, "checksums.json"]:
         (dest / name).write_bytes((run / name).read_bytes())
     return dest
+
+
+def _rehash(model: Path) -> None:
+    """Record the files' present hashes, as if the model had been exported this way (to reach
+    the checks behind the checksums: shapes, non-finite weights)."""
+    from geojepa.model.directory import sha256_of
+
+    record = json.loads((model / "checksums.json").read_text())
+    record["files"] = {name: sha256_of(model / name) for name in record["files"]}
+    (model / "checksums.json").write_text(json.dumps(record))
 
 
 # --------------------------------------------------------------------------- data loss
@@ -403,6 +415,7 @@ def test_nan_weights_are_refused_before_anything_is_written(trained, tmp_path, c
     state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
              for k, v in state.items()}  # fmt: skip
     save_file(state, str(model / "model.safetensors"), metadata=meta)
+    _rehash(model)  # a run that diverged exports NaN weights with their true hashes
     out = tmp_path / "t.parquet"
     assert main(["embed", str(model), str(ds), "-o", str(out)]) == 2
     err = capsys.readouterr().err
@@ -553,6 +566,7 @@ def test_damaged_model_files_are_one_clear_error(trained, tmp_path, damage, matc
         key = next(k for k, v in state.items() if v.ndim == 2)
         state[key] = torch.zeros(3, 3)
         save_file(state, str(weights), metadata=meta)
+        _rehash(model)  # mixed from two runs, then re-recorded: the shape check still holds
     elif damage == "wrong_table_key":
         table = model / "tag_table.safetensors"
         save_file({"table": load_file(table)["tag_table"]}, str(table))

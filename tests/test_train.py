@@ -168,8 +168,9 @@ def test_pretrain_learns_and_exports(synthetic_ds: Path, tmp_path: Path) -> None
         assert (run / name).exists()
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert (run / "checkpoints" / "config.json").exists()
-    card = (run / "MODEL_CARD.md").read_text()
+    card = (run / "README.md").read_text()
     assert "optimiser steps | 30" in card and "pred_loss" in card
+    assert str(synthetic_ds.resolve()) not in card and str(tmp_path) not in card  # no paths
     # each loss term and its share of the loss is in the run's CSV
     with open(run / "logs" / "csv" / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["train/loss"]]
@@ -200,16 +201,22 @@ def test_pretrain_learns_and_exports(synthetic_ds: Path, tmp_path: Path) -> None
     with pytest.raises(OutputError, match="already holds checkpoints"):
         pretrain(synthetic_ds, run, config=_tiny(max_steps=1), resume=False)
 
-    # a model directory written before var_weight/cov_weight (config with reg_weight) loads,
-    # with both weights set from it
+    # a model directory written before var_weight/cov_weight (config with reg_weight) and
+    # before checksums (format 1) loads, with both weights set from it and a warning that its
+    # files are not verified
     older = tmp_path / "older"
     shutil.copytree(run, older)
+    (older / "checksums.json").unlink()
+    weights = load_file(str(older / "model.safetensors"))
+    save_file(weights, str(older / "model.safetensors"),
+              metadata={"format_version": "1", "geojepa": "model"})  # fmt: skip
     config = json.loads((older / "config.json").read_text())
     weight = config["model"].pop("var_weight")
     del config["model"]["cov_weight"]
     config["model"]["reg_weight"] = weight
     (older / "config.json").write_text(json.dumps(config))
-    old_model = GeoJEPA.from_pretrained(older)
+    with pytest.warns(UserWarning, match="not verified"):
+        old_model = GeoJEPA.from_pretrained(older)
     assert old_model.config.var_weight == old_model.config.cov_weight == weight
     torch.testing.assert_close(old_model.state_dict(), model.state_dict())
 

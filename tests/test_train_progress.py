@@ -61,7 +61,7 @@ def test_speeds_reach_the_csv_log_and_the_model_card_also_when_silent(ds, tmp_pa
     tokens_per_tile = speeds["speed/real_tokens_per_s"] / speeds["speed/tiles_per_s"]
     assert tokens_per_tile.between(2, 20).all()  # the synthetic tiles hold 2-20 entities
     assert re.search(r"training speed \| [\d,]+ real tokens/s, [\d.]+ tiles/s",
-                     (run / "MODEL_CARD.md").read_text())  # fmt: skip
+                     (run / "README.md").read_text())  # fmt: skip
 
 
 def test_real_tokens_of_a_planned_batch_are_its_entities(ds) -> None:

@@ -332,7 +332,11 @@ def split_(
 
 @app.command()
 def embed(
-    run: Path = typer.Argument(..., help="model directory written by `geojepa pretrain`"),
+    run: str = typer.Argument(
+        ...,
+        help="model directory written by `geojepa pretrain`, 'default' (the model shipped with "
+        "geojepa) or a Hugging Face Hub id owner/name (pip install 'geojepa[hub]')",
+    ),
     dataset: Path = typer.Argument(..., help="dataset directory written by `geojepa prepare`"),
     output: Path = typer.Option(..., "--output", "-o", help="tile embeddings GeoParquet to write"),
     entities: Path | None = typer.Option(

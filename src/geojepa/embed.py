@@ -61,8 +61,9 @@ def embedding_columns(width: int) -> list[str]:
 
 
 def model_on_device(model: GeoJEPA | str | Path, device: str | torch.device = "cpu") -> GeoJEPA:
-    """A model directory path (loaded with `GeoJEPA.from_pretrained`) or an in-memory GeoJEPA
-    that came from one, in eval mode on ``device`` (InputError for a GeoJEPA without its
+    """A model directory path, ``"default"`` or a Hub id (loaded with
+    `GeoJEPA.from_pretrained`) or an in-memory GeoJEPA that came from one, in eval mode on
+    ``device`` (InputError for a GeoJEPA without its
     directory's vocabulary)."""
     device = check_device(device)
     if not isinstance(model, GeoJEPA):

@@ -1,16 +1,24 @@
 """The model directory, read side: its files, its format version, and reading it with checks.
 
 What `geojepa pretrain` leaves for `embed`/`evaluate` and for users (format ``FORMAT_VERSION``;
-written by `train.export`)::
+written by `model.writer`)::
 
     config.json          the run config (train.config.PretrainConfig: a ModelSpec + the run's)
-    model.safetensors    every weight except the frozen tag table (no pickle)
+    model.safetensors    every weight except the frozen tag table (no pickle); its metadata
+                         holds the format version, geojepa's version and what it holds
+                         (``contents``: "full", or "embedding" for a compact export)
     tag_table.safetensors the frozen text-embedding table (one row per vocabulary entry)
     vocab.json           the tag vocabulary (TagVocabulary.save)
-    MODEL_CARD.md        data, steps, final losses, date
+    README.md            the model card, with a Hugging Face YAML header (format 1: MODEL_CARD.md)
     dataset.json         the PrepareConfig of the training data (zoom, tag filter)
-    training_data.json   where the training data lies and how many tiles it held
+    training_data.json   where the training data lies and how many tiles it held (local path)
     environment.json     geojepa's version and the resolved versions of its dependencies
+    checksums.json       the SHA-256 of each file above but the card, written last (format 2)
+
+The files are checked as one unit: every file ``checksums.json`` lists must be there with its
+hash, so a flipped bit, an edited config or a removed ``dataset.json`` (which would skip the
+zoom guard of `embed`) is one InputError line naming the file. The card is not listed: people
+edit cards. Format 1 directories (no checksums) still load, with a warning.
 
 A missing or damaged file is one InputError line naming it, never a traceback from safetensors
 or pydantic. Nothing here builds a network: `model.jepa.GeoJEPA.from_pretrained` does, from
@@ -19,7 +27,9 @@ what `read_model_directory` returns.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,14 +45,17 @@ from geojepa.errors import GeojepaError, InputError
 from geojepa.model.config import ModelSpec
 from geojepa.tokenize.tags import TagVocabulary
 
-#: Version of the model-directory format (written by `train.export`, read here).
-FORMAT_VERSION = 1
+#: Version of the model-directory format (written by `model.writer`, read here). 2: the card
+#: is README.md with a YAML header, checksums.json, compact (embedding-only) exports.
+FORMAT_VERSION = 2
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TAG_TABLE_FILE = "tag_table.safetensors"
 VOCAB_FILE = "vocab.json"
-CARD_FILE = "MODEL_CARD.md"
+CARD_FILE = "README.md"  # the model card (Hugging Face convention)
+LEGACY_CARD_FILE = "MODEL_CARD.md"  # the card of format 1 directories
+CHECKSUMS_FILE = "checksums.json"  # {"geojepa": version, "files": {name: sha256}} (format 2)
 DATASET_CONFIG_FILE = "dataset.json"  # PrepareConfig of the training data (zoom, tag filter)
 TRAINING_DATA_FILE = "training_data.json"  # {"dataset": path, "n_tiles": N} of the training data
 ENVIRONMENT_FILE = "environment.json"  # geojepa and dependency versions at export
@@ -67,6 +80,7 @@ class ModelDirectory:
     dataset_config: PrepareConfig | None = None
     training_data: dict[str, Any] | None = None
     path: Path | None = None
+    compact: bool = False  # an embedding-only export (no student, no predictor)
 
     @classmethod
     def of_run(
@@ -103,9 +117,11 @@ def read_model_directory(path: str | Path) -> tuple[ModelDirectory, torch.Tensor
             f"{path} was written by a newer geojepa (format {version}; this version reads up "
             f"to {FORMAT_VERSION}): upgrade geojepa"
         )
+    verify_checksums(path, version)
     config = read_model_file(path / CONFIG_FILE, _read_json_object)
     spec = read_model_file(path / CONFIG_FILE, lambda p: ModelSpec.from_run_config(config))
     table = read_model_file(path / TAG_TABLE_FILE, lambda p: load_file(str(p))["tag_table"])
+    table = table.float()  # a compact export may store it in float16
     vocab = read_model_file(path / VOCAB_FILE, TagVocabulary.load)
     if len(vocab) != table.shape[0]:
         raise InputError(f"{path}: vocabulary ({len(vocab)}) and tag table "
@@ -114,13 +130,62 @@ def read_model_directory(path: str | Path) -> tuple[ModelDirectory, torch.Tensor
     dataset_config = (
         read_model_file(dataset_json, PrepareConfig.load) if dataset_json.exists() else None
     )
-    record = ModelDirectory(spec, config, vocab, dataset_config, read_training_data(path), path)
+    compact = meta.get("contents", "full") == "embedding"
+    record = ModelDirectory(spec, config, vocab, dataset_config, read_training_data(path), path,
+                            compact)  # fmt: skip
     return record, table
 
 
-def load_weights(model: nn.Module, path: str | Path, map_location: str = "cpu") -> None:
+def sha256_of(path: Path) -> str:
+    """The SHA-256 (hex) of the file ``path``."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_checksums(path: Path, version: int = FORMAT_VERSION) -> None:
+    """Check every file ``checksums.json`` of directory ``path`` lists against its SHA-256:
+    InputError naming the first file that is missing or differs. A format 1 directory (written
+    before checksums) has none: a warning says its files are not verified."""
+    record_file = path / CHECKSUMS_FILE
+    if not record_file.exists():
+        if version >= 2:
+            raise InputError(f"{path} is not a complete geojepa model directory (missing: "
+                             f"{CHECKSUMS_FILE})")  # fmt: skip
+        warnings.warn(
+            f"{path} was exported before geojepa recorded checksums (format {version}): its "
+            "files are not verified; export or save_pretrained it again to add them",
+            stacklevel=3,
+        )
+        return
+    record = read_model_file(record_file, _read_json_object)
+    files = record.get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise InputError(f"{record_file} is damaged (no files → sha256 record)")
+    for name, digest in files.items():
+        file = path / name
+        if Path(name).name != name or not file.is_file():
+            raise InputError(f"{file} is missing (listed in {CHECKSUMS_FILE}): the model "
+                             "directory is incomplete; copy or export it again")  # fmt: skip
+        if sha256_of(file) != digest:
+            raise InputError(
+                f"{file} is damaged or was edited (its SHA-256 differs from the one recorded at "
+                f"export in {CHECKSUMS_FILE}): copy or export the model directory again"
+            )
+
+
+def load_weights(
+    model: nn.Module,
+    path: str | Path,
+    map_location: str = "cpu",
+    optional: Callable[[str], bool] = lambda key: False,
+) -> None:
     """Load ``model.safetensors`` of directory ``path`` into ``model`` (built from its spec);
-    every weight but the tag table must be there with its shape (InputError if not)."""
+    every weight but the tag table and the keys ``optional`` accepts (a compact export's
+    training-only parts) must be there with its shape (InputError if not). Weights stored in
+    float16 are cast to the model's dtype."""
     path = Path(path)
     state = read_model_file(path / WEIGHTS_FILE, lambda p: load_file(str(p), device=map_location))
     try:
@@ -131,7 +196,8 @@ def load_weights(model: nn.Module, path: str | Path, map_location: str = "cpu") 
             f"{path / WEIGHTS_FILE} does not match {path / CONFIG_FILE} ({first}); the model "
             "directory is damaged or mixed from two runs: export it again"
         ) from None
-    bad = [k for k in result.missing_keys if not is_tag_table(k)] + list(result.unexpected_keys)
+    bad = [k for k in result.missing_keys if not (is_tag_table(k) or optional(k))]
+    bad += list(result.unexpected_keys)
     if bad:
         raise InputError(f"{path / WEIGHTS_FILE} does not match its config ({bad[:3]} ...)")
 

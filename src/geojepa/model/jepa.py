@@ -18,7 +18,6 @@ import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -27,14 +26,9 @@ from torch import nn
 
 from geojepa.errors import InputError
 from geojepa.model.config import ModelConfig, ModelSpec
-from geojepa.model.directory import (
-    CONFIG_FILE,
-    ModelDirectory,
-    load_weights,
-    read_model_directory,
-    read_model_file,
-)
+from geojepa.model.directory import ModelDirectory
 from geojepa.model.masking import MaskGenerator, MaskingConfig, Masks
+from geojepa.model.pretrained import Pretrained
 from geojepa.model.prior import PositionPrior
 from geojepa.model.transformer import Packing, Predictor, Transformer
 from geojepa.tokenize.tokenizer import TileTokenizer
@@ -157,7 +151,7 @@ def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return out.view(*index.shape, *x.shape[2:])
 
 
-class GeoJEPA(nn.Module):
+class GeoJEPA(Pretrained, nn.Module):
     """Tokenizer + prior + encoder, their EMA copies, and the predictor.
 
     ``tokenizer`` maps a batch to tokens (normally a ``TileTokenizer``: ``layout``,
@@ -392,18 +386,25 @@ class GeoJEPA(nn.Module):
             target_valid=tok.valid,
         )
 
-    # --- persistence -----------------------------------------------------------------------
+    # --- persistence (from_pretrained, save_pretrained, push_to_hub: model/pretrained.py) ---
     @classmethod
-    def from_pretrained(cls, path: str | Path, map_location: str = "cpu") -> GeoJEPA:
-        """Load a model directory written by ``geojepa pretrain`` (see ``model/directory.py``),
-        in eval mode on ``map_location``; ``directory`` holds what the directory says about it.
-        InputError if the directory is incomplete, too new or damaged."""
-        directory, table = read_model_directory(path)
-        model = read_model_file(Path(path) / CONFIG_FILE,
-                                lambda p: build_model(directory.spec, table))  # fmt: skip
-        load_weights(model, path, map_location)
-        model.directory = directory
-        return model.to(map_location).eval()
+    def from_spec(cls, spec: ModelSpec, tag_table: torch.Tensor) -> GeoJEPA:
+        """A fresh GeoJEPA (its TileTokenizer included, random weights) for ``spec`` (a
+        ModelSpec, or a run config, which is one)."""
+        return cls(spec.model, TileTokenizer(spec.tokenizer, tag_table), spec.masking)
+
+    def embedding_key(self, key: str) -> bool:
+        """Whether state-dict ``key`` is read by embedding (``encode`` and what builds on it):
+        the target branch, and with ``ema_scope="encoder"`` the student's tokenizer and prior,
+        which the teacher reads. The rest (the student's encoder, the predictor) only trains."""
+        shared = () if "tokenizer" in self.target else ("tokenizer.", "prior.")
+        return key.startswith(("target.", *shared))
+
+    def weights_to_save(self, compact: bool = False) -> dict[str, torch.Tensor]:
+        """The state to store in a model directory: every weight, or (``compact``) only those
+        embedding reads (`embedding_key`)."""
+        state = self.state_dict()
+        return {k: v for k, v in state.items() if not compact or self.embedding_key(k)}
 
     def require_directory(self) -> ModelDirectory:
         """``directory``, or InputError for a network that was not loaded from a model
@@ -416,8 +417,7 @@ class GeoJEPA(nn.Module):
 def build_model(spec: ModelSpec, tag_table: torch.Tensor) -> GeoJEPA:
     """A fresh GeoJEPA (its TileTokenizer included, random weights) for ``spec`` (a ModelSpec,
     or a run config, which is one)."""
-    tokenizer = TileTokenizer(spec.tokenizer, tag_table)
-    return GeoJEPA(spec.model, tokenizer, spec.masking)
+    return GeoJEPA.from_spec(spec, tag_table)
 
 
 @contextlib.contextmanager

@@ -1,40 +1,28 @@
-"""The model directory, write side: `export_model` and the model card.
+"""Exporting a run: `export_model` (the model directory at the end of `geojepa pretrain`), its
+card with the preset's recipe, and the training data's sources as the card names them.
 
-The layout, the format version and the reading of a directory (with its checks) are in
-`geojepa.model.directory`, below the training layer, so that `GeoJEPA.from_pretrained` needs
-nothing from here; `build_model` and `load_model` are re-exported for older imports.
+The files, checksums and format version are written by `geojepa.model.writer` and read (with
+their checks) by `geojepa.model.directory`, below the training layer, so that
+`GeoJEPA.from_pretrained`/`save_pretrained` need nothing from here; `build_model` and
+`load_model` are re-exported for older imports.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
-
 from geojepa.data.config import PrepareConfig
-from geojepa.environment import environment
-from geojepa.io.atomic import write_atomic, write_text_atomic
-from geojepa.model.directory import (
-    CARD_FILE,
-    CONFIG_FILE,
-    DATASET_CONFIG_FILE,
-    ENVIRONMENT_FILE,
-    FORMAT_VERSION,
-    TAG_TABLE_FILE,
-    TRAINING_DATA_FILE,
-    VOCAB_FILE,
-    WEIGHTS_FILE,
-    is_tag_table,
-)
+from geojepa.model import card
+from geojepa.model.card import EvalRow
 from geojepa.model.io import LoadedModel, load_model
 from geojepa.model.jepa import GeoJEPA, build_model
-from geojepa.tokenize.tags import DEFAULT_TEXT_MODEL, DEFAULT_TEXT_MODEL_LICENSE, TagVocabulary
+from geojepa.model.writer import write_model_directory
+from geojepa.tokenize.tags import TagVocabulary
 from geojepa.train.config import PRESET_NOTES, PretrainConfig
 
-__all__ = ["LoadedModel", "build_model", "export_model", "load_model", "model_card"]
+__all__ = ["EvalRow", "LoadedModel", "build_model", "export_model", "load_model", "model_card",
+           "training_sources"]  # fmt: skip
 
 
 def export_model(
@@ -45,113 +33,88 @@ def export_model(
     info: dict[str, Any] | None = None,
     dataset_config: PrepareConfig | None = None,
     training_data: dict[str, Any] | None = None,
+    *,
+    results: list[EvalRow] | None = None,
+    compact: bool = False,
+    dtype: str = "float32",
 ) -> Path:
-    """Write the model directory ``out`` (files are replaced atomically one by one).
+    """Write the model directory ``out`` (`model.writer.write_model_directory`: files replaced
+    atomically one by one, ``checksums.json`` last).
 
     ``training_data`` (``{"dataset": path, "n_tiles": N}``) lets `evaluate` find the tiles the
-    model was trained on, to report any overlap with its val/test tiles.
+    model was trained on, to report any overlap with its val/test tiles; it stays out of the
+    card. ``info`` fills the card (`model_card`); ``results`` (benchmark rows with intervals)
+    go to the card's header. ``compact``/``dtype``: an embedding-only export
+    (`GeoJEPA.save_pretrained`).
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config.save(out / CONFIG_FILE)
-    state, seen = {}, set()
-    for k, v in model.state_dict().items():
-        if is_tag_table(k):
-            continue
-        t = v.detach().cpu().contiguous()
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in seen and t.numel():  # teacher and student share frozen tensors
-            t = t.clone()  # safetensors refuses shared memory
-        seen.add(ptr)
-        state[k] = t
-    meta = {"format_version": str(FORMAT_VERSION), "geojepa": "model"}
-    write_atomic(out / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata=meta))
-    table = model.tokenizer.tag_table.detach().cpu().contiguous()
-    write_atomic(
-        out / TAG_TABLE_FILE, lambda p: save_file({"tag_table": table}, str(p), metadata=meta)
+    info = dict(info or {})
+    card = model_card(config, {**info, "compact": compact, "dtype": dtype}, results,
+                      name=info.get("name", Path(out).name))  # fmt: skip
+    return write_model_directory(
+        out,
+        state=model.weights_to_save(compact),
+        tag_table=model.tokenizer.tag_table,
+        config=config.model_dump(mode="json"),
+        vocab=vocab,
+        card=card,
+        dataset_config=dataset_config,
+        training_data=training_data,
+        compact=compact,
+        dtype=dtype,
     )
-    vocab.save(out / VOCAB_FILE)
-    if dataset_config is not None:  # lets `embed` refuse data of another zoom or tag filter
-        dataset_config.save(out / DATASET_CONFIG_FILE)
-    if training_data is not None:
-        write_text_atomic(out / TRAINING_DATA_FILE, json.dumps(training_data, indent=2) + "\n")
-    write_text_atomic(out / ENVIRONMENT_FILE, json.dumps(environment(), indent=2) + "\n")
-    write_text_atomic(out / CARD_FILE, model_card(config, info or {}))
+
+
+def model_card(
+    config: PretrainConfig,
+    info: dict[str, Any],
+    results: list[EvalRow] | None = None,
+    name: str = "geojepa-model",
+) -> str:
+    """The README.md card of a run (`model.card.model_card`, with the preset's recipe)."""
+    recipe = PRESET_NOTES.get(config.preset or "", "custom configuration")
+    return card.model_card(config, {"recipe": recipe, **info}, results, name)
+
+
+def training_sources(source: dict[str, Any]) -> list[dict[str, Any]]:
+    """The source files of a dataset (its manifest's ``source``, followed through merges and
+    subsets) as the card names them: file name, kind, size, SHA-256 and the OSM snapshot date
+    of a PBF's header (read from the file while it is still there). No paths."""
+    leaves: list[dict[str, Any]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for n in node:
+                walk(n)
+        elif isinstance(node, dict):
+            if "path" in node and "sha256" in node:
+                leaves.append(node)
+            for key in ("source", "of"):
+                walk(node.get(key))
+
+    walk(source)
+    out, seen = [], set()
+    for leaf in leaves:
+        if leaf["sha256"] in seen:
+            continue
+        seen.add(leaf["sha256"])
+        out.append({"name": Path(leaf["path"]).name, "kind": leaf.get("kind", "?"),
+                    "size": leaf.get("size"), "sha256": leaf["sha256"],
+                    "snapshot": _osm_snapshot(Path(leaf["path"]))})  # fmt: skip
     return out
 
 
-def _speed(throughput: dict[str, float] | None) -> str:
-    """``1,234 real tokens/s, 56.7 tiles/s`` (the last training attempt's loop), or ``?``."""
-    if not throughput:
-        return "?"
-    return (f"{throughput['real_tokens_per_s']:,.0f} real tokens/s, "
-            f"{throughput['tiles_per_s']:.1f} tiles/s (last attempt's training loop)")  # fmt: skip
+def _osm_snapshot(path: Path) -> str | None:
+    """The replication timestamp in an OSM PBF's header (None if absent or unreadable)."""
+    if not path.name.endswith(".pbf") or not path.is_file():
+        return None
+    try:
+        import osmium
 
-
-def model_card(config: PretrainConfig, info: dict[str, Any]) -> str:
-    """A short Markdown card filled from the run."""
-    date = info.get("date") or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    losses = info.get("final_losses") or {}
-    loss_lines = "\n".join(f"| {k} | {v:.4f} |" for k, v in losses.items()) or "| – | – |"
-    t, m = config.tokenizer, config.model
-    inputs = [n for n, on in (("tags", t.use_tags), ("geometry", t.use_geometry),
-                              ("imagery", t.use_image)) if on]  # fmt: skip
-    default_text = t.text_model.removeprefix("sentence-transformers/") == DEFAULT_TEXT_MODEL
-    text_licence = (
-        f"{DEFAULT_TEXT_MODEL_LICENSE} (sentence-transformers/{DEFAULT_TEXT_MODEL}; "
-        "weights checked against the upstream SHA-256)"
-        if default_text
-        else "see the text model's own card"
-    )
-    counted = m.tile_pooling == "max_mean_count"
-    pooling = "[max ‖ mean ‖ log(1 + tokens)]" if counted else "[max ‖ mean]"
-    tile_width = 2 * m.width + counted
-    targets = f"mean of the last {m.target_layers} blocks" if m.target_layers > 1 else "last block"
-    per_target = m.pred_loss_reduction == "per_target_sum"
-    reduction = "sum over targets of each target's mean" if per_target else "mean over tokens"
-    loss = (f"smooth-L1 to teacher targets ({targets}; {reduction}) + {m.var_weight} × variance "
-            f"+ {m.cov_weight} × covariance")  # fmt: skip
-    ema = "encoder (student's tokenizer, prior)" if m.ema_scope == "encoder" else "all"
-    ema += f", momentum {m.ema_momentum[0]} → {m.ema_momentum[1]}"
-    ema += f" over {m.ema_steps} steps" if m.ema_steps else " over the run"
-    return f"""# GeoJEPA model card
-
-Self-supervised embeddings of map tiles and OpenStreetMap entities (GeoJEPA,
-arXiv 2503.05774), trained with `geojepa pretrain`.
-
-| field | value |
-|---|---|
-| format version | {FORMAT_VERSION} |
-| date | {date} |
-| preset | {config.preset or "custom"} |
-| training data | `{info.get("dataset", "?")}` ({info.get("n_tiles", "?")} tiles) |
-| inputs | {", ".join(inputs)} |
-| text model | {t.text_model} |
-| text model licence | {text_licence} |
-| recipe | {PRESET_NOTES.get(config.preset or "", "custom configuration")} |
-| encoder | width {m.width}, {m.depth} layers, {m.heads} heads, dropout {m.dropout} |
-| predictor | width {m.predictor_width}, {m.predictor_depth} layers |
-| loss | {loss} |
-| EMA teacher | {ema} |
-| optimiser steps | {info.get("steps", "?")} (epochs: {info.get("epochs", "?")}) |
-| devices | {info.get("devices", "?")} |
-| training speed | {_speed(info.get("throughput"))} |
-
-## Final training losses
-
-| term | value |
-|---|---|
-{loss_lines}
-
-## Use
-
-```python
-from geojepa.model import GeoJEPA
-model = GeoJEPA.from_pretrained("{info.get("name", "RUN")}")
-```
-
-`tile_embedding(batch)` gives {pooling} over the target encoder's token outputs
-({tile_width} numbers); `entity_embeddings(batch)` gives one {m.width}-d vector per entity.
-
-Data: © OpenStreetMap contributors, ODbL.
-"""
+        reader = osmium.io.Reader(str(path), osmium.osm.osm_entity_bits.NOTHING)
+        try:
+            stamp = reader.header().get("osmosis_replication_timestamp")
+        finally:
+            reader.close()
+    except Exception:  # a damaged header: the card says "not recorded"
+        return None
+    return stamp or None

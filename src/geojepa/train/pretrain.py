@@ -30,7 +30,7 @@ from geojepa.model.directory import VOCAB_FILE
 from geojepa.tokenize.loader import make_dataloader
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
 from geojepa.train.config import PretrainConfig, preset_config
-from geojepa.train.export import build_model, export_model
+from geojepa.train.export import build_model, export_model, training_sources
 
 CKPT_DIR = "checkpoints"
 TRAIN_DATA_DIR = "train-data"  # pretrain(tiles=...): the subset of tiles trained on
@@ -348,7 +348,8 @@ def _pretrain(
             if k.startswith("train/") and "n_targets" not in k
         }
         info = {
-            "dataset": str(ds.path),
+            "dataset_name": ds.path.name,  # the card names the data, never a local path
+            "sources": training_sources(ds.manifest.get("source") or {}),
             "name": out.name,
             "n_tiles": n_tiles,
             "steps": trainer.global_step,
