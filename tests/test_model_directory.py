@@ -343,3 +343,43 @@ def test_a_compact_export_still_checks_its_files(exported, tmp_path: Path) -> No
     (out / "model.safetensors").write_bytes(bytes(data))
     with pytest.raises(InputError, match=r"model\.safetensors is damaged"):
         GeoJEPA.from_pretrained(out)
+
+
+def test_a_tag_table_rebuilt_from_the_text_model_is_checked_and_cached(
+    exported, tmp_path: Path, monkeypatch
+) -> None:
+    """``tag_table="text"`` ships a fingerprint instead of the table; a load rebuilds the table
+    with the text model (once: then from the cache) and refuses one that differs."""
+    import geojepa.tokenize.tags as tags
+
+    run, ds = exported
+    full = GeoJEPA.from_pretrained(run)
+    out = full.save_pretrained(tmp_path / "slim", compact=True, tag_table="text")
+    assert not (out / "tag_table.safetensors").exists()
+    assert (out / "tag_table_check.safetensors").stat().st_size < 0.6 * (
+        (run / "tag_table.safetensors").stat().st_size
+    )
+    monkeypatch.setenv("GEOJEPA_CACHE", str(tmp_path / "cache"))
+    calls: list[int] = []
+
+    def text_model(name: str, batch_size: int = 256):  # the export's table came from fake_embed
+        calls.append(1)
+        return fake_embed
+
+    monkeypatch.setattr(tags, "sentence_transformer_embed", text_model)
+    np.testing.assert_array_equal(_tiles(GeoJEPA.from_pretrained(out), ds), _tiles(full, ds))
+    assert calls == [1] and list((tmp_path / "cache").glob("tag_table-*.safetensors"))
+    GeoJEPA.from_pretrained(out)
+    assert calls == [1]  # the second load reads the cached table
+
+    # another text model (or version) gives another table: one line, never other embeddings
+    shutil.rmtree(tmp_path / "cache")
+    monkeypatch.setattr(
+        tags,
+        "sentence_transformer_embed",
+        lambda name, batch_size=256: lambda t: 1.01 * fake_embed(t),
+    )
+    with pytest.raises(InputError, match="gives another tag table"):
+        GeoJEPA.from_pretrained(out)
+    with pytest.raises(Exception, match="stored"):
+        full.save_pretrained(tmp_path / "bad", tag_table="fp8")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,9 +58,14 @@ CARD_FILE = "README.md"  # the model card (Hugging Face convention)
 LEGACY_CARD_FILE = "MODEL_CARD.md"  # the card of format 1 directories
 CHECKSUMS_FILE = "checksums.json"  # {"geojepa": version, "files": {name: sha256}} (format 2)
 DATASET_CONFIG_FILE = "dataset.json"  # PrepareConfig of the training data (zoom, tag filter)
+#: In place of the tag table: a fingerprint of it (row norms, a seeded projection) for a table
+#: rebuilt on load from the text model the package ships (a compact export's
+#: ``tag_table="text"``: the table is ~45% of a float16 cpu-base model)
+TAG_TABLE_CHECK_FILE = "tag_table_check.safetensors"
+TAG_TABLE_RTOL = 1e-3  # a rebuilt table must match its fingerprint this closely
 TRAINING_DATA_FILE = "training_data.json"  # {"dataset": path, "n_tiles": N} of the training data
 ENVIRONMENT_FILE = "environment.json"  # geojepa and dependency versions at export
-REQUIRED = (CONFIG_FILE, WEIGHTS_FILE, TAG_TABLE_FILE, VOCAB_FILE)
+REQUIRED = (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE)  # + the tag table or its fingerprint
 T = TypeVar("T")
 
 
@@ -102,6 +108,9 @@ def read_model_directory(path: str | Path) -> tuple[ModelDirectory, torch.Tensor
     if not path.is_dir():
         raise InputError(f"model directory not found: {path}")
     missing = [name for name in REQUIRED if not (path / name).exists()]
+    rebuild = not (path / TAG_TABLE_FILE).exists() and (path / TAG_TABLE_CHECK_FILE).exists()
+    if not rebuild and not (path / TAG_TABLE_FILE).exists():
+        missing.append(TAG_TABLE_FILE)
     if missing:
         raise InputError(f"{path} is not a complete geojepa model directory (missing: "
                          f"{', '.join(missing)})")  # fmt: skip
@@ -120,9 +129,12 @@ def read_model_directory(path: str | Path) -> tuple[ModelDirectory, torch.Tensor
     verify_checksums(path, version)
     config = read_model_file(path / CONFIG_FILE, _read_json_object)
     spec = read_model_file(path / CONFIG_FILE, lambda p: ModelSpec.from_run_config(config))
-    table = read_model_file(path / TAG_TABLE_FILE, lambda p: load_file(str(p))["tag_table"])
-    table = table.float()  # a compact export may store it in float16
     vocab = read_model_file(path / VOCAB_FILE, TagVocabulary.load)
+    if rebuild:
+        table = rebuilt_tag_table(path, vocab, spec.tokenizer.text_model)
+    else:
+        table = read_model_file(path / TAG_TABLE_FILE, lambda p: load_file(str(p))["tag_table"])
+    table = table.float()  # a compact export may store it in float16
     if len(vocab) != table.shape[0]:
         raise InputError(f"{path}: vocabulary ({len(vocab)}) and tag table "
                          f"({table.shape[0]} rows) do not match")  # fmt: skip
@@ -134,6 +146,47 @@ def read_model_directory(path: str | Path) -> tuple[ModelDirectory, torch.Tensor
     record = ModelDirectory(spec, config, vocab, dataset_config, read_training_data(path), path,
                             compact)  # fmt: skip
     return record, table
+
+
+def tag_table_fingerprint(table: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Row norms and a seeded 4-column projection of a tag table: enough to tell a rebuilt
+    table from another text model's (or another vocabulary's), 5 floats a row."""
+    table = table.float()
+    generator = torch.Generator().manual_seed(0)
+    directions = torch.randn(table.shape[1], 4, generator=generator)
+    projection = (table @ directions).contiguous()
+    return {"norms": table.norm(dim=1).contiguous(), "projection": projection}
+
+
+def rebuilt_tag_table(path: Path, vocab: TagVocabulary, text_model: str) -> torch.Tensor:
+    """The tag table of a ``tag_table="text"`` export: embedded anew by ``text_model`` (once per
+    machine: cached in `tag_table_cache_dir`) and checked against ``tag_table_check``."""
+    from geojepa.tokenize.tags import build_tag_table
+
+    check = read_model_file(path / TAG_TABLE_CHECK_FILE, lambda p: load_file(str(p)))
+    table = build_tag_table(vocab, text_model, tag_table_cache_dir())
+    got = tag_table_fingerprint(table)
+    for key, want in check.items():
+        if (
+            key not in got
+            or got[key].shape != want.shape
+            or not torch.allclose(got[key], want.float(), rtol=TAG_TABLE_RTOL, atol=TAG_TABLE_RTOL)
+        ):
+            raise InputError(
+                f"{path}: the text model {text_model!r} installed here gives another tag table "
+                f"than the one this model was exported with ({TAG_TABLE_CHECK_FILE}: {key} "
+                "differs); install the text model version of its environment.json"
+            )
+    return table
+
+
+def tag_table_cache_dir() -> Path:
+    """Where rebuilt tag tables are cached: ``$GEOJEPA_CACHE``, else ``$XDG_CACHE_HOME/geojepa``
+    or ``~/.cache/geojepa``."""
+    if os.environ.get("GEOJEPA_CACHE"):
+        return Path(os.environ["GEOJEPA_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "geojepa"
 
 
 def sha256_of(path: Path) -> str:

@@ -34,12 +34,14 @@ from geojepa.model.directory import (
     ENVIRONMENT_FILE,
     FORMAT_VERSION,
     LEGACY_CARD_FILE,
+    TAG_TABLE_CHECK_FILE,
     TAG_TABLE_FILE,
     TRAINING_DATA_FILE,
     VOCAB_FILE,
     WEIGHTS_FILE,
     is_tag_table,
     sha256_of,
+    tag_table_fingerprint,
 )
 from geojepa.tokenize.tags import TagVocabulary
 
@@ -58,6 +60,7 @@ def write_model_directory(
     training_data: dict[str, Any] | None = None,
     compact: bool = False,
     dtype: str = "float32",
+    tag_table_from_text: bool = False,
 ) -> Path:
     """Write model directory ``out`` (files replaced atomically one by one, checksums last).
 
@@ -66,6 +69,8 @@ def write_model_directory(
     ``card`` the README.md text;
     ``training_data`` (``{"dataset": path, "n_tiles": N}``, a local path) is written only when
     given (`push_to_hub` leaves it out). ``compact``/``dtype``: see the module docstring.
+    ``tag_table_from_text``: store only a fingerprint of the tag table, rebuilt on load from the
+    text model (which must give this table: a load checks it).
     """
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
@@ -93,12 +98,17 @@ def write_model_directory(
         "dtype": dtype,
     }
     write_atomic(out / WEIGHTS_FILE, lambda p: save_file(weights, str(p), metadata=meta))
-    table = tag_table.detach().cpu().to(cast).contiguous()
-    write_atomic(
-        out / TAG_TABLE_FILE, lambda p: save_file({"tag_table": table}, str(p), metadata=meta)
-    )
+    if tag_table_from_text:
+        tables = tag_table_fingerprint(tag_table.detach().cpu())
+        table_file = TAG_TABLE_CHECK_FILE
+        (out / TAG_TABLE_FILE).unlink(missing_ok=True)
+    else:
+        tables = {"tag_table": tag_table.detach().cpu().to(cast).contiguous()}
+        table_file = TAG_TABLE_FILE
+        (out / TAG_TABLE_CHECK_FILE).unlink(missing_ok=True)
+    write_atomic(out / table_file, lambda p: save_file(tables, str(p), metadata=meta))
     vocab.save(out / VOCAB_FILE)
-    files = [CONFIG_FILE, WEIGHTS_FILE, TAG_TABLE_FILE, VOCAB_FILE, ENVIRONMENT_FILE]
+    files = [CONFIG_FILE, WEIGHTS_FILE, table_file, VOCAB_FILE, ENVIRONMENT_FILE]
     if dataset_config is not None:  # lets `embed` refuse data of another zoom or tag filter
         dataset_config.save(out / DATASET_CONFIG_FILE)
         files.append(DATASET_CONFIG_FILE)
