@@ -56,7 +56,8 @@ def model_card(
     ``info`` (all optional): ``date``, ``recipe`` (a line on the preset), ``sources`` (a list
     of ``{"name", "kind", "sha256", "size", "snapshot"}``), ``dataset_name``, ``n_tiles``,
     ``steps``, ``epochs``, ``devices``, ``throughput``, ``final_losses``, ``compact`` (the
-    embedding-only export, with its ``dtype``). ``results``: benchmark rows for the header.
+    embedding-only export, with its ``dtype``), ``notes`` (lines for a Notes section: how the
+    results were measured, limits). ``results``: benchmark rows for the header.
     """
     date = info.get("date") or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sources = list(info.get("sources") or [])
@@ -124,7 +125,7 @@ arXiv 2503.05774), trained with `geojepa pretrain`.
 | term | value |
 |---|---|
 {loss_lines}
-{_results_section(results or [])}
+{_results_section(results or [])}{_notes_section(info.get("notes") or [])}
 ## Use
 
 ```python
@@ -140,6 +141,10 @@ loading checks them.
 
 Data: © OpenStreetMap contributors, ODbL.
 """
+
+
+def _notes_section(notes: list[str]) -> str:
+    return "\n## Notes\n\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else ""
 
 
 def card_info(card: str) -> dict[str, Any]:
