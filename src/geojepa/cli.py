@@ -491,8 +491,22 @@ def evaluate(
         typer.echo(format_summary(result))
 
 
+#: Below this many columns rich's help panels cut long option names (``--tokens-per-ba…``);
+#: click's plain help, which never cuts them, is shown instead.
+RICH_HELP_MIN_COLUMNS = 100
+
+
+def _help_style() -> None:
+    """Rich help panels on a wide terminal, plain help on a narrow one (``COLUMNS`` counts)."""
+    import shutil
+
+    wide = shutil.get_terminal_size().columns >= RICH_HELP_MIN_COLUMNS
+    app.rich_markup_mode = "rich" if wide else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
+    _help_style()
     with interrupt.sigint_handler():
         try:
             # In non-standalone mode typer turns a KeyboardInterrupt into the return value 130.
