@@ -407,9 +407,10 @@ def plot(
     embeddings: Path | None = typer.Argument(None, help="tile embeddings (GeoParquet)"),
     output: Path = typer.Option(..., "--output", "-o", help="PNG file to write"),
     color_by: str = typer.Option(
-        "n_entities",
-        help="n_entities, or a tag key counted in top_tags; one colour per count when few, "
-        "else a log or linear scale; outliers clipped (said in the figure)",
+        "cluster",
+        help="cluster: k-means clusters of the embeddings, named by their over-represented top "
+        "tags | n_entities: entities per tile (outliers clipped, said in the figure) | a tag "
+        "key such as building: each tile's value of that key among its top tags",
     ),
     method: str = typer.Option("pca", help="2-D projection: pca | umap (extra 'umap')"),
     curves: Path | None = typer.Option(

@@ -582,11 +582,8 @@ def _pictures(
         plot_curves(model, figures[1])
     except InputError:  # no training log (e.g. removed): the other pictures still stand
         figures[1].unlink(missing_ok=True)
-    tiles = emb_dir / f"{areas[0]}-tiles.parquet"
-    try:
-        plot_embeddings(tiles, figures[0], color_by="building")
-    except InputError:  # no tile has a building among its top tags
-        plot_embeddings(tiles, figures[0], color_by="n_entities")
+    # coloured by k-means clusters of the embeddings, named by their tiles' top tags
+    plot_embeddings(emb_dir / f"{areas[0]}-tiles.parquet", figures[0])
 
 
 def print_summary(result: DemoResult, console: Console) -> None:
