@@ -192,11 +192,36 @@ def test_results_chart_has_a_legend_and_y_labels(tmp_path: Path, figures):
     fig = figures[-1]
     assert fig.legends, "no legend"
     labels = {t.get_text() for legend in fig.legends for t in legend.get_texts()}
-    assert labels == {"linear", "mlp", "dummy"}
+    assert labels == {"linear", "mlp", "dummy", "dummy: train median / majority"}
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert len(visible) == 2
     assert {ax.get_ylabel().split()[0] for ax in visible} == {"auroc", "mae"}
     assert all("better" in ax.get_ylabel() for ax in visible)
+
+
+def test_results_chart_names_models_once_and_marks_the_baseline(tmp_path: Path, figures):
+    """Each model named once, the error bars explained, and a panel where the median
+    baseline beats every model says so."""
+    from geojepa.eval.report import plot_results
+
+    rows = [("geojepa", "linear", 5.5, 0.0), ("geojepa", "mlp", 5.2, 0.3),
+            ("tag_counts", "linear", 5.4, 0.0), ("tag_counts", "mlp", 5.6, 0.2),
+            ("dummy", "dummy", 3.57, 0.0)]  # fmt: skip
+    summary = pd.DataFrame(
+        [(m, p, "max_speed", "mae", v, sd, 2) for m, p, v, sd in rows],
+        columns=["model", "probe", "task", "metric", "mean", "std", "n_seeds"],
+    )
+    plot_results(summary, tmp_path / "r.png")
+    fig = figures[-1]
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["geojepa", "tag_counts", "dummy"]
+    assert "dummy baseline beats every model" in ax.get_title()
+    assert any(line.get_linestyle() == "--" and line.get_ydata()[0] == 3.57
+               for line in ax.get_lines())  # fmt: skip
+    assert any("standard deviation over the seeds" in t.get_text() for t in fig.texts)
+    summary.loc[0, "mean"] = 3.0  # geojepa beats the median: no such note
+    plot_results(summary, tmp_path / "r2.png")
+    assert "beats" not in figures[-1].axes[0].get_title()
 
 
 def test_curves_have_y_labels_and_legends_beside_the_data(tmp_path: Path, figures):
