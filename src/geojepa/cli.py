@@ -214,6 +214,9 @@ def pretrain(
         False, "--compile", help="torch.compile the transformer blocks (for GPUs; no gain on CPUs)"
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display or summary"),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="print each start-up stage's time up to the first step"
+    ),
 ) -> None:
     """Pretrain GeoJEPA on a tile dataset; writes checkpoints, logs and a model directory."""
     from geojepa.train.pretrain import pretrain as run_pretrain
@@ -237,6 +240,7 @@ def pretrain(
         keep_checkpoints=keep_checkpoints,
         progress=False if quiet else None,
         compiled=True if compile_blocks else None,
+        verbose=verbose,
     )
     if not quiet:
         typer.echo(f"model directory: {out}")

@@ -44,10 +44,11 @@ AREAS: dict[str, tuple[str, str]] = {
     "town": ("test.osm.pbf", "a small Finnish town"),
 }
 STATE_FILE = "demo-state.json"
-#: Share of the time left after preparing the data that goes to optimiser steps. The rest
-#: (text model, Lightning set-up, first tokenisation, export, embedding, the reduced
-#: evaluation, pictures) took about as long as the steps in runs on 2 shared cores; all of it
-#: scales with CPU speed and load alike, so a share holds on fast and on busy machines.
+#: Share of the time left after preparing the data and reserving the reduced evaluation
+#: (``EVAL_SIZES``) that goes to optimiser steps. The rest (text model, Lightning start-up,
+#: first tokenisation, export, embedding, pictures) took about as long as the steps in runs on
+#: 2 shared cores; all of it scales with CPU speed and load alike, so a share holds on fast and
+#: on busy machines.
 TRAIN_SHARE = 0.5
 MIN_STEPS, MAX_STEPS = 20, 1000
 #: the reduced evaluation: tasks that have labels in both extracts, and few seeds

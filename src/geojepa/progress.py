@@ -94,3 +94,24 @@ def progress_bar(
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, unit=unit, desc=desc, file=stream, leave=False)
+
+
+class StageClock:
+    """Wall time of the stages of a start-up (``pretrain -v``): each stage's seconds, printed
+    as it ends when ``show``, and the total since the clock started."""
+
+    def __init__(self, name: str, show: bool = False, stream: TextIO | None = None) -> None:
+        self.name, self.show = name, show
+        self.stream = stream or sys.stderr
+        self.start = self.mark = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, stage: str) -> float:
+        """End ``stage`` now (it began at the previous lap); returns its seconds."""
+        now = time.perf_counter()
+        seconds, self.mark = now - self.mark, now
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+        if self.show:
+            print(f"{self.name} start-up · {stage}: {seconds:.1f} s "
+                  f"(total {now - self.start:.1f} s)", file=self.stream, flush=True)  # fmt: skip
+        return seconds
