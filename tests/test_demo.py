@@ -29,12 +29,40 @@ def test_plan_steps() -> None:
     assert plan_steps(-5.0, 1.0) == MIN_STEPS  # over budget already: still train a little
     assert plan_steps(1e9, 0.01) == MAX_STEPS
     assert plan_steps(200.0, 1.0) < plan_steps(200.0, 0.5)  # faster machine, more steps
+    # the evaluation's cost is reserved out of the budget before training is sized
+    reserve = demo.EVAL_SIZES[0].cost_steps * 0.5
+    assert plan_steps(300.0, 0.5, evaluate=True) == plan_steps(300.0 - reserve, 0.5)
+
+
+def test_evaluation_is_sized_to_what_is_left() -> None:
+    big, small = demo.EVAL_SIZES
+    assert big.cost_steps > small.cost_steps and len(big.seeds) >= len(small.seeds)
+    step = 0.2
+    assert demo.choose_eval_size(big.cost_steps * step + 1, step) is big
+    assert demo.choose_eval_size(big.cost_steps * step - 1, step) is small
+    assert demo.choose_eval_size(small.cost_steps * step - 1, step) is None
+    assert demo.choose_eval_size(0.0, None) is big  # --steps given: no step time to size by
+
+
+def test_demo_skips_an_evaluation_that_no_longer_fits(
+    finland_test_pbf: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A slow machine (10 s per step, faked) with a 1-minute budget: training runs its minimum
+    and the evaluation that would overrun the budget is skipped, saying why."""
+    monkeypatch.setattr(demo, "MIN_STEPS", 2)
+    monkeypatch.setattr(demo, "fastest_threads", lambda ds, cfg: (1, 10.0))
+    result = run_demo(tmp_path / "demo", minutes=1.0, config=tiny_config(), areas=("town",),
+                      explore=False, progress=False)  # fmt: skip
+    stage = {s.name: s for s in result.stages}
+    assert result.steps == 2 and stage["pretrain"].status == "ran"
+    assert stage["evaluate"].status == "skipped" and "budget" in stage["evaluate"].note
+    assert "evaluation" not in result.paths
 
 
 def test_reduced_demo_runs_and_reuses(finland_test_pbf: Path, tmp_path: Path, monkeypatch) -> None:
     # a cheaper evaluation than the demo's own (1 task, 1 seed, 1 baseline)
     monkeypatch.setattr(demo, "EVAL_TASKS", ("building_count",))
-    monkeypatch.setattr(demo, "EVAL_SEEDS", (0,))
+    monkeypatch.setattr(demo, "EVAL_SIZES", (demo.EvalSize("tiny", (0,), ("linear",), 1.0),))
     monkeypatch.setattr(demo, "EVAL_BASELINES", ("dummy",))
     out = tmp_path / "demo"
     cfg = tiny_config()
@@ -95,6 +123,7 @@ def test_full_demo(helsinki_pbf: Path, tmp_path: Path) -> None:
     for key in ("map helsinki", "map town", "embedding plot", "training curves"):
         assert result[key].is_file()
     assert result.steps >= MIN_STEPS
+    assert result.seconds <= 10 * 60  # the budget covers the whole chain (quiet machine)
 
 
 def test_planned_steps_are_reused_for_the_same_data_and_budget(tmp_path: Path) -> None:
@@ -102,10 +131,11 @@ def test_planned_steps_are_reused_for_the_same_data_and_budget(tmp_path: Path) -
     key = {"dataset": "d", "n_tiles": 3, "config": {"a": (1, 2)}}
     stages.state["planned_steps"] = {"key": json.loads(json.dumps(key)), "minutes": 10.0,
                                      "steps": 123}  # fmt: skip
-    assert demo._planned_steps(stages, key, None, 10.0) == 123
-    assert demo._planned_steps(stages, key, None, 20.0) is None  # new budget: plan again
-    assert demo._planned_steps(stages, {**key, "n_tiles": 4}, None, 10.0) is None
-    assert demo._planned_steps(stages, key, 7, 10.0) == 7
+    assert demo._planned_steps(stages, key, None, 10.0, True) == 123
+    assert demo._planned_steps(stages, key, None, 20.0, True) is None  # new budget: plan again
+    assert demo._planned_steps(stages, {**key, "n_tiles": 4}, None, 10.0, True) is None
+    assert demo._planned_steps(stages, key, None, 10.0, False) is None  # no evaluation to fit
+    assert demo._planned_steps(stages, key, 7, 10.0, True) == 7
 
 
 def test_bad_demo_options_are_refused_before_any_work(tmp_path: Path) -> None:
@@ -115,3 +145,12 @@ def test_bad_demo_options_are_refused_before_any_work(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=match):
             demo.run_demo(out, progress=False, **kwargs)
         assert not out.exists()  # refused before any data was prepared
+
+
+def test_cli_no_evaluate_reaches_the_demo(tmp_path: Path, monkeypatch) -> None:
+    seen: dict = {}
+    monkeypatch.setattr(demo, "run_demo", lambda output, **kw: seen.update(kw))
+    assert main(["demo", "-o", str(tmp_path / "d"), "-q", "--no-evaluate"]) == 0
+    assert seen["evaluate"] is False
+    assert main(["demo", "-o", str(tmp_path / "d"), "-q"]) == 0
+    assert seen["evaluate"] is True

@@ -282,3 +282,61 @@ def test_poisson_probe_does_not_explode_on_a_rare_feature(split):
     )  # fmt: skip
     assert np.isfinite(rows[0].val_score) and rows[0].metrics["mae"] < 10, rows[0].metrics
     assert rows[0].test_output.max() <= 2 * y[train].max() + 1
+
+
+def test_iterative_fits_record_convergence_instead_of_warning(features, split):
+    """lbfgs that stops at its cap is a recorded fact (``converged`` False), never a printed
+    ConvergenceWarning block."""
+    import warnings
+
+    labels = _count_labels(features)
+    capped = FAST.replace(poisson_alphas=(1e-4,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        poisson = evaluate_embeddings(
+            features, labels, split, TASKS["building_count"], [0], ["poisson"], config=capped
+        )
+    assert poisson[0].params["converged"] is True and poisson[0].params["n_iter"] >= 1
+    binary = pd.Series((features[0] > 0).astype(float), index=features.index)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = _logistic_at_cap(features, binary, split)
+    assert rows[0].params["converged"] is False and rows[0].params["n_iter"] == 1
+
+
+def _logistic_at_cap(features, labels, split):
+    """The logistic probe with sklearn's iteration cap at 1: it cannot converge."""
+    from unittest import mock
+
+    from sklearn.linear_model import LogisticRegression
+
+    from geojepa.eval import probes
+
+    def one_iteration(**kwargs):
+        return LogisticRegression(**{**kwargs, "max_iter": 1})
+
+    with mock.patch.object(probes, "LogisticRegression", one_iteration):
+        return evaluate_embeddings(
+            features, labels, split, TASKS["bridge"], [0], ["linear"], config=FAST
+        )
+
+
+def test_sklearn_probes_fit_on_one_thread(features, split, monkeypatch):
+    """BLAS/OpenMP pools are capped at ``sklearn_threads`` while sklearn probes fit: their
+    default pools spin-waited ~100× slower on a busy machine (one demo task took 11 min)."""
+    from threadpoolctl import threadpool_info
+
+    from geojepa.eval import probes
+
+    seen: list[int] = []
+    real = probes._run_poisson
+
+    def spy(data, config):
+        seen.append(max(pool["num_threads"] for pool in threadpool_info()))
+        return real(data, config)
+
+    monkeypatch.setattr(probes, "_run_poisson", spy)
+    labels = _count_labels(features)
+    evaluate_embeddings(features, labels, split, TASKS["building_count"], [0], ["poisson"],
+                        config=FAST)  # fmt: skip
+    assert seen == [1]

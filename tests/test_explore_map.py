@@ -165,3 +165,42 @@ def test_map_loads_in_headless_chromium(map_html: Path, tmp_path: Path):
     assert _big_colours(shot) >= 20
     pixels = np.asarray(shot).reshape(-1, 3)
     assert pixels.std(axis=0).mean() > 20
+
+
+def test_map_has_a_key_for_its_colours(map_html: Path):
+    """The key names the axis behind red, green and blue, its share of the variance and the
+    tile statistic it follows most closely."""
+    text = map_html.read_text()
+    key = re.search(r'<div id="geojepa-key".*?</div>', text, re.S)
+    assert key is not None
+    lines = key.group(0).split("<br>")[1:]
+    assert [re.search(r"more (\w+) = higher (PC\d)", line).groups() for line in lines] == [
+        ("red", "PC1"), ("green", "PC2"), ("blue", "PC3")]  # fmt: skip
+    pattern = r"\(\d+% of the variance\); closest tile statistic: .+ \(r = [+-][01]\.\d\d\)"
+    assert all(re.search(pattern, line) for line in lines), lines
+
+
+def test_color_key_finds_the_statistic_an_axis_follows():
+    import pandas as pd
+
+    from geojepa.explore.webmap import color_key, tile_statistics
+
+    rng = np.random.default_rng(0)
+    n = 60
+    park = rng.random(n) < 0.5
+    frame = pd.DataFrame({
+        "n_entities": rng.integers(1, 100, n),
+        "top_tags": np.where(park, "leisure=park; natural=tree", "building=yes"),
+    })  # fmt: skip
+    frame.loc[:2, "top_tags"] += "; shop=bakery"  # on 3 tiles: kept; rarer tags are not
+    stats = tile_statistics(frame)
+    assert set(stats.columns) == {"n_entities", "leisure=park", "natural=tree", "building=yes",
+                                  "shop=bakery"}  # fmt: skip
+    noise = rng.normal(size=(n, 3))
+    coords = np.column_stack([park + 0.1 * noise[:, 0], -frame["n_entities"] + noise[:, 1],
+                              noise[:, 2]])  # fmt: skip
+    key = color_key(coords, stats, np.array([0.5, 0.3, 0.1]))
+    assert key[0]["statistic"] in {"leisure=park", "natural=tree", "building=yes"}  # one split
+    assert abs(key[0]["r"]) > 0.9
+    assert key[1]["statistic"] == "n_entities" and key[1]["r"] < -0.9
+    assert key[0]["variance"] == 0.5 and key[2]["channel"] == "blue"

@@ -10,8 +10,14 @@ import pytest
 from PIL import Image
 
 from geojepa.errors import InputError
-from geojepa.explore.plots import plot_curves, plot_embeddings, read_metrics, tag_key_counts
-from test_explore_knn import write_entities, write_tiles
+from geojepa.explore.plots import (
+    kmeans,
+    plot_curves,
+    plot_embeddings,
+    read_metrics,
+    tag_key_values,
+)
+from test_explore_knn import CLUSTER_TAGS, write_entities, write_tiles
 
 
 def _nontrivial(path: Path) -> None:
@@ -46,13 +52,15 @@ def write_run(run: Path, steps: int = 40) -> Path:
     return run
 
 
-def test_tag_key_counts_counts_keys_not_values():
-    tags = pd.Series(["building=yes; highway=primary; building:levels=3", "amenity=building", None])
-    assert tag_key_counts(tags, "building").tolist() == [1, 0, 0]
-    assert tag_key_counts(tags, "highway").tolist() == [1, 0, 0]
+def test_tag_key_values_read_the_value_of_that_key():
+    tags = pd.Series(["building=yes; highway=primary; building:levels=3", "amenity=building",
+                      None, "start_date; building=house; building=yes"])  # fmt: skip
+    assert tag_key_values(tags, "building") == ["yes", None, None, "house"]  # the first one
+    assert tag_key_values(tags, "highway") == ["primary", None, None, None]
+    assert tag_key_values(tags, "start_date") == [None, None, None, "start_date"]
 
 
-@pytest.mark.parametrize("color_by", ["n_entities", "leisure"])
+@pytest.mark.parametrize("color_by", ["cluster", "n_entities", "leisure"])
 def test_embedding_scatter_is_written(tmp_path: Path, color_by: str):
     tiles, _ = write_tiles(tmp_path / "t.parquet")
     out = plot_embeddings(tiles, tmp_path / "figs" / "emb.png", color_by=color_by)
@@ -152,7 +160,7 @@ def test_count_plot_gives_low_counts_their_own_colours(tmp_path: Path, figures):
     counts = np.array([0] * (n // 2) + [1] * (n - n // 2 - 1) + [500])  # one outlier
     gdf["n_entities"] = counts
     gdf.to_parquet(tmp_path / "c.parquet")
-    plot_embeddings(tmp_path / "c.parquet", tmp_path / "c.png")
+    plot_embeddings(tmp_path / "c.parquet", tmp_path / "c.png", color_by="n_entities")
     fig = figures[-1]
     ax = fig.axes[0]
     points = ax.collections[0]
@@ -184,11 +192,36 @@ def test_results_chart_has_a_legend_and_y_labels(tmp_path: Path, figures):
     fig = figures[-1]
     assert fig.legends, "no legend"
     labels = {t.get_text() for legend in fig.legends for t in legend.get_texts()}
-    assert labels == {"linear", "mlp", "dummy"}
+    assert labels == {"linear", "mlp", "dummy", "dummy: train median / majority"}
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert len(visible) == 2
     assert {ax.get_ylabel().split()[0] for ax in visible} == {"auroc", "mae"}
     assert all("better" in ax.get_ylabel() for ax in visible)
+
+
+def test_results_chart_names_models_once_and_marks_the_baseline(tmp_path: Path, figures):
+    """Each model named once, the error bars explained, and a panel where the median
+    baseline beats every model says so."""
+    from geojepa.eval.report import plot_results
+
+    rows = [("geojepa", "linear", 5.5, 0.0), ("geojepa", "mlp", 5.2, 0.3),
+            ("tag_counts", "linear", 5.4, 0.0), ("tag_counts", "mlp", 5.6, 0.2),
+            ("dummy", "dummy", 3.57, 0.0)]  # fmt: skip
+    summary = pd.DataFrame(
+        [(m, p, "max_speed", "mae", v, sd, 2) for m, p, v, sd in rows],
+        columns=["model", "probe", "task", "metric", "mean", "std", "n_seeds"],
+    )
+    plot_results(summary, tmp_path / "r.png")
+    fig = figures[-1]
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["geojepa", "tag_counts", "dummy"]
+    assert "dummy baseline beats every model" in ax.get_title()
+    assert any(line.get_linestyle() == "--" and line.get_ydata()[0] == 3.57
+               for line in ax.get_lines())  # fmt: skip
+    assert any("standard deviation over the seeds" in t.get_text() for t in fig.texts)
+    summary.loc[0, "mean"] = 3.0  # geojepa beats the median: no such note
+    plot_results(summary, tmp_path / "r2.png")
+    assert "beats" not in figures[-1].axes[0].get_title()
 
 
 def test_curves_have_y_labels_and_legends_beside_the_data(tmp_path: Path, figures):
@@ -202,3 +235,63 @@ def test_curves_have_y_labels_and_legends_beside_the_data(tmp_path: Path, figure
         assert legend is not None
         box, frame = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
         assert box.x0 >= frame.x1 - 1, f"legend of {ax.get_title()!r} overlaps the data"
+
+
+def _legend_texts(ax) -> list[str]:
+    legend = ax.get_legend()
+    return [t.get_text() for t in legend.get_texts()] if legend is not None else []
+
+
+def test_default_colours_are_embedding_clusters_named_by_their_tags(tmp_path: Path, figures):
+    """By default the colours separate the tiles (k-means of the embeddings) and the legend
+    says what each colour holds: the top tags over-represented among its tiles."""
+    tiles, truth = write_tiles(tmp_path / "t.parquet")
+    plot_embeddings(tiles, tmp_path / "p.png", clusters=3)
+    ax = figures[-1].axes[0]
+    assert "k-means" in ax.get_title()
+    names = _legend_texts(ax)
+    assert len(names) == 3
+    for group in CLUSTER_TAGS:  # every true group is named by one of its own tags
+        tags = [t.strip() for t in group.split(";")]
+        assert sum(any(t in name for t in tags) for name in names) == 1, (group, names)
+    assert sum(int(name.rsplit("(", 1)[1].split()[0]) for name in names) == len(truth)
+
+
+def test_kmeans_recovers_separated_groups():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    truth = np.repeat([0, 1, 2], [30, 20, 10])
+    labels = kmeans(centres[truth] + rng.normal(size=(60, 2)), 3)
+    assert [len(set(labels[truth == g])) for g in range(3)] == [1, 1, 1]
+    assert len(set(labels)) == 3 and (labels == 0).sum() == 30  # 0 is the largest cluster
+
+
+def test_color_by_key_colours_by_its_value(tmp_path: Path, figures):
+    """``--color-by building`` colours each tile by its building=* value, not by a count."""
+    tiles, truth = write_tiles(tmp_path / "t.parquet")
+    plot_embeddings(tiles, tmp_path / "b.png", color_by="building")
+    ax = figures[-1].axes[0]
+    n = {c: sum(1 for v in truth.values() if v == c) for c in range(3)}
+    names = _legend_texts(ax)
+    assert sorted(names) == sorted([f"building=apartments ({n[0]} tiles)",
+                                    f"building=retail ({n[2]} tiles)"])  # fmt: skip
+    title = ax.get_legend().get_title().get_text()
+    assert "building value" in title and f"grey: {n[1]} tiles without it" in title
+    colours = {tuple(np.round(c.get_facecolor()[0], 3)) for c in ax.collections}
+    assert len(colours) == 3  # two values and grey
+
+
+def test_pca_axes_say_their_share_of_the_variance(tmp_path: Path, figures):
+    import geopandas as gpd
+
+    from geojepa.explore.embeddings import embedding_matrix, pca
+
+    tiles, _ = write_tiles(tmp_path / "t.parquet")
+    plot_embeddings(tiles, tmp_path / "v.png", color_by="n_entities")
+    ax = figures[-1].axes[0]
+    x = embedding_matrix(gpd.read_parquet(tiles), normalize=True).astype(np.float64)
+    singular = np.linalg.svd(x - x.mean(0), compute_uv=False)
+    share = singular**2 / (singular**2).sum()
+    assert np.allclose(pca(x, 2)[1], share[:2])
+    assert ax.get_xlabel() == f"PC1 ({share[0]:.0%} of the variance)"
+    assert ax.get_ylabel() == f"PC2 ({share[1]:.0%} of the variance)"

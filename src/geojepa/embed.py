@@ -27,7 +27,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import shapely
 import torch
-from tqdm.auto import tqdm
 
 from geojepa import constants
 from geojepa.data.reader import TileDataset, local_to_lonlat, open_dataset
@@ -35,6 +34,7 @@ from geojepa.data.tags import tag_strings
 from geojepa.errors import ConfigError, InputError
 from geojepa.io.geoparquet import GeoParquetWriter
 from geojepa.model.jepa import GeoJEPA
+from geojepa.progress import progress_bar
 from geojepa.tokenize.loader import TileArrays, TileBatcher, TileStream, collate
 
 if TYPE_CHECKING:
@@ -356,8 +356,8 @@ def embed_tiles(
         tile_writer.abort()
         raise
     pooler = FeatureWriter(ent_writer, last) if ent_writer is not None and per_feature else None
-    bar = tqdm(total=int(ds.manifest.get("n_tiles", 0)) or None, unit="tile",
-               desc="embed", disable=not progress)  # fmt: skip
+    bar = progress_bar(progress, total=int(ds.manifest.get("n_tiles", 0)) or None, unit="tiles",
+                       desc="embed")  # fmt: skip
     options = {
         "entities": ent_writer is not None,
         "batch_size": batch_size,
@@ -477,8 +477,8 @@ def embed_frames(
             ent_geoms.append(np.asarray(geometry)[order])
 
     pooler = FeatureWriter(Collect(), last_shards(ds)) if entities and rows == "feature" else None
-    bar = tqdm(total=int(ds.manifest.get("n_tiles", 0)) or None, unit="tile", desc="embed",
-               disable=not progress)  # fmt: skip
+    bar = progress_bar(progress, total=int(ds.manifest.get("n_tiles", 0)) or None, unit="tiles",
+                       desc="embed")  # fmt: skip
     with bar:
         for shard in ds.shards:
             part = embed_shard(net, ds, shard, entities=entities, batch_size=batch_size)

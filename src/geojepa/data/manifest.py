@@ -147,23 +147,6 @@ def finalize(
     return stats
 
 
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def progress_bar(enabled: bool, **kwargs: Any) -> Any:
-    """A tqdm bar, imported only when shown (tqdm.auto costs ~35 ms of start-up)."""
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(leave=False, **kwargs)
-
-
 def manifest_header(
     config: PrepareConfig, source: Any, shards: list[int], stats: dict[str, Any]
 ) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from geojepa.data.features import (
     iter_feature_file_batches,
     iter_geodataframe_batches,
 )
-from geojepa.data.manifest import SummaryMerger, finalize, manifest_header, progress_bar
+from geojepa.data.manifest import SummaryMerger, finalize, manifest_header
 from geojepa.data.osm import RawBatch, ReadStats, iter_osm_batches
 from geojepa.data.pool import (
     INLINE_MAX_ELEMENTS,
@@ -78,6 +78,7 @@ from geojepa.data.tiling import (
 )
 from geojepa.errors import InputError
 from geojepa.io.atomic import OutputLock, write_json_atomic
+from geojepa.progress import progress_bar
 
 _GC_THRESHOLD = 100_000  # allocations between young-generation collections during a build
 

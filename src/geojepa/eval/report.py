@@ -128,44 +128,78 @@ _PROBE_COLORS = {
 }
 
 
-def plot_results(summary: pd.DataFrame, path: str | Path) -> Path:
-    """Bar chart: one panel per (task, headline metric), one bar per (model, probe), ±std.
+#: The model whose score every other is measured against in the chart: the train median
+#: (regression/count) or majority class (binary), no features.
+BASELINE = "dummy"
 
-    Bars are labelled by model and coloured by probe (legend on top); each panel's y axis names
-    its metric and whether lower or higher is better. At most four panels per row.
+
+def plot_results(summary: pd.DataFrame, path: str | Path) -> Path:
+    """Bar chart: one panel per (task, headline metric), bars grouped by model, ±std.
+
+    Each model is named once, under its group of bars (one bar per probe, coloured by probe,
+    legend on top). The dummy baseline is also a dashed line across its panel, and a panel
+    says when it beats every model. The error bars are ± one std over seeds (said under the
+    chart); each panel's y axis names its metric and whether lower or higher is better.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     panels = [(t, m) for t, m in _column_order(summary) if m in ("mae", "auroc")]
     panels = panels or _column_order(summary)
     ncols = min(4, len(panels))
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols + 0.6, 3.9 * nrows + 0.5),
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols + 0.6, 3.9 * nrows + 0.8),
                              squeeze=False)  # fmt: skip
     for ax, (task, metric) in zip(axes.flat, panels, strict=False):
         part = summary[(summary["task"] == task) & (summary["metric"] == metric)]
+        models = list(dict.fromkeys(part["model"]))
+        x, centres, start = [], [], 0.0
+        for model in models:  # a gap of one bar between models
+            n = int((part["model"] == model).sum())
+            x += [start + i for i in range(n)]
+            centres.append(start + (n - 1) / 2)
+            start += n + 1
         colors = [_PROBE_COLORS.get(p, "tab:purple") for p in part["probe"]]
-        ax.bar(range(len(part)), part["mean"], yerr=part["std"].fillna(0), color=colors,
-               capsize=3)  # fmt: skip
-        ax.set_xticks(range(len(part)), part["model"], rotation=60, ha="right", fontsize=7)
+        ax.bar(x, part["mean"], yerr=part["std"].fillna(0), color=colors, capsize=3)
+        ax.set_xticks(centres, models, rotation=45, ha="right", fontsize=7)
+        higher = METRICS[metric].higher_is_better if metric in METRICS else None
         better = ""
-        if metric in METRICS:
-            way = "higher" if METRICS[metric].higher_is_better else "lower"
+        if higher is not None:
+            way = "higher" if higher else "lower"
             better = f" {METRICS[metric].arrow} ({way} is better)"
         ax.set_ylabel(f"{metric}{better}", fontsize=8)
-        ax.set_title(task, fontsize=9)
+        title = task
+        base = part.loc[part["model"] == BASELINE, "mean"]
+        others = part.loc[part["model"] != BASELINE, "mean"]
+        if len(base) and higher is not None:
+            ax.axhline(float(base.iloc[0]), color="0.3", linestyle="--", linewidth=1, zorder=0)
+            beaten = others.max() <= base.iloc[0] if higher else others.min() >= base.iloc[0]
+            if len(others) and beaten:
+                title += f"\nthe {BASELINE} baseline beats every model"
+        ax.set_title(title, fontsize=9, color="tab:red" if "\n" in title else "black")
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     probes = list(dict.fromkeys(summary["probe"]))
-    handles = [Patch(color=_PROBE_COLORS.get(p, "tab:purple"), label=p) for p in probes]
-    fig.legend(handles=handles, title="probe", loc="upper center", ncol=len(handles),
+    handles: list[Any] = [Patch(color=_PROBE_COLORS.get(p, "tab:purple"), label=p)
+                          for p in probes]  # fmt: skip
+    if (summary["model"] == BASELINE).any():
+        handles.append(Line2D([], [], color="0.3", linestyle="--",
+                              label=f"{BASELINE}: train median / majority"))  # fmt: skip
+    fig.legend(handles=handles, title="probe", loc="upper center", ncol=min(len(handles), 7),
                fontsize=8, title_fontsize=8, frameon=False)  # fmt: skip
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_size_inches()[1]))
+    seeds = int(summary["n_seeds"].max()) if "n_seeds" in summary else None
+    over = f"{seeds} seed(s)" if seeds else "seeds"
+    fig.text(0.01, 0.005, f"Bars: test score, mean over {over}; error bars: ± one standard "
+             "deviation over the seeds (none for deterministic probes: linear, poisson, dummy).",
+             fontsize=7, color="0.3", va="bottom")  # fmt: skip
+    rows = -(-len(handles) // 7)
+    top = (0.35 + 0.2 * rows) / fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0, 0.25 / fig.get_size_inches()[1], 1, 1 - top))
     path = Path(path)
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)

@@ -157,19 +157,30 @@ def project(
                 )
                 return np.asarray(reducer.fit_transform(x), dtype=np.float64)
             warnings.warn(f"only {n} rows: too few for UMAP, using PCA", stacklevel=2)
-    out = np.zeros((n, n_components))
+    return pca(x, n_components)[0]
+
+
+def pca(matrix: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]:
+    """(coordinates [N, n_components], share of the variance each axis explains [n_components]).
+
+    Via the D x D covariance (cheap for many rows); each axis' sign is fixed so that colours
+    and plots do not flip between runs; missing axes are zero-filled and explain 0.
+    """
+    x = np.asarray(matrix, dtype=np.float64)
+    n = x.shape[0]
+    out, ratio = np.zeros((n, n_components)), np.zeros(n_components)
     centred = x - x.mean(axis=0)
     if n < 2:
-        return out
-    # PCA via the D x D covariance (cheap for many rows); each axis' sign is fixed so that the
-    # colours do not flip between runs
+        return out, ratio
     evals, evecs = np.linalg.eigh(centred.T @ centred)
     order = np.argsort(evals)[::-1][: min(n_components, x.shape[1])]
     comps = centred @ evecs[:, order]
     m = comps.shape[1]
     signs = np.sign(comps[np.abs(comps).argmax(axis=0), np.arange(m)])
     out[:, :m] = comps * np.where(signs == 0, 1, signs)
-    return out
+    total = float(np.clip(evals, 0, None).sum())
+    ratio[:m] = np.clip(evals[order], 0, None) / total if total > 0 else 0.0
+    return out, ratio
 
 
 def robust_unit(values: np.ndarray, lo: float = 1.0, hi: float = 99.0) -> np.ndarray:

@@ -1,6 +1,11 @@
 """PNG figures: a 2-D projection of tile embeddings, and training curves from a run's logs.
 
-Matplotlib's Agg backend is used explicitly, so the figures render on headless machines.
+The projection is coloured by what separates tiles unless asked otherwise: k-means clusters of
+the embeddings, each named in the legend by the top tags that are over-represented among its
+tiles (so a reader sees what the model groups together). ``color_by="n_entities"`` colours by
+the entity count; any other ``color_by`` is a tag key, and each tile is coloured by that key's
+value among its top tags (``building`` → yes / apartments / … / none). PCA axes carry their
+share of the variance. Matplotlib's Agg backend is used explicitly (headless machines).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from geojepa.explore.embeddings import (
     EmbeddingSource,
     embedding_matrix,
     load_embeddings,
+    pca,
     project,
     require_kind,
 )
@@ -34,10 +40,85 @@ _CURVE_GROUPS: list[tuple[str, str, re.Pattern[str]]] = [
 ]
 
 
-def tag_key_counts(top_tags: pd.Series, key: str) -> np.ndarray:
-    """How many of each tile's `; `-separated top tags have the tag key ``key``."""
-    pattern = rf"(?:^|;\s*){re.escape(key)}="
-    return top_tags.fillna("").astype(str).str.count(pattern).to_numpy()
+#: Colouring modes of `plot_embeddings` besides a tag key.
+CLUSTER, N_ENTITIES = "cluster", "n_entities"
+#: Most categories (clusters or tag values) a legend shows; rarer values are grouped as "other".
+MAX_CATEGORIES = 8
+#: Colour of tiles without the tag key among their top tags.
+NONE_COLOUR = "0.8"
+
+
+def split_tags(top_tags: pd.Series) -> list[list[str]]:
+    """Each tile's `; `-separated top tags (most frequent first), as lists."""
+    return [[t.strip() for t in str(v).split(";") if t.strip()] for v in top_tags.fillna("")]
+
+
+def tag_key_values(top_tags: pd.Series, key: str) -> list[str | None]:
+    """Per tile, the value of the first (most frequent) top tag with key ``key``, else None.
+
+    A top tag without a value (a key kept alone, e.g. ``start_date``) gives the key itself.
+    """
+    out: list[str | None] = []
+    for tags in split_tags(top_tags):
+        hit = next((t for t in tags if t.split("=", 1)[0] == key), None)
+        out.append(None if hit is None else (hit.split("=", 1)[1] if "=" in hit else key))
+    return out
+
+
+def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 100) -> np.ndarray:
+    """Seeded k-means (k-means++ start, Lloyd steps) on the rows of ``x``: labels 0..k-1,
+    0 the largest cluster. NumPy only: plotting needs no scikit-learn."""
+    x = np.asarray(x, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    k = max(1, min(k, len(x)))
+
+    def sq_dist(centres: np.ndarray) -> np.ndarray:
+        return np.maximum(
+            (x**2).sum(1)[:, None] - 2 * x @ centres.T + (centres**2).sum(1)[None, :], 0.0
+        )
+
+    centres = x[[rng.integers(len(x))]]
+    while len(centres) < k:
+        d = sq_dist(centres).min(1)
+        pick = rng.choice(len(x), p=d / d.sum()) if d.sum() > 0 else rng.integers(len(x))
+        centres = np.vstack([centres, x[pick]])
+    labels = np.zeros(len(x), dtype=int)
+    for _ in range(iterations):
+        labels = sq_dist(centres).argmin(1)
+        moved = np.array([x[labels == j].mean(0) if (labels == j).any() else centres[j]
+                          for j in range(k)])  # fmt: skip
+        if np.allclose(moved, centres):
+            break
+        centres = moved
+    by_size = np.argsort(-np.bincount(labels, minlength=k), kind="stable")
+    return np.argsort(by_size)[labels]
+
+
+def default_clusters(n: int) -> int:
+    """Clusters for ``n`` tiles: about sqrt(n/2), between 2 and MAX_CATEGORIES."""
+    return int(min(MAX_CATEGORIES, max(2, round(math.sqrt(n / 2))))) if n >= 4 else 1
+
+
+def describe_clusters(labels: np.ndarray, top_tags: pd.Series, n_tags: int = 2) -> list[str]:
+    """A legend entry per cluster: its top tags most over-represented against all tiles
+    (share of the cluster's tiles with the tag minus the share of all tiles), and its size."""
+    tags = [set(t) for t in split_tags(top_tags)]
+    everywhere: dict[str, float] = {}
+    for tile in tags:
+        for t in tile:
+            everywhere[t] = everywhere.get(t, 0) + 1 / len(tags)
+    names = []
+    for j in range(int(labels.max()) + 1 if len(labels) else 0):
+        members = [tags[i] for i in np.flatnonzero(labels == j)]
+        share: dict[str, float] = {}
+        for tile in members:
+            for t in tile:
+                share[t] = share.get(t, 0) + 1 / len(members)
+        lift = sorted(share, key=lambda t: (everywhere[t] - share[t], t))
+        best = [t for t in lift if share[t] > everywhere[t]][:n_tags] or lift[:n_tags]
+        size = f"{len(members)} tile" + ("s" if len(members) != 1 else "")
+        names.append(f"{j + 1}: {', '.join(best) or 'no tags'} ({size})")
+    return names
 
 
 #: Percentiles that bound the colour scale of count plots: one outlier must not flatten the rest.
@@ -134,43 +215,134 @@ def plot_embeddings(
     tiles: EmbeddingSource,
     output: str | Path,
     *,
-    color_by: str = "n_entities",
+    color_by: str = CLUSTER,
     method: str = "pca",
+    clusters: int | None = None,
 ) -> Path:
     """Scatter of a 2-D ``method`` (``pca``/``umap``) projection of tile embeddings.
 
-    Points are coloured by ``n_entities`` or, for any other value, by how many of the tile's
-    top tags have that tag key (e.g. ``building``). A key found in no tile's top tags is an
-    InputError listing the frequent keys, because the plot would carry no information.
+    ``color_by``: ``cluster`` (k-means clusters of the embeddings, ``clusters`` of them or
+    about sqrt(n/2), each named in the legend by its over-represented top tags),
+    ``n_entities``, or a tag key: each tile's value of that key among its top tags (a key in no
+    tile's top tags is an InputError listing the frequent keys: the plot would say nothing).
     """
     _check_output(Path(output))
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.colors as mcolors
     import matplotlib.pyplot as plt
-    import matplotlib.ticker as mticker
 
     label = str(tiles) if isinstance(tiles, str | Path) else "the tile embeddings"
     frame = load_embeddings(tiles, name=label)
     require_kind(frame, "tiles", label, "plots colour tiles by tile statistics")
-    if color_by == "n_entities":
-        if "n_entities" not in frame:
-            raise InputError(f"{label} has no n_entities column")
-        values = frame["n_entities"].to_numpy(dtype=np.float64)
-        cbar = "entities in tile"
+    if color_by != N_ENTITIES and "top_tags" not in frame:
+        raise InputError(f"{label} has no top_tags column to colour by {color_by!r}")
+    if color_by == N_ENTITIES and "n_entities" not in frame:
+        raise InputError(f"{label} has no n_entities column")
+    matrix = embedding_matrix(frame, normalize=True)
+    if method == "pca":
+        xy, ratio = pca(matrix, 2)
+        axis_names = [f"PC{i + 1} ({r:.0%} of the variance)" for i, r in enumerate(ratio)]
     else:
-        if "top_tags" not in frame:
-            raise InputError(f"{label} has no top_tags column to count {color_by!r} in")
-        values = tag_key_counts(frame["top_tags"], color_by).astype(np.float64)
-        if not values.any():
-            keys = frame["top_tags"].fillna("").str.findall(r"(?:^|;\s*)([^=;]+)=").explode()
-            common = ", ".join(keys.dropna().str.strip().value_counts().index[:8])
-            raise InputError(
-                f"tag key {color_by!r} is in no tile's top_tags; frequent keys: {common}"
-            )
-        cbar = f"top tags with key {color_by}"
-    xy = project(embedding_matrix(frame, normalize=True), 2, method)
+        xy = project(matrix, 2, method)
+        axis_names = [f"{method.upper()} {i}" for i in (1, 2)]
+
+    fig, ax = plt.subplots(figsize=(7, 6) if color_by == N_ENTITIES else (10, 6))
+    (x0, x1), (y0, y1) = robust_limits(xy[:, 0]), robust_limits(xy[:, 1])
+    outside = (xy[:, 0] < x0) | (xy[:, 0] > x1) | (xy[:, 1] < y0) | (xy[:, 1] > y1)
+    pos = np.column_stack([np.clip(xy[:, 0], x0, x1), np.clip(xy[:, 1], y0, y1)])
+    if color_by == N_ENTITIES:
+        values = frame["n_entities"].to_numpy(dtype=np.float64)
+        notes = _draw_counts(fig, ax, pos, outside, values, "entities in tile")
+        meaning = "colour: entities in the tile"
+    else:
+        codes, names, title = _categories(frame, matrix, color_by, clusters)
+        _draw_categories(ax, pos, outside, codes, names, title)
+        notes = []
+        meaning = "colour: " + ("k-means clusters of the embeddings" if color_by == CLUSTER
+                                else f"the tile's {color_by}=* top tag")  # fmt: skip
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    if outside.any():
+        lo_pct, hi_pct = AXIS_PERCENTILES
+        notes.append(f"axes limited to the {lo_pct:g}–{hi_pct:g} percentiles: "
+                     f"{int(outside.sum())} tiles outside, drawn on the border as X")  # fmt: skip
+    if notes:
+        ax.text(0.0, 1.01, "\n".join(notes), transform=ax.transAxes, fontsize=7, color="0.3",
+                va="bottom")  # fmt: skip
+    n_lines = sum(n.count("\n") + 1 for n in notes)
+    ax.set_title(f"{len(frame)} tile embeddings, {method.upper()}; {meaning}",
+                 pad=6 + 10 * n_lines)  # fmt: skip
+    ax.set_xlabel(axis_names[0])
+    ax.set_ylabel(axis_names[1])
+    fig.text(0.01, 0.01, OSM_FOOTER, fontsize=8, color="0.3")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    try:
+        return _save(fig, Path(output))
+    finally:
+        plt.close(fig)
+
+
+def _categories(
+    frame: pd.DataFrame, matrix: np.ndarray, color_by: str, clusters: int | None
+) -> tuple[np.ndarray, list[str], str]:
+    """(category code per tile, -1 = none; the categories' names; the legend's title)."""
+    if color_by == CLUSTER:
+        k = clusters or default_clusters(len(frame))
+        codes = kmeans(matrix, k)
+        names = describe_clusters(codes, frame["top_tags"])
+        return codes, names, f"k-means cluster of the embeddings (k={len(names)}):\n" \
+            "its most over-represented top tags"  # fmt: skip
+    values = tag_key_values(frame["top_tags"], color_by)
+    present = pd.Series([v for v in values if v is not None], dtype=object)
+    if present.empty:
+        keys = frame["top_tags"].fillna("").str.findall(r"(?:^|;\s*)([^=;]+)=").explode()
+        common = ", ".join(keys.dropna().str.strip().value_counts().index[:8])
+        raise InputError(f"tag key {color_by!r} is in no tile's top_tags; frequent keys: {common}")
+    counts = present.value_counts()
+    kept = list(counts.index[: MAX_CATEGORIES - 1]) if len(counts) > MAX_CATEGORIES else list(
+        counts.index)  # fmt: skip
+    names = [f"{color_by}={v} ({counts[v]} tiles)" for v in kept]
+    other = int(counts.drop(kept).sum())
+    if other:
+        names.append(f"{color_by}=other ({other} tiles)")
+    code_of = {v: i for i, v in enumerate(kept)}
+    codes = np.array([-1 if v is None else code_of.get(v, len(kept)) for v in values])
+    n_none = int((codes == -1).sum())
+    title = f"{color_by} value among the tile's top tags"
+    if n_none:
+        title += f"\n(grey: {n_none} tiles without it)"
+    return codes, names, title
+
+
+def _draw_categories(
+    ax, pos: np.ndarray, outside: np.ndarray, codes: np.ndarray, names: list[str], title: str
+) -> None:
+    """One colour per category (grey for none), a legend beside the axes that names them."""
+    import matplotlib.pyplot as plt
+
+    palette = plt.get_cmap("tab10")
+    for code in [-1, *range(len(names))]:
+        colour = NONE_COLOUR if code < 0 else palette(code % 10)
+        label = names[code] if code >= 0 else None  # once per category, on its first points
+        for mask, marker, size in ((~outside, "o", 14), (outside, "X", 30)):
+            idx = np.flatnonzero((codes == code) & mask)
+            if len(idx):
+                ax.scatter(pos[idx, 0], pos[idx, 1], color=colour, s=size, marker=marker,
+                           linewidths=0, zorder=1 if code < 0 else 2, label=label)  # fmt: skip
+                label = None
+    ax.legend(title=title, fontsize=7, title_fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False,
+              alignment="left")  # fmt: skip
+
+
+def _draw_counts(fig, ax, pos: np.ndarray, outside: np.ndarray, values: np.ndarray,
+                 label: str) -> list[str]:  # fmt: skip
+    """A count colour scale (discrete, log or linear; outliers clipped); the notes to show."""
+    import matplotlib.colors as mcolors
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker as mticker
+
     scale = count_scale(values)
     extend = {(False, False): "neither", (True, False): "min", (False, True): "max"}.get(
         (scale.n_below > 0, scale.n_above > 0), "both"
@@ -186,42 +358,18 @@ def plot_embeddings(
         ticks = _log_ticks(scale.lo, scale.hi)
     else:
         norm = mcolors.Normalize(vmin=scale.lo, vmax=scale.hi)
-
-    fig, ax = plt.subplots(figsize=(7, 6))
     order = np.argsort(values, kind="stable")  # high values drawn last, on top
     shown = np.clip(values, scale.lo, scale.hi)
-    (x0, x1), (y0, y1) = robust_limits(xy[:, 0]), robust_limits(xy[:, 1])
-    outside = (xy[:, 0] < x0) | (xy[:, 0] > x1) | (xy[:, 1] < y0) | (xy[:, 1] > y1)
-    pos = np.column_stack([np.clip(xy[:, 0], x0, x1), np.clip(xy[:, 1], y0, y1)])
     for mask, marker, size in ((~outside[order], "o", 12), (outside[order], "X", 30)):
         idx = order[mask]
         points = ax.scatter(pos[idx, 0], pos[idx, 1], c=shown[idx], cmap=cmap, norm=norm,
                             s=size, marker=marker, linewidths=0, clip_on=marker == "o",
                             zorder=3 if marker == "X" else 2)  # fmt: skip
-    ax.set_xlim(x0, x1)
-    ax.set_ylim(y0, y1)
-    bar = fig.colorbar(points, ax=ax, label=cbar, extend=extend, ticks=ticks)
+    bar = fig.colorbar(points, ax=ax, label=label, extend=extend, ticks=ticks)
     if scale.kind == "log":
         bar.ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
         bar.ax.yaxis.set_minor_locator(mticker.NullLocator())
-    notes = [scale.note] if scale.note else []
-    if outside.any():
-        lo_pct, hi_pct = AXIS_PERCENTILES
-        notes.append(f"axes limited to the {lo_pct:g}–{hi_pct:g} percentiles: "
-                     f"{int(outside.sum())} tiles outside, drawn on the border as X")  # fmt: skip
-    if notes:
-        ax.text(0.0, 1.01, "\n".join(notes), transform=ax.transAxes, fontsize=7, color="0.3",
-                va="bottom")  # fmt: skip
-    n_lines = sum(n.count("\n") + 1 for n in notes)
-    ax.set_title(f"{len(frame)} tile embeddings, {method.upper()}", pad=6 + 10 * n_lines)
-    ax.set_xlabel(f"{method.upper()} 1")
-    ax.set_ylabel(f"{method.upper()} 2")
-    fig.text(0.01, 0.01, OSM_FOOTER, fontsize=8, color="0.3")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    try:
-        return _save(fig, Path(output))
-    finally:
-        plt.close(fig)
+    return [scale.note] if scale.note else []
 
 
 def read_metrics(run: str | Path) -> pd.DataFrame:

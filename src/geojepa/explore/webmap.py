@@ -1,7 +1,10 @@
 """An interactive Leaflet (folium) map of tile embeddings, coloured by a 3-D projection → RGB.
 
 Tiles whose embeddings are similar get similar colours, so the map shows at a glance which
-places the model considers alike. Each tile's popup lists its top tags and its nearest tiles.
+places the model considers alike. Each tile's popup lists its top tags and its nearest tiles. A
+key says what the colours are: which projection axis drives red, green and blue (with its share
+of the variance for PCA), and the tile statistic that axis follows most closely (the Pearson
+correlation with the tile's entity count and with each top tag's presence).
 
 Offline by design: the page inlines Leaflet's JS and CSS (from the `django-js-lib-leaflet`
 package, which ships Leaflet 1.9.4 as plain files and has no dependencies) instead of loading
@@ -29,6 +32,7 @@ from geojepa.explore.embeddings import (
     EmbeddingSource,
     embedding_matrix,
     load_embeddings,
+    pca,
     project,
     require_geometry,
     require_kind,
@@ -43,10 +47,81 @@ OSM_ATTRIBUTION = (
 OSM_TILES = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
 
 
+CHANNELS = ("red", "green", "blue")
+
+
 def embedding_colors(matrix: np.ndarray, method: str = "pca") -> np.ndarray:
     """Hex colours (``#rrggbb``), one per row: 3-D projection, robustly scaled to RGB."""
-    rgb = np.rint(robust_unit(project(matrix, 3, method)) * 255).astype(np.uint8)
+    return _hex(project(matrix, 3, method))
+
+
+def _hex(coords: np.ndarray) -> np.ndarray:
+    rgb = np.rint(robust_unit(coords) * 255).astype(np.uint8)
     return np.array([f"#{r:02x}{g:02x}{b:02x}" for r, g, b in rgb])
+
+
+def tile_statistics(frame: pd.DataFrame, min_tiles: int = 3) -> pd.DataFrame:
+    """Per tile: ``n_entities`` and, for every top tag on at least ``min_tiles`` tiles (and
+    not on all), whether the tile has it among its top tags (0/1)."""
+    stats = pd.DataFrame(index=frame.index)
+    if "n_entities" in frame:
+        stats["n_entities"] = frame["n_entities"].fillna(0).astype(float)
+    if "top_tags" in frame:
+        tags = frame["top_tags"].fillna("").astype(str).str.split(";")
+        flags = pd.get_dummies(tags.explode().str.strip()).groupby(level=0).max()
+        flags = flags.drop(columns=[""], errors="ignore").reindex(frame.index, fill_value=False)
+        seen = flags.sum()
+        keep = seen[(seen >= min_tiles) & (seen < len(frame))].index
+        stats = stats.join(flags[keep].astype(float))
+    return stats
+
+
+def color_key(coords: np.ndarray, stats: pd.DataFrame, variance: np.ndarray | None = None,
+              method: str = "pca") -> list[dict]:  # fmt: skip
+    """Per colour channel: the axis behind it, its share of the variance (PCA), and the tile
+    statistic it correlates with most (Pearson r; None when there is none to compare)."""
+    key = []
+    for i, channel in enumerate(CHANNELS):
+        axis = coords[:, i]
+        best, best_r = None, 0.0
+        for name in stats.columns:
+            v = stats[name].to_numpy()
+            if axis.std() > 0 and v.std() > 0:
+                r = float(np.corrcoef(axis, v)[0, 1])
+                if abs(r) > abs(best_r):
+                    best, best_r = name, r
+        key.append({
+            "channel": channel,
+            "axis": f"PC{i + 1}" if method == "pca" else f"{method.upper()} {i + 1}",
+            "variance": None if variance is None else float(variance[i]),
+            "statistic": best,
+            "r": best_r,
+        })  # fmt: skip
+    return key
+
+
+def _key_html(key: list[dict]) -> str:
+    """The map's legend: what each colour channel shows."""
+    lines = []
+    for k in key:
+        share = "" if k["variance"] is None else f" ({k['variance']:.0%} of the variance)"
+        if k["statistic"] is None:
+            closest = "no tile statistic to compare"
+        elif k["statistic"] == "n_entities":
+            closest = f"{'more' if k['r'] > 0 else 'fewer'} entities (r = {k['r']:+.2f})"
+        else:
+            tag = html.escape(k["statistic"])
+            closest = f"{'' if k['r'] > 0 else 'no '}{tag} among the top tags (r = {k['r']:+.2f})"
+        swatch = {"red": "#d62728", "green": "#2ca02c", "blue": "#1f77b4"}[k["channel"]]
+        lines.append(f'<span style="color:{swatch}">&#9632;</span> more {k["channel"]} = '
+                     f"higher {k['axis']}{share}; closest tile statistic: {closest}")  # fmt: skip
+    return (
+        '<div id="geojepa-key" style="position:fixed;bottom:22px;left:8px;z-index:1000;'
+        "max-width:420px;background:rgba(255,255,255,0.9);font:11px sans-serif;padding:4px 6px;"
+        'border-radius:3px"><b>Tile colours</b>: similar embeddings, similar colours.<br>'
+        + "<br>".join(lines)
+        + "</div>"
+    )
 
 
 def _leaflet_inline() -> str | None:
@@ -120,7 +195,9 @@ def make_map(
     require_kind(frame, "tiles", t_label, "give entity embeddings with --entities")
     gdf = require_geometry(frame, t_label)
     matrix = embedding_matrix(gdf, normalize=True)
-    colors = embedding_colors(matrix, method)
+    coords, variance = pca(matrix, 3) if method == "pca" else (project(matrix, 3, method), None)
+    colors = _hex(coords)
+    key = color_key(coords, tile_statistics(gdf), variance, method)
     ids = gdf.index
     columns: dict[str, list] = {"region_id": _escape(ids.to_series())}
     if "n_entities" in gdf:
@@ -187,6 +264,7 @@ def make_map(
         "</div>"
     )
     fmap.get_root().html.add_child(folium.Element(footer))
+    fmap.get_root().html.add_child(folium.Element(_key_html(key)))
     if output.is_dir():
         raise OutputError(f"{output} is a directory: give a file name such as {output}/map.html")
     return write_atomic(output, lambda tmp: fmap.save(str(tmp)))

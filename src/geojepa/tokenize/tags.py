@@ -12,6 +12,7 @@ by the tokenizer (its row in the frozen text table is zero). Row 0 is padding.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -19,7 +20,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -244,6 +245,21 @@ def _sha256(path: Path) -> str:
     return _sha256_cached(str(path), stat.st_size, stat.st_mtime_ns)
 
 
+@contextlib.contextmanager
+def _no_loading_bars() -> Iterator[None]:
+    """transformers' "Loading weights" bar off while a text model loads: it is start-up noise
+    (and ``\r`` redraws in logs), shown even under ``--quiet``."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def sentence_transformer_embed(text_model: str, batch_size: int = 256) -> EmbedFn:
     """An embed function backed by a frozen sentence-transformers model (imported lazily).
 
@@ -254,7 +270,8 @@ def sentence_transformer_embed(text_model: str, batch_size: int = 256) -> EmbedF
 
     name = resolve_text_model(text_model)
     try:
-        model = SentenceTransformer(name, device="cpu")
+        with _no_loading_bars():
+            model = SentenceTransformer(name, device="cpu")
     except Exception as exc:  # any load failure is a user input problem here
         raise InputError(f"cannot load text model {text_model!r}: {exc}") from None
     model.eval()

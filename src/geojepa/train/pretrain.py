@@ -27,6 +27,7 @@ from geojepa.data.schema import MANIFEST_FILE
 from geojepa.errors import ConfigError, InputError, OutputError
 from geojepa.io.atomic import OutputLock
 from geojepa.model.directory import VOCAB_FILE
+from geojepa.progress import StageClock
 from geojepa.tokenize.loader import make_dataloader
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
 from geojepa.train.config import PretrainConfig, preset_config
@@ -122,6 +123,7 @@ def pretrain(
     tiles: Iterable[str] | None = None,
     keep_checkpoints: int = 3,
     compiled: bool | None = None,
+    verbose: bool = False,
 ) -> Path:
     """Pretrain GeoJEPA on ``dataset``; write checkpoints and the model directory to ``output``.
 
@@ -140,9 +142,11 @@ def pretrain(
     the CSV log (``speed/…``) and the model card. ``keep_checkpoints``: how many periodic
     checkpoints to keep besides ``last.ckpt`` (the newest ones; -1 keeps all). ``compiled``:
     overrides ``trainer.compile`` (``torch.compile`` of the transformer blocks; also on resume).
+    ``verbose``: print the time of each start-up stage up to the first step (stderr).
     """
     # Lightning is imported in _pretrain, not at module level: `import geojepa` and loading a
     # model directory must stay fast.
+    clock = StageClock("pretrain", show=verbose and _rank() == 0)
     out = Path(output)
     devices = _check_devices(devices)
     if keep_checkpoints < -1:
@@ -150,12 +154,13 @@ def pretrain(
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} exists and is not a directory: give a run directory to write")
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
+    clock.lap("open the dataset")
     # A second run into the same directory would mix checkpoints. DDP's extra ranks are
     # re-launched copies of this process: only rank 0 takes the lock.
     with OutputLock(out) if _rank() == 0 else nullcontext():
         return _pretrain(ds, out, config, preset, devices, max_steps, max_epochs, batch_size,
                          resume, strategy, progress, tiles, keep_checkpoints,
-                         tokens_per_batch, compiled)  # fmt: skip
+                         tokens_per_batch, compiled, clock)  # fmt: skip
 
 
 def _check_devices(devices: int | str) -> int | str:
@@ -185,12 +190,16 @@ def _pretrain(
     keep_checkpoints: int = 3,
     tokens_per_batch: int | None = None,
     compiled: bool | None = None,
+    clock: StageClock | None = None,
 ) -> Path:
+    clock = clock or StageClock("pretrain")
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from geojepa.train.module import EpochLoader, PretrainModule
     from geojepa.train.progress import ProgressReport, quiet_dependencies
+
+    clock.lap("import Lightning")
 
     ckpt_dir = out / CKPT_DIR
     last = ckpt_dir / "last.ckpt"
@@ -242,8 +251,10 @@ def _pretrain(
         if not resuming:
             vocab.save(vocab_path)
         cfg.save(ckpt_dir / "config.json")  # beside every checkpoint of the run
+    clock.lap("config and vocabulary")
     with quiet_dependencies():  # no "Loading weights" bar from the text model
         tag_table = build_tag_table(vocab, cfg.tokenizer.text_model, cache_dir=ds.path)
+    clock.lap("tag table (text model, or its cache in the dataset)")
 
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     model = build_model(cfg, tag_table)
@@ -251,6 +262,7 @@ def _pretrain(
         from geojepa.model import compile as model_compile
 
         model_compile.compile_blocks(model)  # in place: checkpoint keys stay the same
+    clock.lap("model")
     t = cfg.trainer
     n_tiles = int(ds.manifest.get("n_tiles") or 0) or sum(
         ds.read_tiles(s, columns=["region_id"]).num_rows for s in ds.shards
@@ -274,6 +286,7 @@ def _pretrain(
     )
     epoch_loader = EpochLoader(loader)
     epoch_loader.module = module
+    clock.lap("data loader")
 
     accelerator = t.accelerator
     checkpoints = ModelCheckpoint(
@@ -291,7 +304,7 @@ def _pretrain(
         # Batches without imagery leave the image encoder unused: DDP must allow that.
         unused = "_find_unused_parameters_true" if cfg.tokenizer.use_image else ""
         strategy = f"ddp{unused}" if multi else "auto"
-    report = ProgressReport(show=progress is not False)  # also logs the speeds when silent
+    report = ProgressReport(show=progress is not False, clock=clock)  # speeds logged anyway
     callbacks: list[Any] = [checkpoints, _stop_on_interrupt_callback(), report]
     with quiet_dependencies():  # Lightning talks from Trainer() on
         trainer = L.Trainer(

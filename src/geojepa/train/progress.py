@@ -24,6 +24,8 @@ from typing import Any, TextIO
 import lightning as L
 import torch
 
+from geojepa.progress import StageClock
+
 #: Lightning's loggers that print start-up tips and "GPU available" style messages.
 _NOISY_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 
@@ -59,8 +61,10 @@ class ProgressReport(L.Callback):
         every: int | None = None,
         stream: TextIO | None = None,
         show: bool = True,
+        clock: StageClock | None = None,
     ) -> None:
         self.stream = stream or sys.stderr
+        self.clock = clock  # start-up stages (``-v``): Lightning's set-up, the first step
         self.tty = self.stream.isatty() if tty is None else tty
         self.every = every
         self.show = show
@@ -73,6 +77,8 @@ class ProgressReport(L.Callback):
         max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
         self.total = max_steps or getattr(pl_module, "total_steps", None)
         self.first_step = trainer.global_step  # > 0 after a resume
+        if self.clock is not None and self.enabled:
+            self.clock.lap("Lightning set-up (trainer, loggers, checkpoint)")
         self.last_printed = trainer.global_step
         self.start = self.end = time.perf_counter()
         self.tiles = self.tokens = 0
@@ -95,6 +101,8 @@ class ProgressReport(L.Callback):
     ) -> None:  # fmt: skip
         if not self.enabled:
             return
+        if self.clock is not None and "first step" not in self.clock.seconds:
+            self.clock.lap("first step")
         self.tiles += (len(batch) if hasattr(batch, "__len__") else 0) * self.world
         self.tokens += real_tokens(batch) * self.world  # rank 0's count × ranks, like the tiles
         self.end = time.perf_counter()
