@@ -523,7 +523,7 @@ def _print_error(text: str) -> None:
 def _interrupted() -> int:
     err_console.print(Text(interrupt.message(), style="bold red"), soft_wrap=True,
                       highlight=False)  # fmt: skip
-    return 130
+    return interrupt.exit_status()  # 130 for Ctrl-C, 143 for SIGTERM
 
 
 def _is_usage_error(exc: Exception) -> bool:
