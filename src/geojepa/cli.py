@@ -203,7 +203,9 @@ def pretrain(
         help="real tokens (entities) per device per step, length-bucketed; replaces --batch-size. "
         "Pick about tiles per step × mean entities per tile (`geojepa info`, 'per tile … mean')",
     ),
-    resume: bool = typer.Option(True, help="continue from OUTPUT/checkpoints/last.ckpt"),
+    resume: bool = typer.Option(
+        True, help="continue from the newest checkpoint in OUTPUT/checkpoints"
+    ),
     split: Path | None = typer.Option(
         None, help="split file (`geojepa split`): train on its train blocks only"
     ),
@@ -220,7 +222,7 @@ def pretrain(
 
     interrupt.set_message(
         f"interrupted before the first checkpoint: run the same command again to start over "
-        f"(or to resume from {output}/checkpoints/last.ckpt if it exists)"
+        f"(or to resume from the newest checkpoint in {output}/checkpoints if there is one)"
     )
     out = run_pretrain(
         dataset,
