@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from geojepa.data.reader import open_dataset
+from geojepa.data.reader import check_shards, open_dataset
 
 
 def dataset_info(path: str | Path) -> dict[str, Any]:
-    """The manifest plus the build config of a complete dataset (InputError otherwise)."""
+    """The manifest plus the build config of a complete dataset (InputError otherwise, also
+    when a shard does not hold what the manifest says: info never reports damaged data)."""
     ds = open_dataset(path)
+    check_shards(ds)
     info = dict(ds.manifest)
     info["path"] = str(ds.path)
     info["config"] = ds.config.model_dump(mode="json")
