@@ -60,3 +60,39 @@ def test_a_corrupt_manifest_is_unreadable_not_missing(dataset, capsys):
     assert main(["info", str(dataset)]) == 2
     err = capsys.readouterr().err
     assert "unreadable" in err and "no manifest.json" not in err
+
+
+# --------------------------------------------------------------------------- one line
+
+
+def test_prepare_on_a_full_disk_is_one_line(finland_test_pbf, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from geojepa.data import shard
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shard.pq, "write_table", full)
+    out = tmp_path / "d"
+    assert main(["prepare", str(finland_test_pbf), "-o", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "no space left on the device" in err and "Traceback" not in err
+    assert not list(out.glob("shards/.*.tmp"))
+
+
+def _osm_xml(path: Path, nodes: list[tuple[int, float, float, str]]) -> Path:
+    rows = "".join(
+        f'  <node id="{i}" lat="{lat}" lon="{lon}"><tag k="amenity" v="{v}"/></node>\n'
+        for i, lat, lon, v in nodes
+    )
+    path.write_text(f'<?xml version="1.0" encoding="UTF-8"?>\n<osm version="0.6">\n{rows}</osm>\n')
+    return path
+
+
+def test_an_osm_id_beyond_the_legal_range_is_one_line(tmp_path, capsys):
+    osm = _osm_xml(tmp_path / "big.osm", [(9223372036854775807, 60.1, 24.9, "cafe"),
+                                          (2, 60.1001, 24.9001, "bench")])  # fmt: skip
+    assert main(["prepare", str(osm), "-o", str(tmp_path / "d"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "illegal id" in err and "big.osm" in err and "Traceback" not in err

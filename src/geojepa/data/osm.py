@@ -171,7 +171,7 @@ def iter_osm_batches(
         complete = True
     except osmium.InvalidLocationError as exc:  # an unparsable lat/lon text in OSM XML
         raise InputError(f"{path} holds a malformed coordinate ({exc}): fix the file") from None
-    except RuntimeError as exc:  # libosmium reports corrupt/truncated input this way
+    except (RuntimeError, ValueError) as exc:  # corrupt/truncated input; an id out of range
         raise InputError(f"cannot read OSM data from {path}: {exc}") from None
     finally:
         if not complete:
