@@ -12,6 +12,7 @@ import pytest
 from geojepa.cli import main
 from geojepa.data.config import PrepareConfig
 from geojepa.data.prepare import prepare_tiles
+from geojepa.data.reader import open_dataset
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +97,45 @@ def test_an_osm_id_beyond_the_legal_range_is_one_line(tmp_path, capsys):
     assert main(["prepare", str(osm), "-o", str(tmp_path / "d"), "-q"]) == 2
     err = capsys.readouterr().err
     assert "illegal id" in err and "big.osm" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- duplicate ids
+
+
+def _feature_ids(out: Path) -> list[str]:
+    ds = open_dataset(out)
+    return ds.read_entities(columns=["feature_id"]).column(0).to_pylist()
+
+
+def test_duplicate_feature_ids_keep_the_first_and_are_counted(tmp_path):
+    import geopandas as gpd
+    import shapely
+
+    n = 8  # eight features share one id, at different places; two more are distinct
+    frame = gpd.GeoDataFrame(
+        {"feature_id": ["node/1"] * n + ["node/2", "node/3"],
+         "tags": [json.dumps({"amenity": f"cafe{i}"}) for i in range(n)]
+         + [json.dumps({"building": "yes"})] * 2},
+        geometry=[shapely.Point(19.0 + i * 1e-3, 47.5) for i in range(n + 2)], crs="EPSG:4326",
+    )  # fmt: skip
+    src = tmp_path / "f.parquet"
+    frame.to_parquet(src)
+    out = tmp_path / "d"
+    prepare_tiles(src, out, PrepareConfig(), progress=False)
+    ids = _feature_ids(out)
+    assert sorted(ids) == ["node/1", "node/2", "node/3"]
+    assert open_dataset(out).manifest["input"]["duplicate_ids"] == n - 1
+    tags = open_dataset(out).read_entities(columns=["tags"]).column(0).to_pylist()
+    assert ("amenity", "cafe0") in [pair for row in tags for pair in row]  # the first one kept
+
+
+def test_an_osm_node_id_twice_at_different_places_keeps_the_first(tmp_path):
+    osm = _osm_xml(tmp_path / "dup.osm", [(1, 60.1, 24.9, "cafe"), (1, 60.2, 25.0, "pub"),
+                                          (2, 60.1001, 24.9001, "bench")])  # fmt: skip
+    out = tmp_path / "d"
+    prepare_tiles(osm, out, PrepareConfig(), progress=False)
+    assert sorted(_feature_ids(out)) == ["node/1", "node/2"]
+    manifest = open_dataset(out).manifest
+    assert manifest["input"]["duplicate_ids"] == 1
+    tags = open_dataset(out).read_entities(columns=["tags"]).column(0).to_pylist()
+    assert ("amenity", "pub") not in [pair for row in tags for pair in row]

@@ -62,6 +62,7 @@ def format_info(info: dict[str, Any]) -> str:
             f"{inp.get('elements_kept', 0):,} kept; skipped: "
             f"{inp.get('empty_after_tag_filter', 0)} only metadata tags, "
             f"{inp.get('skipped_ways', 0)} ways, {inp.get('skipped_relations', 0)} areas "
-            f"not assembled, {inp.get('other_relations_skipped', 0)} non-area relations"
+            f"not assembled, {inp.get('other_relations_skipped', 0)} non-area relations, "
+            f"{inp.get('duplicate_ids', 0)} duplicate ids"
         )
     return "\n".join(lines)

@@ -61,6 +61,7 @@ class ReadStats:
     skipped_nodes: int = 0  # tagged nodes without a valid location (corrupt or hand-made XML)
     skipped_relations: int = 0  # multipolygon/boundary relations that did not assemble
     other_relations: int = 0  # tagged relations of other types (skipped by rule)
+    duplicate_ids: int = 0  # elements whose id an earlier element had (`data/ids.py`)
 
 
 def is_osm_file(path: Path) -> bool:
