@@ -134,8 +134,9 @@ def _clean_stale(final: Path) -> None:
 
 
 def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``fd`` is still the file at ``path`` (not unlinked or replaced meanwhile)."""
     try:
-        return os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino
+        return os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
     except FileNotFoundError:
         return False
 
