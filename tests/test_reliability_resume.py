@@ -62,3 +62,12 @@ def test_an_edited_run_config_is_one_line_not_a_state_dict_traceback(dataset, tm
     err = capsys.readouterr().err
     assert "does not match" in err and "model.depth" in err
     assert "Traceback" not in err and "Missing key" not in err
+
+
+def test_a_run_with_only_damaged_checkpoints_says_so(dataset, tmp_path, capsys):
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "last.ckpt").write_bytes(b"PK\x03\x04 cut short")
+    assert main(["pretrain", str(dataset), "-o", str(tmp_path / "run"), "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no complete checkpoint" in err and "Traceback" not in err
