@@ -176,3 +176,28 @@ def test_sigterm_is_handled_as_ctrl_c(tmp_path):
     assert proc.returncode == 143, err
     assert "interrupted" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_prepare_process_group_exits_143_and_resumes(neubrandenburg_pbf, tmp_path):
+    """systemd's `KillMode=control-group`, `kill -- -PGID`: the pool's workers get it too and
+    end quietly; the parent says what was kept, as after Ctrl-C."""
+    from geojepa.cli import main
+
+    out = tmp_path / "d"
+    opts = ["--shard-levels", "0", "--min-shard-elements", "1", "--workers", "2", "-q"]
+    cmd = [sys.executable, "-m", "geojepa.cli", "prepare", str(neubrandenburg_pbf), "-o", str(out),
+           *opts]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(atomic.__file__).parents[2])}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=env)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if list((out / "shards").glob("tiles-*.parquet")):
+            os.killpg(proc.pid, signal.SIGTERM)
+            break
+        time.sleep(0.005)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert main(["prepare", str(neubrandenburg_pbf), "-o", str(out), *opts]) == 0

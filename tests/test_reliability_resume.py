@@ -4,9 +4,12 @@ docs/reliability.md, "Ctrl-C and killed runs")."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
+import torch
 
 from geojepa.cli import main
 from geojepa.tokenize.synthetic import write_synthetic_dataset
@@ -71,3 +74,28 @@ def test_a_run_with_only_damaged_checkpoints_says_so(dataset, tmp_path, capsys):
     assert main(["pretrain", str(dataset), "-o", str(tmp_path / "run"), "--max-steps", "1"]) == 2
     err = capsys.readouterr().err
     assert "no complete checkpoint" in err and "Traceback" not in err
+
+
+def test_sigterm_in_pretrain_saves_a_checkpoint_and_exits_143(dataset, tmp_path, monkeypatch,
+                                                              capsys):  # fmt: skip
+    """Slurm's or Kubernetes' SIGTERM: a clean stop at the step boundary, as after Ctrl-C."""
+    real_step = PretrainModule.training_step
+
+    def step(self, batch, batch_idx):
+        if self.global_step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(PretrainModule, "training_step", step)
+    cfg = tmp_path / "cfg.json"
+    _tiny_config().save(cfg)
+    out = tmp_path / "run"
+    args = ["pretrain", str(dataset), "-o", str(out), "--config", str(cfg), "--max-steps", "6"]
+    assert main(args) == 143
+    err = capsys.readouterr().err
+    assert "interrupted at step" in err and "Traceback" not in err
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert not (out / "model.safetensors").exists()
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6

@@ -507,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
         except typer.Abort:
             code = 1
         except Exception as exc:  # usage errors arrive here in non-standalone mode
+            if interrupt.requested():  # e.g. a pool whose workers the signal ended first
+                return _interrupted()
             if _is_usage_error(exc):
                 exc.show()  # type: ignore[attr-defined]
                 return int(getattr(exc, "exit_code", 2))

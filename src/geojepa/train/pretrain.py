@@ -190,6 +190,7 @@ def _pretrain(
 ) -> Path:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from geojepa.train.module import EpochLoader, PretrainModule
     from geojepa.train.progress import ProgressReport, quiet_dependencies
@@ -335,6 +336,11 @@ def _pretrain(
                     # weights_only: a checkpoint is never unpickled (a planted one cannot run code)
                     trainer.fit(module, epoch_loader, ckpt_path=str(start) if start else None,
                                 weights_only=True)  # fmt: skip
+            except SIGTERMException:
+                # Lightning's own SIGTERM handler ends the fit at the step boundary where ours
+                # would: save the checkpoint below and report it as an interrupt
+                if not interrupt.requested():
+                    raise
             except pickle.UnpicklingError as exc:
                 first = str(exc).strip().splitlines()[0][:160]
                 raise InputError(
