@@ -203,7 +203,9 @@ def pretrain(
         help="real tokens (entities) per device per step, length-bucketed; replaces --batch-size. "
         "Pick about tiles per step × mean entities per tile (`geojepa info`, 'per tile … mean')",
     ),
-    resume: bool = typer.Option(True, help="continue from OUTPUT/checkpoints/last.ckpt"),
+    resume: bool = typer.Option(
+        True, help="continue from the newest checkpoint in OUTPUT/checkpoints"
+    ),
     split: Path | None = typer.Option(
         None, help="split file (`geojepa split`): train on its train blocks only"
     ),
@@ -223,7 +225,7 @@ def pretrain(
 
     interrupt.set_message(
         f"interrupted before the first checkpoint: run the same command again to start over "
-        f"(or to resume from {output}/checkpoints/last.ckpt if it exists)"
+        f"(or to resume from the newest checkpoint in {output}/checkpoints if there is one)"
     )
     out = run_pretrain(
         dataset,
@@ -554,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
         except typer.Abort:
             code = 1
         except Exception as exc:  # usage errors arrive here in non-standalone mode
+            if interrupt.requested():  # e.g. a pool whose workers the signal ended first
+                return _interrupted()
             if _is_usage_error(exc):
                 exc.show()  # type: ignore[attr-defined]
                 return int(getattr(exc, "exit_code", 2))
@@ -572,7 +576,7 @@ def _print_error(text: str) -> None:
 def _interrupted() -> int:
     err_console.print(Text(interrupt.message(), style="bold red"), soft_wrap=True,
                       highlight=False)  # fmt: skip
-    return 130
+    return interrupt.exit_status()  # 130 for Ctrl-C, 143 for SIGTERM
 
 
 def _is_usage_error(exc: Exception) -> bool:

@@ -1,5 +1,8 @@
 """Ctrl-C that is never lost and never reported as success.
 
+SIGTERM (what ``kill``, systemd, Slurm and Kubernetes send) is handled exactly as SIGINT; the
+CLI then exits with 143 instead of 130 (128 + the signal number, as a shell reports it).
+
 The CLI installs :func:`sigint_handler` for the whole command: the first SIGINT both records the
 request and raises ``KeyboardInterrupt``, so even an interrupt swallowed somewhere deep (a
 ``__del__`` or a library that catches it) still makes the command exit with status 130.
@@ -20,9 +23,13 @@ from types import FrameType
 
 DEFAULT_MESSAGE = "interrupted: no output was written under its final name; run the command again"
 
+#: The signals handled as Ctrl-C.
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 _requested = threading.Event()
 _deferring = False
 _message = DEFAULT_MESSAGE
+_signal = signal.SIGINT
 
 
 class Interrupted(KeyboardInterrupt):
@@ -48,8 +55,16 @@ def message() -> str:
     return _message
 
 
+def exit_status() -> int:
+    """128 + the number of the signal that interrupted the command (130 Ctrl-C, 143 SIGTERM)."""
+    return 128 + int(_signal)
+
+
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    global _signal
     first = not _requested.is_set()
+    if first:
+        _signal = signal.Signals(signum)
     _requested.set()
     if _deferring and first:
         return  # the running loop stops at its next clean point
@@ -58,18 +73,21 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
 
 @contextmanager
 def sigint_handler() -> Iterator[None]:
-    """Install the recording SIGINT handler for a CLI command (main thread only)."""
-    global _message
+    """Install the recording handler of SIGINT and SIGTERM for a CLI command (main thread
+    only)."""
+    global _message, _signal
     _requested.clear()
     _message = DEFAULT_MESSAGE
+    _signal = signal.SIGINT
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, _on_sigint)
+    previous = {s: signal.signal(s, _on_sigint) for s in SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @contextmanager
@@ -84,7 +102,7 @@ def deferred() -> Iterator[None]:
         yield
         return
     installed = signal.getsignal(signal.SIGINT) is not _on_sigint
-    previous = signal.signal(signal.SIGINT, _on_sigint) if installed else None
+    previous = {s: signal.signal(s, _on_sigint) for s in SIGNALS} if installed else {}
     if installed:
         _requested.clear()
     _deferring = True
@@ -92,5 +110,5 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         _deferring = False
-        if installed:
-            signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)

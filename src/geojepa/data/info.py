@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from geojepa.data.reader import open_dataset
+from geojepa.data.reader import check_shards, open_dataset
 
 
 def dataset_info(path: str | Path) -> dict[str, Any]:
-    """The manifest plus the build config of a complete dataset (InputError otherwise)."""
+    """The manifest plus the build config of a complete dataset (InputError otherwise, also
+    when a shard does not hold what the manifest says: info never reports damaged data)."""
     ds = open_dataset(path)
+    check_shards(ds)
     info = dict(ds.manifest)
     info["path"] = str(ds.path)
     info["config"] = ds.config.model_dump(mode="json")
@@ -60,6 +62,7 @@ def format_info(info: dict[str, Any]) -> str:
             f"{inp.get('elements_kept', 0):,} kept; skipped: "
             f"{inp.get('empty_after_tag_filter', 0)} only metadata tags, "
             f"{inp.get('skipped_ways', 0)} ways, {inp.get('skipped_relations', 0)} areas "
-            f"not assembled, {inp.get('other_relations_skipped', 0)} non-area relations"
+            f"not assembled, {inp.get('other_relations_skipped', 0)} non-area relations, "
+            f"{inp.get('duplicate_ids', 0)} duplicate ids"
         )
     return "\n".join(lines)

@@ -61,6 +61,7 @@ class ReadStats:
     skipped_nodes: int = 0  # tagged nodes without a valid location (corrupt or hand-made XML)
     skipped_relations: int = 0  # multipolygon/boundary relations that did not assemble
     other_relations: int = 0  # tagged relations of other types (skipped by rule)
+    duplicate_ids: int = 0  # elements whose id an earlier element had (`data/ids.py`)
 
 
 def is_osm_file(path: Path) -> bool:
@@ -171,7 +172,7 @@ def iter_osm_batches(
         complete = True
     except osmium.InvalidLocationError as exc:  # an unparsable lat/lon text in OSM XML
         raise InputError(f"{path} holds a malformed coordinate ({exc}): fix the file") from None
-    except RuntimeError as exc:  # libosmium reports corrupt/truncated input this way
+    except (RuntimeError, ValueError) as exc:  # corrupt/truncated input; an id out of range
         raise InputError(f"cannot read OSM data from {path}: {exc}") from None
     finally:
         if not complete:

@@ -88,9 +88,13 @@ def die_with_parent(parent: int) -> None:
     On Linux the kernel sends the worker SIGKILL when its parent dies (``PR_SET_PDEATHSIG``);
     elsewhere a daemon thread polls the parent pid. Either way the parent's death ends the worker.
     Workers ignore SIGINT: Ctrl-C reaches the whole process group, and the parent alone decides
-    what is kept (it shuts the pool down).
+    what is kept (it shuts the pool down). SIGTERM ends a worker quietly (the default), not
+    through the parent's handler inherited by the fork, which would print a traceback per worker;
+    the parent handles it as Ctrl-C. (Ignoring it would hang a broken pool, whose clean-up
+    terminates its workers with SIGTERM and joins them.)
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         import ctypes
 

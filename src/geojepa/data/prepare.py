@@ -51,6 +51,7 @@ from geojepa.data.features import (
     iter_feature_file_batches,
     iter_geodataframe_batches,
 )
+from geojepa.data.ids import drop_duplicate_ids
 from geojepa.data.manifest import SummaryMerger, finalize, manifest_header
 from geojepa.data.osm import RawBatch, ReadStats, iter_osm_batches
 from geojepa.data.pool import (
@@ -174,6 +175,7 @@ def _prepare_tiles(
             batches = iter_feature_file_batches(path)
         else:
             batches = iter_geodataframe_batches(source)
+        batches = drop_duplicate_ids(batches, read_stats)
         totals = {"read": 0, "kept": 0, "untagged": 0, "repaired": 0, "skipped": 0,
                   "bad_wkb": 0, "outside": 0, "bad_coordinates": 0,
                   "beyond_mercator": 0, "fixed_tags": 0}  # fmt: skip
@@ -269,6 +271,7 @@ def _prepare_tiles(
             "skipped_nodes": read_stats.skipped_nodes,
             "skipped_relations": read_stats.skipped_relations,
             "other_relations_skipped": read_stats.other_relations,
+            "duplicate_ids": read_stats.duplicate_ids,
         },
         "geometry_repair": {
             "repaired": totals["repaired"],

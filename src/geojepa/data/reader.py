@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import shapely
 
@@ -67,11 +68,47 @@ def _read_shard(path: Path, columns: list[str] | None) -> pa.Table:
     try:
         return pq.read_table(path, columns=columns)
     except (pa.ArrowException, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise InputError(
-            f"{path} is damaged ({first}); re-run `geojepa prepare --overwrite` to rebuild the "
-            "dataset"
-        ) from None
+        raise _damaged(path, _first_line(exc)) from None
+
+
+def _footer(path: Path) -> pq.FileMetaData:
+    try:
+        return pq.ParquetFile(path).metadata
+    except (pa.ArrowException, OSError) as exc:
+        raise _damaged(path, _first_line(exc)) from None
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+
+
+def _damaged(path: Path, why: str) -> InputError:
+    return InputError(
+        f"{path} is damaged ({why}); re-run `geojepa prepare --overwrite` to rebuild the dataset"
+    )
+
+
+def check_shards(ds: TileDataset) -> None:
+    """Check what the manifest claims against the shard files (InputError naming the first
+    damaged file): every footer reads, each entities file holds the rows its tiles file counts
+    (``n_entities``), and the totals are the manifest's. Reads footers and one small column."""
+    tiles_total = entities_total = 0
+    for s in ds.shards:
+        tiles, entities = ds.path / schema.tiles_file(s), ds.path / schema.entities_file(s)
+        tile_rows = _footer(tiles).num_rows
+        entity_rows = _footer(entities).num_rows
+        counted = int(pc.sum(_read_shard(tiles, ["n_entities"]).column(0)).as_py() or 0)
+        if entity_rows != counted:
+            raise _damaged(entities, f"{entity_rows} rows, its tiles file counts {counted}")
+        tiles_total += tile_rows
+        entities_total += entity_rows
+    m = ds.manifest
+    if (tiles_total, entities_total) != (m.get("n_tiles"), m.get("n_entities")):
+        raise _damaged(
+            ds.path / schema.MANIFEST_FILE,
+            f"it counts {m.get('n_tiles')} tiles and {m.get('n_entities')} entities, the shards "
+            f"hold {tiles_total} and {entities_total}",
+        )
 
 
 #: Files that only a model/run directory holds (`model.directory.WEIGHTS_FILE`,
@@ -114,17 +151,22 @@ def open_dataset(path: str | Path) -> TileDataset:
             f"{path} is a geojepa model directory, not a tile dataset (give the dataset that "
             "`geojepa prepare` wrote)"
         )
-    if kind == "incomplete":
+    if kind == "incomplete" and not manifest_path.is_file():
         raise InputError(
             f"{path} is an incomplete dataset (no {schema.MANIFEST_FILE}); re-run the same "
             "`geojepa prepare` command to finish it"
         )
     if not manifest_path.is_file():
         raise InputError(f"{path} is not a geojepa tile dataset (no {schema.MANIFEST_FILE})")
-    try:
+    try:  # prepare writes the manifest last and atomically: one that does not parse is damaged
         manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{manifest_path} is unreadable: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"{manifest_path} is unreadable ({exc}); re-run `geojepa prepare --overwrite` to "
+            "rebuild the dataset"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{manifest_path} is unreadable (not a geojepa manifest)")
     version = manifest.get("format_version")
     if version != schema.FORMAT_VERSION:
         raise InputError(

@@ -28,6 +28,8 @@ from geojepa.data.tiling import (
     tile_origin,
     tile_size,
 )
+from geojepa.errors import OutputError
+from geojepa.io.atomic import describe_os_error
 
 _TYPE_NAMES = np.array(
     [
@@ -317,8 +319,12 @@ def write_shard(job: ShardJob, tiles: pa.Table, entities: pa.Table) -> None:
     ):
         final = job.output / name(job.shard)
         tmp = final.with_name(f".{final.name}.tmp")
-        pq.write_table(table, tmp, compression="zstd", use_dictionary=dictionary)
-        tmp.replace(final)
+        try:
+            pq.write_table(table, tmp, compression="zstd", use_dictionary=dictionary)
+            tmp.replace(final)
+        except OSError as exc:  # a full disk: one line, and no half-written temporary
+            tmp.unlink(missing_ok=True)
+            raise OutputError(describe_os_error(exc, final)) from None
 
 
 #: Parquet dictionary encoding only where values repeat: on the (nearly) unique geometry, box,

@@ -5,6 +5,11 @@ with a name unique to this process, in the target's own directory (so the final 
 crosses a file system), and is renamed over the target only when it is complete. An error or an
 interrupt removes the temporary file and leaves whatever was at the target untouched.
 
+The result looks like a file ``open()`` wrote: the umask's mode, or the mode of the file it
+replaces. :func:`output_path` decides what is written: a symlink's target (the link stays), never
+a device node or FIFO (a rename would replace it). A killed run's temporary is removed by the
+next run writing the same output (see :class:`TempFile`).
+
 :class:`OutputLock` is an advisory ``flock`` on a sibling ``.<name>.lock`` file. A second run
 that targets the same output fails at once with the holder's pid, host and command, instead of
 interleaving its writes with the first. The lock dies with its process (the kernel releases a
@@ -16,13 +21,15 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import fcntl
+import glob
 import json
 import os
+import secrets
 import socket
+import stat
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -39,17 +46,99 @@ def describe_os_error(exc: OSError, path: str | Path) -> str:
     return f"cannot write {path}: {exc.strerror or exc}"
 
 
-def unique_temp(final: Path, suffix: str = "") -> Path:
-    """A new empty file beside ``final`` whose name no other run can pick (OutputError if the
-    directory cannot be written)."""
+def output_path(path: str | Path) -> Path:
+    """The file an output at ``path`` really is: a symlink is followed (its target is locked and
+    written, the link stays); a device node, FIFO or socket is refused with one line, because
+    the final rename would replace it (``-o /dev/null`` run as root would destroy the device)."""
+    path = Path(path)
+    if path.is_symlink():
+        try:
+            path = path.resolve(strict=False)
+        except (OSError, RuntimeError) as exc:  # a symlink loop
+            raise OutputError(f"cannot follow the symlink {path}: {exc}") from None
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}",
-                                    dir=final.parent)  # fmt: skip
-    except OSError as exc:
-        raise OutputError(describe_os_error(exc, final)) from None
-    os.close(fd)
-    return Path(name)
+        mode = os.stat(path).st_mode
+    except OSError:
+        return path  # not there yet (or unreadable: the write says why)
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise OutputError(
+            f"{path} is not a regular file (a device, FIFO or socket): geojepa writes a file "
+            "and renames it into place, which would replace it; give the path of a file"
+        )
+    return path
+
+
+class TempFile:
+    """A new temporary file beside ``final``, named ``.NAME.*.tmp``, that no other run can pick.
+
+    Created as ``open()`` would create ``final`` (mode 0o666 less the umask). The owner holds a
+    ``flock`` on it until it is committed or discarded: a temporary nobody holds belongs to a
+    killed run, and is removed by the next run writing the same output (:func:`_clean_stale`).
+    """
+
+    def __init__(self, final: Path, suffix: str = "") -> None:
+        self.final = final
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            _clean_stale(final)
+            self.path, self._fd = _create_locked(final, suffix)
+        except OSError as exc:
+            raise OutputError(describe_os_error(exc, final)) from None
+
+    def commit(self) -> None:
+        """Rename onto ``final``; a file already there keeps its mode (OSError if it fails)."""
+        with suppress(FileNotFoundError):
+            os.chmod(self.path, stat.S_IMODE(os.stat(self.final).st_mode))
+        os.replace(self.path, self.final)
+        self._close()
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self._close()
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _create_locked(final: Path, suffix: str) -> tuple[Path, int]:
+    """A fresh file, locked; retried if a cleaning run took it as stale before we locked it."""
+    while True:
+        name = final.parent / f".{final.name}.{secrets.token_hex(4)}.tmp{suffix}"
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _same_file(fd, name):
+            return name, fd
+        os.close(fd)
+
+
+def _clean_stale(final: Path) -> None:
+    """Remove the temporaries of ``final`` that no live run holds (their run was killed)."""
+    for path in final.parent.glob(f".{glob.escape(final.name)}.*.tmp*"):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _same_file(fd, path):
+                path.unlink()
+        except OSError:  # held: a live run's
+            pass
+        finally:
+            os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``fd`` is still the file at ``path`` (not unlinked or replaced meanwhile)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+    except FileNotFoundError:
+        return False
 
 
 @contextmanager
@@ -60,16 +149,16 @@ def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
     from it (matplotlib's ``savefig``). On any exception (``KeyboardInterrupt`` included) the
     temporary file is removed and ``final`` is left as it was.
     """
-    final = Path(final)
-    tmp = unique_temp(final, suffix)
+    final = output_path(final)
+    tmp = TempFile(final, suffix)
     try:
-        yield tmp
-        os.replace(tmp, final)
+        yield tmp.path
+        tmp.commit()
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        tmp.discard()
         raise OutputError(describe_os_error(exc, final)) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        tmp.discard()
         raise
 
 
@@ -101,7 +190,7 @@ class OutputLock:
     """
 
     def __init__(self, target: str | Path) -> None:
-        self.target = Path(target)
+        self.target = output_path(target)
         self.path = lock_path(self.target)
         self._fd: int | None = None
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 from types import TracebackType
 
@@ -31,7 +30,7 @@ import pyarrow.parquet as pq
 import shapely
 
 from geojepa.errors import OutputError
-from geojepa.io.atomic import OutputLock, describe_os_error, unique_temp
+from geojepa.io.atomic import OutputLock, TempFile, describe_os_error, output_path
 
 GEOPARQUET_VERSION = "1.1.0"
 #: Rows per row group: small enough that a bbox query skips most of a big file, large enough
@@ -150,7 +149,7 @@ class GeoParquetWriter:
         geometry_types: list[str] | None = None,
         row_group_rows: int = ROW_GROUP_ROWS,
     ) -> None:
-        self.path = Path(path)
+        self.path = output_path(path)
         self.index_name = index_name
         self.geometry_types = list(geometry_types or [])
         self.row_group_rows = row_group_rows
@@ -166,7 +165,7 @@ class GeoParquetWriter:
         self.rows = 0
         self._lock = OutputLock(self.path).acquire()
         try:
-            self._tmp = unique_temp(self.path)
+            self._tmp = TempFile(self.path)
         except OutputError:
             self._lock.release()
             raise
@@ -192,7 +191,7 @@ class GeoParquetWriter:
             self._metadata = _pandas_metadata(frame, order, self.index_name, table.schema)
             self._schema = table.schema
             self._writer = pq.ParquetWriter(
-                self._tmp, self._schema, compression="zstd", store_schema=False,
+                self._tmp.path, self._schema, compression="zstd", store_schema=False,
                 use_dictionary=_dictionary_columns(self._schema),
             )  # fmt: skip
         if not table.schema.equals(self._schema):
@@ -251,7 +250,7 @@ class GeoParquetWriter:
             self._writer.add_key_value_metadata({**self._metadata, b"geo": self._geo_metadata()})
             self._writer.close()
             self._writer = None
-            os.replace(self._tmp, self.path)
+            self._tmp.commit()
         except OSError as exc:
             self.abort()
             raise OutputError(describe_os_error(exc, self.path)) from None
@@ -266,7 +265,7 @@ class GeoParquetWriter:
             with contextlib.suppress(OSError):
                 self._writer.close()
             self._writer = None
-        self._tmp.unlink(missing_ok=True)
+        self._tmp.discard()
         self._lock.release()
 
     def __enter__(self) -> GeoParquetWriter:

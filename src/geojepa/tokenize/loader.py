@@ -51,6 +51,7 @@ import shapely
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from geojepa import interrupt
 from geojepa.data import schema
 from geojepa.data.reader import TileDataset, open_dataset
 from geojepa.errors import ConfigError, InputError
@@ -662,9 +663,11 @@ def _identity(batch: TileBatch) -> TileBatch:
 
 
 def _ignore_sigint(worker_id: int) -> None:
-    """Workers leave Ctrl-C to the main process, which stops at a step boundary and shuts them
-    down; a worker that took the terminal's SIGINT itself would exit and fail the next batch."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Workers leave Ctrl-C and SIGTERM to the main process, which stops at a step boundary and
+    shuts them down; a worker that took the group's signal itself would exit and fail the next
+    batch."""
+    for signum in interrupt.SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class TileLoader(DataLoader):

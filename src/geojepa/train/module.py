@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from geojepa.errors import ConfigError
 from geojepa.model.jepa import GeoJEPA, PlannedBatch, StepOutput, ema_momentum
 from geojepa.train.config import OptimConfig, PretrainConfig
 
@@ -219,7 +220,18 @@ class PretrainModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the data position and RNG state; refuse a checkpoint of another config (an
+        edited ``config.json``), before Lightning loads its weights into the wrong model."""
         state = checkpoint.get("geojepa", {})
+        current = self.config.model_dump(mode="json")
+        differs = _first_difference(state.get("config") or {}, current, skip={"trainer"})
+        if differs is not None:
+            key, theirs, ours = differs
+            raise ConfigError(
+                f"the checkpoint does not match the run's config.json ({key} is {theirs!r} in "
+                f"the checkpoint, {ours!r} in config.json): restore config.json, or train into "
+                "a new directory"
+            )
         self.resume_skip = int(state.get("batches_in_epoch", 0))
         self._batches_in_epoch = self.resume_skip
         self._pending_rng = state or None  # applied in on_train_start, right before training
@@ -247,3 +259,21 @@ class PretrainModule(L.LightningModule):
         super().train(mode)
         self.model.train(mode)  # keeps the teacher (and any frozen backbone) in eval mode
         return self
+
+
+def _first_difference(
+    saved: dict[str, Any], current: dict[str, Any], skip: set[str], prefix: str = ""
+) -> tuple[str, Any, Any] | None:
+    """The first setting (``model.depth``, its two values) that differs between two config
+    dumps; keys only one side has are ignored (a config field added by a newer geojepa)."""
+    for key, theirs in saved.items():
+        if key in skip or key not in current:
+            continue
+        ours = current[key]
+        if isinstance(theirs, dict) and isinstance(ours, dict):
+            found = _first_difference(theirs, ours, set(), f"{prefix}{key}.")
+            if found is not None:
+                return found
+        elif theirs != ours:
+            return f"{prefix}{key}", theirs, ours
+    return None

@@ -4,7 +4,8 @@ The run directory holds ``checkpoints/`` (periodic + ``last.ckpt``, with ``confi
 them), ``logs/`` (CSV; TensorBoard too with the ``tensorboard`` extra), ``vocab.json``,
 ``train-data/`` when trained on a subset of tiles (``pretrain --split``), and, at the end, the
 model directory files (see `geojepa.train.export`). Re-running on the same directory resumes
-from ``last.ckpt`` (model, EMA teacher, optimiser, schedules, data position and RNG).
+from its newest complete checkpoint, normally ``last.ckpt`` (model, EMA teacher, optimiser,
+schedules, data position and RNG; see :func:`newest_checkpoint`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import os
 import pickle
 import warnings
+import zipfile
 from collections.abc import Iterable
 from contextlib import nullcontext
 from pathlib import Path
@@ -195,6 +197,7 @@ def _pretrain(
     clock = clock or StageClock("pretrain")
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from geojepa.train.module import EpochLoader, PretrainModule
     from geojepa.train.progress import ProgressReport, quiet_dependencies
@@ -203,7 +206,8 @@ def _pretrain(
 
     ckpt_dir = out / CKPT_DIR
     last = ckpt_dir / "last.ckpt"
-    resuming = resume and last.exists()
+    start = newest_checkpoint(ckpt_dir) if resume else None
+    resuming = start is not None
     if resuming:
         saved = PretrainConfig.load(ckpt_dir / "config.json")
         cfg = resolve_config(
@@ -224,6 +228,11 @@ def _pretrain(
         )
         if out.exists() and any(out.iterdir()) and not ckpt_dir.exists():
             raise OutputError(f"{out} exists and is not a geojepa run directory")
+        if resume and any(ckpt_dir.glob("*.ckpt")):
+            raise InputError(
+                f"{ckpt_dir} holds no complete checkpoint to resume from (its .ckpt files are "
+                "damaged): train into a new directory"
+            )
         if any(ckpt_dir.glob("*.ckpt")):
             raise OutputError(
                 f"{out} already holds checkpoints: resume it, or train into a new directory"
@@ -338,13 +347,18 @@ def _pretrain(
             try:
                 with interrupt.deferred():  # Ctrl-C stops at a step boundary, with a checkpoint
                     # weights_only: a checkpoint is never unpickled (a planted one cannot run code)
-                    trainer.fit(module, epoch_loader, ckpt_path=str(last) if resuming else None,
+                    trainer.fit(module, epoch_loader, ckpt_path=str(start) if start else None,
                                 weights_only=True)  # fmt: skip
+            except SIGTERMException:
+                # Lightning's own SIGTERM handler ends the fit at the step boundary where ours
+                # would: save the checkpoint below and report it as an interrupt
+                if not interrupt.requested():
+                    raise
             except pickle.UnpicklingError as exc:
                 first = str(exc).strip().splitlines()[0][:160]
                 raise InputError(
-                    f"{last} is not a plain geojepa checkpoint (refusing to unpickle it: {first}); "
-                    "delete it, or train into a new directory"
+                    f"{start} is not a plain geojepa checkpoint (refusing to unpickle it: "
+                    f"{first}); delete it, or train into a new directory"
                 ) from None
             finally:
                 loader.close()  # persistent workers: not left idling after the run
@@ -379,6 +393,17 @@ def _pretrain(
             dataset_config=ds.config, training_data=training_data,
         )  # fmt: skip
     return out
+
+
+def newest_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The checkpoint a run resumes from: the newest complete one, whatever its name.
+
+    Lightning writes ``step=N.ckpt`` and then ``last.ckpt``: a run killed between the two must
+    resume from the former. Complete = a whole zip archive (what ``torch.save`` writes; a cut
+    file lacks the archive's end record).
+    """
+    found = [p for p in ckpt_dir.glob("*.ckpt") if p.is_file() and zipfile.is_zipfile(p)]
+    return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"), default=None)
 
 
 def _rank() -> int:
