@@ -19,7 +19,7 @@ import shapely
 
 from geojepa.errors import OutputError
 from geojepa.io import atomic
-from geojepa.io.atomic import OutputLock, write_text_atomic
+from geojepa.io.atomic import OutputLock, write_atomic, write_text_atomic
 from geojepa.io.geoparquet import GeoParquetWriter
 
 
@@ -50,6 +50,12 @@ def test_a_new_output_gets_the_mode_open_would_give(tmp_path, umask_022):
     _write_parquet(tmp_path / "t.parquet")
     assert _mode(tmp_path / "f.json") == 0o644
     assert _mode(tmp_path / "t.parquet") == 0o644
+    # safetensors replaces the file it writes with a 0600 one: the model files too
+    import torch
+    from safetensors.torch import save_file
+
+    write_atomic(tmp_path / "m.safetensors", lambda p: save_file({"w": torch.zeros(2)}, str(p)))
+    assert _mode(tmp_path / "m.safetensors") == 0o644
 
 
 def test_an_overwritten_output_keeps_its_mode(tmp_path, umask_022):

@@ -82,13 +82,18 @@ class TempFile:
             final.parent.mkdir(parents=True, exist_ok=True)
             _clean_stale(final)
             self.path, self._fd = _create_locked(final, suffix)
+            self._mode = stat.S_IMODE(os.fstat(self._fd).st_mode)  # 0o666 less the umask
         except OSError as exc:
             raise OutputError(describe_os_error(exc, final)) from None
 
     def commit(self) -> None:
-        """Rename onto ``final``; a file already there keeps its mode (OSError if it fails)."""
+        """Rename onto ``final``; a file already there keeps its mode, a new one gets the
+        umask's, even where the writer replaced the temporary (safetensors writes 0600 files)
+        (OSError if it fails)."""
+        mode = self._mode
         with suppress(FileNotFoundError):
-            os.chmod(self.path, stat.S_IMODE(os.stat(self.final).st_mode))
+            mode = stat.S_IMODE(os.stat(self.final).st_mode)
+        os.chmod(self.path, mode)
         os.replace(self.path, self.final)
         self._close()
 
