@@ -61,6 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         for r in own.itertuples()
     ]
+    verdicts = frame[frame["selected"].astype(str) == "True"].dropna(subset=["verdict"])
+    tally = {
+        rival: "".join(
+            {"win": "W", "loss": "L"}.get(v, "=")
+            for v in verdicts[verdicts["model"] == rival]["verdict"].astype(str)
+        )
+        for rival in ("tag_counts", "pooled_text", "random_init")
+    }
     config = directory.config
     changes = {k: config["model"][k] for k in ("var_weight", "cov_weight", "ema_momentum")}
     info = {
@@ -69,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_tiles": training.get("n_tiles"),
         "steps": int(args.model.name.rsplit("-at-", 1)[1]) if "-at-" in args.model.name else None,
         "recipe": f"cpu-base with {json.dumps(changes)}",
+        "repo_id": "default",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "notes": [
             "Chosen on val among the checkpoints of `benchmarks/scaling.py` (fewest losses to "
@@ -78,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{read['label_fraction']:.0%} of the train labels, {read['seeds']} seeds, with the "
             "weights rounded to float16 as shipped. Rivals and verdicts: "
             "`reports/benchmark/test-read/`.",
+            "Against the rivals on the same test blocks (W win, L loss, = tie by the paired "
+            "interval; tasks in the order above): "
+            + "; ".join(f"{rival} {cells}" for rival, cells in tally.items())
+            + ". It beats all three on no task.",
+            "Pretraining saw the benchmark areas' **train** blocks only (no val or test tile) "
+            "and the ten corpus extracts whole.",
             "Data must be prepared at zoom 16 with the default tag filter (`geojepa prepare "
             "--zoom 16`): embedding other data is refused.",
             "The tag table is rebuilt from the text model on first load (once per machine, "
