@@ -194,6 +194,22 @@ def run_one(name: str, sources: dict[str, Path], work: Path, seeds: int) -> Path
     return out
 
 
+def chosen_rows(results_csv: Path) -> Any:
+    """The rows of a report's ``results.csv`` whose probe each model chose on val."""
+    import pandas as pd
+
+    frame = pd.read_csv(results_csv)
+    return frame[frame["selected"].astype(str) == "True"]
+
+
+def win_counts(verdicts: dict[str, dict[str, str]]) -> dict[str, int]:
+    """Tasks on which GeoJEPA beats all of `RIVALS`, and its random-weight twin."""
+    return {
+        "beats all 3": sum(all(v.get(m) == "win" for m in RIVALS) for v in verdicts.values()),
+        "beats twin": sum(v.get("random_init") == "win" for v in verdicts.values()),
+    }
+
+
 def verdict_cells(chosen: Any) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
     """From a report's val-chosen rows (``results.csv`` where ``selected``): per task the
     GeoJEPA metric and its ``vs`` cell (W/L/= against each of `RIVALS`) as table cells, and
@@ -219,8 +235,7 @@ def table() -> Path:
         if not (report / "ablation.json").is_file():
             continue
         info = json.loads((report / "ablation.json").read_text())
-        frame = pd.read_csv(report / "results.csv")
-        chosen = frame[frame["selected"].astype(str) == "True"]
+        chosen = chosen_rows(report / "results.csv")
         row: dict[str, Any] = {"hypothesis": name, "steps": info["steps"],
                                "pretrain_min": round(info["pretrain_s"] / 60, 1)}  # fmt: skip
         cells, verdicts = verdict_cells(chosen)

@@ -32,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ablation import BASELINES, RIVALS, _markdown, verdict_cells  # noqa: E402
+from ablation import BASELINES, _markdown, chosen_rows, verdict_cells, win_counts  # noqa: E402
 from evaluate import AREAS, SHARED, log, prepare_inputs  # noqa: E402
 
 WORK = ROOT / "runs" / "benchmark"
@@ -220,8 +220,7 @@ def table() -> Path:
     rows = []
     for point_file in sorted(REPORTS.glob("*/step-*/point.json")):
         point = json.loads(point_file.read_text())
-        frame = pd.read_csv(point_file.parent / "results.csv")
-        chosen = frame[frame["selected"].astype(str) == "True"]
+        chosen = chosen_rows(point_file.parent / "results.csv")
         row: dict[str, Any] = {
             "run": point["name"],
             "step": point["step"],
@@ -231,8 +230,7 @@ def table() -> Path:
         }
         cells, verdicts = verdict_cells(chosen)
         row.update(cells)
-        row["beats all 3"] = sum(all(v.get(m) == "win" for m in RIVALS) for v in verdicts.values())
-        row["beats twin"] = sum(v.get("random_init") == "win" for v in verdicts.values())
+        row.update(win_counts(verdicts))
         rows.append(row)
     frame = pd.DataFrame(rows)
     REPORTS.mkdir(parents=True, exist_ok=True)
@@ -272,8 +270,7 @@ def plot_curves() -> Path:
     points = []
     for point_file in sorted(REPORTS.glob("*/step-*/point.json")):
         point = json.loads(point_file.read_text())
-        frame = pd.read_csv(point_file.parent / "results.csv")
-        chosen = frame[frame["selected"].astype(str) == "True"]
+        chosen = chosen_rows(point_file.parent / "results.csv")
         for row in chosen.itertuples():
             points.append({"run": point["name"], "minutes": point["pretrain_minutes"],
                            "task": row.task, "metric": row.metric, "model": row.model,

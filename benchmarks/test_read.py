@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ablation import BASELINES, RIVALS, _markdown, verdict_cells  # noqa: E402
+from ablation import BASELINES, _markdown, chosen_rows, verdict_cells, win_counts  # noqa: E402
 from evaluate import AREAS, SHARED, log, prepare_inputs  # noqa: E402
 
 WORK = ROOT / "runs" / "benchmark"
@@ -76,8 +76,7 @@ def table() -> Path:
     reads, shares = [], []
     for record_file in sorted(REPORTS.glob("*/read.json")):
         record = json.loads(record_file.read_text())
-        frame = pd.read_csv(record_file.parent / "results.csv")
-        chosen = frame[frame["selected"].astype(str) == "True"]
+        chosen = chosen_rows(record_file.parent / "results.csv")
         row: dict[str, Any] = {
             "read": record["name"],
             "labels": f"{record['label_fraction']:.0%}",
@@ -85,8 +84,7 @@ def table() -> Path:
         }
         cells, verdicts = verdict_cells(chosen)
         row.update(cells)
-        row["beats all 3"] = sum(all(v.get(m) == "win" for m in RIVALS) for v in verdicts.values())
-        row["beats twin"] = sum(v.get("random_init") == "win" for v in verdicts.values())
+        row.update(win_counts(verdicts))
         reads.append(row)
         for part in chosen.itertuples():
             shares.append({"read": record["name"], "labels": row["labels"], "task": part.task,
