@@ -3,12 +3,14 @@ than EPSG:4326, a `demo -o` folder that is not ours, and an `evaluate` that fail
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 from geojepa.cli import main
+from geojepa.data.reader import open_dataset
 
 
 @pytest.fixture
@@ -37,3 +39,35 @@ def test_prepare_into_a_read_only_directory_is_one_line(finland_test_pbf, read_o
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert str(read_only_dir) in err and "Permission denied" in err
     assert list(read_only_dir.iterdir()) == []
+
+
+def _features(path: Path, crs: str, n: int = 12) -> Path:
+    import geopandas as gpd
+    import shapely
+
+    frame = gpd.GeoDataFrame(
+        {"feature_id": [f"node/{i}" for i in range(n)],
+         "tags": [json.dumps({"amenity": "cafe"})] * n},
+        geometry=[shapely.Point(-77.0 + i * 1e-3, 38.9) for i in range(n)], crs=crs,
+    )  # fmt: skip
+    frame.to_parquet(path)
+    return path
+
+
+def test_features_in_another_geographic_crs_are_transformed(tmp_path, capsys):
+    """NAD83 (EPSG:4269) is geographic: it used to be refused as "a projected CRS"."""
+    src = _features(tmp_path / "nad83.parquet", "EPSG:4269")
+    ref = _features(tmp_path / "wgs84.parquet", "EPSG:4326")
+    assert main(["prepare", str(src), "-o", str(tmp_path / "d"), "-q"]) == 0, capsys.readouterr()
+    assert main(["prepare", str(ref), "-o", str(tmp_path / "r"), "-q"]) == 0
+    got, want = open_dataset(tmp_path / "d"), open_dataset(tmp_path / "r")
+    assert got.manifest["input"]["elements_kept"] == 12
+    assert got.manifest["n_tiles"] == want.manifest["n_tiles"]
+
+
+def test_a_crs_that_cannot_be_transformed_is_one_line(tmp_path, capsys):
+    src = _features(tmp_path / "mars.parquet", "IAU_2015:49900")  # geographic, not on Earth
+    assert main(["prepare", str(src), "-o", str(tmp_path / "d"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "EPSG:4326" in err and "Mars" in err
