@@ -71,3 +71,41 @@ def test_a_crs_that_cannot_be_transformed_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "EPSG:4326" in err and "Mars" in err
+
+
+class _Reached(Exception):
+    """Raised by the first demo stage: the demo went on to write into its folder."""
+
+
+@pytest.fixture
+def demo_stops_at_its_first_stage(monkeypatch):
+    from geojepa import demo
+
+    def run(self, *args, **kwargs):
+        raise _Reached
+
+    monkeypatch.setattr(demo._Stages, "run", run)
+
+
+def test_demo_refuses_a_folder_that_is_not_a_demo_output(
+    tmp_path, demo_stops_at_its_first_stage, capsys
+):
+    folder = tmp_path / "project"
+    (folder / "src").mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine")
+    assert main(["demo", "-o", str(folder), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "not a geojepa demo output" in err
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "src"]
+
+
+def test_demo_reuses_its_own_folder_even_when_cut_short(tmp_path, demo_stops_at_its_first_stage):
+    from geojepa.demo import run_demo
+
+    folder = tmp_path / "demo"
+    with pytest.raises(_Reached):  # a first run, cut short in its first stage
+        run_demo(folder, progress=False)
+    (folder / "data").mkdir(exist_ok=True)  # what that stage had begun to write
+    with pytest.raises(_Reached):  # the re-run goes on: the folder is the demo's own
+        run_demo(folder, progress=False)
