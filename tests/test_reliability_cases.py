@@ -109,3 +109,21 @@ def test_demo_reuses_its_own_folder_even_when_cut_short(tmp_path, demo_stops_at_
     (folder / "data").mkdir(exist_ok=True)  # what that stage had begun to write
     with pytest.raises(_Reached):  # the re-run goes on: the folder is the demo's own
         run_demo(folder, progress=False)
+
+
+def test_evaluate_failing_on_a_foreign_split_leaves_no_report_directory(
+    finland_test_pbf, tmp_path, capsys
+):
+    from geojepa.eval.split import SplitConfig, make_split, save_split
+
+    dataset = tmp_path / "ds"
+    assert main(["prepare", str(finland_test_pbf), "-o", str(dataset), "-q"]) == 0
+    foreign = make_split([f"17/{x}/1000" for x in range(40)], SplitConfig(block_zoom=15))
+    split = save_split(foreign, tmp_path / "foreign.parquet")  # the split of another area
+    report = tmp_path / "reports" / "r"
+    argv = ["evaluate", "-d", str(dataset), "-o", str(report), "--split", str(split),
+            "--baselines", "dummy", "--seeds", "1", "-q"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not report.exists()
