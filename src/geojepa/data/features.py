@@ -45,6 +45,12 @@ def _crs_string(crs: Any) -> str | None:
         return None
     if not parsed.is_geographic and not parsed.is_projected:
         raise InputError(f"features table CRS {parsed.name!r} is neither geographic nor projected")
+    try:  # any CRS pyproj can take to EPSG:4326 is accepted (e.g. NAD83, EPSG:4269)
+        pyproj.Transformer.from_crs(parsed, "EPSG:4326", always_xy=True)
+    except pyproj.exceptions.ProjError as exc:
+        raise InputError(
+            f"features table CRS {parsed.name!r} cannot be transformed to EPSG:4326: {exc}"
+        ) from None
     return parsed.to_wkt()
 
 

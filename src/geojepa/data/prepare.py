@@ -77,7 +77,7 @@ from geojepa.data.shard import ShardJob, build_shard, group_parents
 from geojepa.data.tiling import (
     merc_to_lonlat,
 )
-from geojepa.errors import InputError
+from geojepa.errors import InputError, OutputError
 from geojepa.io.atomic import OutputLock, write_json_atomic
 from geojepa.progress import progress_bar
 
@@ -150,10 +150,13 @@ def _prepare_tiles(
     executor: Executor | None = None
     shards_written = 0
     try:
-        if work.exists():
-            shutil.rmtree(work)
-        bucket_dir.mkdir(parents=True)
-        (output / schema.SHARD_DIR).mkdir(exist_ok=True)
+        try:
+            if work.exists():
+                shutil.rmtree(work)
+            bucket_dir.mkdir(parents=True)
+            (output / schema.SHARD_DIR).mkdir(exist_ok=True)
+        except OSError as exc:  # e.g. an existing read-only directory
+            raise OutputError(f"cannot write into {output}: {exc.strerror or exc}") from None
         config.save(output / schema.CONFIG_FILE)
 
         estimate = estimated_elements(kind, path, source)

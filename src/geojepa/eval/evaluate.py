@@ -31,6 +31,7 @@ the provenance.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import subprocess
 import sys
@@ -484,6 +485,28 @@ def evaluate(
     report; named tasks raise InputError instead). ``split``: a saved split file covering every
     tile, else a new spatial block split (``config.split``) saved as ``OUTPUT/split.parquet``.
     """
+    report = Path(output)
+    created = not report.exists()
+    try:
+        return _evaluate(run, datasets, output, tasks, seeds, baselines, split, config, progress)
+    except BaseException:
+        if created:  # a report directory this run made and wrote nothing into goes again
+            with contextlib.suppress(OSError):
+                report.rmdir()
+        raise
+
+
+def _evaluate(
+    run: str | Path | None,
+    datasets: Sequence[str | Path | TileDataset],
+    output: str | Path,
+    tasks: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    baselines: Sequence[str] | None = None,
+    split: str | Path | None = None,
+    config: EvaluateConfig | None = None,
+    progress: bool = True,
+) -> EvaluateResult:
     started = time.perf_counter()
     config = config or EvaluateConfig()
     seeds = [int(s) for s in seeds]
