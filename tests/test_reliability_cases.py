@@ -65,7 +65,6 @@ def test_features_in_another_geographic_crs_are_transformed(tmp_path, capsys):
     assert got.manifest["n_tiles"] == want.manifest["n_tiles"]
 
 
-
 def test_a_geodataframe_in_nad83_is_transformed(tmp_path):
     import geopandas as gpd
 
@@ -74,6 +73,7 @@ def test_a_geodataframe_in_nad83_is_transformed(tmp_path):
     frame = gpd.read_parquet(_features(tmp_path / "nad83.parquet", "EPSG:4269"))
     ds = prepare_tiles(frame, tmp_path / "d", progress=False)
     assert ds.manifest["input"]["elements_kept"] == 12
+
 
 def test_a_crs_that_cannot_be_transformed_is_one_line(tmp_path, capsys):
     src = _features(tmp_path / "mars.parquet", "IAU_2015:49900")  # geographic, not on Earth
