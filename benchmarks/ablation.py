@@ -288,6 +288,17 @@ def table() -> Path:
     return REPORTS / "README.md"
 
 
+def write_readme(folder: Path, lines: list[str]) -> Path:
+    """``folder/README.md``: the generated ``lines`` then the hand-written ``reading.md`` kept
+    beside them (printed too)."""
+    reading = folder / "reading.md"
+    if reading.is_file():
+        lines = [*lines, reading.read_text()]
+    (folder / "README.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return folder / "README.md"
+
+
 def _markdown(frame: Any) -> str:
     cells = [[str(c) for c in frame.columns]] + [[str(v) for v in row] for row in frame.values]
     lines = ["| " + " | ".join(row) + " |" for row in cells]

@@ -32,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ablation import BASELINES, _markdown, chosen_rows, verdict_cells, win_counts  # noqa: E402
+from ablation import BASELINES, _markdown, chosen_rows, verdict_cells, win_counts, write_readme  # noqa: E402
 from evaluate import AREAS, SHARED, log, prepare_inputs  # noqa: E402
 
 WORK = ROOT / "runs" / "benchmark"
@@ -250,12 +250,7 @@ def table() -> Path:
         _markdown(frame) if len(frame) else "(no point evaluated yet)",
         "",
     ]
-    reading = REPORTS / "reading.md"  # the hand-written reading of the table, kept beside it
-    if reading.is_file():
-        md += [reading.read_text()]
-    (REPORTS / "README.md").write_text("\n".join(md))
-    print("\n".join(md))
-    return REPORTS / "README.md"
+    return write_readme(REPORTS, md)
 
 
 def plot_curves() -> Path:

@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ablation import BASELINES, _markdown, chosen_rows, verdict_cells, win_counts  # noqa: E402
+from ablation import BASELINES, _markdown, chosen_rows, verdict_cells, win_counts, write_readme  # noqa: E402
 from evaluate import AREAS, SHARED, log, prepare_inputs  # noqa: E402
 
 WORK = ROOT / "runs" / "benchmark"
@@ -110,12 +110,7 @@ def table() -> Path:
         by_share.columns = [f"{read} @{labels}" for read, labels in by_share.columns]
         md += ["## Every model by read and label share", "",
                _markdown(by_share.reset_index()), ""]  # fmt: skip
-    reading = REPORTS / "reading.md"  # the hand-written reading of the tables, kept beside them
-    if reading.is_file():
-        md += [reading.read_text()]
-    (REPORTS / "README.md").write_text("\n".join(md))
-    print("\n".join(md))
-    return REPORTS / "README.md"
+    return write_readme(REPORTS, md)
 
 
 def main(argv: list[str] | None = None) -> int:
