@@ -1,16 +1,19 @@
 """`make benchmark`: the whole chain on the real areas in ../shared/data, report committed.
 
     .venv/bin/python benchmarks/evaluate.py [--work runs/benchmark] [--report reports/benchmark]
-        [--steps 600] [--seeds 5] [--supervised-seeds 1]
+        [--steps 600] [--seeds 5] [--supervised-seeds 1] [--no-corpus]
 
 1. prepare Neubrandenburg (PBF), Liechtenstein (PBF) and Montevideo (features GeoParquet) at
    zoom 16, read where they lie (skipped with a message if absent);
 2. one spatial block split (z14 blocks, seed 0) over all their tiles, saved;
-3. merge the areas and keep only the **train** tiles: pretraining sees no val/test block;
-4. pretrain the ``cpu-base`` preset (the recipe chosen on val by ``benchmarks/ablation.py``)
-   for a **fixed** number of steps (``--steps``, default
-   ``STEPS``): the time it took is reported, never used to decide how long to train, so two
-   runs on a busy and a quiet machine train the same model;
+3. merge the areas and keep only the **train** tiles: pretraining sees no val/test block; add
+   the ten corpus extracts of ``../shared/data/corpus/`` (other places, zoom 16) unless
+   ``--no-corpus``: the shipped default model's data;
+4. pretrain the ``cpu-base`` preset (the recipe chosen on val: ``benchmarks/ablation.py`` for
+   its size, ``benchmarks/scaling.py`` for its loss, teacher and length; the shipped model's
+   recipe) for a **fixed** number of steps (``--steps``, default ``STEPS``, step 600 of the
+   preset's 2,400-step schedule): the time it took is reported, never used to decide how long
+   to train, so two runs on a busy and a quiet machine train the same model;
 5. ``geojepa evaluate`` with the ``benchmark`` preset of settings on the three areas with the
    saved split → ``--report`` (results.md/.csv/.png, provenance.json, split.parquet,
    benchmark.json with phase timings).
@@ -27,6 +30,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -114,13 +118,41 @@ def prepare_inputs(sources: dict[str, Path], work: Path):
     return datasets, split_path, train_ds
 
 
+def corpus_dataset(work: Path, train_ds: Any | None, corpus: Path = SHARED / "corpus") -> Any:
+    """The benchmark's train blocks + every corpus extract in ``corpus`` (zoom 16), merged
+    once; with ``train_ds`` None the corpus alone (no tile of the benchmark's three areas: the
+    transfer row)."""
+    from geojepa.data.combine import merge_datasets
+    from geojepa.data.config import PrepareConfig
+    from geojepa.data.prepare import prepare_tiles
+    from geojepa.data.reader import open_dataset
+
+    out = work / ("pretrain-corpus" if train_ds is not None else "pretrain-corpus-only")
+    if (out / "manifest.json").is_file():
+        return open_dataset(out)
+    parts = [] if train_ds is None else [train_ds]
+    for source in sorted(corpus.glob("*.osm.pbf")):
+        name = source.name.removesuffix(".osm.pbf")
+        target = work / "corpus" / name
+        if (target / "manifest.json").is_file():
+            parts.append(open_dataset(target))
+            continue
+        log(f"prepare corpus {name} (zoom 16)")
+        parts.append(prepare_tiles(source, target, PrepareConfig(zoom=16), progress=False))
+    merged = merge_datasets(parts, out, overwrite=True)
+    log(f"pretraining data ({'train blocks + ' if train_ds is not None else ''}corpus): {merged}")
+    return merged
+
+
 def pretrain_fixed(train_ds, work: Path, run_name: str, steps: int, config: Path | None) -> float:
-    """Pretrain ``config`` (default: the preset) for exactly ``steps``; seconds it took.
+    """Pretrain ``config`` (default: the preset) for ``steps``; seconds it took. At the config's
+    own length its own schedules hold (cpu-base: step 600 of 2,400); another length is a run of
+    that length with schedules to match.
 
     A finished run of the same length in ``work/run_name`` is reused (its time is read back).
     """
     from geojepa.errors import ConfigError
-    from geojepa.train import pretrain
+    from geojepa.train import PretrainConfig, preset_config, pretrain
 
     run_dir = work / run_name
     run_info = work / f"{run_name}.json"
@@ -136,7 +168,11 @@ def pretrain_fixed(train_ds, work: Path, run_name: str, steps: int, config: Path
     log(f"pretraining {steps} steps (fixed)")
     shutil.rmtree(run_dir, ignore_errors=True)
     t = time.perf_counter()
-    pretrain(train_ds.path, run_dir, config=config, preset=PRESET, max_steps=steps, progress=False)
+    # max_steps only when --steps changes the length: the preset's own run stops at step 600 of
+    # its 2,400-step schedule, and a length given to pretrain() is the schedules' length too
+    own = (PretrainConfig.load(config) if config else preset_config(PRESET)).trainer.max_steps
+    pretrain(train_ds.path, run_dir, config=config, preset=PRESET,
+             max_steps=None if steps == own else steps, progress=False)  # fmt: skip
     seconds = time.perf_counter() - t
     run_info.write_text(json.dumps({"steps": steps, "seconds": seconds}) + "\n")
     return seconds
@@ -162,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         "--baselines", default=None,
         help="comma-separated baselines (default: all; 'none' = the pretrained model only, "
         "e.g. for a training-length ablation)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-corpus", action="store_true",
+        help="pretrain on the train blocks alone (default: + the corpus extracts in "
+        "DATA/corpus, the shipped model's data, when present)",
     )  # fmt: skip
     parser.add_argument("--run-name", default="run", help="run directory inside --work")
     parser.add_argument(
@@ -202,10 +243,20 @@ def run(args: argparse.Namespace) -> int:
 
     t = time.perf_counter()
     datasets, split_path, train_ds = prepare_inputs(sources, args.work)
+
+    corpus = sorted((args.data / "corpus").glob("*.osm.pbf"))
+    if corpus and not args.no_corpus:
+        pretrain_ds = corpus_dataset(args.work, train_ds, args.data / "corpus")
+        data_note = (f"the merged **train** blocks + the {len(corpus)} corpus extracts of "
+                     f"`../shared/data/corpus/` ({pretrain_ds.manifest['n_tiles']} tiles, zoom 16; "
+                     "no tile of a val/test block)")  # fmt: skip
+    else:
+        pretrain_ds = train_ds
+        data_note = f"the merged **train** blocks only ({train_ds.manifest['n_tiles']} tiles)"
     phases["prepare_split_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    pretrain_s = pretrain_fixed(train_ds, args.work, args.run_name, args.steps, args.config)
+    pretrain_s = pretrain_fixed(pretrain_ds, args.work, args.run_name, args.steps, args.config)
     phases["pretrain_s"] = time.perf_counter() - t
     steps = args.steps
     run_dir = args.work / args.run_name
@@ -214,6 +265,9 @@ def run(args: argparse.Namespace) -> int:
     seeds = args.seeds
     batch = preset_config(PRESET).data.batch_size
     what = f"config `{args.config.name}`" if args.config else f"preset `{PRESET}`"
+    run_config = json.loads((run_dir / "config.json").read_text())["trainer"]
+    schedule = (f" (stopped along a {run_config['schedule_steps']}-step schedule)"
+                if run_config.get("schedule_steps") else "")  # fmt: skip
     sup = preset.supervised.replace(
         **{k: v for k, v in (("max_epochs", args.supervised_epochs),
                              ("tiles_per_epoch", args.supervised_tiles)) if v is not None}
@@ -222,10 +276,9 @@ def run(args: argparse.Namespace) -> int:
         "Benchmark (`make benchmark`, benchmarks/evaluate.py): Neubrandenburg 2016 (PBF), "
         "Liechtenstein 2013 (PBF) and Montevideo 2016–17 (features GeoParquet), zoom 16; data "
         "© OpenStreetMap contributors, ODbL.",
-        f"Pretraining: {what} on the merged **train** blocks only "
-        f"({train_ds.manifest['n_tiles']} tiles), {steps} optimiser steps of "
-        f"{batch} tiles, fixed in advance ({pretrain_s / 60:.1f} min on this machine, "
-        "reported only) — a short CPU run, far from the paper's 100 epochs.",
+        f"Pretraining: {what} on {data_note}, {steps} optimiser steps of {batch} tiles"
+        f"{schedule}, fixed in advance ({pretrain_s / 60:.1f} min on this machine, reported "
+        "only) — a short CPU run, far from the paper's 100 epochs.",
         "Probe settings: the `benchmark` preset (`geojepa evaluate --preset benchmark`): the "
         "MLP probes have one width (128) and weight decay (0.01), epochs chosen on val (at "
         "most 60, patience 5); the tag-count baseline keeps the 1000 most frequent tag "
@@ -262,7 +315,8 @@ def run(args: argparse.Namespace) -> int:
         "pretrain_steps": steps,
         "pretrain_s": round(pretrain_s, 1),
         "areas": {name: ds.manifest.get("n_tiles") for name, ds in datasets.items()},
-        "pretrain_tiles": train_ds.manifest["n_tiles"],
+        "pretrain_tiles": pretrain_ds.manifest["n_tiles"],
+        "pretrain_data": data_note,
         "argv": sys.argv[1:],
     }
     (args.report / "benchmark.json").write_text(json.dumps(record, indent=2) + "\n")

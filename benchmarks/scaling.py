@@ -33,11 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from ablation import BASELINES, _markdown, chosen_rows, verdict_cells, win_counts, write_readme  # noqa: E402
-from evaluate import AREAS, SHARED, log, prepare_inputs  # noqa: E402
+from evaluate import AREAS, SHARED, corpus_dataset, log, prepare_inputs  # noqa: E402
 
 WORK = ROOT / "runs" / "benchmark"
 REPORTS = ROOT / "reports" / "benchmark" / "scaling"
-CORPUS = SHARED / "corpus"
 TILES_PER_STEP = 16  # cpu-base's batch: 600 steps x 16 = 9,600 tile visits = "1x"
 
 
@@ -55,32 +54,6 @@ def _parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
             value = raw
         out.setdefault(section, {})[name] = value
     return out
-
-
-def corpus_dataset(work: Path, train_ds: Any | None) -> Any:
-    """The benchmark's train blocks + every corpus extract (zoom 16), merged once; with
-    ``train_ds`` None the corpus alone (no tile of the benchmark's three areas: the transfer
-    row)."""
-    from geojepa.data.combine import merge_datasets
-    from geojepa.data.config import PrepareConfig
-    from geojepa.data.prepare import prepare_tiles
-    from geojepa.data.reader import open_dataset
-
-    out = work / ("pretrain-corpus" if train_ds is not None else "pretrain-corpus-only")
-    if (out / "manifest.json").is_file():
-        return open_dataset(out)
-    parts = [] if train_ds is None else [train_ds]
-    for source in sorted(CORPUS.glob("*.osm.pbf")):
-        name = source.name.removesuffix(".osm.pbf")
-        target = work / "corpus" / name
-        if (target / "manifest.json").is_file():
-            parts.append(open_dataset(target))
-            continue
-        log(f"prepare corpus {name} (zoom 16)")
-        parts.append(prepare_tiles(source, target, PrepareConfig(zoom=16), progress=False))
-    merged = merge_datasets(parts, out, overwrite=True)
-    log(f"pretraining data ({'train blocks + ' if train_ds is not None else ''}corpus): {merged}")
-    return merged
 
 
 def train(args: argparse.Namespace) -> None:

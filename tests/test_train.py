@@ -73,12 +73,17 @@ def test_presets_and_bad_configs(tmp_path: Path) -> None:
 
 
 def test_cpu_presets_keep_their_method_and_paper_presets_follow_the_paper() -> None:
-    """cpu-small/cpu-base: today's method (tests, resume and the shipped results rely on it);
-    paper-*: the paper's (docs/method.md); cpu-paper: cpu-base's size with the paper's method."""
-    for name, weight in (("cpu-small", 0.02), ("cpu-base", 1.0)):
+    """cpu-small/cpu-base: this project's method (tests, resume and the shipped results rely on
+    it); paper-*: the paper's (docs/method.md); cpu-paper: cpu-base's size with the paper's
+    method."""
+    for name, weight, ema in (
+        ("cpu-small", 0.02, (0.99, 0.99999)),
+        ("cpu-base", 0.05, (0.996, 1.0)),
+    ):
         cfg = preset_config(name)
         m, k = cfg.model, cfg.masking
         assert (m.var_weight, m.cov_weight) == (weight, weight)
+        assert m.ema_momentum == ema
         assert (m.pred_loss_reduction, m.ema_scope, m.ema_steps) == ("tokens", "all", None)
         assert (m.dropout, m.predictor_embed) == (0.0, "linear")
         assert (k.random_targets, k.strategy_per) == ("dealt", "sample")
@@ -88,6 +93,7 @@ def test_cpu_presets_keep_their_method_and_paper_presets_follow_the_paper() -> N
         cfg = preset_config(name)
         m, k = cfg.model, cfg.masking
         assert (m.var_weight, m.cov_weight) == pytest.approx((0.25, 0.01))
+        assert m.ema_momentum == (0.99, 0.99999)
         assert (m.pred_loss_reduction, m.ema_scope) == ("per_target_sum", "encoder")
         assert (m.dropout, m.predictor_embed) == (0.1, "mlp")
         assert (k.random_targets, k.strategy_per) == ("per_target", "batch")
@@ -276,6 +282,23 @@ def test_token_budget_schedules_count_planned_batches(synthetic_ds: Path, tmp_pa
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == sum(per_epoch)  # two epochs of budgeted batches were trained
     assert ckpt["geojepa"]["total_steps"] == 2 * loader.dataset.planned_batches()
+
+
+def test_a_run_can_stop_early_along_a_longer_schedule(synthetic_ds: Path, tmp_path: Path) -> None:
+    """trainer.schedule_steps: cpu-base is step 600 of a 2,400-step schedule. The schedules
+    (lr, weight decay, EMA) run over schedule_steps, the run stops at max_steps; a run length
+    given on the command line is the schedules' length too."""
+    cfg = _tiny(max_steps=3).with_overrides(trainer={"schedule_steps": 30})
+    run = pretrain(synthetic_ds, tmp_path / "run", config=cfg, progress=False)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 3 and ckpt["geojepa"]["total_steps"] == 30
+    base = preset_config("cpu-base").trainer
+    assert (base.max_steps, base.schedule_steps) == (600, 2400)
+    assert resolve_config("cpu-base").trainer.schedule_steps == 2400
+    assert resolve_config("cpu-base", max_steps=5000).trainer.schedule_steps is None
+    assert resolve_config("cpu-base", max_epochs=3).trainer.schedule_steps is None
+    with pytest.raises(ConfigError, match="shorter than max_steps"):
+        cfg.with_overrides(trainer={"max_steps": 40})
 
 
 def test_output_that_is_not_a_run_is_refused(synthetic_ds: Path, tmp_path: Path) -> None:

@@ -49,7 +49,10 @@ def resolve_config(
     tokens_per_batch: int | None = None,
     compiled: bool | None = None,
 ) -> PretrainConfig:
-    """Preset, or a config object/file, then command-line overrides."""
+    """Preset, or a config object/file, then command-line overrides. A run length given here
+    (``max_steps``/``max_epochs``) is the schedules' length too (``trainer.schedule_steps``
+    cleared): asking cpu-base for 5,000 steps means a 5,000-step run, not 5,000 steps along
+    its 2,400-step schedule."""
     if config is None:
         cfg = preset_config(preset)
     elif isinstance(config, PretrainConfig):
@@ -69,6 +72,8 @@ def resolve_config(
         trainer["max_epochs"] = max_epochs
         if max_steps is None:
             trainer["max_steps"] = -1
+    if max_steps is not None or max_epochs is not None:
+        trainer["schedule_steps"] = None
     if compiled is not None:
         trainer["compile"] = compiled
     data = cfg.model_dump()
@@ -94,12 +99,15 @@ def _precision(cfg: PretrainConfig, accelerator: str) -> str:
 def _total_steps(
     cfg: PretrainConfig, n_tiles: int, world: int, batches_per_epoch: int | None = None
 ) -> int:
-    """Optimiser steps of the whole run (drives lr, weight-decay and EMA schedules).
+    """Optimiser steps the lr, weight-decay and EMA schedules run over: ``schedule_steps``
+    where set, else the whole run.
 
     ``batches_per_epoch`` (per rank) comes from the loader's plan under a token budget, where
     the number of tiles per batch varies; otherwise it follows from ``batch_size``.
     """
     t = cfg.trainer
+    if t.schedule_steps is not None:
+        return t.schedule_steps
     per_epoch = batches_per_epoch or math.ceil(max(n_tiles, 1) / (cfg.data.batch_size * world))
     per_epoch = max(per_epoch // t.accumulate_grad_batches, 1)
     by_epochs = per_epoch * t.max_epochs if t.max_epochs else None
