@@ -210,6 +210,34 @@ def win_counts(verdicts: dict[str, dict[str, str]]) -> dict[str, int]:
     }
 
 
+def margins(chosen: Any) -> Any:
+    """GeoJEPA's margin over each rival per task, from a report's val-chosen rows: ``margin``
+    is how much better GeoJEPA's chosen probe scores than the rival's (positive = better, in
+    the metric's units: MAE lower or AUROC higher), ``low``/``high`` its 95% paired interval
+    where the report pairs best with best (None in older reports), and ``needed`` how far
+    GeoJEPA's score must move for the interval to exclude zero (0 once it does)."""
+    import pandas as pd
+
+    from geojepa.eval.metrics import METRICS
+
+    rows = []
+    for task, part in chosen.groupby("task", sort=False):
+        own = part[part["model"] == "geojepa"].iloc[0]
+        sign = -1.0 if METRICS[own["metric"]].higher_is_better else 1.0
+        for rival in part[part["model"].isin(RIVALS)].itertuples():
+            bounds = sorted(sign * b for b in (rival.diff_low, rival.diff_high))
+            paired = rival.reference_probe == own["probe"]
+            low, high = bounds if paired else (None, None)
+            rows.append({
+                "task": task, "metric": own["metric"], "geojepa": float(own["mean"]),
+                "rival": rival.model, "value": float(rival.mean),
+                "margin": sign * (float(rival.mean) - float(own["mean"])),
+                "low": low, "high": high,
+                "needed": None if low is None else max(0.0, -low),
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def verdict_cells(chosen: Any) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
     """From a report's val-chosen rows (``results.csv`` where ``selected``): per task the
     GeoJEPA metric and its ``vs`` cell (W/L/= against each of `RIVALS`) as table cells, and

@@ -32,7 +32,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ablation import BASELINES, _markdown, chosen_rows, verdict_cells, win_counts, write_readme  # noqa: E402
+from ablation import (  # noqa: E402
+    BASELINES,
+    _markdown,
+    chosen_rows,
+    margins,
+    verdict_cells,
+    win_counts,
+    write_readme,
+)
 from evaluate import AREAS, SHARED, corpus_dataset, log, prepare_inputs  # noqa: E402
 
 WORK = ROOT / "runs" / "benchmark"
@@ -210,6 +218,7 @@ def table() -> Path:
     frame.to_csv(REPORTS / "table.csv", index=False)
     if len(frame):
         plot_curves()
+        plot_margins()
     md = [
         "# Scaling on val: checkpoints along one run (issue 21, part 2)",
         "",
@@ -222,8 +231,60 @@ def table() -> Path:
         "",
         _markdown(frame) if len(frame) else "(no point evaluated yet)",
         "",
+        "How the gap moves with length, per task (`margins.png`): GeoJEPA's margin over the "
+        "strongest of the three rivals (solid) and over its random twin (dotted) on val, "
+        "positive = GeoJEPA better, against tile visits (x). From the means, so every point "
+        "counts, those whose verdicts paired unlike probes too.",
+        "",
+        "![margin to the rivals against training length](margins.png)",
+        "",
     ]
     return write_readme(REPORTS, md)
+
+
+def plot_margins() -> Path:
+    """``margins.png``: per task, GeoJEPA's val margin over its strongest rival and over its
+    random twin (positive = better) against tile visits, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    parts = []
+    for point_file in sorted(REPORTS.glob("*/step-*/point.json")):
+        point = json.loads(point_file.read_text())
+        gaps = margins(chosen_rows(point_file.parent / "results.csv"))
+        parts.append(gaps.assign(run=point["name"], x=point["tile_visits"] / 9600))
+    data = pd.concat(parts, ignore_index=True)
+    tasks = list(dict.fromkeys(data["task"]))
+    cols = 4
+    n_rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(3.4 * cols, 3.0 * n_rows), squeeze=False)
+    for ax in axes.ravel()[len(tasks) :]:
+        ax.axis("off")
+    runs = sorted(data["run"].unique())
+    for ax, task in zip(axes.ravel(), tasks, strict=False):
+        part = data[data["task"] == task]
+        for i, run in enumerate(runs):
+            by_run = part[part["run"] == run]
+            worst = by_run.groupby("x")["margin"].min().sort_index()
+            twin = by_run[by_run["rival"] == "random_init"].set_index("x")["margin"].sort_index()
+            ax.plot(worst.index, worst.values, "-o", color=f"C{i}", ms=3, label=run)
+            ax.plot(twin.index, twin.values, ":x", color=f"C{i}", ms=3,
+                    label=f"{run} vs twin")  # fmt: skip
+        ax.axhline(0.0, color="k", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{task} ({part['metric'].iloc[0]}): margin on val", fontsize=9)
+        ax.set_xlabel("tile visits / 9,600", fontsize=8)
+        ax.tick_params(labelsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    out = REPORTS / "margins.png"
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
 
 
 def plot_curves() -> Path:

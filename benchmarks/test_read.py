@@ -31,7 +31,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ablation import BASELINES, _markdown, chosen_rows, verdict_cells, win_counts, write_readme  # noqa: E402
+from ablation import (  # noqa: E402
+    BASELINES,
+    _markdown,
+    chosen_rows,
+    margins,
+    verdict_cells,
+    win_counts,
+    write_readme,
+)
 from evaluate import AREAS, SHARED, log, prepare_inputs  # noqa: E402
 
 WORK = ROOT / "runs" / "benchmark"
@@ -73,7 +81,7 @@ def table() -> Path:
     val-chosen probe, verdicts against each rival), then each model's metric by label share."""
     import pandas as pd
 
-    reads, shares = [], []
+    reads, shares, gaps = [], [], []
     for record_file in sorted(REPORTS.glob("*/read.json")):
         record = json.loads(record_file.read_text())
         chosen = chosen_rows(record_file.parent / "results.csv")
@@ -86,6 +94,7 @@ def table() -> Path:
         row.update(cells)
         row.update(win_counts(verdicts))
         reads.append(row)
+        gaps.append(margins(chosen).assign(read=record["name"], labels=row["labels"]))
         for part in chosen.itertuples():
             shares.append({"read": record["name"], "labels": row["labels"], "task": part.task,
                            "model": part.model, "mean": round(float(part.mean), 3)})  # fmt: skip
@@ -110,7 +119,44 @@ def table() -> Path:
         by_share.columns = [f"{read} @{labels}" for read, labels in by_share.columns]
         md += ["## Every model by read and label share", "",
                _markdown(by_share.reset_index()), ""]  # fmt: skip
+    if gaps:
+        md += _how_far(pd.concat(gaps, ignore_index=True))
     return write_readme(REPORTS, md)
+
+
+def _how_far(gaps: Any) -> list[str]:
+    """``margins.csv`` (every read, task and rival) and the README's "how far" section: per
+    task of each full-label read, GeoJEPA's margin over its strongest rival and over its
+    random twin with their intervals, and how far its score must move to beat all three."""
+    gaps.to_csv(REPORTS / "margins.csv", index=False)
+    lines = [
+        "## How far from the target",
+        "",
+        "Per task of each read with all the labels: `margin` = how much better GeoJEPA's "
+        "test score is than the rival's (positive = better: lower MAE, higher AUROC) with "
+        "its 95% paired interval; the strongest rival is the one with the lowest margin; "
+        "`to beat all 3` = how far GeoJEPA's score must move for every interval to exclude "
+        "zero (0 = it beats all three), also as a share of its score. Every rival: "
+        "`margins.csv`.",
+        "",
+    ]
+    rows = []
+    for (read, task), part in gaps[gaps["labels"] == "100%"].groupby(["read", "task"],
+                                                                     sort=False):  # fmt: skip
+        worst = part.loc[part["margin"].idxmin()]
+        twin = part[part["rival"] == "random_init"].iloc[0]
+        needed = part["needed"].max()
+        rows.append({
+            "read": read, "task": task, "metric": worst["metric"],
+            "geojepa": round(worst["geojepa"], 3),
+            "strongest rival": f"{worst['rival']} {worst['value']:.3f}",
+            "margin [95%]": f"{worst['margin']:+.3f} [{worst['low']:+.3f}, {worst['high']:+.3f}]",
+            "vs twin [95%]": f"{twin['margin']:+.3f} [{twin['low']:+.3f}, {twin['high']:+.3f}]",
+            "to beat all 3": f"{needed:.3f} ({needed / worst['geojepa']:.1%})",
+        })  # fmt: skip
+    import pandas as pd
+
+    return [*lines, _markdown(pd.DataFrame(rows)), ""]
 
 
 def main(argv: list[str] | None = None) -> int:
