@@ -149,32 +149,32 @@ def pretrain_fixed(train_ds, work: Path, run_name: str, steps: int, config: Path
     own length its own schedules hold (cpu-base: step 600 of 2,400); another length is a run of
     that length with schedules to match.
 
-    A finished run of the same length in ``work/run_name`` is reused (its time is read back).
+    A finished run of the same config and data in ``work/run_name`` is reused (its time is
+    read back); a run of another config or data there is replaced.
     """
-    from geojepa.errors import ConfigError
     from geojepa.train import PretrainConfig, preset_config, pretrain
+    from geojepa.train.pretrain import resolve_config
 
     run_dir = work / run_name
     run_info = work / f"{run_name}.json"
+    base = PretrainConfig.load(config) if config else preset_config(PRESET)
+    # max_steps only when --steps changes the length: the preset's own run stops at step 600 of
+    # its 2,400-step schedule, and a length given to pretrain() is the schedules' length too
+    max_steps = None if steps == base.trainer.max_steps else steps
+    wanted = {"config": resolve_config(config=base, max_steps=max_steps).model_dump(mode="json"),
+              "data": str(Path(train_ds.path).resolve()), "steps": steps}  # fmt: skip
     if (run_dir / "model.safetensors").is_file() and run_info.is_file():
         info = json.loads(run_info.read_text())
-        if info["steps"] != steps:
-            raise ConfigError(
-                f"{run_dir} holds a {info['steps']}-step run, not {steps}: use --fresh or "
-                "another --run-name"
-            )
-        log(f"reusing the finished run {run_dir} ({steps} steps)")
-        return float(info["seconds"])
+        if {k: info.get(k) for k in wanted} == wanted:
+            log(f"reusing the finished run {run_dir} ({steps} steps)")
+            return float(info["seconds"])
+        log(f"{run_dir} holds a run of another config or data: training anew")
     log(f"pretraining {steps} steps (fixed)")
     shutil.rmtree(run_dir, ignore_errors=True)
     t = time.perf_counter()
-    # max_steps only when --steps changes the length: the preset's own run stops at step 600 of
-    # its 2,400-step schedule, and a length given to pretrain() is the schedules' length too
-    own = (PretrainConfig.load(config) if config else preset_config(PRESET)).trainer.max_steps
-    pretrain(train_ds.path, run_dir, config=config, preset=PRESET,
-             max_steps=None if steps == own else steps, progress=False)  # fmt: skip
+    pretrain(train_ds.path, run_dir, config=base, max_steps=max_steps, progress=False)
     seconds = time.perf_counter() - t
-    run_info.write_text(json.dumps({"steps": steps, "seconds": seconds}) + "\n")
+    run_info.write_text(json.dumps({**wanted, "seconds": seconds}) + "\n")
     return seconds
 
 
