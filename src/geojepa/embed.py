@@ -35,7 +35,9 @@ from geojepa.errors import ConfigError, InputError
 from geojepa.io.geoparquet import GeoParquetWriter
 from geojepa.model.jepa import GeoJEPA
 from geojepa.progress import progress_bar
-from geojepa.tokenize.loader import TileArrays, TileBatcher, TileStream, collate
+from geojepa.tokenize.collate import collate
+from geojepa.tokenize.sampler import TileBatcher
+from geojepa.tokenize.shards import TileArrays, TokenizedShards
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -235,11 +237,12 @@ def embed_shard(
         ents = ds.read_entities(shard, columns=_ENTITY_COLUMNS[: 4 if entities else 2])
     directory = model.require_directory()
     tok_cfg = directory.spec.tokenizer
-    stream = TileStream(
-        _single_shard(ds, shard), directory.vocab, tok_cfg, batch_size, shuffle=False, seed=0,
+    TileBatcher(batch_size, tokens_per_batch)  # a bad batch size fails before tokenising
+    shards = TokenizedShards(
+        _single_shard(ds, shard), directory.vocab, tok_cfg, seed=0,
         entity_transform=entity_transform, cache=entity_transform is None,
     )  # fmt: skip
-    arrays = stream._load(shard)  # tokenised once (or read from the token cache)
+    arrays = shards.load(shard)  # tokenised once (or read from the token cache)
     if tok_cfg.use_image:
         image_size: int | None = ds.config.image_size
     else:

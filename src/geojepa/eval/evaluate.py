@@ -78,7 +78,7 @@ from geojepa.eval.tasks import TASKS, Task, get_task
 from geojepa.eval.uncertainty import bootstrap_intervals
 from geojepa.io.atomic import write_text_atomic
 from geojepa.model.jepa import GeoJEPA, build_model
-from geojepa.tokenize.loader import TileArrays, tokenize_shard
+from geojepa.tokenize.shards import TileArrays, TokenizedShards
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
 from geojepa.tokenize.tokenizer import TokenizerConfig
 
@@ -294,19 +294,13 @@ def tokenize_masked(
 ) -> TileArrays:
     """Every tile of ``datasets`` tokenized with ``task.remove`` applied to its entities.
 
-    Shard by shard, exactly as the data loader does (same cap of entities per tile, same
-    seed), so the arrays are what `embed`/`pretrain` would feed the model.
+    The loader's dataset of tokenised shards with the removal as its entity transform (same cap
+    of entities per tile, same seed; not cached), so the arrays are what `embed`/`pretrain`
+    would feed the model.
     """
-    parts = []
-    columns = ["region_id"] + (["image"] if config.use_image else [])
-    for ds in datasets:
-        for shard in ds.shards:
-            tiles = ds.read_tiles(shard, columns=columns)
-            entities = ds.read_entities(shard)
-            if task is not None:
-                entities = task.remove(entities)
-            parts.append(tokenize_shard(tiles, entities, vocab, config, seed))
-    return TileArrays.concat(parts)
+    remove = None if task is None else task.remove
+    parts = [TokenizedShards(ds, vocab, config, seed, remove, cache=False) for ds in datasets]
+    return TileArrays.concat([p.load_all() for p in parts])
 
 
 def token_entities(arrays: TileArrays) -> pd.MultiIndex:

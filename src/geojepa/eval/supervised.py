@@ -32,7 +32,8 @@ from geojepa.eval.tasks import Task
 from geojepa.model.jepa import pool_tiles
 from geojepa.model.prior import PositionPrior
 from geojepa.model.transformer import Transformer
-from geojepa.tokenize.loader import TileArrays, collate
+from geojepa.tokenize.collate import collate
+from geojepa.tokenize.shards import TileArrays
 from geojepa.tokenize.tokenizer import TileTokenizer, TokenizerConfig
 
 MODEL_NAME = "supervised"
