@@ -242,7 +242,8 @@ def test_evaluate_without_a_run(synthetic: Path, tmp_path: Path) -> None:
 
 def test_every_model_sees_the_same_entities(synthetic: Path, tmp_path: Path, monkeypatch) -> None:
     """Tag counts, pooled text and the networks all see the tokenizer's capped entity subset."""
-    import geojepa.eval.evaluate as ev
+    import geojepa.eval.masked as masked_mod
+    import geojepa.eval.scoring as scoring
 
     ds = open_dataset(synthetic)
     cfg = preset_config("cpu-small")
@@ -264,16 +265,16 @@ def test_every_model_sees_the_same_entities(synthetic: Path, tmp_path: Path, mon
         return real_baseline(name, task, masked, *args, **kwargs)
 
     def spy_encode(model, arrays, *args, **kwargs):
-        seen["networks"] = set(ev.token_entities(arrays))
+        seen["networks"] = set(masked_mod.token_entities(arrays))
         return real_encode(model, arrays, *args, **kwargs)
 
     real_counts, real_baseline, real_encode = (
-        ev.tag_count_features, ev.baseline_features, ev.encode_arrays
+        scoring.tag_count_features, scoring.baseline_features, masked_mod.encode_arrays
     )  # fmt: skip
-    monkeypatch.setattr(ev, "tag_count_features", spy_counts)
-    monkeypatch.setattr(ev, "baseline_features", spy_baseline)
-    monkeypatch.setattr(ev, "encode_arrays", spy_encode)
-    monkeypatch.setattr(ev, "sentence_transformer_embedder", lambda: fake_embed)
+    monkeypatch.setattr(scoring, "tag_count_features", spy_counts)
+    monkeypatch.setattr(scoring, "baseline_features", spy_baseline)
+    monkeypatch.setattr(masked_mod, "encode_arrays", spy_encode)
+    monkeypatch.setattr(scoring, "sentence_transformer_embedder", lambda: fake_embed)
     evaluate(
         None, [synthetic], tmp_path / "r", tasks=["building_count"], seeds=(0,),
         baselines=("tag_counts", "pooled_text", "random_init"),
