@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from geojepa.constants import REGIONS_INDEX
 from geojepa.data.combine import MERGE_FIELDS
 from geojepa.data.config import PrepareConfig
 from geojepa.data.reader import TileDataset, open_dataset
@@ -121,16 +122,16 @@ def load_labels(request: EvaluateRequest, models: ModelSetup) -> LabelledData:
     opened = request.datasets
     request.log(f"reading {len(opened)} dataset(s)")
     tiles, entities = _read_all(opened, use_image=False)
-    region_ids = tiles.column("region_id").to_pylist()
+    region_ids = tiles.column(REGIONS_INDEX).to_pylist()
     split_frame, split_path, split_info = _split(
         request.split, region_ids, request.config.split, request.output
     )
     unused = split_frame["split"] == UNUSED
     if unused.any():  # e.g. a search split's test blocks: never labelled, embedded or scored
-        keep = pa.array(split_frame.loc[~unused, "region_id"].tolist(), pa.string())
-        tiles = tiles.filter(pc.is_in(tiles.column("region_id"), value_set=keep))
-        entities = entities.filter(pc.is_in(entities.column("region_id"), value_set=keep))
-        region_ids = tiles.column("region_id").to_pylist()
+        keep = pa.array(split_frame.loc[~unused, REGIONS_INDEX].tolist(), pa.string())
+        tiles = tiles.filter(pc.is_in(tiles.column(REGIONS_INDEX), value_set=keep))
+        entities = entities.filter(pc.is_in(entities.column(REGIONS_INDEX), value_set=keep))
+        region_ids = tiles.column(REGIONS_INDEX).to_pylist()
         split_frame = split_frame[~unused].reset_index(drop=True)
     split_info["evaluated_tiles"] = len(region_ids)
     if models.training_data is not None:
@@ -203,10 +204,10 @@ def _vocab_coverage(vocab: TagVocabulary, datasets: Sequence[TileDataset]) -> fl
 
 
 def _read_all(datasets: Sequence[TileDataset], use_image: bool) -> tuple[pa.Table, pa.Table]:
-    columns = ["region_id"] + (["image"] if use_image else [])
+    columns = [REGIONS_INDEX] + (["image"] if use_image else [])
     tiles = pa.concat_tables([ds.read_tiles(columns=columns) for ds in datasets])
     entities = pa.concat_tables([ds.read_entities() for ds in datasets])
-    ids = tiles.column("region_id").to_pandas()
+    ids = tiles.column(REGIONS_INDEX).to_pandas()
     if ids.duplicated().any():
         raise InputError(
             f"tile {ids[ids.duplicated()].iloc[0]} appears in more than one dataset "
@@ -226,7 +227,7 @@ def _split(
     else:
         frame = make_split(region_ids, config)
         info = {"split_config": config.model_dump(mode="json")}
-    assign_split(pd.Index(region_ids, name="region_id"), frame)  # every tile must be in it
+    assign_split(pd.Index(region_ids, name=REGIONS_INDEX), frame)  # every tile must be in it
     path = save_split(frame, output / SPLIT_FILE)
     info["split_counts"] = frame["split"].value_counts().reindex(SPLITS).fillna(0).astype(int)
     info["split_counts"] = info["split_counts"].to_dict()
@@ -258,8 +259,8 @@ def _pretraining_overlap(training_data: str, split: pd.DataFrame) -> dict[str, i
         ds = open_dataset(training_data)
     except InputError:
         return None
-    ids = set(ds.read_tiles(columns=["region_id"]).column("region_id").to_pylist())
-    seen = split[split["region_id"].isin(ids)]
+    ids = set(ds.read_tiles(columns=[REGIONS_INDEX]).column(REGIONS_INDEX).to_pylist())
+    seen = split[split[REGIONS_INDEX].isin(ids)]
     return {name: int((seen["split"] == name).sum()) for name in SPLITS}
 
 

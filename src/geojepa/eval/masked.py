@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from geojepa.constants import EMBED_TOKENS_PER_BATCH
+from geojepa.constants import EMBED_TOKENS_PER_BATCH, REGIONS_INDEX
 from geojepa.data.reader import TileDataset
 from geojepa.embed import embedding_columns, encode_tiles
 from geojepa.eval.tasks import Task
@@ -53,7 +53,7 @@ def token_entities(arrays: TileArrays) -> pd.MultiIndex:
             np.repeat(np.asarray(arrays.region_ids, dtype=object), arrays.ent_count),
             np.asarray(arrays.feature_ids, dtype=object),
         ],
-        names=["region_id", "feature_id"],
+        names=[REGIONS_INDEX, "feature_id"],
     )
 
 
@@ -66,7 +66,7 @@ def same_input(entities: pa.Table, arrays: TileArrays, max_tags: int) -> pa.Tabl
     """
     keys = pd.MultiIndex.from_arrays(
         [
-            entities.column("region_id").to_numpy(zero_copy_only=False),
+            entities.column(REGIONS_INDEX).to_numpy(zero_copy_only=False),
             entities.column("feature_id").to_numpy(zero_copy_only=False),
         ]
     )
@@ -108,14 +108,14 @@ def encode_arrays(
     )
     tiles = pd.DataFrame(
         tile_out,
-        index=pd.Index(np.asarray(arrays.region_ids, dtype=object), name="region_id"),
+        index=pd.Index(np.asarray(arrays.region_ids, dtype=object), name=REGIONS_INDEX),
         columns=embedding_columns(tile_out.shape[1]),
     )
     if ent_out is None:
         return tiles, None
     region = np.repeat(np.asarray(arrays.region_ids, dtype=object), arrays.ent_count)
     index = pd.MultiIndex.from_arrays(
-        [region, np.asarray(arrays.feature_ids, dtype=object)], names=["region_id", "feature_id"]
+        [region, np.asarray(arrays.feature_ids, dtype=object)], names=[REGIONS_INDEX, "feature_id"]
     )
     return tiles, pd.DataFrame(ent_out, index=index, columns=embedding_columns(width))
 

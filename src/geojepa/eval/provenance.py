@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from geojepa.constants import REGIONS_INDEX
 from geojepa.data.reader import TileDataset
 from geojepa.eval.inputs import LabelledData, ModelSetup
 from geojepa.eval.report import make_provenance, summarize, write_report
@@ -121,7 +122,7 @@ def _areas(datasets: Sequence[TileDataset]) -> dict[str, str]:
     return {
         rid: name
         for ds, name in zip(datasets, names, strict=True)
-        for rid in ds.read_tiles(columns=["region_id"]).column("region_id").to_pylist()
+        for rid in ds.read_tiles(columns=[REGIONS_INDEX]).column(REGIONS_INDEX).to_pylist()
     }
 
 

@@ -32,6 +32,7 @@ from geojepa.eval.request import GEOJEPA, RANDOM, SUPERVISED, EvaluateRequest
 from geojepa.eval.suite import baseline_features
 from geojepa.eval.supervised import train_supervised
 from geojepa.eval.tasks import Task
+from geojepa.optional import install_hint
 
 
 @dataclass
@@ -150,7 +151,7 @@ def score_baselines(
             continue
         if name == "srai_counts" and (task.level != "tile" or not srai_available()):
             if name not in skipped and not srai_available():
-                skipped[name] = "srai is not installed (pip install 'geojepa[srai]')"
+                skipped[name] = f"srai is not installed ({install_hint('srai')})"
             continue
         request.log(f"{task.name}: baseline {name}")
         if name == "tag_counts":

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import shapely
 
+from geojepa.constants import REGIONS_INDEX
 from geojepa.data import schema
 from geojepa.data.reader import TileDataset
 from geojepa.errors import InputError
@@ -161,7 +162,7 @@ def tokenize_shard(
     seed: int,
 ) -> TileArrays:
     """One shard's tiles and entities → `TileArrays` (numpy; run once per shard per pass)."""
-    region_ids = np.asarray(tiles.column("region_id").to_pylist(), dtype=object)
+    region_ids = np.asarray(tiles.column(REGIONS_INDEX).to_pylist(), dtype=object)
     n_tiles = len(region_ids)
     if "image" in tiles.column_names:
         images = np.empty(n_tiles, dtype=object)
@@ -170,7 +171,7 @@ def tokenize_shard(
         images = np.full(n_tiles, None, dtype=object)
 
     # Entities → their tile, grouped by tile in the tiles' order (stable: on-disk order kept).
-    tile_of = pd.Index(region_ids).get_indexer(entities.column("region_id").to_numpy())
+    tile_of = pd.Index(region_ids).get_indexer(entities.column(REGIONS_INDEX).to_numpy())
     keep = np.flatnonzero(tile_of >= 0)
     keep = keep[np.argsort(tile_of[keep], kind="stable")]
     counts = np.bincount(tile_of[keep], minlength=n_tiles).astype(np.int64)
@@ -276,7 +277,7 @@ class TokenizedShards:
                         raise InputError(f"{path}: stale token cache (delete {path.parent})")
                     arrays.images[:] = images
                 return arrays
-        columns = ["region_id"] + (["image"] if use_image else [])
+        columns = [REGIONS_INDEX] + (["image"] if use_image else [])
         tiles = ds.read_tiles(shard, columns=columns)
         entities = ds.read_entities(shard)
         if self.entity_transform is not None:
