@@ -23,10 +23,10 @@ from geojepa.eval.evaluate import EvaluateConfig, encode_arrays, evaluate, token
 from geojepa.eval.split import file_sha256
 from geojepa.eval.supervised import SupervisedConfig
 from geojepa.model.directory import ModelDirectory
-from geojepa.tokenize.synthetic import write_synthetic_dataset
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
 from geojepa.train import PretrainConfig, preset_config, pretrain
 from geojepa.train.export import build_model
+from helpers.synthetic import write_synthetic_dataset
 
 
 def fake_embed(texts: list[str]) -> np.ndarray:

@@ -31,8 +31,8 @@ from geojepa.embed import embed_tiles
 from geojepa.errors import ConfigError, InputError, OutputError
 from geojepa.io.atomic import OutputLock, atomic_path
 from geojepa.io.geoparquet import GeoParquetWriter
-from geojepa.tokenize.synthetic import write_synthetic_dataset
 from geojepa.train import PretrainConfig, preset_config, pretrain
+from helpers.synthetic import write_synthetic_dataset
 
 
 def _tiny_config() -> PretrainConfig:

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from geojepa.cli import main
-from geojepa.tokenize.synthetic import write_synthetic_dataset
 from geojepa.train import PretrainConfig, preset_config, pretrain
 from geojepa.train.module import PretrainModule
+from helpers.synthetic import write_synthetic_dataset
 
 
 def _tiny_config() -> PretrainConfig:

@@ -22,9 +22,9 @@ from geojepa.tokenize.collate import collate
 from geojepa.tokenize.geometry import geometry_features
 from geojepa.tokenize.loader import make_dataloader
 from geojepa.tokenize.sampler import TileBatcher, plan_shards
-from geojepa.tokenize.synthetic import write_synthetic_dataset
 from geojepa.tokenize.tags import PAD, TagVocabulary
 from geojepa.tokenize.tokenizer import TokenizerConfig
+from helpers.synthetic import write_synthetic_dataset
 
 CFG = TokenizerConfig(width=16, geometry_points=8)
 

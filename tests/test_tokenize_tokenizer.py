@@ -11,7 +11,6 @@ from geojepa.errors import ConfigError
 from geojepa.tokenize.collate import collate
 from geojepa.tokenize.image import TILE_BOX, patch_boxes
 from geojepa.tokenize.shards import TileArrays, tokenize_shard
-from geojepa.tokenize.synthetic import write_synthetic_dataset
 from geojepa.tokenize.tags import UNKNOWN, TagVocabulary, build_tag_table
 from geojepa.tokenize.tokenizer import (
     ENTITY,
@@ -20,6 +19,7 @@ from geojepa.tokenize.tokenizer import (
     TileTokenizer,
     TokenizerConfig,
 )
+from helpers.synthetic import write_synthetic_dataset
 
 BASE = dict(width=24, geometry_points=8, geometry_hidden=32, image_size=16, patch_size=8)
 

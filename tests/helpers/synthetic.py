@@ -1,6 +1,6 @@
 """Small synthetic tile datasets in the on-disk layout of `geojepa.data.schema`.
 
-For tests and benchmarks of everything downstream of `prepare` (loader, tokenizer, model)
+For tests of everything downstream of `prepare` (loader, tokenizer, model)
 without building a dataset from OSM. Geometries, tags and images are random but seeded.
 """
 
