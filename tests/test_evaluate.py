@@ -240,6 +240,34 @@ def test_evaluate_without_a_run(synthetic: Path, tmp_path: Path) -> None:
     assert saved.equals(load_split(split_path))
 
 
+def test_the_stages_run_one_by_one_as_evaluate_runs_them(synthetic: Path, tmp_path: Path) -> None:
+    """`make_request` → `load_models` → `load_labels` → `score_tasks`, called from a test, give
+    the scores `evaluate` reports for the same arguments."""
+    from geojepa.eval.inputs import load_labels, load_models
+    from geojepa.eval.report import summarize
+    from geojepa.eval.request import make_request
+    from geojepa.eval.scoring import score_tasks
+
+    ds = open_dataset(synthetic)
+    cfg = preset_config("cpu-small")
+    build_tag_table(
+        TagVocabulary.from_dataset(ds), cfg.tokenizer.text_model, ds.path, embed_fn=fake_embed
+    )
+    args = dict(
+        tasks=["building_count"], seeds=(0,), baselines=("dummy", "random_init"), split=None,
+        config=fast_config(bootstrap=0), progress=False,
+    )  # fmt: skip
+    request = make_request(None, [synthetic], tmp_path / "stages", **args)
+    models = load_models(request)
+    assert models.networks.pretrained is None and models.networks.random_init is not None
+    data = load_labels(request, models)
+    assert data.tasks == ["building_count"] and not data.skipped
+    scores = score_tasks(request, models, data)
+    assert set(scores.task_seconds) == {"building_count"}
+    result = evaluate(None, [synthetic], tmp_path / "whole", **args)
+    pd.testing.assert_frame_equal(summarize(scores.rows), result.summary)
+
+
 def test_every_model_sees_the_same_entities(synthetic: Path, tmp_path: Path, monkeypatch) -> None:
     """Tag counts, pooled text and the networks all see the tokenizer's capped entity subset."""
     import geojepa.eval.masked as masked_mod

@@ -96,6 +96,18 @@ def test_collation_matches_the_data(ds_path, vocab) -> None:
             assert got[: len(expected)] == expected and set(got[len(expected) :]) <= {PAD}
 
 
+def test_tokenized_shards_are_the_loaders_dataset(ds_path, vocab) -> None:
+    """`TokenizedShards` (the public dataset the loader, `embed` and `evaluate` share) holds
+    every tile once, in dataset order, tokenised as the loader batches them."""
+    shards = shards_mod.TokenizedShards(open_dataset(ds_path), vocab, CFG, seed=0, cache=False)
+    arrays = shards.load_all()
+    assert list(arrays.region_ids) == all_region_ids(ds_path)
+    counts = np.concatenate([shards.entity_counts()[s] for s in shards.shards])
+    assert np.array_equal(arrays.ent_count, counts)
+    (batch,) = make_dataloader(ds_path, vocab, CFG, batch_size=len(arrays), shuffle=False, seed=0)
+    _batches_equal([collate(arrays, None)], [batch])
+
+
 def test_shuffle_is_seeded_and_per_epoch(ds_path, vocab) -> None:
     def run(seed: int, loader=None) -> list[str]:
         loader = loader or make_dataloader(
