@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from geojepa.constants import EMBED_BATCH_SIZE
+from geojepa.constants import EMBED_BATCH_SIZE, FEATURES_INDEX, REGIONS_INDEX
 from geojepa.data.features import tags_from_key_columns
 from geojepa.errors import ConfigError, InputError
 
@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 
     from geojepa.model.jepa import GeoJEPA
 
-REGIONS_INDEX = "region_id"
-FEATURES_INDEX = "feature_id"
 #: intersections smaller than this share of a region's area are edge-touching slivers
 SLIVER = 1e-9
 
