@@ -503,4 +503,4 @@ def test_batch_standardised_targets_are_about_what_tells_tokens_apart() -> None:
     assert float(standardised.mean_loss) > 0.3 > 10 * float(token.mean_loss)
     torch.testing.assert_close(token.token_loss, token.pred_loss)  # "tokens" reduction
     for out in (token, standardised):  # the monitor's parts are the losses they name
-        assert 0.0 < float(out.token_loss) and 0.0 < float(out.mean_loss)
+        assert float(out.token_loss) > 0.0 and float(out.mean_loss) > 0.0
