@@ -488,9 +488,12 @@ def test_batch_standardised_targets_are_about_what_tells_tokens_apart() -> None:
     batch = fake_batch([20, 14, 30, 9])
     n_tok = batch["valid"].shape[1]
     torch.manual_seed(2)  # teacher outputs that share most of their vector, as trained ones do
-    shared = torch.nn.functional.layer_norm(
-        torch.randn(SMALL.width) + 0.1 * torch.randn(4, n_tok, SMALL.width), (SMALL.width,)
-    ) * batch["valid"][..., None]
+    shared = (
+        torch.nn.functional.layer_norm(
+            torch.randn(SMALL.width) + 0.1 * torch.randn(4, n_tok, SMALL.width), (SMALL.width,)
+        )
+        * batch["valid"][..., None]
+    )
 
     def step(norm: str):
         torch.manual_seed(0)
