@@ -221,8 +221,10 @@ def pretrain(
     ),
 ) -> None:
     """Pretrain GeoJEPA on a tile dataset; writes checkpoints, logs and a model directory."""
+    from geojepa.progress import StageClock
     from geojepa.train.pretrain import pretrain as run_pretrain
 
+    clock = StageClock.from_process_start("pretrain", show=verbose)
     interrupt.set_message(
         f"interrupted before the first checkpoint: run the same command again to start over "
         f"(or to resume from the newest checkpoint in {output}/checkpoints if there is one)"
@@ -243,6 +245,7 @@ def pretrain(
         progress=False if quiet else None,
         compiled=True if compile_blocks else None,
         verbose=verbose,
+        clock=clock,
     )
     if not quiet:
         typer.echo(f"model directory: {out}")

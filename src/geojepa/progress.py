@@ -8,8 +8,10 @@ is shown (``tqdm.auto`` costs ~35 ms of start-up).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
 
@@ -100,11 +102,29 @@ class StageClock:
     """Wall time of the stages of a start-up (``pretrain -v``): each stage's seconds, printed
     as it ends when ``show``, and the total since the clock started."""
 
-    def __init__(self, name: str, show: bool = False, stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        show: bool = False,
+        stream: TextIO | None = None,
+        start: float | None = None,
+    ) -> None:
         self.name, self.show = name, show
         self.stream = stream or sys.stderr
-        self.start = self.mark = time.perf_counter()
+        self.start = self.mark = time.perf_counter() if start is None else start
         self.seconds: dict[str, float] = {}
+
+    @classmethod
+    def from_process_start(
+        cls, name: str, show: bool = False, stream: TextIO | None = None
+    ) -> StageClock:
+        """A clock whose first stage, ``start Python, import torch and geojepa``, began when this
+        process did (a command line's start-up; Linux, else the clock starts now)."""
+        age = process_age()
+        clock = cls(name, show, stream, None if age is None else time.perf_counter() - age)
+        if age is not None:
+            clock.lap("start Python, import torch and geojepa")
+        return clock
 
     def lap(self, stage: str) -> float:
         """End ``stage`` now (it began at the previous lap); returns its seconds."""
@@ -115,3 +135,14 @@ class StageClock:
             print(f"{self.name} start-up · {stage}: {seconds:.1f} s "
                   f"(total {now - self.start:.1f} s)", file=self.stream, flush=True)  # fmt: skip
         return seconds
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (``/proc``; None where there is none)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+    started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time, in ticks
+    return max(uptime - started, 0.0)

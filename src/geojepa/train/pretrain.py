@@ -34,6 +34,7 @@ from geojepa.tokenize.loader import make_dataloader
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
 from geojepa.train.config import PretrainConfig, preset_config
 from geojepa.train.export import build_model, export_model, training_sources
+from geojepa.train.threads import CoreSample, choose_threads
 
 CKPT_DIR = "checkpoints"
 TRAIN_DATA_DIR = "train-data"  # pretrain(tiles=...): the subset of tiles trained on
@@ -134,6 +135,7 @@ def pretrain(
     keep_checkpoints: int = 3,
     compiled: bool | None = None,
     verbose: bool = False,
+    clock: StageClock | None = None,
 ) -> Path:
     """Pretrain GeoJEPA on ``dataset``; write checkpoints and the model directory to ``output``.
 
@@ -152,11 +154,15 @@ def pretrain(
     the CSV log (``speed/…``) and the model card. ``keep_checkpoints``: how many periodic
     checkpoints to keep besides ``last.ckpt`` (the newest ones; -1 keeps all). ``compiled``:
     overrides ``trainer.compile`` (``torch.compile`` of the transformer blocks; also on resume).
-    ``verbose``: print the time of each start-up stage up to the first step (stderr).
+    ``verbose``: print the time of each start-up stage up to the first step (stderr);
+    ``clock``: the clock that times them, when started earlier (the command line's starts with
+    the process).
     """
     # Lightning is imported in _pretrain, not at module level: `import geojepa` and loading a
     # model directory must stay fast.
-    clock = StageClock("pretrain", show=verbose and _rank() == 0)
+    load = CoreSample.now()  # how busy the cores are while we start: see `train.threads`
+    clock = clock or StageClock("pretrain", show=verbose)
+    clock.show = clock.show and _rank() == 0
     out = Path(output)
     devices = _check_devices(devices)
     if keep_checkpoints < -1:
@@ -167,10 +173,14 @@ def pretrain(
     clock.lap("open the dataset")
     # A second run into the same directory would mix checkpoints. DDP's extra ranks are
     # re-launched copies of this process: only rank 0 takes the lock.
-    with OutputLock(out) if _rank() == 0 else nullcontext():
-        return _pretrain(ds, out, config, preset, devices, max_steps, max_epochs, batch_size,
-                         resume, strategy, progress, tiles, keep_checkpoints,
-                         tokens_per_batch, compiled, clock)  # fmt: skip
+    threads = torch.get_num_threads()  # a CPU run may use fewer; the caller's count comes back
+    try:
+        with OutputLock(out) if _rank() == 0 else nullcontext():
+            return _pretrain(ds, out, config, preset, devices, max_steps, max_epochs, batch_size,
+                             resume, strategy, progress, tiles, keep_checkpoints,
+                             tokens_per_batch, compiled, clock, load)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _check_devices(devices: int | str) -> int | str:
@@ -201,6 +211,7 @@ def _pretrain(
     tokens_per_batch: int | None = None,
     compiled: bool | None = None,
     clock: StageClock | None = None,
+    load: CoreSample | None = None,
 ) -> Path:
     clock = clock or StageClock("pretrain")
     import lightning as L
@@ -321,6 +332,9 @@ def _pretrain(
         # Batches without imagery leave the image encoder unused: DDP must allow that.
         unused = "_find_unused_parameters_true" if cfg.tokenizer.use_image else ""
         strategy = f"ddp{unused}" if multi else "auto"
+    if not gpu and strategy == "auto":  # one process on CPUs: the cores others leave idle
+        choice = choose_threads(load)
+        clock.lap(f"torch threads {choice.threads} of {choice.before} ({choice.reason})")
     report = ProgressReport(show=progress is not False, clock=clock)  # speeds logged anyway
     callbacks: list[Any] = [checkpoints, _stop_on_interrupt_callback(), report]
     with quiet_dependencies():  # Lightning talks from Trainer() on

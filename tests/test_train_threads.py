@@ -1,0 +1,53 @@
+"""A CPU run uses the cores other processes leave idle (`geojepa.train.threads`)."""
+
+from __future__ import annotations
+
+import torch
+
+from geojepa.progress import StageClock, process_age
+from geojepa.train.threads import CoreSample, choose_threads, idle_threads
+
+
+def test_a_core_that_others_use_is_not_taken() -> None:
+    """Two cores, one kept busy by another process: one thread (two spin-wait, 3-30x slower)."""
+    assert idle_threads(cores=2, others_busy=1.0, current=2) == 1
+    assert idle_threads(cores=2, others_busy=0.5, current=2) == 1
+    assert idle_threads(cores=2, others_busy=0.1, current=2) == 2  # an idle machine keeps both
+    assert idle_threads(cores=2, others_busy=4.0, current=2) == 1  # at least one
+    assert idle_threads(cores=16, others_busy=3.0, current=4) == 4  # never more than asked
+
+
+def _stat(tmp_path, busy: int, idle: int):
+    path = tmp_path / "stat"
+    path.write_text(f"cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\ncpu0 1 2 3 4\n")
+    return path
+
+
+def test_own_cpu_time_is_not_counted_as_others_load(tmp_path) -> None:
+    """Between two samples all cores were busy; half of it was this process: the others
+    kept one of two cores busy."""
+    first = CoreSample.now(_stat(tmp_path, busy=0, idle=0))
+    assert first is not None
+    later = CoreSample(busy_ticks=200, total_ticks=200, own_cpu_s=first.own_cpu_s + 1.0,
+                       wall_s=first.wall_s + 1.0)  # fmt: skip
+    assert abs(first.others_busy(later, cores=2) - 1.0) < 1e-9
+    assert first.others_busy(first, cores=2) is None  # no time passed: unknown
+    assert CoreSample.now(tmp_path / "missing") is None
+
+
+def test_omp_num_threads_is_kept(monkeypatch) -> None:
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    choice = choose_threads(CoreSample.now())
+    assert choice.threads == before == torch.get_num_threads()
+    assert "OMP_NUM_THREADS" in choice.reason
+
+
+def test_clock_from_process_start_counts_the_imports() -> None:
+    """``pretrain -v`` starts its clock when the process started (Python, torch, geojepa)."""
+    age = process_age()
+    if age is None:  # not Linux
+        return
+    clock = StageClock.from_process_start("pretrain")
+    assert list(clock.seconds) == ["start Python, import torch and geojepa"]
+    assert clock.seconds["start Python, import torch and geojepa"] >= age - 0.5
