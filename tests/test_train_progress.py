@@ -160,12 +160,13 @@ def test_verbose_reports_each_start_up_stage(ds, tmp_path, capfd) -> None:
     out, err = capfd.readouterr()
     assert out == ""
     stages = re.findall(r"^pretrain start-up · (.+): [\d.]+ s \(total [\d.]+ s\)$", err, re.M)
-    assert stages[0] == "start Python, import torch and geojepa"  # from the process start
     assert re.fullmatch(r"torch threads \d+ of \d+ \(.+\)", stages[7])  # the cores left idle
     assert stages[:7] + stages[8:] == [
-        "start Python, import torch and geojepa", "open the dataset", "import Lightning",
-        "config and vocabulary",
-        "tag table (text model, or its cache in the dataset)", "model", "data loader",
+        "start Python, import torch and geojepa",  # from the process start
+        "open the dataset", "config and vocabulary",
+        "tag table (text model, or its cache in the dataset)",
+        "import Lightning",  # once the run can start: a wrong option fails before it
+        "model", "data loader",
         "Lightning set-up (trainer, loggers, checkpoint)", "first step",
     ]  # fmt: skip
     assert len(err.splitlines()) == len(stages)  # no progress line under -q

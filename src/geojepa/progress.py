@@ -8,11 +8,19 @@ is shown (``tqdm.auto`` costs ~35 ms of start-up).
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 import sys
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
+
+#: Lightning's loggers that print start-up tips and "GPU available" style messages.
+_NOISY_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 
 
 class NoProgress:
@@ -146,3 +154,30 @@ def process_age() -> float | None:
         return None
     started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time, in ticks
     return max(uptime - started, 0.0)
+
+
+@contextmanager
+def quiet_dependencies() -> Iterator[None]:
+    """Silence Lightning's info messages (tips, accelerator summary, "fit stopped"), the text
+    model's "Loading weights" bar and the deprecation chatter of dependencies for the duration
+    of a run; errors still show."""
+    saved = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    hf_logging = None
+    if importlib.util.find_spec("transformers") is not None:
+        import transformers.utils.logging as hf_logging
+
+        hf_bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=r".*weights_only.*")
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+        if hf_logging is not None and hf_bars:
+            hf_logging.enable_progress_bar()

@@ -5,7 +5,9 @@ them), ``logs/`` (CSV; TensorBoard too with the ``tensorboard`` extra), ``vocab.
 ``train-data/`` when trained on a subset of tiles (``pretrain --split``), and, at the end, the
 model directory files (see `geojepa.train.export`). Re-running on the same directory resumes
 from its newest complete checkpoint, normally ``last.ckpt`` (model, EMA teacher, optimiser,
-schedules, data position and RNG; see :func:`newest_checkpoint`).
+schedules, data position and RNG; see `geojepa.train.plan.newest_checkpoint`). The run reads
+top to bottom in `_pretrain`: plan → data and vocabulary → tag table → model → loader →
+trainer → fit → export.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import math
 import os
 import pickle
 import warnings
-import zipfile
 from collections.abc import Iterable
 from contextlib import nullcontext
 from pathlib import Path
@@ -29,61 +30,26 @@ from geojepa.data.schema import MANIFEST_FILE
 from geojepa.errors import ConfigError, InputError, OutputError
 from geojepa.io.atomic import OutputLock
 from geojepa.model.directory import VOCAB_FILE
-from geojepa.progress import StageClock
+from geojepa.progress import StageClock, quiet_dependencies
 from geojepa.tokenize.loader import make_dataloader
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
-from geojepa.train.config import PretrainConfig, preset_config
+from geojepa.train.config import PretrainConfig
 from geojepa.train.export import build_model, export_model, training_sources
+from geojepa.train.plan import (
+    CKPT_DIR,
+    RUN_CONFIG_FILE,
+    TRAIN_DATA_DIR,
+    RunPlan,
+    RunStart,
+    check_devices,
+    newest_checkpoint,
+    resolve_config,
+)
 from geojepa.train.threads import CoreSample, choose_threads
 
-CKPT_DIR = "checkpoints"
-TRAIN_DATA_DIR = "train-data"  # pretrain(tiles=...): the subset of tiles trained on
-RUN_CONFIG = "run_config.json"
+LAST_CKPT = "last.ckpt"
 
-
-def resolve_config(
-    preset: str = "cpu-base",
-    config: PretrainConfig | str | Path | None = None,
-    batch_size: int | None = None,
-    max_steps: int | None = None,
-    max_epochs: int | None = None,
-    tokens_per_batch: int | None = None,
-    compiled: bool | None = None,
-) -> PretrainConfig:
-    """Preset, or a config object/file, then command-line overrides. A run length given here
-    (``max_steps``/``max_epochs``) is the schedules' length too (``trainer.schedule_steps``
-    cleared): asking cpu-base for 5,000 steps means a 5,000-step run, not 5,000 steps along
-    its 2,400-step schedule."""
-    if config is None:
-        cfg = preset_config(preset)
-    elif isinstance(config, PretrainConfig):
-        cfg = config
-    else:
-        cfg = PretrainConfig.load(config)
-    if max_steps is not None and max_steps < 1:
-        raise ConfigError(f"--max-steps must be at least 1, got {max_steps}")
-    if max_epochs is not None and max_epochs < 1:
-        raise ConfigError(f"--max-epochs must be at least 1, got {max_epochs}")
-    trainer: dict[str, Any] = {}
-    if max_steps is not None:
-        trainer["max_steps"] = max_steps
-        if max_epochs is None:
-            trainer["max_epochs"] = None if max_steps > 0 else cfg.trainer.max_epochs
-    if max_epochs is not None:
-        trainer["max_epochs"] = max_epochs
-        if max_steps is None:
-            trainer["max_steps"] = -1
-    if max_steps is not None or max_epochs is not None:
-        trainer["schedule_steps"] = None
-    if compiled is not None:
-        trainer["compile"] = compiled
-    data = cfg.model_dump()
-    data["trainer"].update(trainer)
-    if batch_size is not None:
-        data["data"]["batch_size"] = batch_size
-    if tokens_per_batch is not None:
-        data["data"]["tokens_per_batch"] = tokens_per_batch
-    return PretrainConfig.from_dict(data)
+__all__ = ["CKPT_DIR", "TRAIN_DATA_DIR", "newest_checkpoint", "pretrain", "resolve_config"]
 
 
 def _on_gpu(accelerator: str) -> bool:
@@ -154,151 +120,128 @@ def pretrain(
     the CSV log (``speed/…``) and the model card. ``keep_checkpoints``: how many periodic
     checkpoints to keep besides ``last.ckpt`` (the newest ones; -1 keeps all). ``compiled``:
     overrides ``trainer.compile`` (``torch.compile`` of the transformer blocks; also on resume).
+    On one CPU process the run uses the cores that other processes leave idle (see
+    `geojepa.train.threads`; ``OMP_NUM_THREADS`` overrides), and restores torch's thread count.
     ``verbose``: print the time of each start-up stage up to the first step (stderr);
     ``clock``: the clock that times them, when started earlier (the command line's starts with
     the process).
     """
-    # Lightning is imported in _pretrain, not at module level: `import geojepa` and loading a
-    # model directory must stay fast.
     load = CoreSample.now()  # how busy the cores are while we start: see `train.threads`
     clock = clock or StageClock("pretrain", show=verbose)
     clock.show = clock.show and _rank() == 0
     out = Path(output)
-    devices = _check_devices(devices)
+    devices = check_devices(devices)
     if keep_checkpoints < -1:
         raise ConfigError(f"keep_checkpoints must be -1 (all), 0 or more, got {keep_checkpoints}")
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} exists and is not a directory: give a run directory to write")
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
     clock.lap("open the dataset")
-    # A second run into the same directory would mix checkpoints. DDP's extra ranks are
-    # re-launched copies of this process: only rank 0 takes the lock.
+    plan = RunPlan(ds, out, config, preset, devices, max_steps, max_epochs, batch_size,
+                   tokens_per_batch, compiled, resume, strategy, progress, tiles,
+                   keep_checkpoints)  # fmt: skip
     threads = torch.get_num_threads()  # a CPU run may use fewer; the caller's count comes back
     try:
+        # A second run into the same directory would mix checkpoints. DDP's extra ranks are
+        # re-launched copies of this process: only rank 0 takes the lock.
         with OutputLock(out) if _rank() == 0 else nullcontext():
-            return _pretrain(ds, out, config, preset, devices, max_steps, max_epochs, batch_size,
-                             resume, strategy, progress, tiles, keep_checkpoints,
-                             tokens_per_batch, compiled, clock, load)  # fmt: skip
+            return _pretrain(plan, clock, load)
     finally:
         torch.set_num_threads(threads)
 
 
-def _check_devices(devices: int | str) -> int | str:
-    """An int >= 1, "auto", or a digit string; anything else is a one-line ConfigError."""
-    if isinstance(devices, str) and devices.strip().isdigit():
-        devices = int(devices)
-    if isinstance(devices, int) and devices >= 1:
-        return devices
-    if devices in ("auto", -1):
-        return devices
-    raise ConfigError(f"--devices must be a positive number or 'auto', got {devices!r}")
-
-
-def _pretrain(
-    ds: TileDataset,
-    out: Path,
-    config: PretrainConfig | str | Path | None,
-    preset: str,
-    devices: int | str,
-    max_steps: int | None,
-    max_epochs: int | None,
-    batch_size: int | None,
-    resume: bool,
-    strategy: str | None,
-    progress: bool | None,
-    tiles: Iterable[str] | None = None,
-    keep_checkpoints: int = 3,
-    tokens_per_batch: int | None = None,
-    compiled: bool | None = None,
-    clock: StageClock | None = None,
-    load: CoreSample | None = None,
-) -> Path:
-    clock = clock or StageClock("pretrain")
-    import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    from geojepa.train.module import EpochLoader, PretrainModule
-    from geojepa.train.progress import ProgressReport, quiet_dependencies
-
-    clock.lap("import Lightning")
-
-    ckpt_dir = out / CKPT_DIR
-    last = ckpt_dir / "last.ckpt"
-    start = newest_checkpoint(ckpt_dir) if resume else None
-    resuming = start is not None
-    if resuming:
-        saved = PretrainConfig.load(ckpt_dir / "config.json")
-        cfg = resolve_config(
-            config=saved, max_steps=max_steps, max_epochs=max_epochs, compiled=compiled
-        )
-        if config is not None or batch_size is not None or tokens_per_batch is not None:
-            wanted = resolve_config(
-                preset, config, batch_size, max_steps, max_epochs, tokens_per_batch
-            )
-            if wanted.model_dump(exclude={"trainer"}) != cfg.model_dump(exclude={"trainer"}):
-                raise ConfigError(
-                    f"{out} holds a run with a different config: use a new output directory "
-                    "or --no-resume"
-                )
-    else:
-        cfg = resolve_config(
-            preset, config, batch_size, max_steps, max_epochs, tokens_per_batch, compiled
-        )
-        if out.exists() and any(out.iterdir()) and not ckpt_dir.exists():
-            raise OutputError(f"{out} exists and is not a geojepa run directory")
-        if resume and any(ckpt_dir.glob("*.ckpt")):
-            raise InputError(
-                f"{ckpt_dir} holds no complete checkpoint to resume from (its .ckpt files are "
-                "damaged): train into a new directory"
-            )
-        if any(ckpt_dir.glob("*.ckpt")):
-            raise OutputError(
-                f"{out} already holds checkpoints: resume it, or train into a new directory"
-            )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        ckpt_dir.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {out}: {exc}") from None
-    source = ds
-    if tiles is not None:
-        subset = out / TRAIN_DATA_DIR
-        # resuming, or a DDP worker started after rank 0 wrote it: the run's own subset
-        if (subset / MANIFEST_FILE).is_file() and (resuming or _rank() != 0):
-            ds = open_dataset(subset)
-        elif _rank() == 0:
-            ds = subset_dataset(ds, tiles, subset, overwrite=True)
-        else:
-            raise ConfigError(f"{subset} is missing: rank 0 writes it before training starts")
-
-    # The vocabulary is fixed at the start of a run (resume reuses it).
-    vocab_path = out / VOCAB_FILE
-    vocab = TagVocabulary.load(vocab_path) if resuming else TagVocabulary.from_dataset(ds)
-    if _rank() == 0:
-        if not resuming:
-            vocab.save(vocab_path)
-        cfg.save(ckpt_dir / "config.json")  # beside every checkpoint of the run
+def _pretrain(plan: RunPlan, clock: StageClock, load: CoreSample | None) -> Path:
+    """The run's stages in order; Lightning is imported only once the run can start (a wrong
+    option or directory is reported before its seconds of import)."""
+    start = plan.start()
+    cfg = start.config
+    ds = _training_data(plan, start)
+    vocab = _vocabulary(plan.out, ds, cfg, start.resuming)
     clock.lap("config and vocabulary")
     with quiet_dependencies():  # no "Loading weights" bar from the text model
         tag_table = build_tag_table(vocab, cfg.tokenizer.text_model, cache_dir=ds.path)
     clock.lap("tag table (text model, or its cache in the dataset)")
 
+    import lightning as L
+
+    from geojepa.train.module import EpochLoader, PretrainModule
+
+    clock.lap("import Lightning")
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     model = build_model(cfg, tag_table)
     if cfg.trainer.compile:
         from geojepa.model import compile as model_compile
 
         model_compile.compile_blocks(model)  # in place: checkpoint keys stay the same
+    module = PretrainModule(cfg, model, 1)  # total_steps is set once the world size is known
     clock.lap("model")
-    t = cfg.trainer
+    loader, workers = _loader(plan, cfg, ds, vocab)
+    epoch_loader = EpochLoader(loader)
+    epoch_loader.module = module
+    clock.lap("data loader")
+    strategy = _strategy(plan, cfg)
+    if not _on_gpu(cfg.trainer.accelerator) and strategy == "auto":
+        choice = choose_threads(load)  # one process on CPUs: the cores others leave idle
+        clock.lap(f"torch threads {choice.threads} of {choice.before} ({choice.reason})")
     n_tiles = int(ds.manifest.get("n_tiles") or 0) or sum(
         ds.read_tiles(s, columns=["region_id"]).num_rows for s in ds.shards
     )
-    module = PretrainModule(cfg, model, 1)  # total_steps is set once the world size is known
-    gpu = _on_gpu(t.accelerator)
-    all_gpus = not isinstance(devices, int) or devices < 1  # "auto" or -1
-    per_node = max(torch.cuda.device_count(), 1) if all_gpus else devices
+    with quiet_dependencies():  # Lightning talks from Trainer() on
+        trainer, report = _trainer(plan, cfg, strategy, clock)
+        planned = None
+        if cfg.data.tokens_per_batch is not None:
+            planned = loader.dataset.planned_batches(trainer.world_size, max(workers, 1))
+        module.total_steps = _total_steps(cfg, n_tiles, trainer.world_size, planned)
+        _fit(trainer, module, epoch_loader, start.checkpoint, plan.ckpt_dir / LAST_CKPT)
+    if interrupt.requested():
+        raise interrupt.Interrupted(
+            f"interrupted at step {trainer.global_step}: the checkpoint "
+            f"{plan.ckpt_dir / LAST_CKPT} is kept; run the same command again to resume (no "
+            "model files were exported)"
+        )
+    if trainer.global_rank == 0:
+        _export(plan, cfg, module, vocab, ds, trainer, report, n_tiles)
+    return plan.out
+
+
+def _training_data(plan: RunPlan, start: RunStart) -> TileDataset:
+    """The run directory, and the dataset trained on: the whole one, or with ``plan.tiles``
+    the run's own copy of those tiles (written by rank 0, reused on resume)."""
+    try:
+        plan.out.mkdir(parents=True, exist_ok=True)
+        plan.ckpt_dir.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {plan.out}: {exc}") from None
+    if plan.tiles is None:
+        return plan.dataset
+    subset = plan.out / TRAIN_DATA_DIR
+    # resuming, or a DDP worker started after rank 0 wrote it: the run's own subset
+    if (subset / MANIFEST_FILE).is_file() and (start.resuming or _rank() != 0):
+        return open_dataset(subset)
+    if _rank() == 0:
+        return subset_dataset(plan.dataset, plan.tiles, subset, overwrite=True)
+    raise ConfigError(f"{subset} is missing: rank 0 writes it before training starts")
+
+
+def _vocabulary(out: Path, ds: TileDataset, cfg: PretrainConfig, resuming: bool) -> TagVocabulary:
+    """The vocabulary is fixed at the start of a run (resume reuses it); rank 0 saves it and
+    the config beside every checkpoint."""
+    vocab_path = out / VOCAB_FILE
+    vocab = TagVocabulary.load(vocab_path) if resuming else TagVocabulary.from_dataset(ds)
+    if _rank() == 0:
+        if not resuming:
+            vocab.save(vocab_path)
+        cfg.save(out / CKPT_DIR / RUN_CONFIG_FILE)
+    return vocab
+
+
+def _loader(
+    plan: RunPlan, cfg: PretrainConfig, ds: TileDataset, vocab: TagVocabulary
+) -> tuple[Any, int]:
+    """The tile loader and its number of worker processes."""
+    gpu = _on_gpu(cfg.trainer.accelerator)
+    all_gpus = not isinstance(plan.devices, int) or plan.devices < 1  # "auto" or -1
+    per_node = max(torch.cuda.device_count(), 1) if all_gpus else plan.devices
     workers = cfg.data.workers(gpu=gpu, processes=per_node if gpu else 1)
     loader = make_dataloader(
         ds,
@@ -312,120 +255,128 @@ def _pretrain(
         pin_memory=torch.cuda.is_available(),
         tokens_per_batch=cfg.data.tokens_per_batch,
     )
-    epoch_loader = EpochLoader(loader)
-    epoch_loader.module = module
-    clock.lap("data loader")
+    return loader, workers
 
-    accelerator = t.accelerator
+
+def _strategy(plan: RunPlan, cfg: PretrainConfig) -> str:
+    """The plan's strategy, else DDP for several devices or nodes, else Lightning's "auto"."""
+    if plan.strategy is not None:
+        return plan.strategy
+    devices = plan.devices
+    multi = (str(devices).isdigit() and int(devices) > 1) or cfg.trainer.num_nodes > 1
+    # Batches without imagery leave the image encoder unused: DDP must allow that.
+    unused = "_find_unused_parameters_true" if cfg.tokenizer.use_image else ""
+    return f"ddp{unused}" if multi else "auto"
+
+
+def _trainer(
+    plan: RunPlan, cfg: PretrainConfig, strategy: str, clock: StageClock
+) -> tuple[Any, Any]:
+    """Lightning's trainer with our checkpoints, interrupt handling and progress display;
+    returns (trainer, progress report)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from geojepa.train.progress import ProgressReport
+
+    t, keep = cfg.trainer, plan.keep_checkpoints
     checkpoints = ModelCheckpoint(
-        dirpath=ckpt_dir,
+        dirpath=plan.ckpt_dir,
         filename="step={step}",
         auto_insert_metric_name=False,
         every_n_train_steps=t.checkpoint_every_n_steps,
-        save_top_k=keep_checkpoints,
-        monitor="step" if keep_checkpoints >= 0 else None,  # newest = highest step
+        save_top_k=keep,
+        monitor="step" if keep >= 0 else None,  # newest = highest step
         mode="max",
         save_last=True,
     )
-    if strategy is None:
-        multi = (str(devices).isdigit() and int(devices) > 1) or t.num_nodes > 1
-        # Batches without imagery leave the image encoder unused: DDP must allow that.
-        unused = "_find_unused_parameters_true" if cfg.tokenizer.use_image else ""
-        strategy = f"ddp{unused}" if multi else "auto"
-    if not gpu and strategy == "auto":  # one process on CPUs: the cores others leave idle
-        choice = choose_threads(load)
-        clock.lap(f"torch threads {choice.threads} of {choice.before} ({choice.reason})")
-    report = ProgressReport(show=progress is not False, clock=clock)  # speeds logged anyway
-    callbacks: list[Any] = [checkpoints, _stop_on_interrupt_callback(), report]
-    with quiet_dependencies():  # Lightning talks from Trainer() on
-        trainer = L.Trainer(
-            default_root_dir=out,
-            accelerator=accelerator,
-            devices=devices,
-            num_nodes=t.num_nodes,
-            strategy=strategy,
-            precision=_precision(cfg, accelerator),
-            max_steps=t.max_steps,
-            max_epochs=t.max_epochs if t.max_epochs is not None else -1,
-            accumulate_grad_batches=t.accumulate_grad_batches,
-            gradient_clip_val=cfg.optim.grad_clip or None,
-            log_every_n_steps=t.log_every_n_steps,
-            logger=_loggers(out),
-            callbacks=callbacks,
-            enable_progress_bar=False,  # ProgressReport instead
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            use_distributed_sampler=False,  # the tile stream splits shards across ranks itself
-        )
-        world = trainer.world_size
-        planned = None
-        if cfg.data.tokens_per_batch is not None:
-            planned = loader.dataset.planned_batches(world, max(workers, 1))
-        module.total_steps = _total_steps(cfg, n_tiles, world, planned)
-        with warnings.catch_warnings():
-            # The EMA teacher is in eval mode on purpose; the run directory holds config.json.
-            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-            warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
-            try:
-                with interrupt.deferred():  # Ctrl-C stops at a step boundary, with a checkpoint
-                    # weights_only: a checkpoint is never unpickled (a planted one cannot run code)
-                    trainer.fit(module, epoch_loader, ckpt_path=str(start) if start else None,
-                                weights_only=True)  # fmt: skip
-            except SIGTERMException:
-                # Lightning's own SIGTERM handler ends the fit at the step boundary where ours
-                # would: save the checkpoint below and report it as an interrupt
-                if not interrupt.requested():
-                    raise
-            except pickle.UnpicklingError as exc:
-                first = str(exc).strip().splitlines()[0][:160]
-                raise InputError(
-                    f"{start} is not a plain geojepa checkpoint (refusing to unpickle it: "
-                    f"{first}); delete it, or train into a new directory"
-                ) from None
-            finally:
-                loader.close()  # persistent workers: not left idling after the run
-        trainer.save_checkpoint(last)  # the final state, also when the run ended mid-interval
-    if interrupt.requested():
-        raise interrupt.Interrupted(
-            f"interrupted at step {trainer.global_step}: the checkpoint {last} is kept; run the "
-            "same command again to resume (no model files were exported)"
-        )
-    if trainer.global_rank == 0:
-        metrics = {
-            k.split("/", 1)[1]: float(v)
-            for k, v in trainer.callback_metrics.items()
-            if k.startswith("train/") and "n_targets" not in k
-        }
-        info = {
-            "dataset_name": ds.path.name,  # the card names the data, never a local path
-            "sources": training_sources(ds.manifest.get("source") or {}),
-            "name": out.name,
-            "n_tiles": n_tiles,
-            "steps": trainer.global_step,
-            "epochs": trainer.current_epoch,
-            "devices": f"{world} × {trainer.accelerator.__class__.__name__}",
-            "final_losses": metrics,
-            "throughput": report.summary(),
-        }
-        training_data = {"dataset": str(ds.path.resolve()), "n_tiles": n_tiles}
-        if ds is not source:
-            training_data["subset_of"] = str(source.path.resolve())
-        export_model(
-            module.model, cfg, vocab, out, info,
-            dataset_config=ds.config, training_data=training_data,
-        )  # fmt: skip
-    return out
+    report = ProgressReport(show=plan.progress is not False, clock=clock)  # speeds logged anyway
+    trainer = L.Trainer(
+        default_root_dir=plan.out,
+        accelerator=t.accelerator,
+        devices=plan.devices,
+        num_nodes=t.num_nodes,
+        strategy=strategy,
+        precision=_precision(cfg, t.accelerator),
+        max_steps=t.max_steps,
+        max_epochs=t.max_epochs if t.max_epochs is not None else -1,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        log_every_n_steps=t.log_every_n_steps,
+        logger=_loggers(plan.out),
+        callbacks=[checkpoints, _stop_on_interrupt_callback(), report],
+        enable_progress_bar=False,  # ProgressReport instead
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # the tile stream splits shards across ranks itself
+    )
+    return trainer, report
 
 
-def newest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The checkpoint a run resumes from: the newest complete one, whatever its name.
+def _fit(trainer: Any, module: Any, epoch_loader: Any, checkpoint: Path | None, last: Path) -> None:
+    """Train (from ``checkpoint`` when resuming), then save ``last``: the final state, also
+    when the run ended mid-interval or was interrupted."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    Lightning writes ``step=N.ckpt`` and then ``last.ckpt``: a run killed between the two must
-    resume from the former. Complete = a whole zip archive (what ``torch.save`` writes; a cut
-    file lacks the archive's end record).
-    """
-    found = [p for p in ckpt_dir.glob("*.ckpt") if p.is_file() and zipfile.is_zipfile(p)]
-    return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"), default=None)
+    with warnings.catch_warnings():
+        # The EMA teacher is in eval mode on purpose; the run directory holds config.json.
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+        warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+        try:
+            with interrupt.deferred():  # Ctrl-C stops at a step boundary, with a checkpoint
+                # weights_only: a checkpoint is never unpickled (a planted one cannot run code)
+                trainer.fit(module, epoch_loader, ckpt_path=str(checkpoint) if checkpoint else None,
+                            weights_only=True)  # fmt: skip
+        except SIGTERMException:
+            # Lightning's own SIGTERM handler ends the fit at the step boundary where ours
+            # would: save the checkpoint below and report it as an interrupt
+            if not interrupt.requested():
+                raise
+        except pickle.UnpicklingError as exc:
+            first = str(exc).strip().splitlines()[0][:160]
+            raise InputError(
+                f"{checkpoint} is not a plain geojepa checkpoint (refusing to unpickle it: "
+                f"{first}); delete it, or train into a new directory"
+            ) from None
+        finally:
+            epoch_loader.loader.close()  # persistent workers: not left idling after the run
+    trainer.save_checkpoint(last)
+
+
+def _export(
+    plan: RunPlan,
+    cfg: PretrainConfig,
+    module: Any,
+    vocab: TagVocabulary,
+    ds: TileDataset,
+    trainer: Any,
+    report: Any,
+    n_tiles: int,
+) -> None:
+    """The model directory files, with a card that names the data (never a local path)."""
+    metrics = {
+        k.split("/", 1)[1]: float(v)
+        for k, v in trainer.callback_metrics.items()
+        if k.startswith("train/") and "n_targets" not in k
+    }
+    info = {
+        "dataset_name": ds.path.name,
+        "sources": training_sources(ds.manifest.get("source") or {}),
+        "name": plan.out.name,
+        "n_tiles": n_tiles,
+        "steps": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "devices": f"{trainer.world_size} × {trainer.accelerator.__class__.__name__}",
+        "final_losses": metrics,
+        "throughput": report.summary(),
+    }
+    training_data = {"dataset": str(ds.path.resolve()), "n_tiles": n_tiles}
+    if ds is not plan.dataset:
+        training_data["subset_of"] = str(plan.dataset.path.resolve())
+    export_model(
+        module.model, cfg, vocab, plan.out, info,
+        dataset_config=ds.config, training_data=training_data,
+    )  # fmt: skip
 
 
 def _rank() -> int:

@@ -11,23 +11,15 @@ image tokens, no padding), counted from the host-made plan, so counting never wa
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 import shutil
 import sys
 import time
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, TextIO
 
 import lightning as L
 import torch
 
-from geojepa.progress import StageClock
-
-#: Lightning's loggers that print start-up tips and "GPU available" style messages.
-_NOISY_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
+from geojepa.progress import StageClock, quiet_dependencies
 
 
 def _clock(seconds: float) -> str:
@@ -199,28 +191,4 @@ def _logging_step(trainer: Any) -> bool:
     return flag if isinstance(flag, bool) else False
 
 
-@contextmanager
-def quiet_dependencies() -> Iterator[None]:
-    """Silence Lightning's info messages (tips, accelerator summary, "fit stopped"), the text
-    model's "Loading weights" bar and the deprecation chatter of dependencies for the duration
-    of a run; errors still show."""
-    saved = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
-    for name in _NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    hf_logging = None
-    if importlib.util.find_spec("transformers") is not None:
-        import transformers.utils.logging as hf_logging
-
-        hf_bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            warnings.filterwarnings("ignore", message=r".*weights_only.*")
-            yield
-    finally:
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)
-        if hf_logging is not None and hf_bars:
-            hf_logging.enable_progress_bar()
+__all__ = ["ProgressReport", "quiet_dependencies", "real_tokens"]

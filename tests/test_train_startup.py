@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
+import geojepa
 from geojepa.progress import StageClock, process_age
+from geojepa.tokenize.synthetic import write_synthetic_dataset
 from geojepa.train.threads import CoreSample, choose_threads, idle_threads
 
 
@@ -51,3 +58,26 @@ def test_clock_from_process_start_counts_the_imports() -> None:
     clock = StageClock.from_process_start("pretrain")
     assert list(clock.seconds) == ["start Python, import torch and geojepa"]
     assert clock.seconds["start Python, import torch and geojepa"] >= age - 0.5
+
+
+def test_a_run_that_cannot_start_fails_before_lightning_is_imported(tmp_path) -> None:
+    """Resolving the run (options, directory, resume) needs no Lightning: a directory that is
+    not a run is refused in the time of the dataset's opening, not after Lightning's import
+    (4-15 s on the shared 2-core machine)."""
+    ds = write_synthetic_dataset(tmp_path / "tiles", n_shards=1, tiles_per_shard=(3, 5),
+                                 entities_per_tile=(2, 5), seed=1)  # fmt: skip
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    code = (
+        "import sys\n"
+        "from geojepa.errors import OutputError\n"
+        "from geojepa.train.pretrain import pretrain\n"
+        "try:\n"
+        f"    pretrain({str(ds)!r}, {str(tmp_path / 'busy')!r}, preset='cpu-small')\n"
+        "except OutputError as exc:\n"
+        "    print('refused', 'lightning' in sys.modules, exc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(geojepa.__file__).parents[1])}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert run.stdout.startswith("refused False"), run.stdout + run.stderr
+    assert "is not a geojepa run directory" in run.stdout
