@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "geojepa.explore": 5,
     "geojepa.api": 6,
     "geojepa.cli": 6,
+    "geojepa.cli_inputs": 6,  # what the command line reads before calling the API
     "geojepa.demo": 6,
     "geojepa.__main__": 6,
 }

@@ -52,45 +52,6 @@ def _root(
 # --------------------------------------------------------------------------- prepare / info
 
 
-def _parse_bbox(text: str) -> tuple[float, float, float, float]:
-    from geojepa.errors import ConfigError
-
-    try:
-        parts = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) != 4:
-        raise ConfigError(f"--bbox must be W,S,E,N (four numbers), got {text!r}")
-    return parts  # type: ignore[return-value]
-
-
-def _read_polygon(path: Path) -> str:
-    """WKT (EPSG:4326) of the area in a .wkt file or any vector file geopandas reads (GeoJSON,
-    GeoPackage, Shapefile, ...): the union of its geometries, reprojected; no CRS = EPSG:4326."""
-    import shapely
-
-    from geojepa.errors import InputError
-
-    if not path.exists():
-        raise InputError(f"polygon file not found: {path}")
-    try:
-        geom = shapely.from_wkt(path.read_text().strip())
-    except (OSError, UnicodeDecodeError, shapely.errors.ShapelyError):
-        import geopandas as gpd
-
-        try:
-            frame = gpd.read_file(path)
-        except Exception as exc:  # pyogrio/GDAL raise many types; all mean "cannot read"
-            raise InputError(f"cannot read {path} as WKT or a vector file ({exc})") from None
-        if frame.crs is not None:
-            frame = frame.to_crs(4326)
-        geom = frame.geometry.union_all() if len(frame) else None
-    if geom is None or geom.is_empty or geom.geom_type not in ("Polygon", "MultiPolygon"):
-        kind = "nothing" if geom is None or geom.is_empty else geom.geom_type
-        raise InputError(f"{path} holds {kind}, not a polygon area")
-    return geom.wkt
-
-
 @app.command()
 def prepare(
     source: Path = typer.Argument(..., help="OSM .osm.pbf/.osm file or features .parquet"),
@@ -121,23 +82,14 @@ def prepare(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
 ) -> None:
     """Cut an OSM extract (and optional imagery) into a sharded tile dataset."""
-    from geojepa.data.config import PrepareConfig
+    from geojepa.cli_inputs import prepare_config
     from geojepa.data.info import dataset_info, format_info
     from geojepa.data.prepare import prepare_tiles
 
-    config = PrepareConfig.from_dict(
-        {
-            "zoom": zoom,
-            "image_size": image_size,
-            "bbox": _parse_bbox(bbox) if bbox else None,
-            "polygon_wkt": _read_polygon(polygon) if polygon else None,
-            "shard_levels": shard_levels,
-            "min_shard_elements": min_shard_elements,
-            "tag_filter": tag_filter,
-            "workers": workers,
-            "location_index": location_index,
-        }
-    )
+    config = prepare_config(zoom=zoom, image_size=image_size, bbox=bbox, polygon=polygon,
+                            shard_levels=shard_levels, min_shard_elements=min_shard_elements,
+                            tag_filter=tag_filter, workers=workers,
+                            location_index=location_index)  # fmt: skip
     interrupt.set_message(
         f"interrupted: {output} keeps the shards finished so far (none if it was still "
         "reading); run the same command again to resume"
@@ -221,6 +173,7 @@ def pretrain(
     ),
 ) -> None:
     """Pretrain GeoJEPA on a tile dataset; writes checkpoints, logs and a model directory."""
+    from geojepa.cli_inputs import train_tiles
     from geojepa.progress import StageClock
     from geojepa.train.pretrain import pretrain as run_pretrain
 
@@ -240,7 +193,7 @@ def pretrain(
         batch_size=batch_size,
         tokens_per_batch=tokens_per_batch,
         resume=resume,
-        tiles=_train_tiles(dataset, split) if split is not None else None,
+        tiles=train_tiles(dataset, split) if split is not None else None,
         keep_checkpoints=keep_checkpoints,
         progress=False if quiet else None,
         compiled=True if compile_blocks else None,
@@ -249,15 +202,6 @@ def pretrain(
     )
     if not quiet:
         typer.echo(f"model directory: {out}")
-
-
-def _train_tiles(dataset: Path, split: Path) -> list[str]:
-    """The train-block tiles of ``dataset`` in the split file (every tile must be in it)."""
-    from geojepa.data.reader import open_dataset
-    from geojepa.eval.split import load_split, tiles_in
-
-    ids = open_dataset(dataset).read_tiles(columns=["region_id"]).column("region_id")
-    return tiles_in(load_split(split), ids.to_pylist(), "train")
 
 
 @app.command("split")
@@ -289,50 +233,11 @@ def split_(
     recipes without reading test, evaluate them with a `--search-from` split. For label
     efficiency, derive splits with `--label-fraction` (e.g. 0.05, 0.25) `--from` one split.
     """
-    from geojepa.data.reader import open_dataset
-    from geojepa.errors import ConfigError
-    from geojepa.eval.split import (
-        SplitConfig,
-        label_subset,
-        load_split,
-        make_split,
-        save_split,
-        search_split,
-    )
+    from geojepa.cli_inputs import split_frame
+    from geojepa.eval.split import save_split
 
-    if search_from is not None and from_split is not None:
-        raise ConfigError("give --from or --search-from, not both")
-    if (search_from or from_split) is not None and dataset:
-        raise ConfigError("--from/--search-from derive from a split file: drop --dataset")
-    if search_from is not None:
-        frame = search_split(load_split(search_from), seed=seed)
-    elif from_split is not None:
-        frame = load_split(from_split)
-    else:
-        if not dataset:
-            raise ConfigError("give --dataset (repeatable), --from SPLIT or --search-from SPLIT")
-        try:
-            shares = tuple(float(v) for v in fractions.split(","))
-        except ValueError:
-            shares = ()
-        if len(shares) != 3:
-            raise ConfigError(
-                f"--fractions must be three numbers train,val,test, got {fractions!r}"
-            )
-        config = SplitConfig.from_dict(
-            {"block_zoom": block_zoom, "fractions": shares, "seed": seed}
-        )
-        ids = [
-            rid
-            for path in dataset
-            for rid in open_dataset(path)
-            .read_tiles(columns=["region_id"])
-            .column("region_id")
-            .to_pylist()
-        ]
-        frame = make_split(ids, config)
-    if label_fraction != 1.0:
-        frame = label_subset(frame, label_fraction, seed=seed)
+    frame = split_frame(dataset, fractions, block_zoom, seed, search_from, from_split,
+                        label_fraction)  # fmt: skip
     out = save_split(frame, output)
     counts = frame["split"].value_counts().to_dict()
     sizes = ", ".join(f"{name} {counts.get(name, 0)}" for name in ("train", "val", "test"))
