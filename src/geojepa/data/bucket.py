@@ -1,6 +1,7 @@
 """Step 2 of `prepare`, per batch of elements: decode and filter tags, close area ways, clean
 coordinates, reproject to Web-Mercator, repair, and append each element to the bucket of every
-shard its bounds touch (an Arrow IPC file, or memory for small inputs).
+shard its bounds touch (an Arrow IPC file, or memory for small inputs). An element far larger
+than the data (`MAX_SHARD_CELLS`) is written once and joins only the shards other data fills.
 
 Takes a `RawBatch` (`data/osm.py`, `data/features.py`); gives counts for the manifest.
 """
@@ -29,6 +30,12 @@ from geojepa.data.tiling import (
     tile_size,
 )
 from geojepa.errors import InputError
+
+#: An element whose bounds span more shard cells than this (tiles at ``zoom - shard_levels``;
+#: 64 x 64 cells, ~150 km a side at z17) is not cut into every cell it spans: it joins only the
+#: shards that other data fills. Cutting a polygon of the whole world into every z17 tile took
+#: 4.4 GB within 80 s and would never end; a country's boundary spans ~140,000 cells at z17.
+MAX_SHARD_CELLS = 4096
 
 _BUCKET_SCHEMA = pa.schema(
     [
@@ -248,7 +255,8 @@ def bucket_batch(
     """
     stats = {"read": len(batch), "kept": 0, "untagged": 0, "repaired": 0, "skipped": 0}
     stats.update({"bad_wkb": 0, "outside": 0, "bad_coordinates": 0, "beyond_mercator": 0,
-                  "fixed_tags": 0, "bounds": None, "parents": {}})  # fmt: skip
+                  "fixed_tags": 0, "bounds": None, "parents": {},
+                  "spread_limited": []})  # fmt: skip
     if not len(batch):
         return stats
     tf = _tag_filter(config)
@@ -328,32 +336,16 @@ def bucket_batch(
     stats["bounds"] = [float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()),
                        float(b[:, 3].max())]  # fmt: skip
 
-    lv = config.shard_levels
-    px0, px1, py0, py1 = tx0 >> lv, tx1 >> lv, ty0 >> lv, ty1 >> lv
-    nx, ny = px1 - px0 + 1, py1 - py0 + 1
-    rep = np.repeat(np.arange(len(keep)), nx * ny)
-    local = np.arange(len(rep)) - np.repeat(np.cumsum(nx * ny) - nx * ny, nx * ny)
-    px = px0[rep] + local % nx[rep]
-    py = py0[rep] + local // nx[rep]
-    multi = np.flatnonzero((nx * ny)[rep] > 1)
-    if len(multi):  # an element whose bounds span shards goes only to those it really meets
-        left, top = tile_origin(z - lv, px[multi], py[multi])
-        size = tile_size(z - lv)
-        squares = shapely.box(left, top - size, left + size, top)
-        meets = shapely.intersects(g[rep[multi]], squares)
-        drop = multi[~meets]
-        px, py, rep = np.delete(px, drop), np.delete(py, drop), np.delete(rep, drop)
-
-    order = np.lexsort((rep, py, px))
-    px, py, rep = px[order], py[order], rep[order]
+    px, py, rep, spread = _shard_rows(g, tx0, tx1, ty0, ty1, z, config.shard_levels)
+    rows = np.concatenate([rep, spread])  # a huge element once, after the rows of the shards
     columns = {
         "feature_id": bytes_array([batch.ids[i] for i in keep], pa.string()),
         "tags": tags_array([tags[i] for i in keep]),
     }
     path = bucket_dir / f"batch-{batch.index:06d}.arrow"
-    take = buffer_array(rep, pa.int64())
+    take = buffer_array(rows, pa.int64())
     if memory is not None:  # geometries stay shapely objects: no WKB round trip
-        memory[str(path)] = (pa.table(columns).take(take), g[rep])
+        memory[str(path)] = (pa.table(columns).take(take), g[rows])
     else:
         columns["geometry"] = bytes_array(shapely.to_wkb(g).tolist())
         table = pa.table(columns, schema=_BUCKET_SCHEMA).take(take)
@@ -365,5 +357,55 @@ def bucket_batch(
     stats["parents"] = {
         (int(px[lo]), int(py[lo])): (str(path), int(lo), int(hi))
         for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(rep)], strict=True)
+        if hi > lo
     }
+    stats["spread_limited"] = [
+        (str(path), len(rep) + k, *map(int, (tx0[i], tx1[i], ty0[i], ty1[i])))
+        for k, i in enumerate(spread)
+    ]
     return stats
+
+
+def _shard_rows(
+    g: np.ndarray,
+    tx0: np.ndarray,
+    tx1: np.ndarray,
+    ty0: np.ndarray,
+    ty1: np.ndarray,
+    z: int,
+    lv: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(shard x, shard y, element) for each shard cell an element meets, sorted by cell, and
+    the elements spanning more than `MAX_SHARD_CELLS` cells (placed by `spread_huge`)."""
+    px0, px1, py0, py1 = tx0 >> lv, tx1 >> lv, ty0 >> lv, ty1 >> lv
+    nx, ny = px1 - px0 + 1, py1 - py0 + 1
+    huge = nx * ny > MAX_SHARD_CELLS
+    nx, ny = np.where(huge, 0, nx), np.where(huge, 0, ny)
+    rep = np.repeat(np.arange(len(g)), nx * ny)
+    local = np.arange(len(rep)) - np.repeat(np.cumsum(nx * ny) - nx * ny, nx * ny)
+    px = px0[rep] + local % nx[rep]
+    py = py0[rep] + local // nx[rep]
+    multi = np.flatnonzero((nx * ny)[rep] > 1)
+    if len(multi):  # an element whose bounds span shards goes only to those it really meets
+        left, top = tile_origin(z - lv, px[multi], py[multi])
+        size = tile_size(z - lv)
+        squares = shapely.box(left, top - size, left + size, top)
+        meets = shapely.intersects(g[rep[multi]], squares)
+        drop = multi[~meets]
+        px, py, rep = np.delete(px, drop), np.delete(py, drop), np.delete(rep, drop)
+    order = np.lexsort((rep, py, px))
+    return px[order], py[order], rep[order], np.flatnonzero(huge)
+
+
+def spread_huge(
+    pieces: dict[tuple[int, int], list[tuple[str, int, int]]],
+    huge: list[tuple[str, int, int, int, int, int]],
+    shard_levels: int,
+) -> None:
+    """Add each huge element (bucket file, row, its tile range) to the shards that other data
+    fills and its range meets, in place; the shard step clips it to their tiles only."""
+    for path, row, tx0, tx1, ty0, ty1 in huge:
+        x0, x1, y0, y1 = (v >> shard_levels for v in (tx0, tx1, ty0, ty1))
+        for px, py in pieces:
+            if x0 <= px <= x1 and y0 <= py <= y1:
+                pieces[(px, py)].append((path, row, row + 1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from geojepa.data.bucket import MAX_SHARD_CELLS
 from geojepa.data.reader import check_shards, open_dataset
 
 
@@ -65,4 +66,9 @@ def format_info(info: dict[str, Any]) -> str:
             f"not assembled, {inp.get('other_relations_skipped', 0)} non-area relations, "
             f"{inp.get('duplicate_ids', 0)} duplicate ids"
         )
+        if inp.get("spread_limited"):
+            lines[-1] += (
+                f"; {inp['spread_limited']} huge (spanning over {MAX_SHARD_CELLS:,} shard cells) "
+                "cut only into shards other data fills"
+            )
     return "\n".join(lines)

@@ -45,7 +45,7 @@ import numpy as np
 import pyarrow as pa
 
 from geojepa.data import schema
-from geojepa.data.bucket import bucket_batch, region_tile_range
+from geojepa.data.bucket import MAX_SHARD_CELLS, bucket_batch, region_tile_range, spread_huge
 from geojepa.data.config import PrepareConfig
 from geojepa.data.features import (
     iter_feature_file_batches,
@@ -184,6 +184,7 @@ def _prepare_tiles(
                   "beyond_mercator": 0, "fixed_tags": 0}  # fmt: skip
         bounds = [np.inf, np.inf, -np.inf, -np.inf]
         pieces: dict[tuple[int, int], list[tuple[str, int, int]]] = {}
+        huge: list[tuple[str, int, int, int, int, int]] = []  # see bucket.MAX_SHARD_CELLS
         bar = progress_bar(progress, desc="reading", unit=" elements")
         for st in bounded_map(
             executor, bucket_batch, batches, n_workers + 1, bucket_dir, config, memory
@@ -196,8 +197,16 @@ def _prepare_tiles(
                           max(bounds[2], b[2]), max(bounds[3], b[3])]  # fmt: skip
             for parent, piece in st["parents"].items():
                 pieces.setdefault(parent, []).append(piece)
+            huge += st["spread_limited"]
             bar.update(st["read"])
         bar.close()
+        if huge and not pieces:
+            raise InputError(
+                f"{source} holds only elements whose bounds span more than {MAX_SHARD_CELLS:,} "
+                f"shard cells at zoom {config.zoom} (e.g. a polygon of the whole world): they "
+                "are cut only into shards that other data fills, and there is none"
+            )
+        spread_huge(pieces, huge, config.shard_levels)
         t_read = time.perf_counter()
 
         source_id: dict[str, Any] = {"kind": kind}
@@ -275,6 +284,7 @@ def _prepare_tiles(
             "skipped_relations": read_stats.skipped_relations,
             "other_relations_skipped": read_stats.other_relations,
             "duplicate_ids": read_stats.duplicate_ids,
+            "spread_limited": len(huge),  # cut only into shards other data fills
         },
         "geometry_repair": {
             "repaired": totals["repaired"],
