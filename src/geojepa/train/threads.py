@@ -3,12 +3,12 @@
 torch's OpenMP threads spin-wait for each other at the end of every parallel op. When another
 process holds one of the cores, one of our threads is descheduled in the middle of an op and the
 other spins until it comes back: on a shared 2-core machine (load ~5) a ``cpu-small`` step took
-1.2-14.6 s with two threads against 0.4-2.1 s with one, every step, not only the first
-(``benchmarks/startup.py``, ``benchmarks/results/startup-cpu.json``); ``OMP_WAIT_POLICY=PASSIVE``
-only halves the loss. On an idle machine two threads are ~25% faster than one
-(``train_step-cpu.json``). Too many threads cost 3-30x, too few ~25%: a run counts the cores
-that were busy with other work while it started up, and keeps a core only when others used
-less than a third of it.
+1.2-14.6 s with two threads against 0.4-2.1 s with one, every step, not only the first; at load
+~11 the first step of ``pretrain`` took 9.7-41.6 s against 2.4-2.7 s (``benchmarks/startup.py``).
+``OMP_WAIT_POLICY=PASSIVE`` (0.4-1.7 s) must be set before torch starts and still lost to one
+thread. On an idle machine two threads are ~25% faster than one (``train_step-cpu.json``).
+Too many threads cost 3-30x, too few ~25%: a run counts the cores that were busy with other
+work while it started up, and keeps a core only when others used less than a third of it.
 
 ``OMP_NUM_THREADS`` set by the user, or fewer threads set with ``torch.set_num_threads``, are
 kept as they are. Linux only (``/proc/stat``); elsewhere torch's default stays.
