@@ -11,12 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 from pyproj import CRS, Transformer
-from rasterio.enums import ColorInterp, Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
-from rasterio.warp import transform_bounds
-from rasterio.windows import Window
+
+from geojepa.errors import ConfigError, InputError
+
+try:  # an optional extra: only `prepare --imagery` needs GDAL
+    import rasterio
+    from rasterio.enums import ColorInterp, Resampling
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+    from rasterio.warp import transform_bounds
+    from rasterio.windows import Window
+except ImportError:
+    raise ConfigError(
+        "aerial imagery needs the optional package rasterio: pip install 'geojepa[imagery]'"
+    ) from None
 
 from geojepa.data.imagery.base import (
     CONTROL_POINTS,
@@ -29,7 +37,6 @@ from geojepa.data.imagery.base import (
 )
 from geojepa.data.imagery.resample import bilinear, clamp, upsample_grid
 from geojepa.data.tiling import MAX_LAT, tile_origin, tile_size
-from geojepa.errors import InputError
 
 
 class RasterImagery(Imagery):
