@@ -79,9 +79,10 @@ def check_devices(devices: int | str) -> int | str:
     raise ConfigError(f"--devices must be a positive number or 'auto', got {devices!r}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunPlan:
-    """What one `pretrain()` call asks for (see its docstring for each option)."""
+    """What one `pretrain()` call asks for (see its docstring for each option); built by name
+    only, so that no option can land in another's place."""
 
     dataset: TileDataset
     out: Path

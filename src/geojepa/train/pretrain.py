@@ -137,9 +137,12 @@ def pretrain(
         raise OutputError(f"{out} exists and is not a directory: give a run directory to write")
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
     clock.lap("open the dataset")
-    plan = RunPlan(ds, out, config, preset, devices, max_steps, max_epochs, batch_size,
-                   tokens_per_batch, compiled, resume, strategy, progress, tiles,
-                   keep_checkpoints)  # fmt: skip
+    plan = RunPlan(
+        dataset=ds, out=out, config=config, preset=preset, devices=devices,
+        max_steps=max_steps, max_epochs=max_epochs, batch_size=batch_size,
+        tokens_per_batch=tokens_per_batch, compiled=compiled, resume=resume, strategy=strategy,
+        progress=progress, tiles=tiles, keep_checkpoints=keep_checkpoints,
+    )  # fmt: skip
     threads = torch.get_num_threads()  # a CPU run may use fewer; the caller's count comes back
     try:
         # A second run into the same directory would mix checkpoints. DDP's extra ranks are
