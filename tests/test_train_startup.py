@@ -42,6 +42,19 @@ def test_own_cpu_time_is_not_counted_as_others_load(tmp_path) -> None:
     assert CoreSample.now(tmp_path / "missing") is None
 
 
+def test_a_start_too_short_to_tell_samples_the_load(monkeypatch) -> None:
+    """Started just now (Lightning already imported): the load is sampled for a moment
+    instead of leaving torch's threads as they are."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        choice = choose_threads(CoreSample.now())
+        if CoreSample.now() is not None:  # Linux
+            assert "kept busy by other processes" in choice.reason
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_omp_num_threads_is_kept(monkeypatch) -> None:
     before = torch.get_num_threads()
     monkeypatch.setenv("OMP_NUM_THREADS", "2")

@@ -76,8 +76,14 @@ class ThreadChoice:
     reason: str
 
 
+#: wall seconds of the load sample taken when the start-up was too short to tell (a run
+#: started where Lightning was imported already)
+SAMPLE_S = 0.25
+
+
 def choose_threads(since: CoreSample | None) -> ThreadChoice:
-    """Set torch's intra-op threads for a CPU run from the load seen since ``since``."""
+    """Set torch's intra-op threads for a CPU run from the load seen since ``since`` (or, when
+    that was too short a time, over the next `SAMPLE_S`)."""
     import torch
 
     before = torch.get_num_threads()
@@ -86,6 +92,10 @@ def choose_threads(since: CoreSample | None) -> ThreadChoice:
     cores = os.cpu_count() or 1
     now = CoreSample.now()
     busy = since.others_busy(now, cores) if since is not None and now is not None else None
+    if busy is None and now is not None:
+        time.sleep(SAMPLE_S)
+        later = CoreSample.now()
+        busy = now.others_busy(later, cores) if later is not None else None
     if busy is None:
         return ThreadChoice(before, before, "the load of the cores is unknown here")
     threads = idle_threads(cores, busy, before)
