@@ -11,8 +11,8 @@ import torch
 
 import geojepa
 from geojepa.progress import StageClock, process_age
-from geojepa.tokenize.synthetic import write_synthetic_dataset
 from geojepa.train.threads import CoreSample, choose_threads, idle_threads
+from helpers.synthetic import write_synthetic_dataset
 
 
 def test_a_core_that_others_use_is_not_taken() -> None:

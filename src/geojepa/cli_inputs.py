@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from geojepa.constants import REGIONS_INDEX
 from geojepa.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ def train_tiles(dataset: Path, split: Path) -> list[str]:
     from geojepa.data.reader import open_dataset
     from geojepa.eval.split import load_split, tiles_in
 
-    ids = open_dataset(dataset).read_tiles(columns=["region_id"]).column("region_id")
+    ids = open_dataset(dataset).read_tiles(columns=[REGIONS_INDEX]).column(REGIONS_INDEX)
     return tiles_in(load_split(split), ids.to_pylist(), "train")
 
 
@@ -116,8 +117,8 @@ def split_frame(
             rid
             for path in dataset
             for rid in open_dataset(path)
-            .read_tiles(columns=["region_id"])
-            .column("region_id")
+            .read_tiles(columns=[REGIONS_INDEX])
+            .column(REGIONS_INDEX)
             .to_pylist()
         ]
         frame = make_split(ids, config)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 
 from geojepa import interrupt
+from geojepa.constants import REGIONS_INDEX
 from geojepa.io.atomic import write_json_atomic
 
 if TYPE_CHECKING:
@@ -146,7 +147,7 @@ def print_summary(result: DemoResult, console: Console) -> None:
     if tiles is not None and tiles.exists():
         import pyarrow.parquet as pq
 
-        region = pq.read_table(tiles, columns=["region_id"]).column(0)[0].as_py()
+        region = pq.read_table(tiles, columns=[REGIONS_INDEX]).column(0)[0].as_py()
         hint = f" or try `geojepa knn {tiles} --region {region}`"
     console.print(
         f"{result.steps} training steps; total {result.seconds / 60:.1f} min. "

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from geojepa import interrupt
+from geojepa.constants import REGIONS_INDEX
 from geojepa.data.combine import subset_dataset
 from geojepa.data.reader import TileDataset, open_dataset
 from geojepa.data.schema import MANIFEST_FILE
@@ -187,7 +188,7 @@ def _pretrain(plan: RunPlan, clock: StageClock, load: CoreSample | None) -> Path
         choice = choose_threads(load)  # one process on CPUs: the cores others leave idle
         clock.lap(f"torch threads {choice.threads} of {choice.before} ({choice.reason})")
     n_tiles = int(ds.manifest.get("n_tiles") or 0) or sum(
-        ds.read_tiles(s, columns=["region_id"]).num_rows for s in ds.shards
+        ds.read_tiles(s, columns=[REGIONS_INDEX]).num_rows for s in ds.shards
     )
     with quiet_dependencies():  # Lightning talks from Trainer() on
         trainer, report = _trainer(plan, cfg, strategy, clock)
