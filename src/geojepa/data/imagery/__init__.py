@@ -32,13 +32,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from geojepa.errors import ConfigError, InputError
+from geojepa.optional import missing_message
 
 try:  # an optional extra: only `prepare --imagery` needs GDAL
     import rasterio  # noqa: F401
 except ImportError:
-    raise ConfigError(
-        "aerial imagery needs the optional package rasterio: pip install 'geojepa[imagery]'"
-    ) from None
+    raise ConfigError(missing_message("aerial imagery", "rasterio", "imagery")) from None
 
 from geojepa.data.imagery.base import (
     DEFAULT_SIZE,

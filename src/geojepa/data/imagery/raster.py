@@ -14,6 +14,7 @@ import numpy as np
 from pyproj import CRS, Transformer
 
 from geojepa.errors import ConfigError, InputError
+from geojepa.optional import missing_message
 
 try:  # an optional extra: only `prepare --imagery` needs GDAL
     import rasterio
@@ -22,9 +23,7 @@ try:  # an optional extra: only `prepare --imagery` needs GDAL
     from rasterio.warp import transform_bounds
     from rasterio.windows import Window
 except ImportError:
-    raise ConfigError(
-        "aerial imagery needs the optional package rasterio: pip install 'geojepa[imagery]'"
-    ) from None
+    raise ConfigError(missing_message("aerial imagery", "rasterio", "imagery")) from None
 
 from geojepa.data.imagery.base import (
     CONTROL_POINTS,
