@@ -14,8 +14,14 @@ polygons) from *features* (OSM objects loaded e.g. with quackosm). GeoJEPA embed
 
 Features may come in either SRAI layout: a ``tags`` column (dict or JSON text per feature), or
 one column per tag key (SRAI's exploded form; null = tag absent). ``joint_gdf`` is accepted for
-interface compatibility and not needed. srai itself is not imported: the class is duck-typed
-(``fit``, ``transform``, ``fit_transform``), so it works with or without srai installed.
+interface compatibility and not needed. With srai installed the class is an
+``srai.embedders.Embedder`` (``isinstance`` holds); without it, the same duck-typed class
+(``fit``, ``transform``, ``fit_transform``).
+
+What costs time, and what is kept: the model is loaded once per embedder (reuse one for many
+calls), and the text vectors of tags the model never saw (open vocabulary) are cached in the
+user's cache (``tag_table_cache_dir``), not in the temporary tile folder, so the text model is
+loaded once per machine and set of new tags, not on every call (``benchmarks/srai_embed.py``).
 """
 
 from __future__ import annotations
@@ -36,13 +42,18 @@ if TYPE_CHECKING:
 
     from geojepa.model.jepa import GeoJEPA
 
+try:  # an srai.embedders.Embedder when srai is installed; the same interface without it
+    from srai.embedders import Embedder as _SraiEmbedder
+except ImportError:
+    _SraiEmbedder = object  # type: ignore[assignment,misc]
+
 REGIONS_INDEX = "region_id"
 FEATURES_INDEX = "feature_id"
 #: intersections smaller than this share of a region's area are edge-touching slivers
 SLIVER = 1e-9
 
 
-class GeoJEPAEmbedder:
+class GeoJEPAEmbedder(_SraiEmbedder):  # type: ignore[misc,valid-type]
     """SRAI-style embedder of arbitrary regions by a pretrained GeoJEPA.
 
     ``model``: a model directory written by ``geojepa pretrain`` or a loaded ``GeoJEPA``.
@@ -119,6 +130,8 @@ class GeoJEPAEmbedder:
         from geojepa.data.config import PrepareConfig
         from geojepa.data.prepare import prepare_tiles
         from geojepa.embed import embed_frames
+        from geojepa.model.directory import tag_table_cache_dir
+        from geojepa.model.open_vocab import open_vocabulary
 
         net = self._load()
         regions = _regions(regions_gdf)
@@ -145,9 +158,11 @@ class GeoJEPAEmbedder:
                 ds = prepare_tiles(inside, Path(tmp) / "tiles", config, progress=self.progress)
             except InputError as exc:
                 raise InputError(f"nothing to embed inside the regions: {exc}") from None
+            # the vectors of unseen tags outlive the temporary folder (see the module docstring)
+            open_vocabulary(net, ds, cache_dir=tag_table_cache_dir())
             tiles, _ = embed_frames(
                 net, ds, entities=False, batch_size=self.batch_size, device=self.device,
-                progress=self.progress,
+                progress=self.progress, open_vocabulary=False,
             )  # fmt: skip
         return tiles
 
