@@ -77,3 +77,11 @@ def test_every_ablation_hypothesis_is_valid_and_cpu_base_is_the_shipped_recipe()
     assert chosen.trainer.schedule_steps == shipped["trainer"]["max_steps"]
     card = (ROOT / "src/geojepa/models/default/README.md").read_text()
     assert f"| optimiser steps | {chosen.trainer.max_steps} " in card
+
+
+def test_evaluation_docs_state_the_benchmarks_run_and_the_cli_merge(bench) -> None:
+    """docs/evaluation.md says what `make benchmark` pretrains (its preset, its step count) and
+    points to the `geojepa merge` command, not a private function, for merging areas."""
+    text = (ROOT / "docs" / "evaluation.md").read_text()
+    assert f"`{bench.PRESET}` preset to step {bench.STEPS} " in text
+    assert "`geojepa merge " in text and "merge_datasets" not in text
