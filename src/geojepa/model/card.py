@@ -112,7 +112,7 @@ arXiv 2503.05774), trained with `geojepa pretrain`.
 | loss | {loss} |
 | EMA teacher | {ema} |
 | weights | {contents} |
-| optimiser steps | {info.get("steps", "?")} (epochs: {info.get("epochs", "?")}) |
+| optimiser steps | {info.get("steps", "?")} (epochs: {_epochs(info.get("epochs"))}) |
 | devices | {info.get("devices", "?")} |
 | training speed | {_speed(info.get("throughput"))} |
 
@@ -141,6 +141,11 @@ loading checks them.
 
 Data: © OpenStreetMap contributors, ODbL.
 """
+
+
+def _epochs(epochs: Any) -> str:
+    """Passes over the training tiles, two decimals (a resumed run's share is not whole)."""
+    return f"{epochs:.2f}" if isinstance(epochs, int | float) else "?"
 
 
 def _notes_section(notes: list[str]) -> str:

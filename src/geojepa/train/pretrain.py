@@ -388,7 +388,7 @@ def _pretrain(
             "name": out.name,
             "n_tiles": n_tiles,
             "steps": trainer.global_step,
-            "epochs": trainer.current_epoch,
+            "epochs": report.epochs(trainer.global_step, n_tiles),
             "devices": f"{world} × {trainer.accelerator.__class__.__name__}",
             "final_losses": metrics,
             "throughput": report.summary(),

@@ -19,6 +19,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TextIO
 
 import lightning as L
@@ -70,13 +71,14 @@ class ProgressReport(L.Callback):
         self.show = show
         self._bar: Any = None
         self.tiles = self.tokens = 0
+        self.first_step = self.last_step = 0
         self.start = self.end = time.perf_counter()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.enabled = trainer.global_rank == 0
         max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
         self.total = max_steps or getattr(pl_module, "total_steps", None)
-        self.first_step = trainer.global_step  # > 0 after a resume
+        self.first_step = self.last_step = trainer.global_step  # > 0 after a resume
         if self.clock is not None and self.enabled:
             self.clock.lap("Lightning set-up (trainer, loggers, checkpoint)")
         self.last_printed = trainer.global_step
@@ -105,6 +107,7 @@ class ProgressReport(L.Callback):
             self.clock.lap("first step")
         self.tiles += (len(batch) if hasattr(batch, "__len__") else 0) * self.world
         self.tokens += real_tokens(batch) * self.world  # rank 0's count × ranks, like the tiles
+        self.last_step = trainer.global_step
         self.end = time.perf_counter()
         if pl_module is not None and _logging_step(trainer):
             speed = {"speed/real_tokens_per_s": self.tokens_per_s,
@@ -151,6 +154,16 @@ class ProgressReport(L.Callback):
     def tokens_per_s(self) -> float:
         """Real tokens per second (see `real_tokens`)."""
         return self.tokens / self.seconds
+
+    def epochs(self, steps: int, n_tiles: int) -> float | None:
+        """Passes over ``n_tiles`` tiles that ``steps`` optimiser steps make, at this attempt's
+        tiles per step (exact for fixed batches, an estimate under a token budget); None before
+        a step. Not Lightning's epoch counter: a resumed run starts a new epoch there, so one
+        resume made 600 steps of 1.26 epochs read "epochs: 3"."""
+        done = self.last_step - self.first_step
+        if done <= 0 or n_tiles <= 0:
+            return None
+        return round(steps * self.tiles / done / n_tiles, 2)
 
     def summary(self) -> dict[str, float]:
         """The run's speeds, for the model card."""
