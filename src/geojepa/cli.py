@@ -245,7 +245,9 @@ def pretrain(
         verbose=verbose,
     )
     if not quiet:
-        typer.echo(f"model directory: {out}")
+        from geojepa.train.progress import checkpoints_note
+
+        typer.echo(f"model directory: {out}\n{checkpoints_note(out)}")
 
 
 def _train_tiles(dataset: Path, split: Path) -> list[str]:

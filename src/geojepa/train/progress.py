@@ -237,3 +237,20 @@ def quiet_dependencies() -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
         if hf_logging is not None and hf_bars:
             hf_logging.enable_progress_bar()
+
+
+def checkpoints_note(run: str | Path) -> str:
+    """The line that ends `pretrain`: what its checkpoints hold on disk (a 600-step cpu-base run
+    keeps ~250 MB: three periodic checkpoints and last.ckpt, each with the optimiser state)."""
+    folder = Path(run) / "checkpoints"
+    files = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+    if not files:
+        return f"checkpoints: none in {folder}"
+    size = sum(p.stat().st_size for p in files) / 1e6
+    periodic = len([p for p in files if p.name != "last.ckpt"])
+    keep = (
+        f" ({periodic} periodic; --keep-checkpoints 0 keeps only last.ckpt, which a resume reads)"
+        if periodic
+        else ""
+    )
+    return f"checkpoints: {len(files)} files, {size:,.0f} MB in {folder}{keep}"
