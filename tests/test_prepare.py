@@ -27,6 +27,7 @@ from geojepa.data import prepare as prep
 from geojepa.data import schema
 from geojepa.data import shard as shard_mod
 from geojepa.data.config import PrepareConfig
+from geojepa.data.info import format_info
 from geojepa.data.prepare import prepare_tiles
 from geojepa.data.reader import local_to_lonlat, open_dataset
 from geojepa.data.tags import TagFilter, is_area
@@ -299,8 +300,18 @@ def test_manifest_vocab_and_info(helsinki_ds: Path, capsys: pytest.CaptureFixtur
     assert main(["info", str(helsinki_ds), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["n_tiles"] == m["n_tiles"] and info["config"]["zoom"] == Z
+    # what the default entity cap would cut, from the tiles' own counts
+    per_tile = ds.read_tiles(columns=["n_entities"]).column("n_entities").to_numpy()
+    cap = info["entity_cap"]
+    assert cap["largest_tile"] == per_tile.max() and cap["entities"] == m["n_entities"]
+    assert cap["tiles"] == (per_tile > cap["max_entities"]).sum()
     assert main(["info", str(helsinki_ds)]) == 0
-    assert "tiles" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "tiles" in text and "\nentity cap   (the default) " in text
+    cut = {**cap, "max_entities": 4, "tiles": 2, "entities_dropped": 7, "largest_tile": 9}
+    said = ("entity cap   (the default) tokenizer.max_entities 4 cuts 2 tile(s) (the largest "
+            f"holds 9 entities): 7 of {cap['entities']:,} entities")  # fmt: skip
+    assert said in format_info({**info, "entity_cap": cut})
     assert not (helsinki_ds / prep.WORK_DIR).exists()
 
 

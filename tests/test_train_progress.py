@@ -189,15 +189,26 @@ def test_epochs_count_tiles_not_lightning_epochs_after_a_resume() -> None:
     assert 'from_pretrained("A")' not in card and 'from_pretrained("PATH/TO/' in card
 
 
-def test_pretrain_says_what_its_checkpoints_take_on_disk(ds, tmp_path, capfd) -> None:
-    """A 600-step cpu-base run keeps ~250 MB of checkpoints: the last line says how much."""
+def test_pretrain_says_what_its_cap_cuts_and_its_checkpoints_take(ds, tmp_path, capfd) -> None:
+    """Tiles over tokenizer.max_entities lose entities: pretrain says how many (stderr, card).
+    A 600-step cpu-base run keeps ~250 MB of checkpoints: the last line says how much."""
+    from geojepa.data.info import entities_over_cap
+    from geojepa.data.reader import open_dataset
+
     cfg = tmp_path / "cfg.json"
-    _cfg(4).save(cfg)
+    _cfg(4).with_overrides(tokenizer={"max_entities": 6}).save(cfg)
+    cap = entities_over_cap(open_dataset(ds), 6)
+    assert 0 < cap["tiles"] < cap["entities"] and cap["entities_dropped"] > 0
     run = tmp_path / "run"
     assert main(["pretrain", str(ds), "-o", str(run), "--config", str(cfg)]) == 0
     files = list((run / "checkpoints").glob("*.ckpt"))
     size = sum(p.stat().st_size for p in files) / 1e6
-    out = capfd.readouterr().out
+    out, err = capfd.readouterr()
+    said = (f"tokenizer.max_entities 6 cuts {cap['tiles']:,} tile(s) (the largest holds "
+            f"{cap['largest_tile']} entities): {cap['entities_dropped']:,} of "
+            f"{cap['entities']:,} entities")  # fmt: skip
+    assert f"pretrain: {said}" in err
+    assert f"| entity cap | {said}" in (run / "README.md").read_text()
     line = next(x for x in out.splitlines() if x.startswith("checkpoints: "))
     assert line.startswith(f"checkpoints: {len(files)} files, {size:,.0f} MB in ")
     assert "--keep-checkpoints 0" in line

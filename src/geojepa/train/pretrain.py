@@ -208,7 +208,7 @@ def _pretrain(
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from geojepa.train.module import EpochLoader, PretrainModule
-    from geojepa.train.progress import ProgressReport, quiet_dependencies
+    from geojepa.train.progress import ProgressReport, quiet_dependencies, report_entity_cap
 
     clock.lap("import Lightning")
 
@@ -283,6 +283,9 @@ def _pretrain(
     t = cfg.trainer
     n_tiles = int(ds.manifest.get("n_tiles") or 0) or sum(
         ds.read_tiles(s, columns=["region_id"]).num_rows for s in ds.shards
+    )
+    capped = report_entity_cap(
+        ds, cfg.tokenizer.max_entities, progress is not False and _rank() == 0
     )
     module = PretrainModule(cfg, model, 1)  # total_steps is set once the world size is known
     gpu = _on_gpu(t.accelerator)
@@ -389,6 +392,7 @@ def _pretrain(
             "n_tiles": n_tiles,
             "steps": trainer.global_step,
             "epochs": report.epochs(trainer.global_step, n_tiles),
+            "entity_cap": capped,
             "devices": f"{world} × {trainer.accelerator.__class__.__name__}",
             "final_losses": metrics,
             "throughput": report.summary(),

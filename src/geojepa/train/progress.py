@@ -20,12 +20,15 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import lightning as L
 import torch
 
 from geojepa.progress import StageClock
+
+if TYPE_CHECKING:
+    from geojepa.data.reader import TileDataset
 
 #: Lightning's loggers that print start-up tips and "GPU available" style messages.
 _NOISY_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
@@ -254,3 +257,15 @@ def checkpoints_note(run: str | Path) -> str:
         else ""
     )
     return f"checkpoints: {len(files)} files, {size:,.0f} MB in {folder}{keep}"
+
+
+def report_entity_cap(ds: TileDataset, max_entities: int, show: bool) -> dict[str, int]:
+    """What ``tokenizer.max_entities`` cuts of the training data (`data.info.entities_over_cap`),
+    said on stderr before training when it cuts anything (and ``show``); for the model card."""
+    from geojepa.data.info import entities_over_cap, entity_cap_note
+
+    cap = entities_over_cap(ds, max_entities)
+    note = entity_cap_note(cap)
+    if note and show:
+        print(f"pretrain: {note}", file=sys.stderr, flush=True)
+    return cap
