@@ -48,7 +48,7 @@ from geojepa.embed import EMBED_TOKENS_PER_BATCH, embed_tiles
 from geojepa.io.geoparquet import GeoParquetWriter
 from geojepa.model.directory import ModelDirectory
 from geojepa.model.jepa import GeoJEPA
-from geojepa.tokenize.loader import TileStream
+from geojepa.tokenize.shards import TokenizedShards
 from geojepa.tokenize.tags import PAD, UNKNOWN, TagVocabulary
 from geojepa.train.config import preset_config
 from geojepa.train.export import build_model
@@ -62,7 +62,11 @@ except ImportError:  # run as a module
 #: Stage → the (owner, attribute) callables whose time it counts.
 STAGES = {
     "model": [(GeoJEPA, "encode"), (GeoJEPA, "pool")],
-    "read": [(TileDataset, "read_tiles"), (TileDataset, "read_entities"), (TileStream, "_load")],
+    "read": [
+        (TileDataset, "read_tiles"),
+        (TileDataset, "read_entities"),
+        (TokenizedShards, "load"),
+    ],
     "top_tags": [(geojepa.embed, "top_tags")],
     "write": [(GeoParquetWriter, "write"), (GeoParquetWriter, "close")],
 }

@@ -16,10 +16,10 @@ import torch
 
 import geojepa
 from geojepa.errors import ConfigError, InputError
-from geojepa.tokenize.synthetic import write_synthetic_dataset
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
 from geojepa.train.config import PretrainConfig, preset_config
 from geojepa.train.export import build_model, export_model
+from helpers.synthetic import write_synthetic_dataset
 
 
 def test_import_does_not_load_torch_or_lightning() -> None:

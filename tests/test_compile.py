@@ -13,11 +13,11 @@ from geojepa.data.reader import open_dataset
 from geojepa.model import compile as model_compile
 from geojepa.model.transformer import Block
 from geojepa.tokenize.loader import make_dataloader
-from geojepa.tokenize.synthetic import write_synthetic_dataset
 from geojepa.tokenize.tags import TagVocabulary
 from geojepa.train import PretrainConfig, preset_config, pretrain
 from geojepa.train.export import build_model
 from geojepa.train.pretrain import resolve_config
+from helpers.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

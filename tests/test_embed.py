@@ -16,8 +16,8 @@ from geojepa.data.reader import open_dataset
 from geojepa.embed import embed_tiles, top_tags
 from geojepa.errors import InputError
 from geojepa.model import GeoJEPA
-from geojepa.tokenize.synthetic import write_synthetic_dataset
 from geojepa.train import PretrainConfig, preset_config, pretrain
+from helpers.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

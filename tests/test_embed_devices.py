@@ -13,8 +13,8 @@ from geojepa.cli import main
 from geojepa.embed import embed_tiles
 from geojepa.errors import ConfigError
 from geojepa.model.jepa import GeoJEPA
-from geojepa.tokenize.synthetic import write_synthetic_dataset
 from geojepa.train import PretrainConfig, preset_config, pretrain
+from helpers.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

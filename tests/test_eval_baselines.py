@@ -18,7 +18,7 @@ from geojepa.eval.baselines import (
 from geojepa.eval.split import SplitConfig, make_split
 from geojepa.eval.suite import evaluate_baselines, masked_tag_strings
 from geojepa.eval.tasks import TASKS
-from geojepa.eval.testing import make_entities, make_tiles
+from helpers.tables import make_entities, make_tiles
 
 A, B, C = "17/100/200", "17/101/200", "17/102/200"
 

@@ -22,7 +22,7 @@ from geojepa.eval.tasks import (
     remove_maxspeed,
     remove_traffic_signals,
 )
-from geojepa.eval.testing import make_entities, make_tiles, tags_of
+from helpers.tables import make_entities, make_tiles, tags_of
 
 A, B, C = "17/100/200", "17/101/200", "17/102/200"
 

@@ -23,10 +23,10 @@ from geojepa.eval.evaluate import EvaluateConfig, encode_arrays, evaluate, token
 from geojepa.eval.split import file_sha256
 from geojepa.eval.supervised import SupervisedConfig
 from geojepa.model.directory import ModelDirectory
-from geojepa.tokenize.synthetic import write_synthetic_dataset
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
 from geojepa.train import PretrainConfig, preset_config, pretrain
 from geojepa.train.export import build_model
+from helpers.synthetic import write_synthetic_dataset
 
 
 def fake_embed(texts: list[str]) -> np.ndarray:
@@ -240,9 +240,38 @@ def test_evaluate_without_a_run(synthetic: Path, tmp_path: Path) -> None:
     assert saved.equals(load_split(split_path))
 
 
+def test_the_stages_run_one_by_one_as_evaluate_runs_them(synthetic: Path, tmp_path: Path) -> None:
+    """`make_request` → `load_models` → `load_labels` → `score_tasks`, called from a test, give
+    the scores `evaluate` reports for the same arguments."""
+    from geojepa.eval.inputs import load_labels, load_models
+    from geojepa.eval.report import summarize
+    from geojepa.eval.request import make_request
+    from geojepa.eval.scoring import score_tasks
+
+    ds = open_dataset(synthetic)
+    cfg = preset_config("cpu-small")
+    build_tag_table(
+        TagVocabulary.from_dataset(ds), cfg.tokenizer.text_model, ds.path, embed_fn=fake_embed
+    )
+    args = dict(
+        tasks=["building_count"], seeds=(0,), baselines=("dummy", "random_init"), split=None,
+        config=fast_config(bootstrap=0), progress=False,
+    )  # fmt: skip
+    request = make_request(None, [synthetic], tmp_path / "stages", **args)
+    models = load_models(request)
+    assert models.networks.pretrained is None and models.networks.random_init is not None
+    data = load_labels(request, models)
+    assert data.tasks == ["building_count"] and not data.skipped
+    scores = score_tasks(request, models, data)
+    assert set(scores.task_seconds) == {"building_count"}
+    result = evaluate(None, [synthetic], tmp_path / "whole", **args)
+    pd.testing.assert_frame_equal(summarize(scores.rows), result.summary)
+
+
 def test_every_model_sees_the_same_entities(synthetic: Path, tmp_path: Path, monkeypatch) -> None:
     """Tag counts, pooled text and the networks all see the tokenizer's capped entity subset."""
-    import geojepa.eval.evaluate as ev
+    import geojepa.eval.masked as masked_mod
+    import geojepa.eval.scoring as scoring
 
     ds = open_dataset(synthetic)
     cfg = preset_config("cpu-small")
@@ -264,16 +293,16 @@ def test_every_model_sees_the_same_entities(synthetic: Path, tmp_path: Path, mon
         return real_baseline(name, task, masked, *args, **kwargs)
 
     def spy_encode(model, arrays, *args, **kwargs):
-        seen["networks"] = set(ev.token_entities(arrays))
+        seen["networks"] = set(masked_mod.token_entities(arrays))
         return real_encode(model, arrays, *args, **kwargs)
 
     real_counts, real_baseline, real_encode = (
-        ev.tag_count_features, ev.baseline_features, ev.encode_arrays
+        scoring.tag_count_features, scoring.baseline_features, masked_mod.encode_arrays
     )  # fmt: skip
-    monkeypatch.setattr(ev, "tag_count_features", spy_counts)
-    monkeypatch.setattr(ev, "baseline_features", spy_baseline)
-    monkeypatch.setattr(ev, "encode_arrays", spy_encode)
-    monkeypatch.setattr(ev, "sentence_transformer_embedder", lambda: fake_embed)
+    monkeypatch.setattr(scoring, "tag_count_features", spy_counts)
+    monkeypatch.setattr(scoring, "baseline_features", spy_baseline)
+    monkeypatch.setattr(masked_mod, "encode_arrays", spy_encode)
+    monkeypatch.setattr(scoring, "sentence_transformer_embedder", lambda: fake_embed)
     evaluate(
         None, [synthetic], tmp_path / "r", tasks=["building_count"], seeds=(0,),
         baselines=("tag_counts", "pooled_text", "random_init"),

@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "geojepa.environment": -1,  # versions of geojepa and its dependencies
     "geojepa.interrupt": -1,  # Ctrl-C / SIGTERM handling
     "geojepa.io": -1,  # atomic writes, GeoParquet
+    "geojepa.optional": -1,  # optional dependencies imported lazily, with the install hint
     "geojepa.progress": -1,  # progress bars / plain lines of long loops
     # the layers
     "geojepa.data": 0,

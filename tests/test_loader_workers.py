@@ -12,11 +12,11 @@ import pytest
 from geojepa.data.reader import open_dataset
 from geojepa.errors import ConfigError
 from geojepa.tokenize.loader import make_dataloader
-from geojepa.tokenize.synthetic import write_synthetic_dataset
 from geojepa.tokenize.tags import TagVocabulary
 from geojepa.tokenize.tokenizer import TokenizerConfig
 from geojepa.train import PretrainConfig, preset_config
 from geojepa.train.config import DataConfig
+from helpers.synthetic import write_synthetic_dataset
 
 CFG = TokenizerConfig(width=16, geometry_points=8)
 

@@ -468,3 +468,42 @@ def test_predictor_embed_mlp() -> None:
     out.loss.backward()
     assert embed[0].weight.grad is not None and embed[0].weight.grad.abs().sum() > 0
     assert isinstance(_model().predictor.embed, nn.Linear)  # the default
+
+
+def test_batch_standardised_targets_are_about_what_tells_tokens_apart() -> None:
+    """target_norm="token_batch": every dimension of the targets has mean 0 and std 1 over the
+    batch's real tokens, so predicting one constant vector scores ~0.4 (smooth-L1 of N(0, 1)),
+    while layer-normed targets that share most of their vector let a constant score near 0.
+    pred_skill's parts: the predictor's token-mean loss against the batch mean's."""
+    from geojepa.model.jepa import standardise
+
+    h = torch.randn(3, 7, 16) * 0.1 + torch.randn(16)  # a shared vector + a little per token
+    valid = torch.arange(7)[None] < torch.tensor([7, 4, 2])[:, None]
+    z = standardise(h, valid)
+    real = z[valid]
+    torch.testing.assert_close(real.mean(0), torch.zeros(16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(real.std(0, unbiased=False), torch.ones(16), atol=5e-3, rtol=0)
+    assert float(z[~valid].abs().max()) == 0.0
+
+    batch = fake_batch([20, 14, 30, 9])
+    n_tok = batch["valid"].shape[1]
+    torch.manual_seed(2)  # teacher outputs that share most of their vector, as trained ones do
+    shared = (
+        torch.nn.functional.layer_norm(
+            torch.randn(SMALL.width) + 0.1 * torch.randn(4, n_tok, SMALL.width), (SMALL.width,)
+        )
+        * batch["valid"][..., None]
+    )
+
+    def step(norm: str):
+        torch.manual_seed(0)
+        model = GeoJEPA(SMALL.replace(target_norm=norm), FakeTokenizer())
+        plan = model.plan(batch, torch.Generator().manual_seed(1))
+        tok = model.tokenizer(batch, plan.entities, None)
+        return model.loss_from_tokens(tok, shared, plan)
+
+    token, standardised = step("token"), step("token_batch")
+    assert float(standardised.mean_loss) > 0.3 > 10 * float(token.mean_loss)
+    torch.testing.assert_close(token.token_loss, token.pred_loss)  # "tokens" reduction
+    for out in (token, standardised):  # the monitor's parts are the losses they name
+        assert float(out.token_loss) > 0.0 and float(out.mean_loss) > 0.0

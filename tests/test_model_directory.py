@@ -22,10 +22,10 @@ from geojepa.errors import InputError
 from geojepa.model import GeoJEPA
 from geojepa.model import hub as hub_module
 from geojepa.model.card import EvalRow
-from geojepa.tokenize.synthetic import write_synthetic_dataset
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
 from geojepa.train.config import PretrainConfig, preset_config
 from geojepa.train.export import build_model, export_model, training_sources
+from helpers.synthetic import write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_FILES = ("config.json", "model.safetensors", "tag_table.safetensors", "vocab.json",

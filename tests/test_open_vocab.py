@@ -91,15 +91,15 @@ def test_model_for_can_keep_the_vocabulary_closed(areas):
 
 
 def test_evaluation_reads_unseen_tags_like_embed(areas):
-    from geojepa.eval.evaluate import EvaluateConfig, _load_networks
+    from geojepa.eval.evaluate import EvaluateConfig
+    from geojepa.eval.inputs import load_networks
 
     _, city, run = areas
     n = len(_vocab(GeoJEPA.from_pretrained(run)))
     for flag in (True, False):
-        net, twin, _, vocab, table, base = _load_networks(
-            run, [city], EvaluateConfig(open_vocabulary=flag), want_random=True
-        )
-        assert len(base) == n
-        assert (len(vocab) > n) is flag and _vocab(net) is vocab
+        nets = load_networks(run, [city], EvaluateConfig(open_vocabulary=flag), want_random=True)
+        assert len(nets.base_vocab) == n
+        assert (len(nets.vocab) > n) is flag and _vocab(nets.pretrained) is nets.vocab
         # the random-weights twin reads the same table, unseen rows included
-        assert twin.tokenizer.tag_table.shape[0] == table.shape[0] == len(vocab)
+        rows = nets.random_init.tokenizer.tag_table.shape[0]
+        assert rows == nets.table.shape[0] == len(nets.vocab)

@@ -13,7 +13,8 @@ import torch
 
 from geojepa.data.config import PrepareConfig
 from geojepa.model.transformer import Block, Packing, document_mask, flex_attention
-from geojepa.tokenize.loader import TileArrays, TileStream, collate
+from geojepa.tokenize.collate import collate
+from geojepa.tokenize.shards import TokenizedShards
 from geojepa.tokenize.tags import PAD, UNKNOWN, TagVocabulary
 from geojepa.train.config import preset_config
 from geojepa.train.export import build_model
@@ -29,8 +30,7 @@ def real_batch(neubrandenburg_pbf, tmp_path_factory):
     ds = prepare_tiles(neubrandenburg_pbf, out, PrepareConfig(zoom=16), progress=False)
     cfg = preset_config("cpu-small")
     vocab = TagVocabulary.from_dataset(ds)
-    stream = TileStream(ds, vocab, cfg.tokenizer, 8, shuffle=False, seed=0, cache=False)
-    arrays = TileArrays.concat([stream._load(s) for s in ds.shards])
+    arrays = TokenizedShards(ds, vocab, cfg.tokenizer, seed=0, cache=False).load_all()
     counts = arrays.ent_count
     # skewed sizes: the biggest tile, some mid-sized ones and several tiny ones
     picks = [int(np.argmax(counts))]

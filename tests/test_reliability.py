@@ -31,16 +31,9 @@ from geojepa.embed import embed_tiles
 from geojepa.errors import ConfigError, InputError, OutputError
 from geojepa.io.atomic import OutputLock, atomic_path
 from geojepa.io.geoparquet import GeoParquetWriter
-from geojepa.tokenize.synthetic import write_synthetic_dataset
-from geojepa.train import PretrainConfig, preset_config, pretrain
-
-
-def _tiny_config() -> PretrainConfig:
-    data = preset_config("cpu-small").model_dump()
-    data["model"].update(depth=1, predictor_depth=1)
-    data["data"]["batch_size"] = 4
-    data["trainer"]["checkpoint_every_n_steps"] = 2
-    return PretrainConfig.from_dict(data)
+from geojepa.train import pretrain
+from helpers.configs import tiny_pretrain_config
+from helpers.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +41,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("reliability")
     ds = write_synthetic_dataset(root / "ds", n_shards=2, tiles_per_shard=(5, 8),
                                  entities_per_tile=(0, 25), seed=3)  # fmt: skip
-    run = pretrain(ds, root / "run", config=_tiny_config(), max_steps=2, progress=False)
+    run = pretrain(ds, root / "run", config=tiny_pretrain_config(), max_steps=2, progress=False)
     return ds, Path(run)
 
 
@@ -213,7 +206,7 @@ def test_ctrl_c_in_pretrain_saves_a_checkpoint_and_resumes(trained, tmp_path, mo
 
     ds, _ = trained
     cfg = tmp_path / "cfg.json"
-    _tiny_config().save(cfg)
+    tiny_pretrain_config().save(cfg)
     out = tmp_path / "run"
     if where == "step":
         real_step = PretrainModule.training_step
@@ -445,9 +438,9 @@ def test_resume_never_unpickles_a_planted_checkpoint(trained, tmp_path, capsys):
     ds, run = trained
     out = tmp_path / "run"
     cfg = tmp_path / "cfg.json"
-    _tiny_config().save(cfg)
+    tiny_pretrain_config().save(cfg)
     (out / "checkpoints").mkdir(parents=True)
-    _tiny_config().save(out / "checkpoints" / "config.json")
+    tiny_pretrain_config().save(out / "checkpoints" / "config.json")
     marker = tmp_path / "pwned.txt"
     torch.save({"state_dict": {}, "evil": _Payload(marker)}, out / "checkpoints" / "last.ckpt")
     (out / "vocab.json").write_text((run / "vocab.json").read_text())

@@ -12,17 +12,10 @@ import pytest
 import torch
 
 from geojepa.cli import main
-from geojepa.tokenize.synthetic import write_synthetic_dataset
-from geojepa.train import PretrainConfig, preset_config, pretrain
+from geojepa.train import pretrain
 from geojepa.train.module import PretrainModule
-
-
-def _tiny_config() -> PretrainConfig:
-    data = preset_config("cpu-small").model_dump()
-    data["model"].update(depth=1, predictor_depth=1)
-    data["data"]["batch_size"] = 4
-    data["trainer"]["checkpoint_every_n_steps"] = 2
-    return PretrainConfig.from_dict(data)
+from helpers.configs import tiny_pretrain_config
+from helpers.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +30,7 @@ def test_a_run_killed_before_last_ckpt_resumes_from_the_newest_checkpoint(
 ):
     """SIGKILL right after `checkpoints/step=2.ckpt` was written, before `last.ckpt`."""
     run = tmp_path / "run"
-    pretrain(dataset, run, config=_tiny_config(), max_steps=2, progress=False)
+    pretrain(dataset, run, config=tiny_pretrain_config(), max_steps=2, progress=False)
     ckpts = run / "checkpoints"
     assert (ckpts / "step=2.ckpt").is_file()
     (ckpts / "last.ckpt").unlink()  # the state a kill between the two saves leaves
@@ -49,14 +42,14 @@ def test_a_run_killed_before_last_ckpt_resumes_from_the_newest_checkpoint(
         return original(self, checkpoint)
 
     monkeypatch.setattr(PretrainModule, "on_load_checkpoint", spy)
-    pretrain(dataset, run, config=_tiny_config(), max_steps=4, progress=False)
+    pretrain(dataset, run, config=tiny_pretrain_config(), max_steps=4, progress=False)
     assert loaded == [2]
     assert (ckpts / "last.ckpt").is_file() and (run / "model.safetensors").is_file()
 
 
 def test_an_edited_run_config_is_one_line_not_a_state_dict_traceback(dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    pretrain(dataset, run, config=_tiny_config(), max_steps=2, progress=False)
+    pretrain(dataset, run, config=tiny_pretrain_config(), max_steps=2, progress=False)
     config = run / "checkpoints" / "config.json"
     data = json.loads(config.read_text())
     data["model"]["depth"] = 3
@@ -88,7 +81,7 @@ def test_sigterm_in_pretrain_saves_a_checkpoint_and_exits_143(dataset, tmp_path,
 
     monkeypatch.setattr(PretrainModule, "training_step", step)
     cfg = tmp_path / "cfg.json"
-    _tiny_config().save(cfg)
+    tiny_pretrain_config().save(cfg)
     out = tmp_path / "run"
     args = ["pretrain", str(dataset), "-o", str(out), "--config", str(cfg), "--max-steps", "6"]
     assert main(args) == 143

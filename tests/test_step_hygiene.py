@@ -11,10 +11,10 @@ import torch
 from geojepa.data.reader import open_dataset
 from geojepa.model.masking import MaskGenerator, MaskingConfig
 from geojepa.tokenize.loader import make_dataloader
-from geojepa.tokenize.synthetic import write_synthetic_dataset
 from geojepa.tokenize.tags import TagVocabulary
 from geojepa.train.config import preset_config
 from geojepa.train.export import build_model
+from helpers.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

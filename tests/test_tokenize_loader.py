@@ -16,12 +16,15 @@ import torch
 from geojepa.data.reader import open_dataset
 from geojepa.errors import ConfigError, InputError
 from geojepa.tokenize import loader as loader_mod
+from geojepa.tokenize import shards as shards_mod
 from geojepa.tokenize.batch import TileBatch
+from geojepa.tokenize.collate import collate
 from geojepa.tokenize.geometry import geometry_features
-from geojepa.tokenize.loader import make_dataloader, plan_shards
-from geojepa.tokenize.synthetic import write_synthetic_dataset
+from geojepa.tokenize.loader import make_dataloader
+from geojepa.tokenize.sampler import TileBatcher, plan_shards
 from geojepa.tokenize.tags import PAD, TagVocabulary
 from geojepa.tokenize.tokenizer import TokenizerConfig
+from helpers.synthetic import write_synthetic_dataset
 
 CFG = TokenizerConfig(width=16, geometry_points=8)
 
@@ -91,6 +94,18 @@ def test_collation_matches_the_data(ds_path, vocab) -> None:
             expected = [vocab.lookup(k, v) for k, v in tags]
             got = batch.tag_ids[i, j].tolist()
             assert got[: len(expected)] == expected and set(got[len(expected) :]) <= {PAD}
+
+
+def test_tokenized_shards_are_the_loaders_dataset(ds_path, vocab) -> None:
+    """`TokenizedShards` (the public dataset the loader, `embed` and `evaluate` share) holds
+    every tile once, in dataset order, tokenised as the loader batches them."""
+    shards = shards_mod.TokenizedShards(open_dataset(ds_path), vocab, CFG, seed=0, cache=False)
+    arrays = shards.load_all()
+    assert list(arrays.region_ids) == all_region_ids(ds_path)
+    counts = np.concatenate([shards.entity_counts()[s] for s in shards.shards])
+    assert np.array_equal(arrays.ent_count, counts)
+    (batch,) = make_dataloader(ds_path, vocab, CFG, batch_size=len(arrays), shuffle=False, seed=0)
+    _batches_equal([collate(arrays, None)], [batch])
 
 
 def test_shuffle_is_seeded_and_per_epoch(ds_path, vocab) -> None:
@@ -246,9 +261,9 @@ def test_images(image_ds_path) -> None:
                 seen += 1
     assert seen > 0
     # a stored image of the wrong size is a clear input error, not a crash
-    arrays = loader_mod.tokenize_shard(tiles, ds.read_entities(), vocab, cfg, seed=0)
+    arrays = shards_mod.tokenize_shard(tiles, ds.read_entities(), vocab, cfg, seed=0)
     with pytest.raises(InputError, match="bytes, expected"):
-        loader_mod.collate(arrays, 8)
+        collate(arrays, 8)
     # without use_image the image column is not even read
     b = next(iter(make_dataloader(ds, vocab, CFG, batch_size=4, shuffle=False, seed=0)))
     assert b.image is None and not b.image_valid.any()
@@ -292,7 +307,7 @@ def test_token_cache(tmp_path, monkeypatch) -> None:
     def fail(*args, **kwargs):
         raise AssertionError("tokenize_shard called despite the cache")
 
-    monkeypatch.setattr(loader_mod, "tokenize_shard", fail)
+    monkeypatch.setattr(shards_mod, "tokenize_shard", fail)
     _batches_equal(first, run())  # served from the cache, images re-read: identical
     with pytest.raises(AssertionError, match="despite the cache"):
         run(cache=False)
@@ -311,8 +326,8 @@ def test_shard_without_entities(ds_path, vocab) -> None:
     ds = open_dataset(ds_path)
     tiles = ds.read_tiles(ds.shards[0], columns=["region_id"])
     empty = ds.read_entities(ds.shards[0]).slice(0, 0)
-    arrays = loader_mod.tokenize_shard(tiles, empty, vocab, CFG, seed=0)
-    batch = loader_mod.collate(arrays, None)
+    arrays = shards_mod.tokenize_shard(tiles, empty, vocab, CFG, seed=0)
+    batch = collate(arrays, None)
     assert batch.region_ids == tiles.column("region_id").to_pylist()
     assert batch.entity_valid.shape == (tiles.num_rows, 1) and not batch.entity_valid.any()
     assert batch.feature_ids == [[] for _ in range(tiles.num_rows)]
@@ -342,8 +357,6 @@ def test_token_budget_batches_cover_every_tile_within_budget(ds_path, vocab) -> 
 
 
 def test_tile_batcher_rules() -> None:
-    from geojepa.tokenize.loader import TileBatcher
-
     rng = np.random.default_rng(0)
     counts = np.array([0, 1, 5, 30, 2, 2, 9, 3])
     full, rest = TileBatcher(4, tokens_per_batch=10).split(counts, rng, shuffle=False)
@@ -359,8 +372,6 @@ def test_tile_batcher_rules() -> None:
 def test_token_budget_counts_real_tokens_not_padded_slots() -> None:
     """The budget bounds the sum of the tiles' lengths (what the packed model computes), not
     tiles × the batch's longest tile: padding never takes a tile's place in a batch."""
-    from geojepa.tokenize.loader import TileBatcher
-
     counts = np.array([1] * 8 + [4])  # 8 one-entity tiles and one of 4: 12 real tokens
     full, rest = TileBatcher(1, tokens_per_batch=12).split(counts, np.random.default_rng(0), False)
     assert [sorted(b) for b in full] == [list(range(9))] and len(rest) == 0  # not 9 × 4 = 36

@@ -8,9 +8,9 @@ import torch
 
 from geojepa.data.reader import open_dataset
 from geojepa.errors import ConfigError
+from geojepa.tokenize.collate import collate
 from geojepa.tokenize.image import TILE_BOX, patch_boxes
-from geojepa.tokenize.loader import collate, tokenize_shard
-from geojepa.tokenize.synthetic import write_synthetic_dataset
+from geojepa.tokenize.shards import TileArrays, tokenize_shard
 from geojepa.tokenize.tags import UNKNOWN, TagVocabulary, build_tag_table
 from geojepa.tokenize.tokenizer import (
     ENTITY,
@@ -19,6 +19,7 @@ from geojepa.tokenize.tokenizer import (
     TileTokenizer,
     TokenizerConfig,
 )
+from helpers.synthetic import write_synthetic_dataset
 
 BASE = dict(width=24, geometry_points=8, geometry_hidden=32, image_size=16, patch_size=8)
 
@@ -38,8 +39,6 @@ def data(tmp_path_factory):
     table = build_tag_table(vocab, "fake", None, embed_fn=fake_embed)
     cfg = TokenizerConfig(**BASE)
     arrays = [tokenize_shard(t, e, vocab, cfg, seed=0) for _, t, e in ds.iter_shards()]
-    from geojepa.tokenize.loader import TileArrays
-
     return vocab, table, TileArrays.concat(arrays)
 
 

@@ -18,13 +18,13 @@ from safetensors.torch import load_file, save_file
 from geojepa.data.reader import open_dataset
 from geojepa.errors import ConfigError, InputError, OutputError
 from geojepa.model import GeoJEPA
-from geojepa.tokenize.synthetic import write_synthetic_dataset
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
 from geojepa.train import PretrainConfig, preset_config, pretrain
 from geojepa.train.config import PRESETS
 from geojepa.train.export import build_model
 from geojepa.train.module import lr_at, param_groups, weight_decay_at
 from geojepa.train.pretrain import resolve_config
+from helpers.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

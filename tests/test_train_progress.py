@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from geojepa.cli import main
-from geojepa.tokenize.synthetic import write_synthetic_dataset
 from geojepa.train import PretrainConfig, preset_config, pretrain
 from geojepa.train.progress import ProgressReport
+from helpers.synthetic import write_synthetic_dataset
 
 NOISE = ("GPU available", "TPU available", "Tip", "v_num", "Epoch", "LeafSpec", "Loading weights",
          "max_steps=", "Warning")  # fmt: skip

@@ -29,13 +29,16 @@ import shapely
 import torch
 
 from geojepa import constants
+from geojepa.constants import REGIONS_INDEX
 from geojepa.data.reader import TileDataset, local_to_lonlat, open_dataset
 from geojepa.data.tags import tag_strings
 from geojepa.errors import ConfigError, InputError
 from geojepa.io.geoparquet import GeoParquetWriter
 from geojepa.model.jepa import GeoJEPA
 from geojepa.progress import progress_bar
-from geojepa.tokenize.loader import TileArrays, TileBatcher, TileStream, collate
+from geojepa.tokenize.collate import collate
+from geojepa.tokenize.sampler import TileBatcher
+from geojepa.tokenize.shards import TileArrays, TokenizedShards
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -136,7 +139,7 @@ def top_tags(entities: pa.Table, k: int = TOP_TAGS) -> pd.Series:
     """Per region_id (sorted): its ``k`` most frequent ``key=value`` tags (``key`` when value
     dropped), most frequent first, ties in tag order, ``; ``-joined."""
     parent, text = tag_strings(entities)
-    region = np.asarray(entities.column("region_id").to_numpy(zero_copy_only=False), object)
+    region = np.asarray(entities.column(REGIONS_INDEX).to_numpy(zero_copy_only=False), object)
     # Counted and ranked on integer codes (codes of sorted uniques keep the string order).
     tag_code, tags = pd.factorize(text, sort=True)  # a missing tag gets -1: not counted
     region_code, regions = pd.factorize(region[parent], sort=True)
@@ -154,7 +157,7 @@ def top_tags(entities: pa.Table, k: int = TOP_TAGS) -> pd.Series:
     starts = np.flatnonzero(np.r_[True, pair_region[1:] != pair_region[:-1]])
     # One C-level concatenation per tile instead of a Python join per group.
     joined = np.add.reduceat(np.asarray(tags, dtype=object)[pair_tag] + "; ", starts)
-    index = pd.Index(np.asarray(regions, dtype=object)[pair_region[starts]], name="region_id")
+    index = pd.Index(np.asarray(regions, dtype=object)[pair_region[starts]], name=REGIONS_INDEX)
     return pd.Series([t[:-2] for t in joined], index=index)
 
 
@@ -228,18 +231,19 @@ def embed_shard(
     tokens_per_batch: int | None = EMBED_TOKENS_PER_BATCH,
 ) -> ShardEmbeddings:
     """Embed every tile of one shard (and its entities, if asked) with the target encoder."""
-    tiles = ds.read_tiles(shard, columns=["region_id", "west", "south", "east", "north"])
+    tiles = ds.read_tiles(shard, columns=[REGIONS_INDEX, "west", "south", "east", "north"])
     if entity_transform is not None:
         ents = entity_transform(ds.read_entities(shard))
     else:  # the tokens come from the cache: read only what the output needs
         ents = ds.read_entities(shard, columns=_ENTITY_COLUMNS[: 4 if entities else 2])
     directory = model.require_directory()
     tok_cfg = directory.spec.tokenizer
-    stream = TileStream(
-        _single_shard(ds, shard), directory.vocab, tok_cfg, batch_size, shuffle=False, seed=0,
+    TileBatcher(batch_size, tokens_per_batch)  # a bad batch size fails before tokenising
+    shards = TokenizedShards(
+        _single_shard(ds, shard), directory.vocab, tok_cfg, seed=0,
         entity_transform=entity_transform, cache=entity_transform is None,
     )  # fmt: skip
-    arrays = stream._load(shard)  # tokenised once (or read from the token cache)
+    arrays = shards.load(shard)  # tokenised once (or read from the token cache)
     if tok_cfg.use_image:
         image_size: int | None = ds.config.image_size
     else:
@@ -249,14 +253,14 @@ def embed_shard(
         batch_size=batch_size, image_size=image_size,
     )  # fmt: skip
     ids = [str(r) for r in arrays.region_ids]
-    index = pd.Index(ids, name="region_id")
+    index = pd.Index(ids, name=REGIONS_INDEX)
     frame = pd.DataFrame(tile_vecs, index=index, columns=embedding_columns(tile_vecs.shape[1]))
-    tile_ids = pd.Index(tiles.column("region_id").to_numpy(zero_copy_only=False))
+    tile_ids = pd.Index(tiles.column(REGIONS_INDEX).to_numpy(zero_copy_only=False))
     tile_rows = tile_ids.get_indexer(index)  # tiles-file row of each output row
     if (tile_rows < 0).any():
         raise InputError(f"{ds.path}: shard {shard}'s token cache lists tiles its tiles file lacks")
     bounds = [tiles.column(c).to_numpy()[tile_rows] for c in ("west", "south", "east", "north")]
-    ent_rows = _positions(index, ents.column("region_id"))  # output row of each entity
+    ent_rows = _positions(index, ents.column(REGIONS_INDEX))  # output row of each entity
     n_entities = np.bincount(ent_rows[ent_rows >= 0], minlength=len(index)).astype(np.int32)
     frame.insert(0, "n_entities", n_entities)
     frame.insert(1, "top_tags", top_tags(ents).reindex(index).fillna("").values)
@@ -270,7 +274,7 @@ def embed_shard(
 
 
 #: Entity columns `embed_shard` reads: tile summaries need the first two, entity rows all four.
-_ENTITY_COLUMNS = ["region_id", "tags", "feature_id", "geometry"]
+_ENTITY_COLUMNS = [REGIONS_INDEX, "tags", "feature_id", "geometry"]
 
 
 def _positions(index: pd.Index, values: pa.ChunkedArray) -> np.ndarray:
@@ -284,20 +288,20 @@ def _entity_frame(
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Entity embeddings joined with their tags and their clip in EPSG:4326."""
     matrix = np.concatenate(vecs) if vecs else np.zeros((0, 0), np.float32)
-    key_frame = pd.DataFrame(keys, columns=["region_id", "feature_id"])
-    table = ents.select(["region_id", "feature_id", "tags", "geometry"]).to_pandas()
+    key_frame = pd.DataFrame(keys, columns=[REGIONS_INDEX, "feature_id"])
+    table = ents.select([REGIONS_INDEX, "feature_id", "tags", "geometry"]).to_pandas()
     table["row"] = np.arange(len(table))
-    joined = key_frame.merge(table, on=["region_id", "feature_id"], how="left", validate="1:1")
+    joined = key_frame.merge(table, on=[REGIONS_INDEX, "feature_id"], how="left", validate="1:1")
     local = shapely.from_wkb(joined["geometry"].to_numpy())
     geometry = np.empty(len(joined), dtype=object)
-    for region, rows in joined.groupby("region_id", sort=False).indices.items():
+    for region, rows in joined.groupby(REGIONS_INDEX, sort=False).indices.items():
         z, x, y = (int(v) for v in region.split("/"))
         geometry[rows] = local_to_lonlat(local[rows], z, x, y)
     frame = pd.DataFrame(
         matrix, index=pd.Index(joined["feature_id"], name="feature_id"),
         columns=embedding_columns(matrix.shape[1]),
     )  # fmt: skip
-    frame.insert(0, "region_id", joined["region_id"].to_numpy())
+    frame.insert(0, REGIONS_INDEX, joined[REGIONS_INDEX].to_numpy())
     frame.insert(
         1, "tags", [json.dumps(dict(t), ensure_ascii=False) for t in joined["tags"].to_numpy()]
     )
@@ -347,7 +351,7 @@ def embed_tiles(
     net = model_for(model, ds, device, open_vocabulary)  # also caches open-vocabulary vectors
     per_feature = entities_output is not None and entity_rows == "feature"
     last = last_shards(ds) if per_feature else {}  # read before any output is opened
-    tile_writer = GeoParquetWriter(output, "region_id", ["Polygon"])
+    tile_writer = GeoParquetWriter(output, REGIONS_INDEX, ["Polygon"])
     try:
         ent_writer = (
             GeoParquetWriter(entities_output, "feature_id", []) if entities_output else None

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import shapely
 
+from geojepa.constants import REGIONS_INDEX
 from geojepa.data.reader import TileDataset
 
 POOLING = "mean of the feature's clip embeddings, each clip weighted equally"
@@ -71,7 +72,7 @@ def pool_features(clips: pd.DataFrame, geometry: np.ndarray) -> tuple[pd.DataFra
     groups = clips.groupby(level="feature_id", sort=False)
     frame = groups[emb].mean()
     frame.insert(0, "n_clips", groups.size().astype(np.int32).to_numpy())
-    frame.insert(1, "region_ids", groups["region_id"].agg(lambda r: ";".join(sorted(r))).values)
+    frame.insert(1, "region_ids", groups[REGIONS_INDEX].agg(lambda r: ";".join(sorted(r))).values)
     frame.insert(2, "tags", groups["tags"].first().to_numpy())
     positions = groups.indices
     whole = np.empty(len(frame), dtype=object)

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from geojepa.constants import REGIONS_INDEX
 from geojepa.data import schema
 from geojepa.data.config import PrepareConfig
 from geojepa.data.manifest import SummaryMerger, manifest_header, shard_summary
@@ -125,10 +126,10 @@ def subset_dataset(
 
     def parts() -> Iterator[tuple[pa.Table, pa.Table]]:
         for _, tiles, entities in ds.iter_shards():
-            keep = pc.is_in(tiles.column("region_id"), value_set=wanted)
-            hits = pc.index_in(tiles.column("region_id"), value_set=wanted).drop_null()
+            keep = pc.is_in(tiles.column(REGIONS_INDEX), value_set=wanted)
+            hits = pc.index_in(tiles.column(REGIONS_INDEX), value_set=wanted).drop_null()
             found[hits.to_numpy()] = True
-            ekeep = pc.is_in(entities.column("region_id"), value_set=wanted)
+            ekeep = pc.is_in(entities.column(REGIONS_INDEX), value_set=wanted)
             yield tiles.filter(keep), entities.filter(ekeep)
         if not found.all():
             missing = wanted.filter(pa.array(~found))
@@ -166,7 +167,7 @@ def merge_datasets(
                 )
     seen: dict[str, Path] = {}
     for d in opened:
-        ids = d.read_tiles(columns=["region_id"]).column("region_id").to_pylist()
+        ids = d.read_tiles(columns=[REGIONS_INDEX]).column(REGIONS_INDEX).to_pylist()
         for rid in ids:
             if rid in seen:
                 raise InputError(

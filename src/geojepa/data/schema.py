@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from geojepa.constants import REGIONS_INDEX
+
 FORMAT_VERSION = 1
 
 #: Smallest side of an entity box, in tile units (1/256 of a tile ≈ 2.4 m at z16, 45°N).
@@ -58,7 +60,7 @@ TAGS_TYPE = pa.map_(pa.string(), pa.string())  # value may be null: key kept, va
 
 TILE_SCHEMA = pa.schema(
     [
-        pa.field("region_id", pa.string(), nullable=False),  # "z/x/y"
+        pa.field(REGIONS_INDEX, pa.string(), nullable=False),  # "z/x/y"
         pa.field("z", pa.int8(), nullable=False),
         pa.field("x", pa.int32(), nullable=False),
         pa.field("y", pa.int32(), nullable=False),
@@ -76,7 +78,7 @@ TILE_SCHEMA = pa.schema(
 
 ENTITY_SCHEMA = pa.schema(
     [
-        pa.field("region_id", pa.string(), nullable=False),
+        pa.field(REGIONS_INDEX, pa.string(), nullable=False),
         pa.field("feature_id", pa.string(), nullable=False),  # node/1, way/2, relation/3
         pa.field("tags", TAGS_TYPE, nullable=False),
         pa.field("geom_type", pa.string(), nullable=False),  # shapely geom_type of the clip

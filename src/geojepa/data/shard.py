@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 
+from geojepa.constants import REGIONS_INDEX
 from geojepa.data import schema
 from geojepa.data.arrow import buffer_array, bytes_array
 from geojepa.data.boxes import min_rotated_boxes
@@ -267,7 +268,7 @@ def build_shard(
     type_ids = buffer_array(shapely.get_type_id(clip), pa.int64())
     entities = pa.table(
         {
-            "region_id": tile_ids.take(tile_of),
+            REGIONS_INDEX: tile_ids.take(tile_of),
             "feature_id": t.column("feature_id").take(take),
             "tags": t.column("tags").take(take),
             "geom_type": bytes_array(_TYPE_NAMES.tolist(), pa.string()).take(type_ids),
@@ -290,7 +291,7 @@ def build_shard(
     no_image = all(c is None for c in coverage)
     tiles = pa.table(
         {
-            "region_id": tile_ids,
+            REGIONS_INDEX: tile_ids,
             "z": buffer_array(np.full(len(ux), z), pa.int8()),
             "x": buffer_array(ux, pa.int32()),
             "y": buffer_array(uy, pa.int32()),
@@ -329,6 +330,6 @@ def write_shard(job: ShardJob, tiles: pa.Table, entities: pa.Table) -> None:
 
 #: Parquet dictionary encoding only where values repeat: on the (nearly) unique geometry, box,
 #: image and coordinate columns it costs time and grows the file (-40% write time, -14% size)
-_ENTITY_DICTIONARY = ["region_id", "feature_id", "tags.key_value.key", "tags.key_value.value",
+_ENTITY_DICTIONARY = [REGIONS_INDEX, "feature_id", "tags.key_value.key", "tags.key_value.value",
                       "geom_type"]  # fmt: skip
 _TILE_DICTIONARY = ["z"]

@@ -28,9 +28,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from geojepa.constants import REGIONS_INDEX
 from geojepa.data.tags import TagEntries, tag_strings
 from geojepa.errors import InputError
 from geojepa.eval.tasks import ENTITY_INDEX
+from geojepa.optional import missing_message
 from geojepa.tokenize.tags import DEFAULT_TEXT_MODEL, EmbedFn, sentence_transformer_embed
 
 Level = Literal["tile", "entity"]
@@ -44,10 +46,10 @@ def dummy_features(index: pd.Index) -> pd.DataFrame:
 
 def _groups(entities: pa.Table, level: Level) -> tuple[np.ndarray, pd.Index]:
     """Group code of each entity row and the index of the groups (tiles or entities)."""
-    region = np.asarray(entities.column("region_id").to_numpy(zero_copy_only=False), object)
+    region = np.asarray(entities.column(REGIONS_INDEX).to_numpy(zero_copy_only=False), object)
     if level == "tile":
         codes, uniques = pd.factorize(region, sort=True)
-        return codes, pd.Index(uniques, name="region_id", dtype=object)
+        return codes, pd.Index(uniques, name=REGIONS_INDEX, dtype=object)
     if level != "entity":
         raise InputError(f"level must be 'tile' or 'entity', got {level!r}")
     feature = np.asarray(entities.column("feature_id").to_numpy(zero_copy_only=False), object)
@@ -111,7 +113,7 @@ def tag_count_features(
     matrix, groups, names = _count_matrix(entities, level, min_count, max_features)
     if context:
         tile, tiles, tile_names = _count_matrix(entities, "tile", min_count, max_features)
-        rows = tiles.get_indexer(groups.get_level_values("region_id"))  # every entity's tile
+        rows = tiles.get_indexer(groups.get_level_values(REGIONS_INDEX))  # every entity's tile
         matrix = sp.hstack([matrix, tile[rows]], format="csr")
         names += [f"tile_{c}" for c in tile_names]
     matrix, rows_index = _align_rows(matrix, groups, index)
@@ -214,14 +216,12 @@ def srai_count_features(
     wide feature columns; key-only tags count as value ``*``.
     """
     if not srai_available():
-        raise InputError(
-            "the srai baseline needs the optional package: pip install 'geojepa[srai]'"
-        )
+        raise InputError(missing_message("the srai baseline", "srai", "srai"))
     import geopandas as gpd
     from srai.embedders import CountEmbedder
 
     tags = TagEntries.of(entities)
-    region = np.asarray(entities.column("region_id").to_numpy(zero_copy_only=False), object)
+    region = np.asarray(entities.column(REGIONS_INDEX).to_numpy(zero_copy_only=False), object)
     feature = np.asarray(entities.column("feature_id").to_numpy(zero_copy_only=False), object)
     keys = np.asarray(tags.keys.to_numpy(zero_copy_only=False), object)
     values = np.asarray(pc.fill_null(tags.values, "*").to_numpy(zero_copy_only=False), object)
@@ -238,11 +238,11 @@ def srai_count_features(
     wide.columns = [str(c) for c in wide.columns]
     features_gdf = gpd.GeoDataFrame(wide.astype(object), geometry=[None] * len(wide))
     features_gdf.index.name = "feature_id"
-    region_index = pd.Index(np.unique(region), name="region_id")
+    region_index = pd.Index(np.unique(region), name=REGIONS_INDEX)
     if index is not None:
-        region_index = region_index.union(pd.Index(index, name="region_id"))
+        region_index = region_index.union(pd.Index(index, name=REGIONS_INDEX))
     regions_gdf = gpd.GeoDataFrame(index=region_index, geometry=[None] * len(region_index))
-    joint_index = pd.MultiIndex.from_arrays([region, feature], names=["region_id", "feature_id"])
+    joint_index = pd.MultiIndex.from_arrays([region, feature], names=[REGIONS_INDEX, "feature_id"])
     joint_gdf = gpd.GeoDataFrame(
         index=joint_index.unique(), geometry=[None] * len(joint_index.unique())
     )

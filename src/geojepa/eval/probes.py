@@ -52,6 +52,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from geojepa.config import Config
+from geojepa.constants import REGIONS_INDEX
 from geojepa.errors import InputError
 from geojepa.eval.metrics import auroc, compute_metrics, mae
 from geojepa.eval.split import SPLITS, assign_split, drop_shared_entities
@@ -212,10 +213,10 @@ def embedding_features(frame: pd.DataFrame, level: str = "tile") -> pd.DataFrame
     from geojepa.embed import EMBEDDING_PREFIX  # lazy: geojepa.embed imports torch
 
     if level == "entity":
-        if "region_id" not in frame.columns:
+        if REGIONS_INDEX not in frame.columns:
             raise InputError("entity embeddings need a 'region_id' column")
-        frame = frame.set_index("region_id", append=True).swaplevel(0, 1)
-        frame.index = frame.index.set_names(["region_id", "feature_id"])
+        frame = frame.set_index(REGIONS_INDEX, append=True).swaplevel(0, 1)
+        frame.index = frame.index.set_names([REGIONS_INDEX, "feature_id"])
     elif level != "tile":
         raise InputError(f"level must be 'tile' or 'entity', got {level!r}")
     columns = [c for c in frame.columns if str(c).startswith(EMBEDDING_PREFIX)]

@@ -18,13 +18,14 @@ import pandas as pd
 from pydantic import field_validator
 
 from geojepa.config import Config
+from geojepa.constants import REGIONS_INDEX
 from geojepa.errors import InputError, OutputError
 from geojepa.io.atomic import write_atomic
 
 SPLITS = ("train", "val", "test")
 #: Tiles a split sets aside: evaluation drops them before reading labels (search_split's test).
 UNUSED = "unused"
-SPLIT_COLUMNS = ("region_id", "block_id", "split")
+SPLIT_COLUMNS = (REGIONS_INDEX, "block_id", "split")
 
 
 class SplitConfig(Config):
@@ -101,9 +102,9 @@ def make_split(
         split = rank if rank < len(SPLITS) else int(np.argmax(targets - filled))
         assignment[block] = SPLITS[split]
         filled[split] += size
-    frame = pd.DataFrame({"region_id": np.asarray(ids, dtype=object), "block_id": blocks})
+    frame = pd.DataFrame({REGIONS_INDEX: np.asarray(ids, dtype=object), "block_id": blocks})
     frame["split"] = frame["block_id"].map(assignment)
-    return frame.sort_values("region_id", ignore_index=True)
+    return frame.sort_values(REGIONS_INDEX, ignore_index=True)
 
 
 def search_split(split: pd.DataFrame, val_fraction: float = 0.25, seed: int = 0) -> pd.DataFrame:
@@ -212,7 +213,7 @@ def _validate(split: pd.DataFrame, where: str) -> None:
     bad = ~split["split"].isin((*SPLITS, UNUSED))
     if bad.any():
         raise InputError(f"split {where}: unknown split name {split['split'][bad].iloc[0]!r}")
-    if split["region_id"].duplicated().any():
+    if split[REGIONS_INDEX].duplicated().any():
         raise InputError(f"split {where}: a region_id appears more than once")
     if split.groupby("block_id")["split"].nunique().max() > 1:
         raise InputError(f"split {where}: a block is spread over several splits")
@@ -233,8 +234,8 @@ def assign_split(index: pd.Index, split: pd.DataFrame) -> pd.Series:
     ``index`` is a label index: ``region_id`` or (``region_id``, ``feature_id``). InputError
     when some tiles are not in the split (a split made for another dataset).
     """
-    regions = index.get_level_values("region_id") if index.nlevels > 1 else index
-    lookup = pd.Series(split["split"].to_numpy(), index=split["region_id"].to_numpy())
+    regions = index.get_level_values(REGIONS_INDEX) if index.nlevels > 1 else index
+    lookup = pd.Series(split["split"].to_numpy(), index=split[REGIONS_INDEX].to_numpy())
     out = pd.Series(lookup.reindex(np.asarray(regions, dtype=object)).to_numpy(), index=index)
     missing = out.isna()
     if missing.any():
@@ -253,7 +254,7 @@ def tiles_in(split: pd.DataFrame, region_ids: Sequence[str], name: str = "train"
     """
     if name not in SPLITS:
         raise InputError(f"unknown split name {name!r} (known: {', '.join(SPLITS)})")
-    names = assign_split(pd.Index(list(region_ids), name="region_id"), split)
+    names = assign_split(pd.Index(list(region_ids), name=REGIONS_INDEX), split)
     return names.index[names.to_numpy() == name].tolist()
 
 

@@ -24,6 +24,7 @@ from pydantic import Field
 from torch import nn
 
 from geojepa.config import Config
+from geojepa.constants import REGIONS_INDEX
 from geojepa.errors import InputError
 from geojepa.eval.metrics import auroc, compute_metrics, mae
 from geojepa.eval.probes import ResultRow
@@ -32,7 +33,8 @@ from geojepa.eval.tasks import Task
 from geojepa.model.jepa import pool_tiles
 from geojepa.model.prior import PositionPrior
 from geojepa.model.transformer import Transformer
-from geojepa.tokenize.loader import TileArrays, collate
+from geojepa.tokenize.collate import collate
+from geojepa.tokenize.shards import TileArrays
 from geojepa.tokenize.tokenizer import TileTokenizer, TokenizerConfig
 
 MODEL_NAME = "supervised"
@@ -128,7 +130,7 @@ def _parts(arrays: TileArrays, labels: pd.Series, split: pd.DataFrame, task: Tas
         ent_slot = np.arange(len(ent_tile)) - starts[ent_tile]
         keys = pd.MultiIndex.from_arrays(
             [np.asarray(arrays.region_ids)[ent_tile], arrays.feature_ids],
-            names=["region_id", "feature_id"],
+            names=[REGIONS_INDEX, "feature_id"],
         )
         pos = keys.get_indexer(labels.index)
         if (pos < 0).any():

@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from geojepa.constants import REGIONS_INDEX
 from geojepa.data.tags import TagEntries, arrow_bool
 from geojepa.errors import ConfigError, InputError
 
@@ -33,7 +34,7 @@ TaskKind = Literal["regression", "count", "binary"]
 TaskLevel = Literal["tile", "entity"]
 
 #: Entity index of entity-level labels (one row per clip of an entity in a tile).
-ENTITY_INDEX = ("region_id", "feature_id")
+ENTITY_INDEX = (REGIONS_INDEX, "feature_id")
 
 POINT_TYPES = ("Point", "MultiPoint")
 
@@ -320,9 +321,9 @@ def _way_rows(entities: pa.Table, tags: TagEntries) -> np.ndarray:
 
 
 def _tile_ids(tiles: pa.Table) -> pd.Index:
-    if "region_id" not in tiles.column_names:
+    if REGIONS_INDEX not in tiles.column_names:
         raise InputError("tiles table has no 'region_id' column (see geojepa.data.schema)")
-    ids = pd.Index(_column_np(tiles, "region_id"), name="region_id")
+    ids = pd.Index(_column_np(tiles, REGIONS_INDEX), name=REGIONS_INDEX)
     if ids.has_duplicates:
         raise InputError("tiles table has duplicate region_id values")
     return ids
@@ -334,7 +335,7 @@ def _per_tile(
     """Aggregate a per-entity-row array to the tiles of ``tiles`` (entities elsewhere ignored);
     a tile without entities gets ``empty``."""
     ids = _tile_ids(tiles)
-    series = pd.Series(values, index=pd.Index(_column_np(entities, "region_id")))
+    series = pd.Series(values, index=pd.Index(_column_np(entities, REGIONS_INDEX)))
     grouped = series.groupby(level=0).agg(how)
     return grouped.reindex(ids, fill_value=empty)
 
@@ -342,10 +343,10 @@ def _per_tile(
 def _per_entity(entities: pa.Table, values: np.ndarray, rows: np.ndarray, tiles: pa.Table):
     """Entity-level labels of the selected rows, indexed by (region_id, feature_id)."""
     ids = set(_tile_ids(tiles))
-    region = _column_np(entities, "region_id")[rows]
+    region = _column_np(entities, REGIONS_INDEX)[rows]
     feature = _column_np(entities, "feature_id")[rows]
-    frame = pd.DataFrame({"region_id": region, "feature_id": feature, "y": values[rows]})
-    frame = frame[frame["region_id"].isin(ids)]
+    frame = pd.DataFrame({REGIONS_INDEX: region, "feature_id": feature, "y": values[rows]})
+    frame = frame[frame[REGIONS_INDEX].isin(ids)]
     # a (tile, entity) pair is one row in a valid dataset; max() keeps labels unique regardless
     return frame.groupby(list(ENTITY_INDEX), sort=True)["y"].max()
 
@@ -423,7 +424,7 @@ class Task:
 
 
 def _check_entities(entities: pa.Table) -> None:
-    needed = {"region_id", "feature_id", "tags", "geom_type"}
+    needed = {REGIONS_INDEX, "feature_id", "tags", "geom_type"}
     missing = needed - set(entities.column_names)
     if missing:
         raise InputError(f"entities table lacks column(s) {sorted(missing)} (see schema.py)")

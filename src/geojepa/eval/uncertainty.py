@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from geojepa.constants import REGIONS_INDEX
 from geojepa.eval.metrics import METRICS, METRICS_BY_KIND
 from geojepa.eval.probes import ResultRow
 from geojepa.eval.tasks import TASKS
@@ -117,7 +118,7 @@ def bootstrap_intervals(
     is undefined (a test split with one class has no AUROC). ``by_area``: task,
     area, model, probe (selected ones), value, n_test, from ``areas`` (region_id -> area).
     """
-    block_of = pd.Series(split["block_id"].to_numpy(), index=split["region_id"].to_numpy())
+    block_of = pd.Series(split["block_id"].to_numpy(), index=split[REGIONS_INDEX].to_numpy())
     chosen = selected_probes([r for r in rows if r.test_output is not None])
     records, area_records = [], []
     by_task: dict[str, list[ResultRow]] = {}
@@ -126,7 +127,7 @@ def bootstrap_intervals(
             by_task.setdefault(row.task, []).append(row)
     for task, task_rows in by_task.items():
         index, y = task_rows[0].test_index, task_rows[0].test_y
-        regions = index.get_level_values("region_id") if index.nlevels > 1 else index
+        regions = index.get_level_values(REGIONS_INDEX) if index.nlevels > 1 else index
         w = block_weights(
             block_of.reindex(np.asarray(regions, dtype=object)).to_numpy(), n_boot, seed
         )

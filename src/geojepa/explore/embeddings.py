@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from geojepa.constants import REGIONS_INDEX
 from geojepa.errors import ConfigError, InputError
 
 EMB_COLUMN = re.compile(r"^emb_(\d+)$")
@@ -53,7 +54,7 @@ def embedding_kind(frame: pd.DataFrame) -> Kind:
     """`tiles` or `entities`, from the index name (falling back to the id format)."""
     if frame.index.name == "feature_id":
         return "entities"
-    if frame.index.name == "region_id":
+    if frame.index.name == REGIONS_INDEX:
         return "tiles"
     sample = str(frame.index[0]) if len(frame) else ""
     return "entities" if re.match(r"^(node|way|relation)/", sample) else "tiles"
@@ -82,8 +83,8 @@ def load_embeddings(source: EmbeddingSource, *, name: str | None = None) -> pd.D
     """
     label = name or (str(source) if isinstance(source, str | Path) else "the embeddings")
     frame = _read(Path(source)) if isinstance(source, str | Path) else source
-    if frame.index.name not in ("region_id", "feature_id"):
-        for col in ("feature_id", "region_id"):
+    if frame.index.name not in (REGIONS_INDEX, "feature_id"):
+        for col in ("feature_id", REGIONS_INDEX):
             if col in frame.columns:
                 frame = frame.set_index(col)
                 break

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
+from geojepa.constants import REGIONS_INDEX
 from geojepa.errors import ConfigError, InputError
 from geojepa.explore.embeddings import (
     EmbeddingSource,
@@ -189,7 +190,7 @@ def nearest(
     ids = frame.index
     qpos = np.flatnonzero(ids == query)
     if len(qpos) == 0:
-        what = "region_id" if kind == "tiles" else "feature_id"
+        what = REGIONS_INDEX if kind == "tiles" else "feature_id"
         close = suggest_ids(query, ids)
         hint = f"; close ids: {', '.join(close)}" if close else ""
         raise InputError(f"{what} {query!r} is not in the {kind} embedding file{hint}")
@@ -246,8 +247,8 @@ def nearest(
             "distance_km": dist,
         }
     )
-    if kind == "entities" and "region_id" in frame:
-        result["region_id"] = frame["region_id"].iloc[pos].astype(str).to_numpy()
+    if kind == "entities" and REGIONS_INDEX in frame:
+        result[REGIONS_INDEX] = frame[REGIONS_INDEX].iloc[pos].astype(str).to_numpy()
     result.attrs.update(
         {"query": query, "kind": kind, "metric": metric, "search": "ann" if use_ann else "exact"}
     )
@@ -268,16 +269,16 @@ def to_rich_table(result: pd.DataFrame):
     kind = result.attrs.get("kind", "tiles")
     table = Table(title=f"nearest {kind} to {result.attrs.get('query', '?')}")
     table.add_column("rank", justify="right")
-    table.add_column("region_id" if kind == "tiles" else "feature_id")
+    table.add_column(REGIONS_INDEX if kind == "tiles" else "feature_id")
     table.add_column("similarity", justify="right")
     table.add_column("km", justify="right")
-    if "region_id" in result:
+    if REGIONS_INDEX in result:
         table.add_column("tile")
     table.add_column("top tags" if kind == "tiles" else "tags", overflow="fold")
     for row in result.itertuples(index=False):
         km = "" if np.isnan(row.distance_km) else f"{row.distance_km:.2f}"
         cells = [str(row.rank), str(row.id), f"{row.similarity:.4f}", km]
-        if "region_id" in result:
+        if REGIONS_INDEX in result:
             cells.append(str(row.region_id))
         cells.append(str(row.tags))
         table.add_row(*(Text(c) for c in cells))  # Text: OSM tags are not rich markup

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
+from geojepa.constants import REGIONS_INDEX
 from geojepa.errors import OutputError
 from geojepa.explore.embeddings import (
     EmbeddingSource,
@@ -199,7 +200,7 @@ def make_map(
     colors = _hex(coords)
     key = color_key(coords, tile_statistics(gdf), variance, method)
     ids = gdf.index
-    columns: dict[str, list] = {"region_id": _escape(ids.to_series())}
+    columns: dict[str, list] = {REGIONS_INDEX: _escape(ids.to_series())}
     if "n_entities" in gdf:
         columns["n_entities"] = [int(v) for v in gdf["n_entities"].fillna(0)]
     if "top_tags" in gdf:
@@ -221,7 +222,7 @@ def make_map(
         tile_layer,
         name=f"tiles ({method.upper()} of embeddings → RGB)",
         style_function=_style,
-        tooltip=folium.GeoJsonTooltip(fields=["region_id"], labels=False),
+        tooltip=folium.GeoJsonTooltip(fields=[REGIONS_INDEX], labels=False),
         popup=folium.GeoJsonPopup(fields=list(columns)),
     ).add_to(fmap)
 
@@ -240,8 +241,8 @@ def make_map(
         bounds.append(egdf.total_bounds)
         ematrix = embedding_matrix(egdf, normalize=True)
         ecols: dict[str, list] = {"feature_id": _escape(egdf.index.to_series())}
-        if "region_id" in egdf:
-            ecols["region_id"] = _escape(egdf["region_id"])
+        if REGIONS_INDEX in egdf:
+            ecols[REGIONS_INDEX] = _escape(egdf[REGIONS_INDEX])
         if "tags" in egdf:
             ecols["tags"] = _escape(egdf["tags"])
         folium.GeoJson(

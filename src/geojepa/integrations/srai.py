@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from geojepa.constants import EMBED_BATCH_SIZE
+from geojepa.constants import EMBED_BATCH_SIZE, FEATURES_INDEX, REGIONS_INDEX
 from geojepa.data.features import tags_from_key_columns
 from geojepa.errors import ConfigError, InputError
 
@@ -47,8 +47,6 @@ try:  # an srai.embedders.Embedder when srai is installed; the same interface wi
 except ImportError:
     _SraiEmbedder = object  # type: ignore[assignment,misc]
 
-REGIONS_INDEX = "region_id"
-FEATURES_INDEX = "feature_id"
 #: intersections smaller than this share of a region's area are edge-touching slivers
 SLIVER = 1e-9
 

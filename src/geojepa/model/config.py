@@ -65,6 +65,13 @@ class ModelConfig(Config):
         "the K targets (the paper)",
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="encoder/predictor (student only)")
+    target_norm: Literal["token", "token_batch"] = Field(
+        "token",
+        description="prediction targets: token = each teacher output layer-normed (embeddings "
+        "always are); token_batch = then each dimension standardised over the batch's real "
+        "tokens, so that the loss is about what tells tokens apart, not the vector they share "
+        "(with 'token', predicting the batch mean scored ~90% of the trained predictor's loss)",
+    )
     target_layers: int = Field(
         1, ge=1, description="teacher targets and embeddings: average of the last N blocks"
     )

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from geojepa.errors import InputError
+from geojepa.optional import install_hint, require
 
 DEFAULT_NAME = "default"
-HUB_HINT = "pip install 'geojepa[hub]'"
+HUB_HINT = install_hint("hub")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -57,11 +58,7 @@ def resolve_model(name: str | Path, revision: str | None = None) -> Path:
 
 
 def _hub() -> Any:
-    try:
-        import huggingface_hub
-    except ImportError:
-        raise InputError(f"a Hub model needs huggingface_hub: {HUB_HINT}") from None
-    return huggingface_hub
+    return require("huggingface_hub", "a Hub model", "hub", error=InputError)
 
 
 def download(repo_id: str, revision: str | None = None) -> Path:

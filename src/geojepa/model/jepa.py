@@ -55,6 +55,8 @@ class StepOutput:
     var_loss: torch.Tensor  # var_weight × (variance terms): loss = pred + var + cov
     cov_loss: torch.Tensor  # cov_weight × (covariance terms)
     n_targets: torch.Tensor  # number of real target tokens in the batch
+    mean_loss: torch.Tensor  # token-mean loss of predicting every target as the batch's mean
+    token_loss: torch.Tensor  # token-mean loss of the predictor (pred_loss's reduction aside)
     target_outputs: torch.Tensor  # [B,L,D] target-encoder outputs (for collapse monitors)
     target_valid: torch.Tensor  # [B,L] which of them are real tokens
 
@@ -141,6 +143,16 @@ def vicreg_terms(
     d = x.shape[-1]
     off = cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()
     return var_loss, off / d
+
+
+def standardise(h: torch.Tensor, valid: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Each dimension of ``h`` [B,L,D] centred and scaled to unit std over the real tokens
+    (``valid`` [B,L]) of the batch; padding stays 0. Statistics carry no gradient."""
+    w = valid[..., None].to(h.dtype)
+    n = w.sum().clamp(min=1)
+    mean = (h * w).sum((0, 1)) / n
+    var = (((h - mean) * w) ** 2).sum((0, 1)) / n
+    return ((h - mean) / torch.sqrt(var + eps)) * w
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -356,7 +368,8 @@ class GeoJEPA(Pretrained, nn.Module):
         t_valid = masks.target_valid.reshape(b * k, lt)
         t_prior = _gather(prior, masks.target_index).reshape(b * k, lt, d)
         pred = self.predictor(ctx_in, ctx_valid, t_prior, t_valid, plan.predictor)  # [B*K,Lt,D]
-        target = _gather(h, masks.target_index).reshape(b * k, lt, d)  # layer-normed, fp32
+        targets = standardise(h, tok.valid) if self.config.target_norm == "token_batch" else h
+        target = _gather(targets, masks.target_index).reshape(b * k, lt, d)  # fp32
 
         with torch.autocast(device_type=pred.device.type, enabled=False):  # losses in fp32
             per_token = F.smooth_l1_loss(pred.float(), target, beta=1.0, reduction="none")
@@ -369,6 +382,12 @@ class GeoJEPA(Pretrained, nn.Module):
                 pred_loss = (per_target / w.view(b, k, lt).sum((0, 2)).clamp(min=1)).sum()
             else:
                 pred_loss = per_token.sum() / n_t.clamp(min=1)
+            with torch.no_grad():  # how much better than the batch's mean target (a monitor)
+                token_loss = per_token.sum() / n_t.clamp(min=1)
+                mean = (target * w[..., None]).sum((0, 1)) / n_t.clamp(min=1)
+                by_mean = F.smooth_l1_loss(mean.expand_as(target), target, beta=1.0,
+                                           reduction="none").mean(-1)  # fmt: skip
+                mean_loss = (by_mean * w).sum() / n_t.clamp(min=1)
             var_pred, cov_pred = vicreg_terms(pred, t_valid)
             var_ctx, cov_ctx = vicreg_terms(z, masks.context_valid)
             var_loss = self.config.var_weight * (var_pred + var_ctx)
@@ -382,6 +401,8 @@ class GeoJEPA(Pretrained, nn.Module):
             var_loss=var_loss.detach(),
             cov_loss=cov_loss.detach(),
             n_targets=n_t.detach(),
+            mean_loss=mean_loss,
+            token_loss=token_loss,
             target_outputs=h,
             target_valid=tok.valid,
         )

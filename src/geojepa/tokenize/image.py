@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geojepa.errors import ConfigError, InputError
+from geojepa.optional import require
 
 #: ImageNet statistics: the usual input normalisation, so a pretrained backbone sees what it
 #: was trained on and the learned embedding starts from centred inputs.
@@ -98,12 +99,7 @@ class TimmBackbone(nn.Module):
                 f"the frozen image backbone {name!r} needs its pretrained weights: set "
                 "tokenizer.image_checkpoint to a local checkpoint file (nothing is downloaded)"
             )
-        try:
-            import timm
-        except ImportError:
-            raise ConfigError(
-                "image_backbone needs the optional package timm: pip install 'geojepa[imagery]'"
-            ) from None
+        timm = require("timm", "image_backbone", "imagery")
         if checkpoint is not None and not Path(checkpoint).is_file():
             raise InputError(f"image backbone checkpoint not found: {checkpoint}")
         try:

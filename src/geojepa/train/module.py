@@ -173,6 +173,9 @@ class PretrainModule(L.LightningModule):
             "train/reg_pred": out.reg_pred,
             "train/reg_context": out.reg_context,
             "train/n_targets": out.n_targets,
+            # 1 - predictor's loss / loss of predicting the batch's mean target: 0 = the
+            # predictor knows nothing a constant would not
+            "monitor/pred_skill": 1.0 - out.token_loss / out.mean_loss.clamp(min=1e-12),
         }
         # each term's share of the loss, so that a run's CSV shows the balance
         total = loss.clamp(min=1e-12)

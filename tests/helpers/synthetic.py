@@ -1,6 +1,6 @@
 """Small synthetic tile datasets in the on-disk layout of `geojepa.data.schema`.
 
-For tests and benchmarks of everything downstream of `prepare` (loader, tokenizer, model)
+For tests of everything downstream of `prepare` (loader, tokenizer, model)
 without building a dataset from OSM. Geometries, tags and images are random but seeded.
 """
 
@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 
+from geojepa.constants import REGIONS_INDEX
 from geojepa.data import schema
 from geojepa.data.config import PrepareConfig
 from geojepa.data.tiling import tile_bounds_lonlat
@@ -89,7 +90,7 @@ def write_synthetic_dataset(
                 coverage.append(None)
         tiles = pa.table(
             {
-                "region_id": region_ids,
+                REGIONS_INDEX: region_ids,
                 "z": np.full(n_tiles, zoom, dtype=np.int8),
                 "x": xs.astype(np.int32),
                 "y": ys.astype(np.int32),
@@ -103,12 +104,12 @@ def write_synthetic_dataset(
             },
             schema=schema.TILE_SCHEMA,
         )
-        rows: dict[str, list] = {k: [] for k in ("region_id", "feature_id", "tags", "geom")}
+        rows: dict[str, list] = {k: [] for k in (REGIONS_INDEX, "feature_id", "tags", "geom")}
         for t, rid in enumerate(region_ids):
             for _ in range(int(n_ents[t])):
                 geom, tags = _random_entity(rng)
                 kind = "node" if geom.geom_type == "Point" else "way"
-                rows["region_id"].append(rid)
+                rows[REGIONS_INDEX].append(rid)
                 rows["feature_id"].append(f"{kind}/{int(rng.integers(1, 10**9))}")
                 rows["tags"].append(tags)
                 rows["geom"].append(geom)
@@ -118,7 +119,7 @@ def write_synthetic_dataset(
         geoms = np.array(rows["geom"], dtype=object)
         entities = pa.table(
             {
-                "region_id": rows["region_id"],
+                REGIONS_INDEX: rows[REGIONS_INDEX],
                 "feature_id": rows["feature_id"],
                 "tags": rows["tags"],
                 "geom_type": [g.geom_type for g in geoms],
