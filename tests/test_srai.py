@@ -230,3 +230,35 @@ def test_unseen_tags_load_the_text_model_once_per_machine(setup, tmp_path, monke
     assert list((tmp_path / "cache").glob("tag_table-*.safetensors"))
     np.testing.assert_allclose(_emb(again), _emb(first), atol=1e-6)
     assert not np.allclose(_emb(first), _emb(_tiles), atol=1e-5)  # the new tags were read
+
+
+def test_a_second_call_encodes_only_new_or_changed_tiles(setup, monkeypatch) -> None:
+    """The embedder keeps each tile's embedding with a digest of its content: the same
+    regions again encode nothing, a changed feature re-encodes its tile only, and the results
+    equal a fresh embedder's."""
+    import geojepa.embed as embed
+
+    features, model_dir, tiles, _ = setup
+    encoded: list[int] = []
+    real = embed.embed_frames
+
+    def counting(model, dataset, **kwargs):
+        frame, ents = real(model, dataset, **kwargs)
+        encoded.append(len(frame))
+        return frame, ents
+
+    monkeypatch.setattr(embed, "embed_frames", counting)
+    regions = gpd.GeoDataFrame(geometry=tiles.geometry.values, index=tiles.index, crs=4326)
+    regions.index.name = "region_id"
+    emb = GeoJEPAEmbedder(model_dir)
+    first = emb.transform(regions, features)
+    again = emb.transform(regions, features)
+    assert encoded == [9]  # nothing encoded the second time
+    np.testing.assert_allclose(_emb(again), _emb(first), atol=1e-6)
+    moved = features.copy()
+    moved.loc["node/3000", "tags"] = json.dumps({"amenity": "bench"})  # was a tree
+    changed = emb.transform(regions, moved)
+    assert encoded == [9, 1]
+    fresh = GeoJEPAEmbedder(model_dir).transform(regions, moved)
+    np.testing.assert_allclose(_emb(changed), _emb(fresh), atol=1e-5)
+    assert not np.allclose(_emb(changed), _emb(first), atol=1e-5)
