@@ -67,7 +67,7 @@ def test_tag_filter_switch(tmp_path: Path, monkeypatch) -> None:
 
     monkeypatch.setattr("geojepa.data.prepare.prepare_tiles", fake_prepare)
     for args, expected in (([], True), (["--no-tag-filter"], False), (["--tag-filter"], True)):
-        assert main(["prepare", "x.osm.pbf", "-o", str(tmp_path / "o"), *args]) == 2
+        assert main(["prepare", "x.osm.pbf", "-o", str(tmp_path / "o"), *args]) == 1
         assert seen["tag_filter"] is expected
 
 
@@ -135,6 +135,20 @@ def test_bad_polygon_files_are_one_line(tmp_path: Path, capsys) -> None:
     for path, message in ((lines, "LineString, not a polygon"), (junk, "cannot read"),
                           (tmp_path / "none.gpkg", "not found")):  # fmt: skip
         args = ["prepare", "x.osm.pbf", "-o", str(tmp_path / "o"), "--polygon", str(path)]
-        assert main(args) == 2
+        assert main(args) == 1
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_exit_status_is_2_for_usage_and_1_at_run_time(tmp_path: Path, capsys) -> None:
+    """The convention docs/cli.md promises: 2 for a usage mistake (click's, or an invalid config
+    value), 1 for a failure at run time (a missing input, an unusable output)."""
+    from geojepa.errors import ConfigError, InputError, OutputError
+
+    assert (ConfigError.exit_code, InputError.exit_code, OutputError.exit_code) == (2, 1, 1)
+    assert main(["prepare"]) == 2  # a missing argument
+    assert main(["info", str(tmp_path), "--no-such-option"]) == 2
+    assert main(["prepare", "x.osm.pbf", "-o", str(tmp_path / "o"), "--bbox", "1,2"]) == 2
+    assert main(["info", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err
+    assert "error: dataset not found" in err or "not found" in err.splitlines()[-1]

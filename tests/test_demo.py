@@ -102,7 +102,7 @@ def test_missing_pyrosm_is_a_clear_error(monkeypatch, tmp_path: Path, capsys) ->
     )
     with pytest.raises(InputError, match=r"pip install 'geojepa\[demo\]'"):
         run_demo(tmp_path / "d")
-    assert main(["demo", "-o", str(tmp_path / "d")]) == 2
+    assert main(["demo", "-o", str(tmp_path / "d")]) == 1
     assert "pyrosm, which is not installed" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 

@@ -168,3 +168,21 @@ def test_model_card_states_the_recipe_and_the_read_out() -> None:
     assert "[max ‖ mean ‖ log(1 + tokens)]" in card and "(129 numbers)" in card
     assert "mean of the last 2 blocks; mean over tokens) + 1.0 × variance + 1.0 ×" in card
     assert "| recipe | custom" in card
+
+
+def test_single_command_packages_stay_core_for_the_measured_reasons() -> None:
+    """README's reasons for keeping scikit-learn, scipy, matplotlib and folium core: the text
+    model's package requires the first two anyway, and none of the four is imported before a
+    command uses it. If either changes, moving them into extras is worth it again."""
+    import importlib.metadata as md
+    import json
+    import subprocess
+
+    required = _names([r for r in md.requires("sentence-transformers") or [] if "extra" not in r])
+    assert {"scikit-learn", "scipy"} <= required
+    code = (
+        "import sys, json, geojepa.cli; print(json.dumps([m for m in "
+        "('sklearn', 'scipy', 'matplotlib', 'folium') if m in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -150,9 +150,9 @@ def test_bad_inputs_are_clear_errors(trained, tmp_path, capsys):
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_text("{}")
     code = main(["embed", str(tmp_path / "half"), str(ds_path), "-o", str(tmp_path / "x.parquet")])
-    assert code == 2 and "not a complete geojepa model directory" in capsys.readouterr().err
+    assert code == 1 and "not a complete geojepa model directory" in capsys.readouterr().err
     code = main(["embed", str(run), str(tmp_path / "none"), "-o", str(tmp_path / "x.parquet")])
-    assert code == 2 and "dataset not found" in capsys.readouterr().err
+    assert code == 1 and "dataset not found" in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists()
 
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from geojepa.data.schema import ENTITY_SCHEMA
-from geojepa.errors import InputError
+from geojepa.errors import ConfigError, InputError
 from geojepa.eval.tasks import (
     ENTITY_TASKS,
     MPH,
@@ -327,7 +327,7 @@ def test_task_registry_and_kinds():
     }
     assert len(ENTITY_TASKS) >= 2
     assert get_task("bridge").kind == "binary"
-    with pytest.raises(InputError, match="unknown task"):
+    with pytest.raises(ConfigError, match="unknown task"):  # a usage mistake: exit 2
         get_task("bridges")
 
 

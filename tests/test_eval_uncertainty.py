@@ -107,3 +107,24 @@ def test_paired_differences_and_verdicts():
         np.mean([mae(y[mask], geo[mask]), mae(y[mask], geo[mask] + 0.01)])
     )
     assert east["n_test"].iloc[0] == mask.sum()
+
+
+def test_results_table_says_which_probes_its_delta_compares():
+    """results.md's Δ column is best against best: the header says so, each cell names
+    GeoJEPA's val-chosen probe (here mlp, although the rival chose linear)."""
+    from geojepa.eval.report import uncertainty_markdown
+
+    split = make_split(IDS, SplitConfig(block_zoom=14, seed=0))
+    test = split[split["split"] == "test"]
+    index = pd.Index(test["region_id"].to_numpy(), name="region_id")
+    rng = np.random.default_rng(0)
+    y = rng.normal(50, 20, size=len(index))
+    geo = y + rng.normal(0, 5, size=len(index))
+    rows = _rows("geojepa", "mlp", index, y, [geo], val=-1.0)
+    rows += _rows("geojepa", "linear", index, y, [geo + 3.0], val=-2.0)
+    rows += _rows("pooled_text", "linear", index, y, [geo + 1.0], val=-0.5)
+    intervals, _ = bootstrap_intervals(rows, split, n_boot=50)
+    text = uncertainty_markdown(intervals, None)
+    assert "| Δ = this val-chosen probe − GeoJEPA's val-chosen probe (named) [95%] |" in text
+    row = next(line for line in text.splitlines() if "| pooled_text | linear |" in line)
+    assert "] vs mlp |" in row

@@ -456,8 +456,8 @@ def test_cli_bad_inputs(
     dataset, run = helsinki
     base = ["evaluate", "--run", str(run), "-o", str(tmp_path / "r"), "--seeds", "1", "-q"]
 
-    def error(*args: str) -> str:
-        assert main([*base, *args]) == 2
+    def error(*args: str, code: int = 1) -> str:  # 1: fails at run time; 2: a usage mistake
+        assert main([*base, *args]) == code
         return capsys.readouterr().err
 
     assert "zoom=16" in error("--dataset", str(synthetic))
@@ -467,9 +467,10 @@ def test_cli_bad_inputs(
     assert "split file not found" in error(
         "--dataset", str(dataset), "--split", str(tmp_path / "nope.parquet")
     )
-    assert "unknown task 'bridges'" in error("--dataset", str(dataset), "--tasks", "bridges")
+    assert "unknown task 'bridges'" in error("--dataset", str(dataset), "--tasks", "bridges",
+                                             code=2)  # fmt: skip
     assert "model directory not found" in main_err(
-        capsys, ["evaluate", "--run", str(tmp_path / "none"), "-d", str(dataset), "-o", "x"]
+        capsys, ["evaluate", "--run", str(tmp_path / "none"), "-d", str(dataset), "-o", "x"], 1
     )
 
     # a split that puts every block holding a bridge into test: no positive train label
@@ -485,8 +486,9 @@ def test_cli_bad_inputs(
     assert "no positive label in the train split" in err
 
 
-def main_err(capsys, argv: list[str]) -> str:
-    assert main(argv) == 2
+def main_err(capsys, argv: list[str], code: int = 2) -> str:
+    """The one error line of a failing command (exit 2: a usage mistake; 1: at run time)."""
+    assert main(argv) == code
     return capsys.readouterr().err
 
 
@@ -546,7 +548,7 @@ def test_protocol_from_the_cli(synthetic: Path, tmp_path: Path, capsys, monkeypa
     assert "unknown evaluate preset 'fast'" in main_err(capsys, [*argv, "--preset", "fast"])
     partial = save_split(split.iloc[:-1], tmp_path / "partial.csv")
     err = main_err(capsys, ["pretrain", str(synthetic), "-o", str(tmp_path / "r2"),
-                            "--split", str(partial)])  # fmt: skip
+                            "--split", str(partial)], 1)  # fmt: skip
     assert "not in the split" in err
     err = main_err(capsys, ["split", "-d", str(synthetic), "-o", "x.parquet", "--fractions", "1,2"])
     assert "--fractions must be three numbers" in err

@@ -80,7 +80,7 @@ def test_geometry_only_tables_are_a_clear_error(tmp_path: Path, capsys) -> None:
         prepare_tiles(bare, tmp_path / "a", PrepareConfig(zoom=16), progress=False)
     path = tmp_path / "bare.parquet"
     bare.to_parquet(path)
-    assert main(["prepare", str(path), "-o", str(tmp_path / "b"), "-q"]) == 2
+    assert main(["prepare", str(path), "-o", str(tmp_path / "b"), "-q"]) == 1
     err = capsys.readouterr().err
     assert "no tags" in err and "Traceback" not in err
     assert not (tmp_path / "b").exists()

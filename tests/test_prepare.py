@@ -27,6 +27,7 @@ from geojepa.data import prepare as prep
 from geojepa.data import schema
 from geojepa.data import shard as shard_mod
 from geojepa.data.config import PrepareConfig
+from geojepa.data.info import format_info
 from geojepa.data.prepare import prepare_tiles
 from geojepa.data.reader import local_to_lonlat, open_dataset
 from geojepa.data.tags import TagFilter, is_area
@@ -299,8 +300,18 @@ def test_manifest_vocab_and_info(helsinki_ds: Path, capsys: pytest.CaptureFixtur
     assert main(["info", str(helsinki_ds), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["n_tiles"] == m["n_tiles"] and info["config"]["zoom"] == Z
+    # what the default entity cap would cut, from the tiles' own counts
+    per_tile = ds.read_tiles(columns=["n_entities"]).column("n_entities").to_numpy()
+    cap = info["entity_cap"]
+    assert cap["largest_tile"] == per_tile.max() and cap["entities"] == m["n_entities"]
+    assert cap["tiles"] == (per_tile > cap["max_entities"]).sum()
     assert main(["info", str(helsinki_ds)]) == 0
-    assert "tiles" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "tiles" in text and "\nentity cap   (the default) " in text
+    cut = {**cap, "max_entities": 4, "tiles": 2, "entities_dropped": 7, "largest_tile": 9}
+    said = ("entity cap   (the default) tokenizer.max_entities 4 cuts 2 tile(s) (the largest "
+            f"holds 9 entities): 7 of {cap['entities']:,} entities")  # fmt: skip
+    assert said in format_info({**info, "entity_cap": cut})
     assert not (helsinki_ds / prep.WORK_DIR).exists()
 
 
@@ -441,7 +452,7 @@ def test_rerun_same_config_is_a_no_op_and_other_config_needs_overwrite(
         prepare_tiles(helsinki_pbf, helsinki_ds, PrepareConfig(zoom=15), progress=False)
     out = tmp_path / "ow"
     prepare_tiles(helsinki_pbf, out, PrepareConfig(zoom=14, workers=1), progress=False)
-    assert main(["prepare", str(helsinki_pbf), "-o", str(out), "--zoom", "13", "-q"]) == 2
+    assert main(["prepare", str(helsinki_pbf), "-o", str(out), "--zoom", "13", "-q"]) == 1
     rc = main(["prepare", str(helsinki_pbf), "-o", str(out), "--zoom", "13", "--overwrite", "-q"])
     assert rc == 0 and open_dataset(out).config.zoom == 13
 
@@ -576,10 +587,13 @@ def test_imagery_in_utm_with_nodata(helsinki_pbf: Path, helsinki_ds: Path, tmp_p
 # --------------------------------------------------------------------------- bad input
 
 
-def _bad(args: list[str], out: Path, capsys: pytest.CaptureFixture, match: str) -> None:
+def _bad(
+    args: list[str], out: Path, capsys: pytest.CaptureFixture, match: str, code: int = 1
+) -> None:
+    """A failure at run time exits 1, a usage mistake (``code=2``) 2: one line either way."""
     rc = main([*args, "-o", str(out), "-q"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2, err
+    assert rc == code, err
     assert "error:" in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert re.search(match, err, re.IGNORECASE), err
     assert not out.exists(), "nothing half-written"
@@ -605,9 +619,9 @@ def test_bad_inputs_fail_cleanly(
     _bad(["prepare", str(nocols)], out, capsys, "feature_id, tags")
     src = str(helsinki_pbf)
     _bad(["prepare", src, "--bbox", "-70,-40,-69.9,-39.9"], out, capsys, "no tagged entities")
-    _bad(["prepare", src, "--bbox", "1,2,3"], out, capsys, "W,S,E,N")
-    _bad(["prepare", src, "--zoom", "0"], out, capsys, "zoom")
-    _bad(["prepare", src, "--zoom", "30"], out, capsys, "zoom")
+    _bad(["prepare", src, "--bbox", "1,2,3"], out, capsys, "W,S,E,N", code=2)
+    _bad(["prepare", src, "--zoom", "0"], out, capsys, "zoom", code=2)
+    _bad(["prepare", src, "--zoom", "30"], out, capsys, "zoom", code=2)
     far = tmp_path / "far.tif"
     _write_geotiff(far, "EPSG:4326", (-70.0, -40.0, -69.9, -39.9))
     _bad(["prepare", src, "--imagery", str(far)], out, capsys, "does not overlap")
@@ -616,9 +630,9 @@ def test_bad_inputs_fail_cleanly(
     _bad(["prepare", src, "--imagery", str(nocrs)], out, capsys, "crs")
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["prepare", str(trunc), "-o", str(empty), "-q"]) == 2
+    assert main(["prepare", str(trunc), "-o", str(empty), "-q"]) == 1
     assert list(empty.iterdir()) == [], "an existing empty output is left empty"
-    assert main(["info", str(tmp_path / "nope")]) == 2
+    assert main(["info", str(tmp_path / "nope")]) == 1
     assert "not found" in capsys.readouterr().err
 
 
@@ -629,10 +643,10 @@ def test_output_holding_something_else_is_refused(
     out.mkdir()
     (out / "thesis.tex").write_text("precious")
     for extra in ([], ["--overwrite"]):
-        assert main(["prepare", str(helsinki_pbf), "-o", str(out), "-q", *extra]) == 2
+        assert main(["prepare", str(helsinki_pbf), "-o", str(out), "-q", *extra]) == 1
         assert "not a geojepa dataset" in capsys.readouterr().err
         assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
     f = tmp_path / "file"
     f.write_text("x")
-    assert main(["prepare", str(helsinki_pbf), "-o", str(f), "-q"]) == 2
-    assert main(["info", str(out)]) == 2
+    assert main(["prepare", str(helsinki_pbf), "-o", str(f), "-q"]) == 1
+    assert main(["info", str(out)]) == 1

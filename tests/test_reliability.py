@@ -73,7 +73,7 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_dataset(finland_test_pbf
     (project / "config.json").write_text("{}")
     (project / "notes.txt").write_text("keep")
     rc = main(["prepare", str(finland_test_pbf), "-o", str(project), "--overwrite", "-q"])
-    assert rc == 2
+    assert rc == 1
     assert (project / "notes.txt").read_text() == "keep"
     assert (project / "config.json").read_text() == "{}"
 
@@ -83,7 +83,7 @@ def test_overwrite_never_deletes_a_model_directory(trained, finland_test_pbf, tm
     model = _copy_model(run, tmp_path / "model")
     before = sorted(p.name for p in model.iterdir())
     rc = main(["prepare", str(finland_test_pbf), "-o", str(model), "--overwrite", "-q"])
-    assert rc == 2 and "model directory" in capsys.readouterr().err
+    assert rc == 1 and "model directory" in capsys.readouterr().err
     assert sorted(p.name for p in model.iterdir()) == before
 
 
@@ -99,7 +99,7 @@ def test_overwrite_replaces_only_the_datasets_own_files(finland_test_pbf, tmp_pa
 
 def test_info_on_a_model_directory_says_so(trained, capsys):
     _, run = trained
-    assert main(["info", str(run)]) == 2
+    assert main(["info", str(run)]) == 1
     err = capsys.readouterr().err
     assert "model directory" in err and "re-run" not in err
 
@@ -320,11 +320,11 @@ def test_a_second_writer_to_the_same_output_is_refused(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet"]
 
 
-def test_embed_into_a_locked_output_exits_2(trained, tmp_path, capsys):
+def test_embed_into_a_locked_output_exits_1(trained, tmp_path, capsys):
     ds, run = trained
     out = tmp_path / "t.parquet"
     with OutputLock(out):
-        assert main(["embed", str(run), str(ds), "-o", str(out)]) == 2
+        assert main(["embed", str(run), str(ds), "-o", str(out)]) == 1
     assert "another geojepa run" in capsys.readouterr().err
     assert not out.exists()
 
@@ -332,7 +332,7 @@ def test_embed_into_a_locked_output_exits_2(trained, tmp_path, capsys):
 def test_two_prepares_into_one_folder(finland_test_pbf, tmp_path, capsys):
     out = tmp_path / "d"
     with OutputLock(out):  # what a running `prepare` holds
-        assert main(["prepare", str(finland_test_pbf), "-o", str(out), "-q"]) == 2
+        assert main(["prepare", str(finland_test_pbf), "-o", str(out), "-q"]) == 1
     assert "another geojepa run" in capsys.readouterr().err
     assert main(["prepare", str(finland_test_pbf), "-o", str(out), "-q"]) == 0
 
@@ -341,7 +341,7 @@ def test_two_pretrains_into_one_run_directory(trained, tmp_path, capsys):
     ds, _ = trained
     out = tmp_path / "run"
     with OutputLock(out):
-        assert main(["pretrain", str(ds), "-o", str(out), "--max-steps", "1"]) == 2
+        assert main(["pretrain", str(ds), "-o", str(out), "--max-steps", "1"]) == 1
     assert "another geojepa run" in capsys.readouterr().err
     assert not out.exists()
 
@@ -392,7 +392,7 @@ def test_map_and_plot_write_atomically(trained, tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
 
         monkeypatch.setattr(atomic.os, "replace", boom)
-        assert main([*args, "-o", str(target)]) == 2
+        assert main([*args, "-o", str(target)]) == 1
         assert target.read_text() == "old"
         monkeypatch.undo()
         assert main([*args, "-o", str(target)]) == 0
@@ -410,7 +410,7 @@ def test_nan_weights_are_refused_before_anything_is_written(trained, tmp_path, c
     save_file(state, str(model / "model.safetensors"), metadata=meta)
     _rehash(model)  # a run that diverged exports NaN weights with their true hashes
     out = tmp_path / "t.parquet"
-    assert main(["embed", str(model), str(ds), "-o", str(out)]) == 2
+    assert main(["embed", str(model), str(ds), "-o", str(out)]) == 1
     err = capsys.readouterr().err
     assert "non-finite" in err and "nan-model" in err
     assert not out.exists()
@@ -446,7 +446,7 @@ def test_resume_never_unpickles_a_planted_checkpoint(trained, tmp_path, capsys):
     (out / "vocab.json").write_text((run / "vocab.json").read_text())
     rc = main(["pretrain", str(ds), "-o", str(out), "--config", str(cfg), "--max-steps", "1"])
     assert not marker.exists(), "a planted checkpoint ran its payload"
-    assert rc == 2 and "not a plain geojepa checkpoint" in capsys.readouterr().err
+    assert rc == 1 and "not a plain geojepa checkpoint" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- broken data
@@ -580,41 +580,42 @@ def test_a_truncated_shard_is_one_clear_error(trained, tmp_path, capsys):
             (copy / p.relative_to(ds)).write_bytes(p.read_bytes())
     shard = sorted((copy / "shards").glob("entities-*.parquet"))[0]
     shard.write_bytes(shard.read_bytes()[:100])
-    assert main(["embed", str(run), str(copy), "-o", str(tmp_path / "t.parquet")]) == 2
+    assert main(["embed", str(run), str(copy), "-o", str(tmp_path / "t.parquet")]) == 1
     err = capsys.readouterr().err
     assert "is damaged" in err and shard.name in err and "Traceback" not in err
 
 
 def test_error_text_is_never_read_as_markup(tmp_path, capsys):
     weird = tmp_path / "[bold]x[/x]"
-    assert main(["info", str(weird)]) == 2
+    assert main(["info", str(weird)]) == 1
     err = capsys.readouterr().err
     assert "[bold]x[/x]" in err
 
 
 @pytest.mark.parametrize(
-    "args, match",
+    "args, match, code",  # 2: a usage mistake; 1: an output that cannot be used
     [
-        (["pretrain", "{ds}", "-o", "{tmp}/r", "--max-steps", "0"], "--max-steps must be"),
-        (["pretrain", "{ds}", "-o", "{tmp}/r", "--devices", "abc"], "--devices must be"),
-        (["pretrain", "{ds}", "-o", "{tmp}/file.txt"], "is not a directory"),
-        (["plot", "{emb}", "-o", "{tmp}/x.txt"], "cannot write a figure as 'x.txt'"),
-        (["embed", "{run}", "{ds}", "-o", "{tmp}"], "is a directory"),
+        (["pretrain", "{ds}", "-o", "{tmp}/r", "--max-steps", "0"], "--max-steps must be", 2),
+        (["pretrain", "{ds}", "-o", "{tmp}/r", "--devices", "abc"], "--devices must be", 2),
+        (["pretrain", "{ds}", "-o", "{tmp}/file.txt"], "is not a directory", 1),
+        (["plot", "{emb}", "-o", "{tmp}/x.txt"], "cannot write a figure as 'x.txt'", 2),
+        (["embed", "{run}", "{ds}", "-o", "{tmp}"], "is a directory", 1),
         (
             ["embed", "{run}", "{ds}", "-o", "{tmp}/t.parquet", "--device", "bogus"],
             "unknown device 'bogus'",
+            2,
         ),
-        (["demo", "-o", "{tmp}/demo", "--steps", "0"], "--steps must be at least 1"),
+        (["demo", "-o", "{tmp}/demo", "--steps", "0"], "--steps must be at least 1", 2),
     ],
 )
-def test_bad_options_are_one_line(trained, tmp_path, capsys, args, match):
+def test_bad_options_are_one_line(trained, tmp_path, capsys, args, match, code):
     ds, run = trained
     (tmp_path / "file.txt").write_text("x")
     emb = tmp_path / "emb.parquet"
     if "{emb}" in args:
         embed_tiles(run, ds, emb, progress=False)
     filled = [a.format(ds=ds, run=run, tmp=tmp_path, emb=emb) for a in args]
-    assert main(filled) == 2
+    assert main(filled) == code
     err = capsys.readouterr().err
     assert err.startswith("error:") and match in err and "Traceback" not in err
     assert not (tmp_path / "demo").exists()

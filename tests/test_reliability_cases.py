@@ -34,7 +34,7 @@ def read_only_dir(tmp_path, monkeypatch) -> Path:
 
 
 def test_prepare_into_a_read_only_directory_is_one_line(finland_test_pbf, read_only_dir, capsys):
-    assert main(["prepare", str(finland_test_pbf), "-o", str(read_only_dir)]) == 2
+    assert main(["prepare", str(finland_test_pbf), "-o", str(read_only_dir)]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert str(read_only_dir) in err and "Permission denied" in err
@@ -77,7 +77,7 @@ def test_a_geodataframe_in_nad83_is_transformed(tmp_path):
 
 def test_a_crs_that_cannot_be_transformed_is_one_line(tmp_path, capsys):
     src = _features(tmp_path / "mars.parquet", "IAU_2015:49900")  # geographic, not on Earth
-    assert main(["prepare", str(src), "-o", str(tmp_path / "d"), "-q"]) == 2
+    assert main(["prepare", str(src), "-o", str(tmp_path / "d"), "-q"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "EPSG:4326" in err and "Mars" in err
@@ -103,7 +103,7 @@ def test_demo_refuses_a_folder_that_is_not_a_demo_output(
     folder = tmp_path / "project"
     (folder / "src").mkdir(parents=True)
     (folder / "notes.txt").write_text("mine")
-    assert main(["demo", "-o", str(folder), "-q"]) == 2
+    assert main(["demo", "-o", str(folder), "-q"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "not a geojepa demo output" in err
@@ -133,7 +133,7 @@ def test_evaluate_failing_on_a_foreign_split_leaves_no_report_directory(
     report = tmp_path / "reports" / "r"
     argv = ["evaluate", "-d", str(dataset), "-o", str(report), "--split", str(split),
             "--baselines", "dummy", "--seeds", "1", "-q"]  # fmt: skip
-    assert main(argv) == 2
+    assert main(argv) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not report.exists()

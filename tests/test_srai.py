@@ -197,3 +197,68 @@ def test_with_srai_regionalizer_and_joiner(setup) -> None:
     # srai names tiles x_y_z; ours are z/x/y
     ours = [f"{z}/{x}/{y}" for x, y, z in (r.split("_") for r in regions.index)]
     np.testing.assert_allclose(_emb(got), _emb(tiles.loc[ours]), atol=1e-5)
+
+
+def test_is_an_srai_embedder_when_srai_is_installed() -> None:
+    pytest.importorskip("srai", reason="srai is not installed (pip install geojepa[srai])")
+    from srai.embedders import Embedder
+
+    assert issubclass(GeoJEPAEmbedder, Embedder)
+
+
+def test_unseen_tags_load_the_text_model_once_per_machine(setup, tmp_path, monkeypatch) -> None:
+    """The open-vocabulary vectors outlive the temporary tile folder: a second embedder (a new
+    process, a new notebook kernel) reads them from the user's cache, without the text model."""
+    import geojepa.tokenize.tags as tags
+
+    features, model_dir, _tiles, _ = setup
+    shops = features.copy()
+    shops["tags"] = [t.replace('"school"', '"bakery"') for t in shops["tags"]]  # unseen values
+    loads: list[str] = []
+
+    def text_model(name: str, batch_size: int = 256):
+        loads.append(name)
+        return fake_embed
+
+    monkeypatch.setattr(tags, "sentence_transformer_embed", text_model)
+    monkeypatch.setenv("GEOJEPA_CACHE", str(tmp_path / "cache"))
+    regions = gpd.GeoDataFrame(geometry=_tiles.geometry.values, index=_tiles.index, crs=4326)
+    first = GeoJEPAEmbedder(model_dir).fit_transform(regions, shops)
+    assert len(loads) == 1
+    again = GeoJEPAEmbedder(model_dir).fit_transform(regions, shops)
+    assert len(loads) == 1  # cached: no second load
+    assert list((tmp_path / "cache").glob("tag_table-*.safetensors"))
+    np.testing.assert_allclose(_emb(again), _emb(first), atol=1e-6)
+    assert not np.allclose(_emb(first), _emb(_tiles), atol=1e-5)  # the new tags were read
+
+
+def test_a_second_call_encodes_only_new_or_changed_tiles(setup, monkeypatch) -> None:
+    """The embedder keeps each tile's embedding with a digest of its content: the same
+    regions again encode nothing, a changed feature re-encodes its tile only, and the results
+    equal a fresh embedder's."""
+    import geojepa.embed as embed
+
+    features, model_dir, tiles, _ = setup
+    encoded: list[int] = []
+    real = embed.embed_frames
+
+    def counting(model, dataset, **kwargs):
+        frame, ents = real(model, dataset, **kwargs)
+        encoded.append(len(frame))
+        return frame, ents
+
+    monkeypatch.setattr(embed, "embed_frames", counting)
+    regions = gpd.GeoDataFrame(geometry=tiles.geometry.values, index=tiles.index, crs=4326)
+    regions.index.name = "region_id"
+    emb = GeoJEPAEmbedder(model_dir)
+    first = emb.transform(regions, features)
+    again = emb.transform(regions, features)
+    assert encoded == [9]  # nothing encoded the second time
+    np.testing.assert_allclose(_emb(again), _emb(first), atol=1e-6)
+    moved = features.copy()
+    moved.loc["node/3000", "tags"] = json.dumps({"amenity": "bench"})  # was a tree
+    changed = emb.transform(regions, moved)
+    assert encoded == [9, 1]
+    fresh = GeoJEPAEmbedder(model_dir).transform(regions, moved)
+    np.testing.assert_allclose(_emb(changed), _emb(fresh), atol=1e-5)
+    assert not np.allclose(_emb(changed), _emb(first), atol=1e-5)

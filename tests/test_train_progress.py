@@ -170,3 +170,49 @@ def test_verbose_reports_each_start_up_stage(ds, tmp_path, capfd) -> None:
         "Lightning set-up (trainer, loggers, checkpoint)", "first step",
     ]  # fmt: skip
     assert len(err.splitlines()) == len(stages)  # no progress line under -q
+
+
+def test_epochs_count_tiles_not_lightning_epochs_after_a_resume() -> None:
+    """600 steps of 16 tiles over 7,619 tiles are 1.26 epochs, also when the run resumed at
+    step 300 (Lightning's counter said 3); the card prints that figure and a usable snippet."""
+    from types import SimpleNamespace
+
+    from geojepa.train.export import model_card
+
+    report = ProgressReport(tty=False, show=False, stream=io.StringIO())
+    trainer = SimpleNamespace(global_rank=0, max_steps=600, global_step=300, world_size=1)
+    assert report.epochs(600, 7619) is None  # before any step
+    report.on_train_start(trainer, SimpleNamespace(total_steps=600))
+    for step in range(301, 601):
+        trainer.global_step = step
+        report.on_train_batch_end(trainer, None, {"loss": torch.tensor(1.0)}, [0] * 16, step)
+    epochs = report.epochs(600, 7619)
+    assert epochs == 1.26
+    card = model_card(preset_config("cpu-small"), {"steps": 600, "epochs": epochs, "name": "A"})
+    assert "| optimiser steps | 600 (epochs: 1.26) |" in card
+    assert 'from_pretrained("A")' not in card and 'from_pretrained("PATH/TO/' in card
+
+
+def test_pretrain_says_what_its_cap_cuts_and_its_checkpoints_take(ds, tmp_path, capfd) -> None:
+    """Tiles over tokenizer.max_entities lose entities: pretrain says how many (stderr, card).
+    A 600-step cpu-base run keeps ~250 MB of checkpoints: the last line says how much."""
+    from geojepa.data.info import entities_over_cap
+    from geojepa.data.reader import open_dataset
+
+    cfg = tmp_path / "cfg.json"
+    _cfg(4).with_overrides(tokenizer={"max_entities": 6}).save(cfg)
+    cap = entities_over_cap(open_dataset(ds), 6)
+    assert 0 < cap["tiles"] < cap["entities"] and cap["entities_dropped"] > 0
+    run = tmp_path / "run"
+    assert main(["pretrain", str(ds), "-o", str(run), "--config", str(cfg)]) == 0
+    files = list((run / "checkpoints").glob("*.ckpt"))
+    size = sum(p.stat().st_size for p in files) / 1e6
+    out, err = capfd.readouterr()
+    said = (f"tokenizer.max_entities 6 cuts {cap['tiles']:,} tile(s) (the largest holds "
+            f"{cap['largest_tile']} entities): {cap['entities_dropped']:,} of "
+            f"{cap['entities']:,} entities")  # fmt: skip
+    assert f"pretrain: {said}" in err
+    assert f"| entity cap | {said}" in (run / "README.md").read_text()
+    line = next(x for x in out.splitlines() if x.startswith("checkpoints: "))
+    assert line.startswith(f"checkpoints: {len(files)} files, {size:,.0f} MB in ")
+    assert "--keep-checkpoints 0" in line

@@ -1,7 +1,7 @@
 """The `geojepa` command line. Each command is a thin shell over the Python API.
 
-User mistakes raise GeojepaError and are printed as one line (`error: ...`) with exit code 2;
-anything else is a bug and keeps its traceback.
+User mistakes raise GeojepaError, printed as one line (`error: ...`); exit 2 for usage, 1 for
+a failure at run time (`geojepa.errors`); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -201,7 +201,9 @@ def pretrain(
         clock=clock,
     )
     if not quiet:
-        typer.echo(f"model directory: {out}")
+        from geojepa.train.progress import checkpoints_note
+
+        typer.echo(f"model directory: {out}\n{checkpoints_note(out)}")
 
 
 @app.command("split")

@@ -12,3 +12,6 @@ FEATURES_INDEX = "feature_id"
 EMBED_TOKENS_PER_BATCH = 2048
 #: tiles per embedding forward pass when the token budget is off (``tokens_per_batch=0``)
 EMBED_BATCH_SIZE = 64
+#: entities a tile's tokens hold (``tokenizer.max_entities``); a tile with more keeps a seeded
+#: choice of this many (`tokenize.loader`), and `geojepa info` / `pretrain` say what is cut
+MAX_ENTITIES = 1024

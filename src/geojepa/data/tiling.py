@@ -3,6 +3,13 @@
 All geometry work in `prepare` happens in Web-Mercator metres (EPSG:3857): XYZ tiles are exact
 squares there, so clipping to a tile is a rectangle clip and the tile-local frame of
 `geojepa.data.schema` is an affine map of it.
+
+Why not mercantile (a dependency, used where a few tiles are enough): it works one point at a
+time in Python, and `prepare` converts every vertex of an extract. On 100,000 random points
+(2-core CPU, loaded): lon/lat → Mercator 1.0 ms here vs 893 ms with ``mercantile.xy``; z16 tile
+index 1.6 ms vs 2.5 s with ``mercantile.tile``; bounds of 20,000 tiles 0.3 ms vs 524 ms with
+``mercantile.bounds``. The results agree (≤ 4e-9 m, the same tiles): `tests/test_tiling.py`
+checks them against mercantile.
 """
 
 from __future__ import annotations

@@ -206,6 +206,10 @@ def plot_results(summary: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
+#: What the Δ column compares: best against best, each side's probe chosen on val
+#: (`eval.uncertainty` pairs a model's val-chosen probe with GeoJEPA's val-chosen probe).
+DELTA_HEADER = "Δ = this val-chosen probe − GeoJEPA's val-chosen probe (named)"
+
 #: The models GeoJEPA must beat (the issue's target), in the order of the win table.
 RIVALS = ("random_init", "tag_counts", "pooled_text")
 
@@ -227,12 +231,14 @@ def uncertainty_markdown(intervals: pd.DataFrame, by_area: pd.DataFrame | None) 
         "val-chosen probe against GeoJEPA's val-chosen probe; a **win** (for "
         "GeoJEPA) only when Δ's interval excludes 0 on GeoJEPA's side, a loss when it excludes "
         "0 on the other side, else a tie.\n",
-        "| task | model | probe | value [95%] | Δ vs geojepa [95%] | verdict |",
+        f"| task | model | probe | value [95%] | {DELTA_HEADER} [95%] | verdict |",
         "|---|---|---|---|---|---|",
     ]
     for _, r in sel.iterrows():
         has_diff = "diff" in r and pd.notna(r.get("diff"))
         diff = _fmt(r["diff"], r["diff_low"], r["diff_high"]) if has_diff else "–"
+        if has_diff and pd.notna(r.get("reference_probe")):
+            diff += f" vs {r['reference_probe']}"
         verdict = r["verdict"] if has_diff else "–"
         value = _fmt(r["value"], r["ci_low"], r["ci_high"])
         lines.append(

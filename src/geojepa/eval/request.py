@@ -178,7 +178,7 @@ def make_request(
     baselines = tuple(DEFAULT_BASELINES if baselines is None else baselines)
     bad = [b for b in baselines if b not in ALL_BASELINES]
     if bad:
-        raise InputError(f"unknown baseline(s) {bad} (known: {', '.join(ALL_BASELINES)})")
+        raise ConfigError(f"unknown baseline(s) {bad} (known: {', '.join(ALL_BASELINES)})")
     task_list = [get_task(t) for t in (tasks if tasks is not None else TASKS)]
     if not task_list:
         raise InputError("no tasks to evaluate")

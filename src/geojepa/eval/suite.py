@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 
 from geojepa.data.tags import tag_strings
-from geojepa.errors import InputError
+from geojepa.errors import ConfigError, InputError
 from geojepa.eval.baselines import (
     EmbedTexts,
     dummy_features,
@@ -46,7 +46,7 @@ def baseline_features(
         if task.level != "tile":
             raise InputError("the srai baseline is tile-level only")
         return srai_count_features(masked, index)
-    raise InputError(f"unknown baseline '{name}' (known: {', '.join(BASELINES)})")
+    raise ConfigError(f"unknown baseline '{name}' (known: {', '.join(BASELINES)})")
 
 
 def evaluate_baselines(

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from geojepa.constants import REGIONS_INDEX
 from geojepa.data.tags import TagEntries, arrow_bool
-from geojepa.errors import InputError
+from geojepa.errors import ConfigError, InputError
 
 TaskKind = Literal["regression", "count", "binary"]
 TaskLevel = Literal["tile", "entity"]
@@ -497,8 +497,8 @@ ENTITY_TASKS = tuple(name for name, task in TASKS.items() if task.level == "enti
 
 
 def get_task(name: str) -> Task:
-    """The task called ``name``; InputError listing the known ones otherwise."""
+    """The task called ``name``; ConfigError (a usage mistake) listing the known ones otherwise."""
     try:
         return TASKS[name]
     except KeyError:
-        raise InputError(f"unknown task '{name}' (known: {', '.join(TASKS)})") from None
+        raise ConfigError(f"unknown task '{name}' (known: {', '.join(TASKS)})") from None

@@ -14,6 +14,15 @@ a row group covers a compact area and its bbox statistics let readers skip it.
 ``geometry_types`` lists the types actually written: the metadata goes into the footer when
 the file is closed. Files are zstd-compressed; float columns skip the dictionary encoding (see
 `_dictionary_columns`).
+
+Why not ``GeoDataFrame.to_parquet(write_covering_bbox=True, schema_version="1.1.0")``: it
+writes a whole frame at once, so it cannot stream a country's embeddings in bounded memory, and
+it is slower: 40,000 rows × 512 float32 columns (2-core CPU, loaded) took 19.2-20.5 s and
+112.5 MB there (Z-order or ``hilbert_distance()`` order, zstd, the same row groups) against
+8.4-13.0 s and 79.3 MB here (the dictionary-encoded floats and pandas' per-column conversion).
+The Z-order key stays too: it puts XYZ tiles in quadkey order with one key for every write,
+where ``hilbert_distance()`` scales to the bounds it is given (each write's own by default) and
+would reorder every file written so far.
 """
 
 from __future__ import annotations

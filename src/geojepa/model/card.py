@@ -103,6 +103,7 @@ arXiv 2503.05774), trained with `geojepa pretrain`.
 | date | {date} |
 | preset | {getattr(config, "preset", None) or "custom"} |
 | training data | {info.get("dataset_name", "?")} ({info.get("n_tiles", "?")} tiles; see below) |
+| entity cap | {_entity_cap(info.get("entity_cap"))} |
 | inputs | {", ".join(inputs)} |
 | text model | {t.text_model} |
 | text model licence | {text_licence} |
@@ -112,7 +113,7 @@ arXiv 2503.05774), trained with `geojepa pretrain`.
 | loss | {loss} |
 | EMA teacher | {ema} |
 | weights | {contents} |
-| optimiser steps | {info.get("steps", "?")} (epochs: {info.get("epochs", "?")}) |
+| optimiser steps | {info.get("steps", "?")} (epochs: {_epochs(info.get("epochs"))}) |
 | devices | {info.get("devices", "?")} |
 | training speed | {_speed(info.get("throughput"))} |
 
@@ -143,6 +144,20 @@ Data: © OpenStreetMap contributors, ODbL.
 """
 
 
+def _entity_cap(cap: dict[str, int] | None) -> str:
+    """What ``tokenizer.max_entities`` cut of the training data (`data.info.entities_over_cap`)."""
+    from geojepa.data.info import entity_cap_note
+
+    if not cap:
+        return "?"
+    return entity_cap_note(cap) or f"none: no tile holds more than {cap['max_entities']:,}"
+
+
+def _epochs(epochs: Any) -> str:
+    """Passes over the training tiles, two decimals (a resumed run's share is not whole)."""
+    return f"{epochs:.2f}" if isinstance(epochs, int | float) else "?"
+
+
 def _notes_section(notes: list[str]) -> str:
     return "\n## Notes\n\n" + "\n".join(f"- {n}" for n in notes) + "\n" if notes else ""
 
@@ -162,8 +177,8 @@ def card_info(card: str) -> dict[str, Any]:
 
 
 #: What of ``info`` the card's header keeps for `card_info` (never a path).
-_KEPT = ("date", "recipe", "sources", "dataset_name", "n_tiles", "steps", "epochs", "devices",
-         "throughput", "final_losses")  # fmt: skip
+_KEPT = ("date", "recipe", "sources", "dataset_name", "n_tiles", "entity_cap", "steps", "epochs",
+         "devices", "throughput", "final_losses")  # fmt: skip
 
 
 def _header(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -35,11 +36,19 @@ def unseen_entries(vocab: TagVocabulary, ds: TileDataset) -> list[str]:
     return [e for e in theirs if e not in vocab.index]
 
 
-def open_vocabulary(model: GeoJEPA, ds: TileDataset, *, embed_fn: EmbedFn | None = None) -> int:
+def open_vocabulary(
+    model: GeoJEPA,
+    ds: TileDataset,
+    *,
+    embed_fn: EmbedFn | None = None,
+    cache_dir: Path | str | None = None,
+) -> int:
     """Give every tag of ``ds`` its own text vector in ``model``; returns how many were added.
 
     The model's own rows keep their indices, so tags it was trained on are read exactly as
     before. ``embed_fn`` replaces the model's text encoder (tests, custom encoders).
+    ``cache_dir``: where the new vectors are cached (default: the dataset's directory; a
+    dataset in a temporary folder should name a lasting one, or every call loads the text model).
     """
     directory = model.require_directory()
     vocab = directory.vocab
@@ -48,7 +57,8 @@ def open_vocabulary(model: GeoJEPA, ds: TileDataset, *, embed_fn: EmbedFn | None
         return 0
     text_model = directory.spec.tokenizer.text_model
     try:
-        rows = build_tag_table(TagVocabulary([*SPECIALS, *new]), text_model, cache_dir=ds.path,
+        rows = build_tag_table(TagVocabulary([*SPECIALS, *new]), text_model,
+                               cache_dir=ds.path if cache_dir is None else cache_dir,
                                embed_fn=embed_fn)[len(SPECIALS) :]  # fmt: skip
     except InputError as exc:
         raise InputError(

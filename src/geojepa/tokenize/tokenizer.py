@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from geojepa.config import Config
+from geojepa.constants import MAX_ENTITIES
 from geojepa.tokenize.batch import TileBatch
 from geojepa.tokenize.geometry import N_SCALARS
 from geojepa.tokenize.image import TILE_BOX, PatchEmbedding, TimmBackbone, patch_boxes
@@ -43,7 +44,7 @@ class TokenizerConfig(Config):
         0.1, ge=0.0, le=0.5, description="training: P(drop tags) = P(drop geometry), never both"
     )
     max_entities: int = Field(
-        1024, ge=1, description="entities kept per tile (seeded choice above it)"
+        MAX_ENTITIES, ge=1, description="entities kept per tile (seeded choice above it)"
     )
     max_tags: int = Field(32, ge=1, description="tags kept per entity (first ones)")
 

@@ -169,6 +169,7 @@ def _pretrain(plan: RunPlan, clock: StageClock, load: CoreSample | None) -> Path
     import lightning as L
 
     from geojepa.train.module import EpochLoader, PretrainModule
+    from geojepa.train.progress import report_entity_cap
 
     clock.lap("import Lightning")
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
@@ -190,6 +191,9 @@ def _pretrain(plan: RunPlan, clock: StageClock, load: CoreSample | None) -> Path
     n_tiles = int(ds.manifest.get("n_tiles") or 0) or sum(
         ds.read_tiles(s, columns=[REGIONS_INDEX]).num_rows for s in ds.shards
     )
+    capped = report_entity_cap(
+        ds, cfg.tokenizer.max_entities, plan.progress is not False and _rank() == 0
+    )
     with quiet_dependencies():  # Lightning talks from Trainer() on
         trainer, report = _trainer(plan, cfg, strategy, clock)
         planned = None
@@ -204,7 +208,7 @@ def _pretrain(plan: RunPlan, clock: StageClock, load: CoreSample | None) -> Path
             "model files were exported)"
         )
     if trainer.global_rank == 0:
-        _export(plan, cfg, module, vocab, ds, trainer, report, n_tiles)
+        _export(plan, cfg, module, vocab, ds, trainer, report, n_tiles, capped)
     return plan.out
 
 
@@ -356,6 +360,7 @@ def _export(
     trainer: Any,
     report: Any,
     n_tiles: int,
+    capped: dict[str, int],
 ) -> None:
     """The model directory files, with a card that names the data (never a local path)."""
     metrics = {
@@ -369,7 +374,8 @@ def _export(
         "name": plan.out.name,
         "n_tiles": n_tiles,
         "steps": trainer.global_step,
-        "epochs": trainer.current_epoch,
+        "epochs": report.epochs(trainer.global_step, n_tiles),
+        "entity_cap": capped,
         "devices": f"{trainer.world_size} × {trainer.accelerator.__class__.__name__}",
         "final_losses": metrics,
         "throughput": report.summary(),

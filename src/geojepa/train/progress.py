@@ -14,12 +14,16 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from typing import Any, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
 import lightning as L
 import torch
 
 from geojepa.progress import StageClock, quiet_dependencies
+
+if TYPE_CHECKING:
+    from geojepa.data.reader import TileDataset
 
 
 def _clock(seconds: float) -> str:
@@ -62,13 +66,14 @@ class ProgressReport(L.Callback):
         self.show = show
         self._bar: Any = None
         self.tiles = self.tokens = 0
+        self.first_step = self.last_step = 0
         self.start = self.end = time.perf_counter()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.enabled = trainer.global_rank == 0
         max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
         self.total = max_steps or getattr(pl_module, "total_steps", None)
-        self.first_step = trainer.global_step  # > 0 after a resume
+        self.first_step = self.last_step = trainer.global_step  # > 0 after a resume
         if self.clock is not None and self.enabled:
             self.clock.lap("Lightning set-up (trainer, loggers, checkpoint)")
         self.last_printed = trainer.global_step
@@ -97,6 +102,7 @@ class ProgressReport(L.Callback):
             self.clock.lap("first step")
         self.tiles += (len(batch) if hasattr(batch, "__len__") else 0) * self.world
         self.tokens += real_tokens(batch) * self.world  # rank 0's count × ranks, like the tiles
+        self.last_step = trainer.global_step
         self.end = time.perf_counter()
         if pl_module is not None and _logging_step(trainer):
             speed = {"speed/real_tokens_per_s": self.tokens_per_s,
@@ -143,6 +149,16 @@ class ProgressReport(L.Callback):
     def tokens_per_s(self) -> float:
         """Real tokens per second (see `real_tokens`)."""
         return self.tokens / self.seconds
+
+    def epochs(self, steps: int, n_tiles: int) -> float | None:
+        """Passes over ``n_tiles`` tiles that ``steps`` optimiser steps make, at this attempt's
+        tiles per step (exact for fixed batches, an estimate under a token budget); None before
+        a step. Not Lightning's epoch counter: a resumed run starts a new epoch there, so one
+        resume made 600 steps of 1.26 epochs read "epochs: 3"."""
+        done = self.last_step - self.first_step
+        if done <= 0 or n_tiles <= 0:
+            return None
+        return round(steps * self.tiles / done / n_tiles, 2)
 
     def summary(self) -> dict[str, float]:
         """The run's speeds, for the model card."""
@@ -191,4 +207,39 @@ def _logging_step(trainer: Any) -> bool:
     return flag if isinstance(flag, bool) else False
 
 
-__all__ = ["ProgressReport", "quiet_dependencies", "real_tokens"]
+def checkpoints_note(run: str | Path) -> str:
+    """The line that ends `pretrain`: what its checkpoints hold on disk (a 600-step cpu-base run
+    keeps ~250 MB: three periodic checkpoints and last.ckpt, each with the optimiser state)."""
+    folder = Path(run) / "checkpoints"
+    files = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+    if not files:
+        return f"checkpoints: none in {folder}"
+    size = sum(p.stat().st_size for p in files) / 1e6
+    periodic = len([p for p in files if p.name != "last.ckpt"])
+    keep = (
+        f" ({periodic} periodic; --keep-checkpoints 0 keeps only last.ckpt, which a resume reads)"
+        if periodic
+        else ""
+    )
+    return f"checkpoints: {len(files)} files, {size:,.0f} MB in {folder}{keep}"
+
+
+def report_entity_cap(ds: TileDataset, max_entities: int, show: bool) -> dict[str, int]:
+    """What ``tokenizer.max_entities`` cuts of the training data (`data.info.entities_over_cap`),
+    said on stderr before training when it cuts anything (and ``show``); for the model card."""
+    from geojepa.data.info import entities_over_cap, entity_cap_note
+
+    cap = entities_over_cap(ds, max_entities)
+    note = entity_cap_note(cap)
+    if note and show:
+        print(f"pretrain: {note}", file=sys.stderr, flush=True)
+    return cap
+
+
+__all__ = [
+    "ProgressReport",
+    "checkpoints_note",
+    "quiet_dependencies",
+    "real_tokens",
+    "report_entity_cap",
+]
