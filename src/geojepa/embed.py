@@ -35,6 +35,8 @@ from geojepa.data.tags import tag_strings
 from geojepa.errors import ConfigError, InputError
 from geojepa.io.geoparquet import GeoParquetWriter
 from geojepa.model.jepa import GeoJEPA
+from geojepa.model.ready import model_for
+from geojepa.model.ready import model_on_device as model_on_device  # SRAI imports it here
 from geojepa.progress import progress_bar
 from geojepa.tokenize.collate import collate
 from geojepa.tokenize.sampler import TileBatcher
@@ -42,6 +44,8 @@ from geojepa.tokenize.shards import TileArrays, TokenizedShards
 
 if TYPE_CHECKING:
     import geopandas as gpd
+
+    from geojepa.entity_features import FeatureWriter
 
 EMBEDDING_PREFIX = "emb_"
 TOP_TAGS = 5
@@ -61,78 +65,6 @@ class ShardEmbeddings:
 
 def embedding_columns(width: int) -> list[str]:
     return [f"{EMBEDDING_PREFIX}{i}" for i in range(width)]
-
-
-def model_on_device(model: GeoJEPA | str | Path, device: str | torch.device = "cpu") -> GeoJEPA:
-    """A model directory path, ``"default"`` or a Hub id (loaded with
-    `GeoJEPA.from_pretrained`) or an in-memory GeoJEPA that came from one, in eval mode on
-    ``device`` (InputError for a GeoJEPA without its
-    directory's vocabulary)."""
-    device = check_device(device)
-    if not isinstance(model, GeoJEPA):
-        model = GeoJEPA.from_pretrained(model)
-    model.require_directory()
-    return model.to(device).eval()
-
-
-def model_for(
-    model: GeoJEPA | str | Path,
-    ds: TileDataset,
-    device: str | torch.device = "cpu",
-    open_vocabulary: bool = True,
-) -> GeoJEPA:
-    """The model ready to read ``ds``: loaded, checked against the data it was trained on, and
-    (``open_vocabulary``) given text vectors for the tags of ``ds`` it has never seen, instead
-    of reading them through their key or as UNKNOWN (see `model.open_vocab`)."""
-    net = model_on_device(model, device)
-    check_compatible(net, ds)
-    if open_vocabulary:
-        from geojepa.model.open_vocab import open_vocabulary as add_unseen
-
-        add_unseen(net, ds)
-    return net
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """A usable torch device, or one ConfigError line (a typo, or CUDA on a CPU-only build)."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but this torch has no usable CUDA GPU")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {device!r} does not exist ({torch.cuda.device_count()} GPUs)")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device 'mps' asked for, but MPS is not available here")
-    return dev
-
-
-def check_compatible(model: GeoJEPA, ds: TileDataset) -> None:
-    """Refuse a dataset the model cannot read the way it was trained."""
-    directory = model.require_directory()
-    trained = directory.dataset_config
-    if trained is not None:
-        mine = ds.config
-        if trained.zoom != mine.zoom:
-            raise InputError(
-                f"{ds.path} has zoom {mine.zoom}, the model was trained on zoom {trained.zoom} "
-                f"tiles: re-run `geojepa prepare --zoom {trained.zoom}`"
-            )
-        if (trained.tag_filter, trained.drop_keys, trained.key_only) != (
-            mine.tag_filter,
-            mine.drop_keys,
-            mine.key_only,
-        ):
-            raise InputError(
-                f"{ds.path} was built with other tag-filter settings than the model's training "
-                "data: re-run `geojepa prepare` with the same tag filter"
-            )
-    tok = directory.spec.tokenizer
-    if tok.use_image and ds.config.image_size != tok.image_size:
-        raise InputError(
-            f"{ds.path} has {ds.config.image_size}px images, the model expects {tok.image_size}px"
-        )
 
 
 def top_tags(entities: pa.Table, k: int = TOP_TAGS) -> pd.Series:
@@ -337,28 +269,13 @@ def embed_tiles(
     (``cuda:0 …`` when ``device`` is CUDA, else CPU processes sharing the cores); the main
     process writes their results in shard order, so the files are those of one device.
     """
-    from geojepa.entity_features import ENTITY_ROWS, FeatureWriter, last_shards
+    from geojepa.entity_features import FeatureWriter, last_shards
 
-    if entity_rows not in ENTITY_ROWS:
-        raise ConfigError(f"entity rows must be {' or '.join(ENTITY_ROWS)}, got {entity_rows!r}")
-    if entities_output is not None and _same_path(output, entities_output):
-        raise ConfigError(f"--entities must differ from the tile output ({output})")
-    ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
-    if devices < 1:
-        raise ConfigError(f"--devices must be at least 1, got {devices}")
-    if devices > 1 and not isinstance(model, (str, Path)):
-        raise ConfigError("embedding on several devices needs a model directory, not a model")
+    ds = _checked_dataset(model, dataset, output, entities_output, entity_rows, devices)
     net = model_for(model, ds, device, open_vocabulary)  # also caches open-vocabulary vectors
     per_feature = entities_output is not None and entity_rows == "feature"
     last = last_shards(ds) if per_feature else {}  # read before any output is opened
-    tile_writer = GeoParquetWriter(output, REGIONS_INDEX, ["Polygon"])
-    try:
-        ent_writer = (
-            GeoParquetWriter(entities_output, "feature_id", []) if entities_output else None
-        )
-    except BaseException:
-        tile_writer.abort()
-        raise
+    tile_writer, ent_writer = _open_writers(output, entities_output)
     pooler = FeatureWriter(ent_writer, last) if ent_writer is not None and per_feature else None
     bar = progress_bar(progress, total=int(ds.manifest.get("n_tiles", 0)) or None, unit="tiles",
                        desc="embed")  # fmt: skip
@@ -371,14 +288,7 @@ def embed_tiles(
     try:
         for shard, part in _shard_parts(net, model, ds, options, device, devices,
                                         open_vocabulary):  # fmt: skip
-            _check_finite(part.tiles, model)
-            tile_writer.write(part.tiles, part.tile_geometry)
-            if part.entities is not None:
-                _check_finite(part.entities, model)
-            if pooler is not None:
-                pooler.add(shard, part.entities, part.entity_geometry)
-            elif ent_writer is not None and part.entities is not None:
-                ent_writer.write(part.entities, part.entity_geometry)
+            _write_part(shard, part, model, tile_writer, ent_writer, pooler)
             bar.update(len(part.tiles))
         if pooler is not None:
             pooler.finish()
@@ -393,6 +303,64 @@ def embed_tiles(
     if ent_writer is not None:
         ent_writer.close()
     return Path(output)
+
+
+def _checked_dataset(
+    model: GeoJEPA | str | Path,
+    dataset: str | Path | TileDataset,
+    output: str | Path,
+    entities_output: str | Path | None,
+    entity_rows: str,
+    devices: int,
+) -> TileDataset:
+    """The opened dataset, once the options of `embed_tiles` are known to fit together."""
+    from geojepa.entity_features import ENTITY_ROWS
+
+    if entity_rows not in ENTITY_ROWS:
+        raise ConfigError(f"entity rows must be {' or '.join(ENTITY_ROWS)}, got {entity_rows!r}")
+    if entities_output is not None and _same_path(output, entities_output):
+        raise ConfigError(f"--entities must differ from the tile output ({output})")
+    ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
+    if devices < 1:
+        raise ConfigError(f"--devices must be at least 1, got {devices}")
+    if devices > 1 and not isinstance(model, (str, Path)):
+        raise ConfigError("embedding on several devices needs a model directory, not a model")
+    return ds
+
+
+def _open_writers(
+    output: str | Path, entities_output: str | Path | None
+) -> tuple[GeoParquetWriter, GeoParquetWriter | None]:
+    """The tile writer and, if asked, the entity writer (neither leaves a file if one fails)."""
+    tile_writer = GeoParquetWriter(output, REGIONS_INDEX, ["Polygon"])
+    try:
+        ent_writer = (
+            GeoParquetWriter(entities_output, "feature_id", []) if entities_output else None
+        )
+    except BaseException:
+        tile_writer.abort()
+        raise
+    return tile_writer, ent_writer
+
+
+def _write_part(
+    shard: int,
+    part: ShardEmbeddings,
+    model: GeoJEPA | str | Path,
+    tile_writer: GeoParquetWriter,
+    ent_writer: GeoParquetWriter | None,
+    pooler: FeatureWriter | None,
+) -> None:
+    """Write one shard's embeddings, once they are known to be finite; entities go to the
+    per-feature ``pooler`` when there is one, else to ``ent_writer`` as clips."""
+    _check_finite(part.tiles, model)
+    tile_writer.write(part.tiles, part.tile_geometry)
+    if part.entities is not None:
+        _check_finite(part.entities, model)
+    if pooler is not None:
+        pooler.add(shard, part.entities, part.entity_geometry)
+    elif ent_writer is not None and part.entities is not None:
+        ent_writer.write(part.entities, part.entity_geometry)
 
 
 def _shard_parts(

@@ -260,39 +260,93 @@ def bucket_batch(
     if not len(batch):
         return stats
     tf = _tag_filter(config)
+    geoms, ok = _parse_geometries(batch, stats)
+    rng = region_tile_range(config)
+    if rng is not None and batch.crs is None:
+        _drop_outside_lonlat(geoms, ok, config.zoom, rng, stats)
+    tags, area_tags = _decode_batch_tags(batch, tf, np.flatnonzero(ok), stats)
+    has_tags = np.fromiter((len(t) > 0 for t in tags), bool, len(tags))
+    stats["untagged"] = int((ok & ~has_tags).sum())
+    ok &= has_tags
+    if batch.from_osm:  # closed ways with area tags become polygons
+        _close_area_ways(geoms, ok, area_tags)
+
+    keep, g = _clean_in_mercator(geoms, np.flatnonzero(ok), batch.crs, stats)
+    keep, g, b, (tx0, tx1, ty0, ty1) = _tile_spans(keep, g, config, rng, stats)
+    stats["kept"] = len(keep)
+    if not len(keep):
+        return stats
+    stats["bounds"] = [float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()),
+                       float(b[:, 3].max())]  # fmt: skip
+
+    z = config.zoom
+    px, py, rep, spread = _shard_rows(g, tx0, tx1, ty0, ty1, z, config.shard_levels)
+    rows = np.concatenate([rep, spread])  # a huge element once, after the rows of the shards
+    path = _write_bucket(batch, keep, tags, g, rows, bucket_dir, memory)
+    cuts = np.flatnonzero((np.diff(px) != 0) | (np.diff(py) != 0)) + 1
+    stats["parents"] = {
+        (int(px[lo]), int(py[lo])): (str(path), int(lo), int(hi))
+        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(rep)], strict=True)
+        if hi > lo
+    }
+    stats["spread_limited"] = [
+        (str(path), len(rep) + k, *map(int, (tx0[i], tx1[i], ty0[i], ty1[i])))
+        for k, i in enumerate(spread)
+    ]
+    return stats
+
+
+def _parse_geometries(batch: RawBatch, stats: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The batch's geometries parsed from WKB, and which are readable and not empty."""
     raw = batch.geoms
     if raw and isinstance(raw[0], str):  # pyosmium's hex WKB: GEOS parses hex ~5x slower
         raw = [bytes.fromhex(h) for h in raw]
     geoms = shapely.from_wkb(np.asarray(raw, dtype=object), on_invalid="ignore")
     ok = ~shapely.is_missing(geoms) & ~shapely.is_empty(geoms)
     stats["bad_wkb"] = int((~ok).sum())
-    rng = region_tile_range(config)
-    if rng is not None and batch.crs is None:
-        # cheap pre-filter on lon/lat bounds, so tags outside the area are never decoded
-        b = shapely.bounds(geoms[ok])
-        x0, y0 = lonlat_to_tile_index(config.zoom, b[:, 0], b[:, 3])
-        x1, y1 = lonlat_to_tile_index(config.zoom, b[:, 2], b[:, 1])
-        near = (x1 >= rng[0]) & (x0 <= rng[1]) & (y1 >= rng[2]) & (y0 <= rng[3])
-        stats["outside"] += int((~near).sum())
-        ok[np.flatnonzero(ok)[~near]] = False
-    tags, area_tags = _decode_batch_tags(batch, tf, np.flatnonzero(ok), stats)
-    has_tags = np.fromiter((len(t) > 0 for t in tags), bool, len(tags))
-    stats["untagged"] = int((ok & ~has_tags).sum())
-    ok &= has_tags
+    return geoms, ok
 
-    if batch.from_osm:  # closed ways with area tags become polygons
-        lines = ok & (shapely.get_type_id(geoms) == 1)
-        cand = np.flatnonzero(lines & shapely.is_closed(geoms))
-        cand = cand[shapely.get_num_coordinates(geoms[cand]) >= 4]
-        cand = cand[area_tags[cand]]
-        if len(cand):
-            coords, idx = shapely.get_coordinates(geoms[cand], return_index=True)
-            geoms[cand] = shapely.polygons(shapely.linearrings(coords, indices=idx))
 
-    keep = np.flatnonzero(ok)
-    sane = _sane_coordinates(geoms[keep], batch.crs, stats)
+def _drop_outside_lonlat(
+    geoms: np.ndarray,
+    ok: np.ndarray,
+    zoom: int,
+    rng: tuple[int, int, int, int],
+    stats: dict[str, Any],
+) -> None:
+    """Clear ``ok`` (in place) where lon/lat bounds miss the filter's tile range ``rng``.
+
+    A cheap pre-filter, so that the tags of elements outside the area are never decoded.
+    """
+    b = shapely.bounds(geoms[ok])
+    x0, y0 = lonlat_to_tile_index(zoom, b[:, 0], b[:, 3])
+    x1, y1 = lonlat_to_tile_index(zoom, b[:, 2], b[:, 1])
+    near = (x1 >= rng[0]) & (x0 <= rng[1]) & (y1 >= rng[2]) & (y0 <= rng[3])
+    stats["outside"] += int((~near).sum())
+    ok[np.flatnonzero(ok)[~near]] = False
+
+
+def _close_area_ways(geoms: np.ndarray, ok: np.ndarray, area_tags: np.ndarray) -> None:
+    """Turn closed OSM ways whose tags make them areas into polygons, in place."""
+    lines = ok & (shapely.get_type_id(geoms) == 1)
+    cand = np.flatnonzero(lines & shapely.is_closed(geoms))
+    cand = cand[shapely.get_num_coordinates(geoms[cand]) >= 4]
+    cand = cand[area_tags[cand]]
+    if len(cand):
+        coords, idx = shapely.get_coordinates(geoms[cand], return_index=True)
+        geoms[cand] = shapely.polygons(shapely.linearrings(coords, indices=idx))
+
+
+def _clean_in_mercator(
+    geoms: np.ndarray, keep: np.ndarray, crs: str | None, stats: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Elements ``keep`` with sane coordinates, in Web-Mercator, repaired where invalid.
+
+    Returns the surviving element indices and their geometries; the rest are counted.
+    """
+    sane = _sane_coordinates(geoms[keep], crs, stats)
     keep = keep[sane]
-    g = _to_merc(geoms[keep], batch.crs)
+    g = _to_merc(geoms[keep], crs)
     dims = shapely.get_dimensions(g)
     invalid = np.flatnonzero(~shapely.is_valid(g))
     if len(invalid):
@@ -314,8 +368,21 @@ def bucket_batch(
     unmappable = alive & ~np.isfinite(shapely.bounds(g)).all(axis=1)  # outside the CRS's area
     stats["bad_coordinates"] += int(unmappable.sum())
     alive &= ~unmappable
-    keep, g = keep[alive], g[alive]
+    return keep[alive], g[alive]
 
+
+def _tile_spans(
+    keep: np.ndarray,
+    g: np.ndarray,
+    config: PrepareConfig,
+    rng: tuple[int, int, int, int] | None,
+    stats: dict[str, Any],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+    """Each element's bounds and tile range (tx0, tx1, ty0, ty1), cut to the filter area.
+
+    Elements that miss the bbox/polygon are dropped (and counted); returns (keep, g, bounds,
+    tile range) of the others.
+    """
     z = config.zoom
     b = shapely.bounds(g)
     tx0, ty0 = merc_to_tile_index(z, b[:, 0], b[:, 3])
@@ -330,14 +397,20 @@ def bucket_batch(
         stats["outside"] += int((~inside).sum())
         keep, g, b = keep[inside], g[inside], b[inside]
         tx0, tx1, ty0, ty1 = tx0[inside], tx1[inside], ty0[inside], ty1[inside]
-    stats["kept"] = len(keep)
-    if not len(keep):
-        return stats
-    stats["bounds"] = [float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()),
-                       float(b[:, 3].max())]  # fmt: skip
+    return keep, g, b, (tx0, tx1, ty0, ty1)
 
-    px, py, rep, spread = _shard_rows(g, tx0, tx1, ty0, ty1, z, config.shard_levels)
-    rows = np.concatenate([rep, spread])  # a huge element once, after the rows of the shards
+
+def _write_bucket(
+    batch: RawBatch,
+    keep: np.ndarray,
+    tags: list,
+    g: np.ndarray,
+    rows: np.ndarray,
+    bucket_dir: Path,
+    memory: dict[str, tuple[pa.Table, np.ndarray]] | None,
+) -> Path:
+    """Write elements ``keep`` (geometries ``g``) in the order of ``rows``; returns the
+    bucket's path (its key in ``memory`` when the bucket stays in memory)."""
     columns = {
         "feature_id": bytes_array([batch.ids[i] for i in keep], pa.string()),
         "tags": tags_array([tags[i] for i in keep]),
@@ -353,17 +426,7 @@ def bucket_batch(
         with pa.ipc.new_file(tmp, table.schema) as sink:
             sink.write_table(table)
         tmp.replace(path)
-    cuts = np.flatnonzero((np.diff(px) != 0) | (np.diff(py) != 0)) + 1
-    stats["parents"] = {
-        (int(px[lo]), int(py[lo])): (str(path), int(lo), int(hi))
-        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(rep)], strict=True)
-        if hi > lo
-    }
-    stats["spread_limited"] = [
-        (str(path), len(rep) + k, *map(int, (tx0[i], tx1[i], ty0[i], ty1[i])))
-        for k, i in enumerate(spread)
-    ]
-    return stats
+    return path
 
 
 def _shard_rows(

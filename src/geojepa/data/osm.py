@@ -76,6 +76,43 @@ def _opl_tag_fields(path: Path) -> list[str]:
     return _OPL_TAG_FIELD.findall(path.read_text(encoding="utf-8"))
 
 
+class _OplBatch:
+    """A batch being filled, and the OPL file pyosmium writes its node/way tags to.
+
+    Writing tags as OPL in C++ and parsing the file in one regex pass is far faster than
+    building a Python list per element; ``slots`` are the batch positions that await them.
+    """
+
+    def __init__(self, work_dir: Path, index: int) -> None:
+        self.path = work_dir / f"tags-{os.getpid()}-{index}.opl"
+        self.writer = osmium.SimpleWriter(osmium.io.File(str(self.path), "opl,add_metadata=false"))
+        self.batch = RawBatch(index=index)
+        self.slots: list[int] = []
+
+    def finish(self) -> RawBatch:
+        """The batch with its OPL tag texts filled in; the file is removed."""
+        self.writer.close()
+        fields = _opl_tag_fields(self.path)
+        self.path.unlink()
+        if len(fields) != len(self.slots):
+            raise RuntimeError("OPL tag side channel out of step with the element stream")
+        for slot, text in zip(self.slots, fields, strict=True):
+            self.batch.tags[slot] = text
+        self.batch.tags_format = "opl"
+        return self.batch
+
+
+def _processor(path: Path, location_index: str) -> osmium.FileProcessor:
+    """One pass over tagged elements, with node locations and assembled areas."""
+    return (
+        osmium.FileProcessor(str(path))
+        .with_locations(location_index)
+        .with_areas()
+        .with_filter(EmptyTagFilter())
+    )
+
+
+# The per-element loop stays inline (no helper call per element): it runs millions of times.
 def iter_osm_batches(
     path: Path,
     work_dir: Path,
@@ -93,34 +130,11 @@ def iter_osm_batches(
     work_dir.mkdir(parents=True, exist_ok=True)
     area_relations = 0
     assembled = 0
-
-    batch_no = 0
-    opl_path = work_dir / f"tags-{os.getpid()}-{batch_no}.opl"
-    writer = osmium.SimpleWriter(osmium.io.File(str(opl_path), "opl,add_metadata=false"))
-    batch = RawBatch(index=batch_no)
-    # positions in the batch whose tags come from the OPL file (nodes and ways, in order)
-    opl_slots: list[int] = []
-
-    def finish() -> RawBatch:
-        writer.close()
-        fields = _opl_tag_fields(opl_path)
-        opl_path.unlink()
-        if len(fields) != len(opl_slots):
-            raise RuntimeError("OPL tag side channel out of step with the element stream")
-        for slot, text in zip(opl_slots, fields, strict=True):
-            batch.tags[slot] = text
-        batch.tags_format = "opl"
-        return batch
-
+    cur = _OplBatch(work_dir, 0)
+    batch, writer, opl_slots = cur.batch, cur.writer, cur.slots
     complete = False
     try:
-        processor = (
-            osmium.FileProcessor(str(path))
-            .with_locations(location_index)
-            .with_areas()
-            .with_filter(EmptyTagFilter())
-        )
-        for obj in processor:
+        for obj in _processor(path, location_index):
             if obj.is_node():
                 try:
                     wkb = point(obj)
@@ -161,14 +175,9 @@ def iter_osm_batches(
             batch.tags.append(None)
             if len(batch.ids) >= batch_size:  # (the list's len: no Python-level __len__)
                 stats.elements += len(batch)
-                yield finish()
-                batch_no += 1
-                opl_path = work_dir / f"tags-{os.getpid()}-{batch_no}.opl"
-                writer = osmium.SimpleWriter(
-                    osmium.io.File(str(opl_path), "opl,add_metadata=false")
-                )
-                batch = RawBatch(index=batch_no)
-                opl_slots = []
+                yield cur.finish()
+                cur = _OplBatch(work_dir, batch.index + 1)
+                batch, writer, opl_slots = cur.batch, cur.writer, cur.slots
         complete = True
     except osmium.InvalidLocationError as exc:  # an unparsable lat/lon text in OSM XML
         raise InputError(f"{path} holds a malformed coordinate ({exc}): fix the file") from None
@@ -177,12 +186,12 @@ def iter_osm_batches(
     finally:
         if not complete:
             with contextlib.suppress(Exception):
-                writer.close()
-            opl_path.unlink(missing_ok=True)
+                cur.writer.close()
+            cur.path.unlink(missing_ok=True)
     stats.elements += len(batch)
     stats.skipped_relations = max(area_relations - assembled, 0)
     if len(batch):
-        yield finish()
+        yield cur.finish()
     else:
-        writer.close()
-        opl_path.unlink(missing_ok=True)
+        cur.writer.close()
+        cur.path.unlink(missing_ok=True)

@@ -38,6 +38,7 @@ import shutil
 import time
 from collections.abc import Iterable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,35 @@ def prepare_tiles(
         gc.set_threshold(*thresholds)
 
 
+@dataclass
+class _Run:
+    """What the clean-up after a failed build needs: the pool to stop, whether shards exist."""
+
+    executor: Executor | None = None
+    shards_written: int = 0
+
+
+@dataclass
+class _Read:
+    """Step 2's result: counts for the manifest, the data's bounds, each parent's pieces."""
+
+    totals: dict[str, int]
+    read_stats: ReadStats
+    bounds: list[float]
+    pieces: dict[tuple[int, int], list[tuple[str, int, int]]]
+    huge: list[tuple[str, int, int, int, int, int]]  # see bucket.MAX_SHARD_CELLS
+
+
+@dataclass
+class _Built:
+    """A finished build, before its manifest: what the manifest is made of."""
+
+    read: _Read
+    source_id: dict[str, Any]
+    stats: dict[str, Any]
+    times: tuple[float, float, float]  # perf_counter after setup, reading, shards
+
+
 def _prepare_tiles(
     source: str | Path | Any,
     output: str | Path,
@@ -119,23 +149,12 @@ def _prepare_tiles(
     overwrite: bool = False,
     progress: bool = True,
 ) -> TileDataset:
+    """Check the inputs, build in a clean work folder, then write the manifest last."""
     started = time.perf_counter()
     config = config or PrepareConfig()
     output = Path(output)
     kind, path = check_source(source)
-
-    imagery_obj = None
-    if imagery is not None:
-        if isinstance(imagery, (str, os.PathLike, list, tuple)):
-            from geojepa.data.imagery import open_imagery
-
-            sources = [imagery] if isinstance(imagery, (str, os.PathLike)) else list(imagery)
-            if sources:
-                imagery_obj = open_imagery(sources)
-                config = config.replace(imagery=tuple(str(Path(s).resolve()) for s in sources))
-        else:  # an opened Imagery: recorded by type (its sources are its own business)
-            imagery_obj = imagery
-            config = config.replace(imagery=(f"<{type(imagery).__name__} object>",))
+    imagery_obj, config = _open_imagery(imagery, config)
     region_tile_range(config)  # fails early if bbox and polygon do not overlap
 
     hasher = SourceHasher(path) if path is not None else None
@@ -146,130 +165,215 @@ def _prepare_tiles(
             check_same_source(output, {"sha256": sha256_file(path)})
         return open_dataset(output)
     work = output / WORK_DIR
-    bucket_dir = work / "buckets"
-    executor: Executor | None = None
-    shards_written = 0
+    run = _Run()
     try:
-        try:
-            if work.exists():
-                shutil.rmtree(work)
-            bucket_dir.mkdir(parents=True)
-            (output / schema.SHARD_DIR).mkdir(exist_ok=True)
-        except OSError as exc:  # e.g. an existing read-only directory
-            raise OutputError(f"cannot write into {output}: {exc.strerror or exc}") from None
-        config.save(output / schema.CONFIG_FILE)
-
-        estimate = estimated_elements(kind, path, source)
-        n_workers = worker_count(config, estimate)
-        executor = make_executor(n_workers)
-        # small input built in-process: its buckets stay in memory (no Arrow IPC round trip);
-        # otherwise on disk, so memory stays bounded by a batch and a shard
-        small = isinstance(executor, InlineExecutor) and estimate < INLINE_MAX_ELEMENTS
-        memory: dict[str, tuple[pa.Table, np.ndarray]] | None = {} if small else None
-        if hasher is not None:  # started after the fork: no thread is running at fork time
-            hasher.start()
-        t_setup = time.perf_counter()
-        read_stats = ReadStats()
-        if kind == "osm":
-            batches: Iterable[RawBatch] = iter_osm_batches(
-                path, work, read_stats, location_index=config.location_index
-            )
-        elif kind == "features":
-            batches = iter_feature_file_batches(path)
-        else:
-            batches = iter_geodataframe_batches(source)
-        batches = drop_duplicate_ids(batches, read_stats)
-        totals = {"read": 0, "kept": 0, "untagged": 0, "repaired": 0, "skipped": 0,
-                  "bad_wkb": 0, "outside": 0, "bad_coordinates": 0,
-                  "beyond_mercator": 0, "fixed_tags": 0}  # fmt: skip
-        bounds = [np.inf, np.inf, -np.inf, -np.inf]
-        pieces: dict[tuple[int, int], list[tuple[str, int, int]]] = {}
-        huge: list[tuple[str, int, int, int, int, int]] = []  # see bucket.MAX_SHARD_CELLS
-        bar = progress_bar(progress, desc="reading", unit=" elements")
-        for st in bounded_map(
-            executor, bucket_batch, batches, n_workers + 1, bucket_dir, config, memory
-        ):
-            for k in totals:
-                totals[k] += st[k]
-            if st["bounds"] is not None:
-                b = st["bounds"]
-                bounds = [min(bounds[0], b[0]), min(bounds[1], b[1]),
-                          max(bounds[2], b[2]), max(bounds[3], b[3])]  # fmt: skip
-            for parent, piece in st["parents"].items():
-                pieces.setdefault(parent, []).append(piece)
-            huge += st["spread_limited"]
-            bar.update(st["read"])
-        bar.close()
-        if huge and not pieces:
-            raise InputError(
-                f"{source} holds only elements whose bounds span more than {MAX_SHARD_CELLS:,} "
-                f"shard cells at zoom {config.zoom} (e.g. a polygon of the whole world): they "
-                "are cut only into shards that other data fills, and there is none"
-            )
-        spread_huge(pieces, huge, config.shard_levels)
-        t_read = time.perf_counter()
-
-        source_id: dict[str, Any] = {"kind": kind}
-        if path is not None:
-            source_id.update(
-                {"path": str(path.resolve()), "size": path.stat().st_size, "sha256": hasher.value()}
-            )
-        check_same_source(output, source_id)
-        write_json_atomic(output / SOURCE_FILE, source_id)
-
-        if not pieces:
-            what = "the bbox/polygon filter area" if totals["outside"] else str(source)
-            raise InputError(f"no tagged entities in {what}: nothing to prepare")
-        if imagery_obj is not None:
-            west, south = merc_to_lonlat(bounds[0], bounds[1])
-            east, north = merc_to_lonlat(bounds[2], bounds[3])
-            iw, is_, ie, in_ = imagery_obj.bounds_lonlat
-            if iw >= east or ie <= west or is_ >= north or in_ <= south:
-                raise InputError(
-                    f"imagery ({iw:.4f},{is_:.4f},{ie:.4f},{in_:.4f}) does not overlap the data "
-                    f"({west:.4f},{south:.4f},{east:.4f},{north:.4f})"
-                )
-
-        groups = group_parents(pieces, config.min_shard_elements)
-        jobs = [
-            ShardJob(i, tuple((px, py, tuple(pieces[(px, py)])) for px, py in g), output)
-            for i, g in enumerate(groups)
-        ]
-        todo = [j for j in jobs if not (output / schema.tiles_file(j.shard)).is_file()]
-        for stale in (output / schema.SHARD_DIR).glob(".*.tmp"):
-            stale.unlink()
-        bar = progress_bar(progress, total=len(jobs), initial=len(jobs) - len(todo),
-                            desc="shards", unit=" shards")  # fmt: skip
-        merger = SummaryMerger()
-        missing = [j.shard for j in jobs if j not in todo]
-        for shard, summary in bounded_map(
-            executor, build_shard, todo, 2 * n_workers, config, imagery_obj, memory
-        ):
-            merger.add(shard, summary)
-            shards_written += 1
-            bar.update(1)
-        bar.close()
-        t_shards = time.perf_counter()
-        stats = executor.submit(finalize, output, merger, missing, work / "vocab.parquet").result()
+        built = _build(run, source, kind, path, output, config, imagery_obj, hasher, progress)
     except BaseException:
-        if executor is not None and not isinstance(executor, InlineExecutor):
-            executor.shutdown(wait=True, cancel_futures=True)
-            executor = None
-        if shards_written == 0 and not resuming:
+        if run.executor is not None and not isinstance(run.executor, InlineExecutor):
+            run.executor.shutdown(wait=True, cancel_futures=True)
+            run.executor = None
+        if run.shards_written == 0 and not resuming:
             discard_build(output, created)
         else:
             shutil.rmtree(work, ignore_errors=True)
         raise
     finally:
-        if executor is not None and not isinstance(executor, InlineExecutor):
-            executor.shutdown(wait=True)
+        if run.executor is not None and not isinstance(run.executor, InlineExecutor):
+            run.executor.shutdown(wait=True)
 
-    nonempty = stats.pop("shards")
-    if stats["n_tiles"] == 0:
+    nonempty = built.stats.pop("shards")
+    if built.stats["n_tiles"] == 0:
         discard_build(output, created)
         raise InputError(f"no entities fall inside any tile of {source}: nothing to prepare")
-    manifest = {
-        **manifest_header(config, source_id, nonempty, stats),
+    manifest = _manifest(config, nonempty, built, started)
+    (work / "vocab.parquet").replace(output / schema.VOCAB_FILE)
+    write_json_atomic(output / schema.MANIFEST_FILE, manifest)
+    (output / SOURCE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return open_dataset(output)
+
+
+def _open_imagery(imagery: Any, config: PrepareConfig) -> tuple[Any, PrepareConfig]:
+    """The opened imagery (or None) and the config that records where it came from."""
+    if imagery is None:
+        return None, config
+    if isinstance(imagery, (str, os.PathLike, list, tuple)):
+        from geojepa.data.imagery import open_imagery
+
+        sources = [imagery] if isinstance(imagery, (str, os.PathLike)) else list(imagery)
+        if not sources:
+            return None, config
+        return open_imagery(sources), config.replace(
+            imagery=tuple(str(Path(s).resolve()) for s in sources)
+        )
+    # an opened Imagery: recorded by type (its sources are its own business)
+    return imagery, config.replace(imagery=(f"<{type(imagery).__name__} object>",))
+
+
+def _build(
+    run: _Run,
+    source: str | Path | Any,
+    kind: str,
+    path: Path | None,
+    output: Path,
+    config: PrepareConfig,
+    imagery: Any,
+    hasher: SourceHasher | None,
+    progress: bool,
+) -> _Built:
+    """Steps 2 and 3 and the shard summaries; ``run`` tells a failure what to clean up."""
+    work = output / WORK_DIR
+    bucket_dir = work / "buckets"
+    try:
+        if work.exists():
+            shutil.rmtree(work)
+        bucket_dir.mkdir(parents=True)
+        (output / schema.SHARD_DIR).mkdir(exist_ok=True)
+    except OSError as exc:  # e.g. an existing read-only directory
+        raise OutputError(f"cannot write into {output}: {exc.strerror or exc}") from None
+    config.save(output / schema.CONFIG_FILE)
+
+    estimate = estimated_elements(kind, path, source)
+    n_workers = worker_count(config, estimate)
+    run.executor = executor = make_executor(n_workers)
+    # small input built in-process: its buckets stay in memory (no Arrow IPC round trip);
+    # otherwise on disk, so memory stays bounded by a batch and a shard
+    small = isinstance(executor, InlineExecutor) and estimate < INLINE_MAX_ELEMENTS
+    memory: dict[str, tuple[pa.Table, np.ndarray]] | None = {} if small else None
+    if hasher is not None:  # started after the fork: no thread is running at fork time
+        hasher.start()
+    t_setup = time.perf_counter()
+    read = _bucket_all(source, kind, path, work, config, executor, n_workers, memory, progress)
+    t_read = time.perf_counter()
+
+    source_id: dict[str, Any] = {"kind": kind}
+    if path is not None:
+        source_id.update(
+            {"path": str(path.resolve()), "size": path.stat().st_size, "sha256": hasher.value()}
+        )
+    check_same_source(output, source_id)
+    write_json_atomic(output / SOURCE_FILE, source_id)
+
+    if not read.pieces:
+        what = "the bbox/polygon filter area" if read.totals["outside"] else str(source)
+        raise InputError(f"no tagged entities in {what}: nothing to prepare")
+    if imagery is not None:
+        _check_imagery_overlap(imagery, read.bounds)
+
+    merger, missing = _write_shards(
+        run, read.pieces, output, config, imagery, memory, n_workers, progress
+    )
+    t_shards = time.perf_counter()
+    stats = executor.submit(finalize, output, merger, missing, work / "vocab.parquet").result()
+    return _Built(read, source_id, stats, (t_setup, t_read, t_shards))
+
+
+def _bucket_all(
+    source: str | Path | Any,
+    kind: str,
+    path: Path | None,
+    work: Path,
+    config: PrepareConfig,
+    executor: Executor,
+    n_workers: int,
+    memory: dict[str, tuple[pa.Table, np.ndarray]] | None,
+    progress: bool,
+) -> _Read:
+    """Step 2: read the source in order and bucket each batch by shard (in the pool)."""
+    read_stats = ReadStats()
+    if kind == "osm":
+        batches: Iterable[RawBatch] = iter_osm_batches(
+            path, work, read_stats, location_index=config.location_index
+        )
+    elif kind == "features":
+        batches = iter_feature_file_batches(path)
+    else:
+        batches = iter_geodataframe_batches(source)
+    batches = drop_duplicate_ids(batches, read_stats)
+    totals = {"read": 0, "kept": 0, "untagged": 0, "repaired": 0, "skipped": 0,
+              "bad_wkb": 0, "outside": 0, "bad_coordinates": 0,
+              "beyond_mercator": 0, "fixed_tags": 0}  # fmt: skip
+    bounds = [np.inf, np.inf, -np.inf, -np.inf]
+    pieces: dict[tuple[int, int], list[tuple[str, int, int]]] = {}
+    huge: list[tuple[str, int, int, int, int, int]] = []
+    bar = progress_bar(progress, desc="reading", unit=" elements")
+    for st in bounded_map(
+        executor, bucket_batch, batches, n_workers + 1, work / "buckets", config, memory
+    ):
+        for k in totals:
+            totals[k] += st[k]
+        if st["bounds"] is not None:
+            b = st["bounds"]
+            bounds = [min(bounds[0], b[0]), min(bounds[1], b[1]),
+                      max(bounds[2], b[2]), max(bounds[3], b[3])]  # fmt: skip
+        for parent, piece in st["parents"].items():
+            pieces.setdefault(parent, []).append(piece)
+        huge += st["spread_limited"]
+        bar.update(st["read"])
+    bar.close()
+    if huge and not pieces:
+        raise InputError(
+            f"{source} holds only elements whose bounds span more than {MAX_SHARD_CELLS:,} "
+            f"shard cells at zoom {config.zoom} (e.g. a polygon of the whole world): they "
+            "are cut only into shards that other data fills, and there is none"
+        )
+    spread_huge(pieces, huge, config.shard_levels)
+    return _Read(totals, read_stats, bounds, pieces, huge)
+
+
+def _check_imagery_overlap(imagery: Any, bounds: list[float]) -> None:
+    """Fail when the imagery lies wholly outside the data's Web-Mercator ``bounds``."""
+    west, south = merc_to_lonlat(bounds[0], bounds[1])
+    east, north = merc_to_lonlat(bounds[2], bounds[3])
+    iw, is_, ie, in_ = imagery.bounds_lonlat
+    if iw >= east or ie <= west or is_ >= north or in_ <= south:
+        raise InputError(
+            f"imagery ({iw:.4f},{is_:.4f},{ie:.4f},{in_:.4f}) does not overlap the data "
+            f"({west:.4f},{south:.4f},{east:.4f},{north:.4f})"
+        )
+
+
+def _write_shards(
+    run: _Run,
+    pieces: dict[tuple[int, int], list[tuple[str, int, int]]],
+    output: Path,
+    config: PrepareConfig,
+    imagery: Any,
+    memory: dict[str, tuple[pa.Table, np.ndarray]] | None,
+    n_workers: int,
+    progress: bool,
+) -> tuple[SummaryMerger, list[int]]:
+    """Step 3: group parents into shards, build those not finished yet (a resume skips them)."""
+    groups = group_parents(pieces, config.min_shard_elements)
+    jobs = [
+        ShardJob(i, tuple((px, py, tuple(pieces[(px, py)])) for px, py in g), output)
+        for i, g in enumerate(groups)
+    ]
+    todo = [j for j in jobs if not (output / schema.tiles_file(j.shard)).is_file()]
+    for stale in (output / schema.SHARD_DIR).glob(".*.tmp"):
+        stale.unlink()
+    bar = progress_bar(progress, total=len(jobs), initial=len(jobs) - len(todo),
+                        desc="shards", unit=" shards")  # fmt: skip
+    merger = SummaryMerger()
+    missing = [j.shard for j in jobs if j not in todo]
+    for shard, summary in bounded_map(
+        run.executor, build_shard, todo, 2 * n_workers, config, imagery, memory
+    ):
+        merger.add(shard, summary)
+        run.shards_written += 1
+        bar.update(1)
+    bar.close()
+    return merger, missing
+
+
+def _manifest(
+    config: PrepareConfig, nonempty: list[int], built: _Built, started: float
+) -> dict[str, Any]:
+    """The manifest: the header, what was read and dropped, repairs, and phase timings."""
+    totals, read_stats, stats = built.read.totals, built.read.read_stats, built.stats
+    t_setup, t_read, t_shards = built.times
+    return {
+        **manifest_header(config, built.source_id, nonempty, stats),
         "input": {
             "elements_read": totals["read"],
             "elements_kept": totals["kept"],
@@ -284,7 +388,7 @@ def _prepare_tiles(
             "skipped_relations": read_stats.skipped_relations,
             "other_relations_skipped": read_stats.other_relations,
             "duplicate_ids": read_stats.duplicate_ids,
-            "spread_limited": len(huge),  # cut only into shards other data fills
+            "spread_limited": len(built.read.huge),  # cut only into shards other data fills
         },
         "geometry_repair": {
             "repaired": totals["repaired"],
@@ -298,8 +402,3 @@ def _prepare_tiles(
             "shards": round(t_shards - t_read, 3),
         },
     }
-    (work / "vocab.parquet").replace(output / schema.VOCAB_FILE)
-    write_json_atomic(output / schema.MANIFEST_FILE, manifest)
-    (output / SOURCE_FILE).unlink(missing_ok=True)
-    shutil.rmtree(work, ignore_errors=True)
-    return open_dataset(output)

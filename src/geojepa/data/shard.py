@@ -200,6 +200,33 @@ def build_shard(
 
     ``memory``: bucket tables kept in memory by an in-process run (see `bucket_batch`).
     """
+    t, (elem, tx, ty, clip) = _read_candidates(job, config, memory)
+    z = config.zoom
+    elem, tx, ty, clip = _in_region(elem, tx, ty, clip, config)
+    elem, tx, ty, clip, repaired = _tidy_clips(elem, tx, ty, clip)
+
+    order = np.lexsort((elem, tx, ty))  # tiles row by row, elements in input order
+    elem, tx, ty, clip = elem[order], tx[order], ty[order], clip[order]
+    tkey = ty.astype(np.int64) * (1 << 31) + tx
+    first = np.r_[0, np.flatnonzero(np.diff(tkey) != 0) + 1] if len(tkey) else np.array([], int)
+    counts = np.diff(np.r_[first, len(tkey)])
+    ux, uy = tx[first], ty[first]
+    region_ids = np.array([f"{z}/{x}/{y}" for x, y in zip(ux, uy, strict=True)], dtype=object)
+    tile_ids = bytes_array(region_ids.tolist(), pa.string())
+    tile_of = buffer_array(np.repeat(np.arange(len(ux)), counts), pa.int64())
+
+    entities = _entity_table(t, elem, clip, tile_ids.take(tile_of))
+    tiles = _tile_table(z, ux, uy, counts, tile_ids, imagery, config.image_size)
+    stats = {"tiles": len(ux), "entities": len(elem), "clip_repaired": repaired}
+    tiles = tiles.replace_schema_metadata({STATS_KEY: json.dumps(stats)})
+    write_shard(job, tiles, entities)
+    return job.shard, shard_summary(tiles, entities, repaired)
+
+
+def _read_candidates(
+    job: ShardJob, config: PrepareConfig, memory: dict[str, tuple[pa.Table, np.ndarray]] | None
+) -> tuple[pa.Table, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """The shard's bucket rows, and each (element row, tile x, tile y, clip) they give."""
     files: dict[str, tuple[pa.Table, np.ndarray | None]] = {}
     parts, found, offset = [], [], 0
     for px, py, pieces in job.parents:
@@ -220,20 +247,30 @@ def build_shard(
         parts.append(t)
         found.append((elem + offset, tx, ty, local))
         offset += t.num_rows
-    t = pa.concat_tables(parts)
     elem, tx, ty, clip = (np.concatenate(a) for a in zip(*found, strict=True))
-    z = config.zoom
+    return pa.concat_tables(parts), (elem, tx, ty, clip)
 
+
+def _in_region(
+    elem: np.ndarray, tx: np.ndarray, ty: np.ndarray, clip: np.ndarray, config: PrepareConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The candidates in tiles the bbox/polygon filter keeps: those whose square meets it."""
     rng = region_tile_range(config)
-    if rng is not None:  # the filter keeps whole tiles: those whose square meets the area
-        keep = (tx >= rng[0]) & (tx <= rng[1]) & (ty >= rng[2]) & (ty <= rng[3])
-        if config.polygon_wkt is not None:
-            left, top = tile_origin(z, tx, ty)
-            size = tile_size(z)
-            squares = shapely.box(left, top - size, left + size, top)
-            keep &= shapely.intersects(squares, region_merc(config))
-        elem, tx, ty, clip = elem[keep], tx[keep], ty[keep], clip[keep]
+    if rng is None:
+        return elem, tx, ty, clip
+    keep = (tx >= rng[0]) & (tx <= rng[1]) & (ty >= rng[2]) & (ty <= rng[3])
+    if config.polygon_wkt is not None:
+        left, top = tile_origin(config.zoom, tx, ty)
+        size = tile_size(config.zoom)
+        squares = shapely.box(left, top - size, left + size, top)
+        keep &= shapely.intersects(squares, region_merc(config))
+    return elem[keep], tx[keep], ty[keep], clip[keep]
 
+
+def _tidy_clips(
+    elem: np.ndarray, tx: np.ndarray, ty: np.ndarray, clip: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Clips of one dimension, valid, non-empty, one-part Multi* as their part; + repairs."""
     dims = shapely.get_dimensions(clip)
     mixed = np.flatnonzero(shapely.get_type_id(clip) == 7)
     if len(mixed):
@@ -252,23 +289,17 @@ def build_shard(
         np.isin(shapely.get_type_id(clip), (4, 5, 6)) & (shapely.get_num_geometries(clip) == 1)
     )
     clip[single] = shapely.get_geometry(clip[single], 0)
+    return elem, tx, ty, clip, repaired
 
-    order = np.lexsort((elem, tx, ty))  # tiles row by row, elements in input order
-    elem, tx, ty, clip = elem[order], tx[order], ty[order], clip[order]
-    tkey = ty.astype(np.int64) * (1 << 31) + tx
-    first = np.r_[0, np.flatnonzero(np.diff(tkey) != 0) + 1] if len(tkey) else np.array([], int)
-    counts = np.diff(np.r_[first, len(tkey)])
-    ux, uy = tx[first], ty[first]
-    region_ids = np.array([f"{z}/{x}/{y}" for x, y in zip(ux, uy, strict=True)], dtype=object)
 
+def _entity_table(t: pa.Table, elem: np.ndarray, clip: np.ndarray, tile_ids: pa.Array) -> pa.Table:
+    """The entities file: bucket rows ``elem`` with their clips, boxes and tile ids."""
     boxes = min_rotated_boxes(clip).astype(np.float32)
     take = buffer_array(elem, pa.int64())
-    tile_ids = bytes_array(region_ids.tolist(), pa.string())
-    tile_of = buffer_array(np.repeat(np.arange(len(ux)), counts), pa.int64())
     type_ids = buffer_array(shapely.get_type_id(clip), pa.int64())
-    entities = pa.table(
+    return pa.table(
         {
-            REGIONS_INDEX: tile_ids.take(tile_of),
+            REGIONS_INDEX: tile_ids,
             "feature_id": t.column("feature_id").take(take),
             "tags": t.column("tags").take(take),
             "geom_type": bytes_array(_TYPE_NAMES.tolist(), pa.string()).take(type_ids),
@@ -279,17 +310,28 @@ def build_shard(
         }
     ).cast(schema.ENTITY_SCHEMA)
 
+
+def _tile_table(
+    z: int,
+    ux: np.ndarray,
+    uy: np.ndarray,
+    counts: np.ndarray,
+    tile_ids: pa.Array,
+    imagery: Any,
+    image_size: int,
+) -> pa.Table:
+    """The tiles file: one row per tile with its bounds, entity count and imagery."""
     west, south, east, north = tile_bounds_lonlat(z, ux, uy)
     images: list[bytes | None] = [None] * len(ux)
     coverage: list[float | None] = [None] * len(ux)
     if imagery is not None:
         for i, (x, y) in enumerate(zip(ux, uy, strict=True)):
-            img = imagery.read_tile(z, int(x), int(y), config.image_size)
+            img = imagery.read_tile(z, int(x), int(y), image_size)
             if img is not None:
                 images[i] = np.ascontiguousarray(img.rgb, dtype=np.uint8).tobytes()
                 coverage[i] = float(img.coverage)
     no_image = all(c is None for c in coverage)
-    tiles = pa.table(
+    return pa.table(
         {
             REGIONS_INDEX: tile_ids,
             "z": buffer_array(np.full(len(ux), z), pa.int8()),
@@ -306,10 +348,6 @@ def build_shard(
             else pa.array(coverage, pa.float32()),
         }
     ).cast(schema.TILE_SCHEMA)
-    stats = {"tiles": len(ux), "entities": len(elem), "clip_repaired": repaired}
-    tiles = tiles.replace_schema_metadata({STATS_KEY: json.dumps(stats)})
-    write_shard(job, tiles, entities)
-    return job.shard, shard_summary(tiles, entities, repaired)
 
 
 def write_shard(job: ShardJob, tiles: pa.Table, entities: pa.Table) -> None:

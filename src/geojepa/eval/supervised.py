@@ -16,6 +16,7 @@ import copy
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -224,6 +225,60 @@ def _select(out: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor) -> torch
     return out[rows] if out.dim() == 1 else out[rows, slots]
 
 
+@dataclass
+class _Objective:
+    """The task's loss, and how raw network outputs become outputs and validation scores.
+
+    Binary tasks train on logits (positives re-weighted); others on standardised values.
+    """
+
+    kind: str
+    loss_fn: nn.Module
+    center: float = 0.0
+    scale: float = 1.0
+
+    @property
+    def binary(self) -> bool:
+        return self.kind == "binary"
+
+    def output(self, raw: np.ndarray) -> np.ndarray:
+        """Probabilities (binary) or values in the label's units."""
+        return 1 / (1 + np.exp(-raw)) if self.binary else raw * self.scale + self.center
+
+    def val_score(self, y: np.ndarray, raw: np.ndarray) -> float:
+        """Higher is better: AUROC (or log-likelihood with one class), else -MAE."""
+        out = self.output(raw)
+        if self.binary:
+            if len(np.unique(y)) == 2:
+                return auroc(y, out)
+            p = np.clip(out, 1e-7, 1 - 1e-7)
+            return float(np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+        return -mae(y, np.maximum(out, 0.0) if self.kind == "count" else out)
+
+
+def _objective(task: Task, y_train: np.ndarray) -> _Objective:
+    """The loss and output scaling for ``task``, from the train labels."""
+    if task.kind == "binary":
+        n_pos = float(y_train.sum())
+        if n_pos == 0 or n_pos == len(y_train):
+            raise InputError(f"task {task.name}: the train split holds a single class")
+        pos_weight = torch.tensor((len(y_train) - n_pos) / n_pos)
+        return _Objective(task.kind, nn.BCEWithLogitsLoss(pos_weight=pos_weight), 0.0, 1.0)
+    center, scale = float(y_train.mean()), float(y_train.std()) or 1.0
+    return _Objective(task.kind, nn.HuberLoss(delta=1.0), center, scale)
+
+
+@dataclass
+class _Fit:
+    """One seed's training: the best val score, its weights and epoch, and when it stopped."""
+
+    score: float
+    state: dict | None
+    epoch: int
+    stopped_at: int
+    converged: bool  # val stopped improving: early-stopped, not capped
+
+
 def train_supervised(
     arrays: TileArrays,
     labels: pd.Series,
@@ -249,95 +304,91 @@ def train_supervised(
     parts = _parts(arrays, labels, split, task)
     if config.max_val_tiles is not None:
         parts["val"] = _sample(parts["val"], config.max_val_tiles, np.random.default_rng(12345))
-    binary = task.kind == "binary"
-    y_train = parts["train"].y.astype(float)
-    if binary:
-        n_pos = float(y_train.sum())
-        if n_pos == 0 or n_pos == len(y_train):
-            raise InputError(f"task {task.name}: the train split holds a single class")
-        loss_fn: nn.Module = nn.BCEWithLogitsLoss(
-            pos_weight=torch.tensor((len(y_train) - n_pos) / n_pos)
-        )
-        center, scale = 0.0, 1.0
-    else:
-        center, scale = float(y_train.mean()), float(y_train.std()) or 1.0
-        loss_fn = nn.HuberLoss(delta=1.0)
+    objective = _objective(task, parts["train"].y.astype(float))
     runners = {name: _Runner(arrays, parts[name], image_size, config) for name in SPLITS}
-
-    def to_output(raw: np.ndarray) -> np.ndarray:
-        return 1 / (1 + np.exp(-raw)) if binary else raw * scale + center
-
-    def val_score(net: SupervisedTransformer) -> float:
-        out = to_output(runners["val"].predict(net))
-        y = parts["val"].y
-        if binary:
-            if len(np.unique(y)) == 2:
-                return auroc(y, out)
-            p = np.clip(out, 1e-7, 1 - 1e-7)
-            return float(np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-        return -mae(y, np.maximum(out, 0.0) if task.kind == "count" else out)
 
     rows: list[ResultRow] = []
     for seed in seeds:
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         net = SupervisedTransformer(tokenizer_config, tag_table, task.level, config)
-        params = [p for p in net.parameters() if p.requires_grad]
-        optim = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        target = torch.as_tensor((parts["train"].y - center) / scale, dtype=torch.float32)
-        best = (-math.inf, None, 0)
-        stale, converged, epoch = 0, False, 0
-        for epoch in range(1, config.max_epochs + 1):
-            net.train()
-            for batch, b_rows, b_slots, idx in runners["train"].batches(
-                rng, config.tiles_per_epoch
-            ):
-                optim.zero_grad()
-                loss = loss_fn(_select(net(batch), b_rows, b_slots), target[idx])
-                loss.backward()
-                nn.utils.clip_grad_norm_(params, 5.0)
-                optim.step()
-            score = val_score(net)
-            if progress:
-                print(f"  supervised {task.name} seed {seed} epoch {epoch}: val {score:.4f}")
-            if score > best[0]:
-                best, stale = (score, copy.deepcopy(net.state_dict()), epoch), 0
-            else:
-                stale += 1
-                if stale >= config.patience:
-                    converged = True  # val stopped improving: early-stopped, not capped
-                    break
-        if best[1] is not None:
-            net.load_state_dict(best[1])
-        out = to_output(runners["test"].predict(net))
-        y_test = parts["test"].y.astype(float)
-        if binary:
-            pred = out
-            metrics = compute_metrics("binary", y_test, (out >= 0.5).astype(float), out)
-        else:
-            pred = np.maximum(out, 0.0) if task.kind == "count" else out
-            metrics = compute_metrics(task.kind, y_test, pred, None)
-        rows.append(
-            ResultRow(
-                MODEL_NAME,
-                task.name,
-                PROBE_NAME,
-                int(seed),
-                metrics,
-                {
-                    "epochs": best[2],
-                    "stopped_at": epoch,
-                    "converged": converged,
-                    "depth": config.depth,
-                    "width": tokenizer_config.width,
-                },
-                best[0],
-                len(parts["train"].y),
-                len(parts["val"].y),
-                len(y_test),
-                test_index=parts["test"].index,
-                test_y=y_test,
-                test_output=np.asarray(pred, dtype=float),
-            )
-        )
+        fit = _fit(net, runners, objective, rng, config, progress, f"{task.name} seed {seed}")
+        if fit.state is not None:
+            net.load_state_dict(fit.state)
+        details = {"epochs": fit.epoch, "stopped_at": fit.stopped_at, "converged": fit.converged,
+                   "depth": config.depth, "width": tokenizer_config.width}  # fmt: skip
+        rows.append(_score(net, runners["test"], objective, task, seed, parts, fit.score, details))
     return rows
+
+
+def _fit(
+    net: SupervisedTransformer,
+    runners: dict[str, _Runner],
+    objective: _Objective,
+    rng: np.random.Generator,
+    config: SupervisedConfig,
+    progress: bool,
+    label: str,
+) -> _Fit:
+    """Train ``net`` epoch by epoch until val stops improving for ``patience`` epochs."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    train_y = runners["train"].part.y
+    target = torch.as_tensor((train_y - objective.center) / objective.scale, dtype=torch.float32)
+    best = (-math.inf, None, 0)
+    stale, converged, epoch = 0, False, 0
+    for epoch in range(1, config.max_epochs + 1):
+        net.train()
+        for batch, b_rows, b_slots, idx in runners["train"].batches(rng, config.tiles_per_epoch):
+            optim.zero_grad()
+            loss = objective.loss_fn(_select(net(batch), b_rows, b_slots), target[idx])
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 5.0)
+            optim.step()
+        score = objective.val_score(runners["val"].part.y, runners["val"].predict(net))
+        if progress:
+            print(f"  supervised {label} epoch {epoch}: val {score:.4f}")
+        if score > best[0]:
+            best, stale = (score, copy.deepcopy(net.state_dict()), epoch), 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                converged = True
+                break
+    return _Fit(best[0], best[1], best[2], epoch, converged)
+
+
+def _score(
+    net: SupervisedTransformer,
+    test: _Runner,
+    objective: _Objective,
+    task: Task,
+    seed: int,
+    parts: dict[str, _Part],
+    val_score: float,
+    details: dict[str, Any],
+) -> ResultRow:
+    """Score the trained ``net`` on the test split, once."""
+    out = objective.output(test.predict(net))
+    y_test = parts["test"].y.astype(float)
+    if objective.binary:
+        pred = out
+        metrics = compute_metrics("binary", y_test, (out >= 0.5).astype(float), out)
+    else:
+        pred = np.maximum(out, 0.0) if task.kind == "count" else out
+        metrics = compute_metrics(task.kind, y_test, pred, None)
+    return ResultRow(
+        MODEL_NAME,
+        task.name,
+        PROBE_NAME,
+        int(seed),
+        metrics,
+        details,
+        val_score,
+        len(parts["train"].y),
+        len(parts["val"].y),
+        len(y_test),
+        test_index=parts["test"].index,
+        test_y=y_test,
+        test_output=np.asarray(pred, dtype=float),
+    )

@@ -179,27 +179,18 @@ def nearest(
     (between centroids; NaN without geometry) and, for entities, ``region_id`` (the tile of
     the best-matching clip). ``attrs`` holds ``query``, ``kind`` and ``search``.
     """
-    if metric not in ("cosine", "dot"):
-        raise ConfigError(f"metric must be 'cosine' or 'dot', got {metric!r}")
-    if k < 1:
-        raise ConfigError(f"k must be at least 1, got {k}")
-    if search not in ("auto", "exact", "ann"):
-        raise ConfigError(f"search must be 'auto', 'exact' or 'ann', got {search!r}")
+    _check_options(metric, k, search)
     frame = load_embeddings(embeddings)
     kind = embedding_kind(frame)
     ids = frame.index
-    qpos = np.flatnonzero(ids == query)
-    if len(qpos) == 0:
-        what = REGIONS_INDEX if kind == "tiles" else "feature_id"
-        close = suggest_ids(query, ids)
-        hint = f"; close ids: {', '.join(close)}" if close else ""
-        raise InputError(f"{what} {query!r} is not in the {kind} embedding file{hint}")
+    qpos = _query_rows(ids, query, kind)
     matrix = embedding_matrix(frame, normalize=metric == "cosine")
     qvec = matrix[qpos].mean(axis=0, keepdims=True)
     if metric == "cosine":
         qvec /= max(float(np.linalg.norm(qvec)), 1e-12)
 
     n = len(frame)
+    # an entity has a row per clip: search deep enough to find k distinct ids
     max_clips = int(ids.value_counts().iloc[0])
     k_search = min(n, k * max_clips + len(qpos))
     use_ann = search == "ann" or (search == "auto" and n >= ANN_THRESHOLD and _ann_backend())
@@ -207,30 +198,7 @@ def nearest(
         idx, sc = topk_ann(matrix, qvec, k_search, metric)
     else:
         idx, sc = topk_inner(matrix, qvec, k_search, chunk_elems)
-
-    picked: list[int] = []
-    scores: list[float] = []
-    seen = {query}
-    for i, s in zip(idx[0], sc[0], strict=True):
-        if i < 0 or ids[i] in seen:
-            continue
-        seen.add(ids[i])
-        picked.append(int(i))
-        scores.append(float(s))
-        if len(picked) == k:
-            break
-    pos = np.asarray(picked, dtype=np.int64)
-
-    dist = np.full(len(pos), np.nan)
-    cents = _centroids(frame, np.concatenate([qpos, pos]))
-    if cents is not None and len(pos):
-        qc = cents[: len(qpos)]
-        if len(qpos) > 1:  # a multi-clip feature: centroid of the union of its clips
-            union = shapely.union_all(frame.geometry.iloc[qpos].to_crs(4326).to_numpy())
-            c = shapely.centroid(union)
-            qc = np.array([[shapely.get_x(c), shapely.get_y(c)]])
-        rc = cents[len(qpos) :]
-        dist = haversine_km(qc[0, 0], qc[0, 1], rc[:, 0], rc[:, 1])
+    pos, scores = _distinct_hits(idx[0], sc[0], ids, query, k)
 
     tag_col = "top_tags" if kind == "tiles" else "tags"
     tags = (
@@ -244,7 +212,7 @@ def nearest(
             "id": ids[pos].to_numpy(),
             "similarity": np.asarray(scores, dtype=np.float64),
             "tags": tags,
-            "distance_km": dist,
+            "distance_km": _distances_km(frame, qpos, pos),
         }
     )
     if kind == "entities" and REGIONS_INDEX in frame:
@@ -253,6 +221,60 @@ def nearest(
         {"query": query, "kind": kind, "metric": metric, "search": "ann" if use_ann else "exact"}
     )
     return result
+
+
+def _check_options(metric: str, k: int, search: str) -> None:
+    """Refuse an unknown metric or search, or k < 1, before any file is read."""
+    if metric not in ("cosine", "dot"):
+        raise ConfigError(f"metric must be 'cosine' or 'dot', got {metric!r}")
+    if k < 1:
+        raise ConfigError(f"k must be at least 1, got {k}")
+    if search not in ("auto", "exact", "ann"):
+        raise ConfigError(f"search must be 'auto', 'exact' or 'ann', got {search!r}")
+
+
+def _query_rows(ids: pd.Index, query: str, kind: str) -> np.ndarray:
+    """Rows of ``query`` (several for an entity clipped into several tiles); close ids if none."""
+    qpos = np.flatnonzero(ids == query)
+    if len(qpos) == 0:
+        what = REGIONS_INDEX if kind == "tiles" else "feature_id"
+        close = suggest_ids(query, ids)
+        hint = f"; close ids: {', '.join(close)}" if close else ""
+        raise InputError(f"{what} {query!r} is not in the {kind} embedding file{hint}")
+    return qpos
+
+
+def _distinct_hits(
+    idx: np.ndarray, sc: np.ndarray, ids: pd.Index, query: str, k: int
+) -> tuple[np.ndarray, list[float]]:
+    """The first ``k`` hits with an id not seen before (and not the query): rows, scores."""
+    picked: list[int] = []
+    scores: list[float] = []
+    seen = {query}
+    for i, s in zip(idx, sc, strict=True):
+        if i < 0 or ids[i] in seen:
+            continue
+        seen.add(ids[i])
+        picked.append(int(i))
+        scores.append(float(s))
+        if len(picked) == k:
+            break
+    return np.asarray(picked, dtype=np.int64), scores
+
+
+def _distances_km(frame: pd.DataFrame, qpos: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Great-circle km from the query's centroid to each hit's; NaN without geometry."""
+    dist = np.full(len(pos), np.nan)
+    cents = _centroids(frame, np.concatenate([qpos, pos]))
+    if cents is not None and len(pos):
+        qc = cents[: len(qpos)]
+        if len(qpos) > 1:  # a multi-clip feature: centroid of the union of its clips
+            union = shapely.union_all(frame.geometry.iloc[qpos].to_crs(4326).to_numpy())
+            c = shapely.centroid(union)
+            qc = np.array([[shapely.get_x(c), shapely.get_y(c)]])
+        rc = cents[len(qpos) :]
+        dist = haversine_km(qc[0, 0], qc[0, 1], rc[:, 0], rc[:, 1])
+    return dist
 
 
 def to_json(result: pd.DataFrame) -> str:

@@ -21,6 +21,7 @@ import re
 import warnings
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import geopandas as gpd
 import numpy as np
@@ -41,6 +42,9 @@ from geojepa.explore.embeddings import (
 )
 from geojepa.explore.knn import topk_inner
 from geojepa.io.atomic import write_atomic
+
+if TYPE_CHECKING:
+    import folium
 
 OSM_ATTRIBUTION = (
     '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors'
@@ -197,27 +201,12 @@ def make_map(
     gdf = require_geometry(frame, t_label)
     matrix = embedding_matrix(gdf, normalize=True)
     coords, variance = pca(matrix, 3) if method == "pca" else (project(matrix, 3, method), None)
-    colors = _hex(coords)
     key = color_key(coords, tile_statistics(gdf), variance, method)
-    ids = gdf.index
-    columns: dict[str, list] = {REGIONS_INDEX: _escape(ids.to_series())}
-    if "n_entities" in gdf:
-        columns["n_entities"] = [int(v) for v in gdf["n_entities"].fillna(0)]
-    if "top_tags" in gdf:
-        columns["top_tags"] = _escape(gdf["top_tags"])
-    columns["neighbours"] = _neighbour_text(ids, matrix, neighbours)
-    tile_layer = _layer_frame(gdf, columns, colors)
+    columns = _tile_columns(gdf, matrix, neighbours)
+    tile_layer = _layer_frame(gdf, columns, _hex(coords))
 
     bounds = [gdf.total_bounds]
-    fmap = folium.Map(tiles=None, control_scale=True, prefer_canvas=len(gdf) > 5000)
-    inline = _leaflet_inline()
-    if inline is not None:  # no CDN: Leaflet core is all these layers need
-        fmap.default_js = []
-        fmap.default_css = []
-        fmap.get_root().header.add_child(folium.Element(inline), name="leaflet_inline")
-    folium.TileLayer(
-        OSM_TILES, attr=OSM_ATTRIBUTION, name="OpenStreetMap (online)", max_zoom=19
-    ).add_to(fmap)
+    fmap = _base_map(len(gdf))
     folium.GeoJson(
         tile_layer,
         name=f"tiles ({method.upper()} of embeddings → RGB)",
@@ -225,34 +214,8 @@ def make_map(
         tooltip=folium.GeoJsonTooltip(fields=[REGIONS_INDEX], labels=False),
         popup=folium.GeoJsonPopup(fields=list(columns)),
     ).add_to(fmap)
-
     if entities is not None:
-        e_label = str(entities) if isinstance(entities, str | Path) else "the entity embeddings"
-        eframe = load_embeddings(entities, name=e_label)
-        require_kind(eframe, "entities", e_label, "give tile embeddings as EMB")
-        egdf = require_geometry(eframe, e_label)
-        if len(egdf) > max_entities:
-            warnings.warn(
-                f"{e_label}: drawing a random {max_entities} of {len(egdf)} entity clips",
-                stacklevel=2,
-            )
-            keep = np.sort(np.random.default_rng(0).choice(len(egdf), max_entities, False))
-            egdf = egdf.iloc[keep]
-        bounds.append(egdf.total_bounds)
-        ematrix = embedding_matrix(egdf, normalize=True)
-        ecols: dict[str, list] = {"feature_id": _escape(egdf.index.to_series())}
-        if REGIONS_INDEX in egdf:
-            ecols[REGIONS_INDEX] = _escape(egdf[REGIONS_INDEX])
-        if "tags" in egdf:
-            ecols["tags"] = _escape(egdf["tags"])
-        folium.GeoJson(
-            _layer_frame(egdf, ecols, embedding_colors(ematrix, method)),
-            name="entities (embedding → RGB)",
-            style_function=_style,
-            marker=folium.CircleMarker(radius=4),
-            tooltip=folium.GeoJsonTooltip(fields=["feature_id"], labels=False),
-            popup=folium.GeoJsonPopup(fields=list(ecols)),
-        ).add_to(fmap)
+        bounds.append(_add_entities(fmap, entities, method, max_entities))
 
     folium.LayerControl(collapsed=False).add_to(fmap)
     west, south = np.min(bounds, axis=0)[:2]
@@ -269,3 +232,65 @@ def make_map(
     if output.is_dir():
         raise OutputError(f"{output} is a directory: give a file name such as {output}/map.html")
     return write_atomic(output, lambda tmp: fmap.save(str(tmp)))
+
+
+def _tile_columns(gdf: gpd.GeoDataFrame, matrix: np.ndarray, neighbours: int) -> dict[str, list]:
+    """The tiles' popup fields: id, entity count and top tags where known, nearest tiles."""
+    ids = gdf.index
+    columns: dict[str, list] = {REGIONS_INDEX: _escape(ids.to_series())}
+    if "n_entities" in gdf:
+        columns["n_entities"] = [int(v) for v in gdf["n_entities"].fillna(0)]
+    if "top_tags" in gdf:
+        columns["top_tags"] = _escape(gdf["top_tags"])
+    columns["neighbours"] = _neighbour_text(ids, matrix, neighbours)
+    return columns
+
+
+def _base_map(n_tiles: int) -> folium.Map:
+    """An empty folium map with Leaflet inlined where possible and the OSM base layer."""
+    import folium
+
+    fmap = folium.Map(tiles=None, control_scale=True, prefer_canvas=n_tiles > 5000)
+    inline = _leaflet_inline()
+    if inline is not None:  # no CDN: Leaflet core is all these layers need
+        fmap.default_js = []
+        fmap.default_css = []
+        fmap.get_root().header.add_child(folium.Element(inline), name="leaflet_inline")
+    folium.TileLayer(
+        OSM_TILES, attr=OSM_ATTRIBUTION, name="OpenStreetMap (online)", max_zoom=19
+    ).add_to(fmap)
+    return fmap
+
+
+def _add_entities(
+    fmap: folium.Map, entities: EmbeddingSource, method: str, max_entities: int
+) -> np.ndarray:
+    """Add the entity layer (a seeded sample of ``max_entities`` at most); returns its bounds."""
+    import folium
+
+    e_label = str(entities) if isinstance(entities, str | Path) else "the entity embeddings"
+    eframe = load_embeddings(entities, name=e_label)
+    require_kind(eframe, "entities", e_label, "give tile embeddings as EMB")
+    egdf = require_geometry(eframe, e_label)
+    if len(egdf) > max_entities:
+        warnings.warn(
+            f"{e_label}: drawing a random {max_entities} of {len(egdf)} entity clips",
+            stacklevel=3,  # make_map's caller
+        )
+        keep = np.sort(np.random.default_rng(0).choice(len(egdf), max_entities, False))
+        egdf = egdf.iloc[keep]
+    ematrix = embedding_matrix(egdf, normalize=True)
+    ecols: dict[str, list] = {"feature_id": _escape(egdf.index.to_series())}
+    if REGIONS_INDEX in egdf:
+        ecols[REGIONS_INDEX] = _escape(egdf[REGIONS_INDEX])
+    if "tags" in egdf:
+        ecols["tags"] = _escape(egdf["tags"])
+    folium.GeoJson(
+        _layer_frame(egdf, ecols, embedding_colors(ematrix, method)),
+        name="entities (embedding → RGB)",
+        style_function=_style,
+        marker=folium.CircleMarker(radius=4),
+        tooltip=folium.GeoJsonTooltip(fields=["feature_id"], labels=False),
+        popup=folium.GeoJsonPopup(fields=list(ecols)),
+    ).add_to(fmap)
+    return egdf.total_bounds

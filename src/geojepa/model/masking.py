@@ -156,63 +156,20 @@ class MaskGenerator:
         boxes: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> Masks:
-        """valid bool [B,L], modality long [B,L] (0 = entity, >0 = image), boxes float [B,L,8]."""
+        """valid bool [B,L], modality long [B,L] (0 = entity, >0 = image), boxes float [B,L,8].
+
+        Every strategy's targets are drawn for every sample (vectorised), then each sample
+        keeps its own strategy's; the draws from ``generator`` come in a fixed order.
+        """
         cfg = self.config
-        dev = valid.device
-        b, n_tok = valid.shape
-        k = cfg.num_targets
+        b = valid.shape[0]
         gen = generator
         n = valid.sum(-1)  # [B]
-        nf = n.to(torch.float32)
-        cdf = torch.tensor(cfg.probabilities, dtype=torch.float64).cumsum(0)
-        cdf = (cdf / cdf[-1]).to(device=dev, dtype=torch.float32)
-        cdf[-1] = 2.0  # u < 1 always lands in a bucket; zero-probability buckets are empty
-        u = _uniform((b,), gen, dev)
-        if cfg.strategy_per == "batch":  # one strategy for the whole batch
-            u = u[:1].repeat(b)
-        strategy = torch.searchsorted(cdf, u, right=True)
-        ks = torch.arange(k, device=dev).view(1, k, 1)
-
-        # random: a fraction of the tokens, dealt into k disjoint targets, or that fraction
-        # drawn for each target on its own (they may overlap).
-        n_rand = (nf * cfg.random_target_fraction).ceil().long()
-        if cfg.random_targets == "per_target":
-            rank_k = _rank(_uniform((b, k, n_tok), gen, dev), valid.unsqueeze(1).expand(b, k, -1))
-            t_random = valid.unsqueeze(1) & (rank_k < n_rand[:, None, None])
-        else:
-            rank = _rank(_uniform((b, n_tok), gen, dev), valid)
-            t_random = valid.unsqueeze(1) & (rank < n_rand[:, None]).unsqueeze(1)
-            t_random = t_random & ((rank % k).unsqueeze(1) == ks)
-
-        # contiguous: k runs in token order over the valid tokens.
-        pos = valid.long().cumsum(-1) - 1  # position among valid tokens
-        run = (nf * cfg.contiguous_target_fraction).round().clamp(min=1)
-        start = (_uniform((b, k), gen, dev) * (nf[:, None] - run[:, None] + 1)).floor()
-        p = pos.unsqueeze(1).float()
-        t_contig = (p >= start[..., None]) & (p < (start + run[:, None])[..., None])
-        t_contig = t_contig & valid.unsqueeze(1)
-
-        # area: k rectangles; a token is in a target iff its box centroid is inside.
-        a_lo, a_hi = cfg.area_fraction
-        r_lo, r_hi = (math.log(v) for v in cfg.area_aspect)
-        area = a_lo + (a_hi - a_lo) * _uniform((b, k), gen, dev)
-        aspect = torch.exp(r_lo + (r_hi - r_lo) * _uniform((b, k), gen, dev))
-        w = (area * aspect).sqrt().clamp(max=1.0)
-        h = (area / aspect).sqrt().clamp(max=1.0)
-        x0 = _uniform((b, k), gen, dev) * (1.0 - w)
-        y0 = _uniform((b, k), gen, dev) * (1.0 - h)
-        centre = boxes.float().view(b, n_tok, 4, 2).mean(2)  # [B,L,2]
-        cx, cy = centre[..., 0].unsqueeze(1), centre[..., 1].unsqueeze(1)
-        t_area = (cx >= x0[..., None]) & (cx < (x0 + w)[..., None])
-        t_area = t_area & (cy >= y0[..., None]) & (cy < (y0 + h)[..., None]) & valid.unsqueeze(1)
-
-        # modality: context = one modality, targets = the other (dealt into k targets).
-        is_ent = valid & (modality == 0)
-        is_img = valid & (modality != 0)
-        both = is_ent.any(-1) & is_img.any(-1)
-        ctx_is_ent = _uniform((b,), gen, dev) < 0.5
-        tgt_mod = torch.where(ctx_is_ent[:, None], is_img, is_ent)
-        t_modality = _deal(tgt_mod, k, gen, dev)
+        strategy = _draw_strategies(cfg, b, gen, valid.device)
+        t_random = _random_targets(cfg, valid, gen)
+        t_contig = _contiguous_targets(cfg, valid, gen)
+        t_area = _area_targets(cfg, valid, boxes, gen)
+        t_modality, both = _modality_targets(cfg.num_targets, valid, modality, gen)
 
         # Samples whose tile lacks a modality fall back to random.
         strategy = torch.where((strategy == 3) & ~both, torch.zeros_like(strategy), strategy)
@@ -223,27 +180,8 @@ class MaskGenerator:
             torch.where(choice == 1, t_contig, torch.where(choice == 2, t_area, t_modality)),
         )
         # Samples with < 2 valid tokens: no targets, their token (if any) is context.
-        enough = n >= 2
-        targets = targets & enough.view(b, 1, 1)
-
-        # Repair 1: at least one target token (when the sample has >= 2 tokens).
-        union = targets.any(1)
-        empty = enough & ~union.any(-1)
-        first = _rank(_uniform((b, n_tok), gen, dev), valid) == 0
-        pick = empty[:, None] & first
-        targets = targets | (pick.unsqueeze(1) & (ks == 0))
-        union = targets.any(1)
-        context = valid & ~union
-
-        # Repair 2: minimum context, by removing tokens from the targets (never copying).
-        need = (nf * cfg.min_context_fraction).ceil().long().clamp(min=1)
-        need = need.minimum((n - 1).clamp(min=0))
-        n_union = union.sum(-1)
-        deficit = (need - context.sum(-1)).clamp(min=0).minimum((n_union - 1).clamp(min=0))
-        urank = _rank(_uniform((b, n_tok), gen, dev), union)
-        move = union & (urank < deficit[:, None])
-        targets = targets & ~move.unsqueeze(1)
-        context = context | move
+        targets = targets & (n >= 2).view(b, 1, 1)
+        context, targets = _repair(cfg, valid, targets, gen)
 
         c_idx, c_valid, c_count = _compact(context)
         t_idx, t_valid, t_count = _compact(targets)
@@ -257,3 +195,113 @@ class MaskGenerator:
             context=context,
             targets=targets,
         )
+
+
+def _draw_strategies(
+    cfg: MaskingConfig, b: int, gen: torch.Generator | None, dev: torch.device
+) -> torch.Tensor:
+    """long [B]: each sample's strategy (index into STRATEGIES), by the inverse CDF."""
+    cdf = torch.tensor(cfg.probabilities, dtype=torch.float64).cumsum(0)
+    cdf = (cdf / cdf[-1]).to(device=dev, dtype=torch.float32)
+    cdf[-1] = 2.0  # u < 1 always lands in a bucket; zero-probability buckets are empty
+    u = _uniform((b,), gen, dev)
+    if cfg.strategy_per == "batch":  # one strategy for the whole batch
+        u = u[:1].repeat(b)
+    return torch.searchsorted(cdf, u, right=True)
+
+
+def _random_targets(
+    cfg: MaskingConfig, valid: torch.Tensor, gen: torch.Generator | None
+) -> torch.Tensor:
+    """bool [B,K,L]: a fraction of the tokens, dealt into k disjoint targets, or that
+    fraction drawn for each target on its own (they may overlap)."""
+    dev = valid.device
+    b, n_tok = valid.shape
+    k = cfg.num_targets
+    n_rand = (valid.sum(-1).to(torch.float32) * cfg.random_target_fraction).ceil().long()
+    if cfg.random_targets == "per_target":
+        rank_k = _rank(_uniform((b, k, n_tok), gen, dev), valid.unsqueeze(1).expand(b, k, -1))
+        return valid.unsqueeze(1) & (rank_k < n_rand[:, None, None])
+    rank = _rank(_uniform((b, n_tok), gen, dev), valid)
+    t_random = valid.unsqueeze(1) & (rank < n_rand[:, None]).unsqueeze(1)
+    ks = torch.arange(k, device=dev).view(1, k, 1)
+    return t_random & ((rank % k).unsqueeze(1) == ks)
+
+
+def _contiguous_targets(
+    cfg: MaskingConfig, valid: torch.Tensor, gen: torch.Generator | None
+) -> torch.Tensor:
+    """bool [B,K,L]: k runs in token order over the valid tokens."""
+    b, k = valid.shape[0], cfg.num_targets
+    nf = valid.sum(-1).to(torch.float32)
+    pos = valid.long().cumsum(-1) - 1  # position among valid tokens
+    run = (nf * cfg.contiguous_target_fraction).round().clamp(min=1)
+    start = (_uniform((b, k), gen, valid.device) * (nf[:, None] - run[:, None] + 1)).floor()
+    p = pos.unsqueeze(1).float()
+    t_contig = (p >= start[..., None]) & (p < (start + run[:, None])[..., None])
+    return t_contig & valid.unsqueeze(1)
+
+
+def _area_targets(
+    cfg: MaskingConfig, valid: torch.Tensor, boxes: torch.Tensor, gen: torch.Generator | None
+) -> torch.Tensor:
+    """bool [B,K,L]: k rectangles; a token is in a target iff its box centroid is inside."""
+    dev = valid.device
+    b, n_tok = valid.shape
+    k = cfg.num_targets
+    a_lo, a_hi = cfg.area_fraction
+    r_lo, r_hi = (math.log(v) for v in cfg.area_aspect)
+    area = a_lo + (a_hi - a_lo) * _uniform((b, k), gen, dev)
+    aspect = torch.exp(r_lo + (r_hi - r_lo) * _uniform((b, k), gen, dev))
+    w = (area * aspect).sqrt().clamp(max=1.0)
+    h = (area / aspect).sqrt().clamp(max=1.0)
+    x0 = _uniform((b, k), gen, dev) * (1.0 - w)
+    y0 = _uniform((b, k), gen, dev) * (1.0 - h)
+    centre = boxes.float().view(b, n_tok, 4, 2).mean(2)  # [B,L,2]
+    cx, cy = centre[..., 0].unsqueeze(1), centre[..., 1].unsqueeze(1)
+    t_area = (cx >= x0[..., None]) & (cx < (x0 + w)[..., None])
+    return t_area & (cy >= y0[..., None]) & (cy < (y0 + h)[..., None]) & valid.unsqueeze(1)
+
+
+def _modality_targets(
+    k: int, valid: torch.Tensor, modality: torch.Tensor, gen: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """bool [B,K,L]: context = one modality, targets = the other (dealt into k targets);
+    and bool [B]: whether the sample has both modalities (else it falls back to random)."""
+    is_ent = valid & (modality == 0)
+    is_img = valid & (modality != 0)
+    both = is_ent.any(-1) & is_img.any(-1)
+    ctx_is_ent = _uniform((valid.shape[0],), gen, valid.device) < 0.5
+    tgt_mod = torch.where(ctx_is_ent[:, None], is_img, is_ent)
+    return _deal(tgt_mod, k, gen, valid.device), both
+
+
+def _repair(
+    cfg: MaskingConfig, valid: torch.Tensor, targets: torch.Tensor, gen: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The module docstring's two repairs; returns (context bool [B,L], targets [B,K,L])."""
+    dev = valid.device
+    b, n_tok = valid.shape
+    n = valid.sum(-1)
+    nf = n.to(torch.float32)
+    ks = torch.arange(cfg.num_targets, device=dev).view(1, cfg.num_targets, 1)
+
+    # Repair 1: at least one target token (when the sample has >= 2 tokens).
+    union = targets.any(1)
+    empty = (n >= 2) & ~union.any(-1)
+    first = _rank(_uniform((b, n_tok), gen, dev), valid) == 0
+    pick = empty[:, None] & first
+    targets = targets | (pick.unsqueeze(1) & (ks == 0))
+    union = targets.any(1)
+    context = valid & ~union
+
+    # Repair 2: minimum context, by removing tokens from the targets (never copying).
+    need = (nf * cfg.min_context_fraction).ceil().long().clamp(min=1)
+    need = need.minimum((n - 1).clamp(min=0))
+    n_union = union.sum(-1)
+    deficit = (need - context.sum(-1)).clamp(min=0).minimum((n_union - 1).clamp(min=0))
+    urank = _rank(_uniform((b, n_tok), gen, dev), union)
+    move = union & (urank < deficit[:, None])
+    targets = targets & ~move.unsqueeze(1)
+    context = context | move
+    return context, targets

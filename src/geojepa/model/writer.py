@@ -79,17 +79,7 @@ def write_model_directory(
     (out / CHECKSUMS_FILE).unlink(missing_ok=True)  # a half-rewritten directory never verifies
     cast = DTYPES[dtype]
     write_text_atomic(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
-    weights, seen = {}, set()
-    for k, v in state.items():
-        if is_tag_table(k):
-            continue
-        t = v.detach().cpu()
-        t = (t.to(cast) if t.is_floating_point() else t).contiguous()
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in seen and t.numel():  # teacher and student share frozen tensors
-            t = t.clone()  # safetensors refuses shared memory
-        seen.add(ptr)
-        weights[k] = t
+    weights = _weights(state, cast)
     meta = {
         "format_version": str(FORMAT_VERSION),
         "geojepa": "model",
@@ -98,15 +88,7 @@ def write_model_directory(
         "dtype": dtype,
     }
     write_atomic(out / WEIGHTS_FILE, lambda p: save_file(weights, str(p), metadata=meta))
-    if tag_table_from_text:
-        tables = tag_table_fingerprint(tag_table.detach().cpu())
-        table_file = TAG_TABLE_CHECK_FILE
-        (out / TAG_TABLE_FILE).unlink(missing_ok=True)
-    else:
-        tables = {"tag_table": tag_table.detach().cpu().to(cast).contiguous()}
-        table_file = TAG_TABLE_FILE
-        (out / TAG_TABLE_CHECK_FILE).unlink(missing_ok=True)
-    write_atomic(out / table_file, lambda p: save_file(tables, str(p), metadata=meta))
+    table_file = _write_tag_table(out, tag_table, cast, meta, tag_table_from_text)
     vocab.save(out / VOCAB_FILE)
     files = [CONFIG_FILE, WEIGHTS_FILE, table_file, VOCAB_FILE, ENVIRONMENT_FILE]
     if dataset_config is not None:  # lets `embed` refuse data of another zoom or tag filter
@@ -129,3 +111,38 @@ def write_model_directory(
     }
     write_text_atomic(out / CHECKSUMS_FILE, json.dumps(record, indent=2) + "\n")
     return out
+
+
+def _weights(state: dict[str, torch.Tensor], cast: torch.dtype) -> dict[str, torch.Tensor]:
+    """The tensors to store: on CPU, floats cast, the tag table left out, none sharing memory."""
+    weights, seen = {}, set()
+    for k, v in state.items():
+        if is_tag_table(k):
+            continue
+        t = v.detach().cpu()
+        t = (t.to(cast) if t.is_floating_point() else t).contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen and t.numel():  # teacher and student share frozen tensors
+            t = t.clone()  # safetensors refuses shared memory
+        seen.add(ptr)
+        weights[k] = t
+    return weights
+
+
+def _write_tag_table(
+    out: Path, tag_table: torch.Tensor, cast: torch.dtype, meta: dict[str, str], from_text: bool
+) -> str:
+    """Write the tag table, or only its fingerprint (``from_text``); returns the file's name.
+
+    The other form's file is removed, so a directory never holds both.
+    """
+    if from_text:
+        tables = tag_table_fingerprint(tag_table.detach().cpu())
+        table_file = TAG_TABLE_CHECK_FILE
+        (out / TAG_TABLE_FILE).unlink(missing_ok=True)
+    else:
+        tables = {"tag_table": tag_table.detach().cpu().to(cast).contiguous()}
+        table_file = TAG_TABLE_FILE
+        (out / TAG_TABLE_CHECK_FILE).unlink(missing_ok=True)
+    write_atomic(out / table_file, lambda p: save_file(tables, str(p), metadata=meta))
+    return table_file
