@@ -65,32 +65,7 @@ def model_card(
     losses = info.get("final_losses") or {}
     loss_lines = "\n".join(f"| {k} | {v:.4f} |" for k, v in losses.items()) or "| – | – |"
     t, m = config.tokenizer, config.model
-    inputs = [n for n, on in (("tags", t.use_tags), ("geometry", t.use_geometry),
-                              ("imagery", t.use_image)) if on]  # fmt: skip
-    default_text = t.text_model.removeprefix("sentence-transformers/") == DEFAULT_TEXT_MODEL
-    text_licence = (
-        f"{DEFAULT_TEXT_MODEL_LICENSE} (sentence-transformers/{DEFAULT_TEXT_MODEL}; "
-        "weights checked against the upstream SHA-256)"
-        if default_text
-        else "see the text model's own card"
-    )
-    counted = m.tile_pooling == "max_mean_count"
-    pooling = "[max ‖ mean ‖ log(1 + tokens)]" if counted else "[max ‖ mean]"
-    tile_width = 2 * m.width + counted
-    targets = f"mean of the last {m.target_layers} blocks" if m.target_layers > 1 else "last block"
-    per_target = m.pred_loss_reduction == "per_target_sum"
-    reduction = "sum over targets of each target's mean" if per_target else "mean over tokens"
-    loss = (f"smooth-L1 to teacher targets ({targets}; {reduction}) + {m.var_weight} × variance "
-            f"+ {m.cov_weight} × covariance")  # fmt: skip
-    ema = "encoder (student's tokenizer, prior)" if m.ema_scope == "encoder" else "all"
-    ema += f", momentum {m.ema_momentum[0]} → {m.ema_momentum[1]}"
-    ema += f" over {m.ema_steps} steps" if m.ema_steps else " over the run"
-    contents = (
-        f"embedding only (target encoder, tokenizer, prior; {info.get('dtype', 'float32')}): "
-        "embeds, cannot resume training"
-        if info.get("compact")
-        else "every weight (resumable from its run's checkpoints)"
-    )
+    f = _method_fields(config, info)
     return f"""{header}
 # GeoJEPA model card
 
@@ -104,15 +79,15 @@ arXiv 2503.05774), trained with `geojepa pretrain`.
 | preset | {getattr(config, "preset", None) or "custom"} |
 | training data | {info.get("dataset_name", "?")} ({info.get("n_tiles", "?")} tiles; see below) |
 | entity cap | {_entity_cap(info.get("entity_cap"))} |
-| inputs | {", ".join(inputs)} |
+| inputs | {f["inputs"]} |
 | text model | {t.text_model} |
-| text model licence | {text_licence} |
+| text model licence | {f["text_licence"]} |
 | recipe | {info.get("recipe") or "custom configuration"} |
 | encoder | width {m.width}, {m.depth} layers, {m.heads} heads, dropout {m.dropout} |
 | predictor | width {m.predictor_width}, {m.predictor_depth} layers |
-| loss | {loss} |
-| EMA teacher | {ema} |
-| weights | {contents} |
+| loss | {f["loss"]} |
+| EMA teacher | {f["ema"]} |
+| weights | {f["contents"]} |
 | optimiser steps | {info.get("steps", "?")} (epochs: {_epochs(info.get("epochs"))}) |
 | devices | {info.get("devices", "?")} |
 | training speed | {_speed(info.get("throughput"))} |
@@ -134,14 +109,52 @@ from geojepa.model import GeoJEPA
 model = GeoJEPA.from_pretrained("{info.get("repo_id") or "PATH/TO/THIS/DIRECTORY"}")
 ```
 
-`tile_embedding(batch)` gives {pooling} over the target encoder's token outputs
-({tile_width} numbers); `entity_embeddings(batch)` gives one {m.width}-d vector per entity.
+`tile_embedding(batch)` gives {f["pooling"]} over the target encoder's token outputs
+({f["tile_width"]} numbers); `entity_embeddings(batch)` gives one {m.width}-d vector per entity.
 `from_pretrained` takes this directory's path or its Hub id (`owner/name`, with
 `pip install 'geojepa[hub]'`); `checksums.json` holds the SHA-256 of every model file, and
 loading checks them.
 
 Data: © OpenStreetMap contributors, ODbL.
 """
+
+
+def _method_fields(config: Any, info: dict[str, Any]) -> dict[str, str]:
+    """The card's lines on what the model reads and how it was trained, from its config."""
+    t, m = config.tokenizer, config.model
+    inputs = [n for n, on in (("tags", t.use_tags), ("geometry", t.use_geometry),
+                              ("imagery", t.use_image)) if on]  # fmt: skip
+    default_text = t.text_model.removeprefix("sentence-transformers/") == DEFAULT_TEXT_MODEL
+    text_licence = (
+        f"{DEFAULT_TEXT_MODEL_LICENSE} (sentence-transformers/{DEFAULT_TEXT_MODEL}; "
+        "weights checked against the upstream SHA-256)"
+        if default_text
+        else "see the text model's own card"
+    )
+    counted = m.tile_pooling == "max_mean_count"
+    targets = f"mean of the last {m.target_layers} blocks" if m.target_layers > 1 else "last block"
+    if getattr(m, "target_norm", "token") == "token_batch":
+        targets += ", standardised per dimension over the batch"
+    per_target = m.pred_loss_reduction == "per_target_sum"
+    reduction = "sum over targets of each target's mean" if per_target else "mean over tokens"
+    ema = "encoder (student's tokenizer, prior)" if m.ema_scope == "encoder" else "all"
+    ema += f", momentum {m.ema_momentum[0]} → {m.ema_momentum[1]}"
+    ema += f" over {m.ema_steps} steps" if m.ema_steps else " over the schedule"
+    return {
+        "inputs": ", ".join(inputs),
+        "text_licence": text_licence,
+        "pooling": "[max ‖ mean ‖ log(1 + tokens)]" if counted else "[max ‖ mean]",
+        "tile_width": str(2 * m.width + counted),
+        "loss": f"smooth-L1 to teacher targets ({targets}; {reduction}) + {m.var_weight} × "
+        f"variance + {m.cov_weight} × covariance",
+        "ema": ema,
+        "contents": (
+            f"embedding only (target encoder, tokenizer, prior; {info.get('dtype', 'float32')}): "
+            "embeds, cannot resume training"
+            if info.get("compact")
+            else "every weight (resumable from its run's checkpoints)"
+        ),
+    }
 
 
 def _entity_cap(cap: dict[str, int] | None) -> str:
