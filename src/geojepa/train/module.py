@@ -1,4 +1,19 @@
-"""Lightning glue: optimiser and schedules, EMA after each optimiser step, logging, RNG state."""
+"""Lightning glue: optimiser and schedules, EMA after each optimiser step, logging, RNG state.
+
+One training step, top to bottom (what I-JEPA's loop shows in one place, here across the hooks
+Lightning calls in this order):
+
+1. the loader yields a padded batch of tiles (`tokenize.loader.TileStream`);
+2. `PretrainModule.on_before_batch_transfer`, on the host: `GeoJEPA.plan` draws the masks
+   (context, K targets) and the packings, so the step never waits for the device;
+3. `PretrainModule.training_step` → `GeoJEPA.forward`: the student's tokens; the teacher's
+   targets without gradient (`_target_outputs`: EMA tokenizer/prior/encoder, layer-normed);
+   `loss_from_tokens`: context encoder, one batched predictor call for all K targets,
+   smooth-L1 + variance + covariance terms;
+4. Lightning's backward and `optimizer_step` (here: weight decay of the step, then AdamW), then
+   `GeoJEPA.update_target` with the step's EMA momentum;
+5. on logging steps `_log_step`: each loss term and its share, the collapse monitors.
+"""
 
 from __future__ import annotations
 
