@@ -38,6 +38,35 @@ def test_info_names_a_truncated_shard(dataset, kind, capsys):
     assert f"{kind}-00001.parquet is damaged" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("kind", ["tiles", "entities"])
+def test_evaluate_names_a_truncated_shard_before_any_work(dataset, kind, tmp_path, capsys):
+    """A truncated shard given to evaluate: one line naming it, exit 1, no report folder."""
+    shard = dataset / "shards" / f"{kind}-00001.parquet"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    report = tmp_path / "report"
+    code = main(["evaluate", "-d", str(dataset), "-o", str(report), "--tasks", "traffic_signals",
+                 "--baselines", "dummy", "--seeds", "1", "-q"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and f"{kind}-00001.parquet is damaged" in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not report.exists()
+
+
+def test_an_interrupted_evaluate_says_nothing_was_written(dataset, tmp_path, monkeypatch, capsys):
+    import geojepa.eval.evaluate as ev
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ev, "evaluate", interrupted)
+    report = tmp_path / "report"
+    assert main(["evaluate", "-d", str(dataset), "-o", str(report), "-q"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no report was written to" in err, err
+    assert str(report) in err and "run the command again" in err
+
+
 def test_info_checks_row_counts_against_the_manifest(dataset, capsys):
     manifest = dataset / "manifest.json"
     data = json.loads(manifest.read_text())

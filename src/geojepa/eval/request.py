@@ -20,7 +20,7 @@ from pydantic import Field
 
 from geojepa.config import Config
 from geojepa.constants import EMBED_TOKENS_PER_BATCH
-from geojepa.data.reader import TileDataset, open_dataset
+from geojepa.data.reader import TileDataset, check_shards, open_dataset
 from geojepa.errors import ConfigError, InputError, OutputError
 from geojepa.eval.probes import PROBES, ProbeConfig, ResultRow
 from geojepa.eval.split import SplitConfig
@@ -195,6 +195,8 @@ def make_request(
     except OSError as exc:
         raise OutputError(f"cannot create report directory {output}: {exc}") from None
     opened = [d if isinstance(d, TileDataset) else open_dataset(d) for d in datasets]
+    for ds in opened:  # a truncated or damaged shard is named here, never read as data
+        check_shards(ds)
     return EvaluateRequest(
         run=run_path, datasets=opened, output=output, tasks=task_list,
         explicit_tasks=tasks is not None, seeds=seeds, baselines=baselines, split=split,
