@@ -64,7 +64,7 @@ def test_an_interrupted_evaluate_says_nothing_was_written(dataset, tmp_path, mon
     assert main(["evaluate", "-d", str(dataset), "-o", str(report), "-q"]) == 130
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no report was written to" in err, err
-    assert str(report) in err and "run the command again" in err
+    assert str(report) in err and "split.parquet" in err and "run the command again" in err
 
 
 def test_info_checks_row_counts_against_the_manifest(dataset, capsys):

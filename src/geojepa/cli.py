@@ -419,10 +419,10 @@ def evaluate(
     from geojepa.eval.evaluate import evaluate_preset, format_summary, load_config
 
     names = [t for item in tasks or [] for t in item.split(",") if t] or None
-    earlier = " (the report already there is unchanged)" if (output / "results.md").exists() else ""
     interrupt.set_message(
-        f"interrupted: no report was written to {output}{earlier}; an evaluation keeps no "
-        "partial state: run the command again"
+        f"interrupted: no report was written to {output} (its split.parquet may be there "
+        "already: --split reuses it); an evaluation keeps no other partial state: run the "
+        "command again"
     )
     result = run_evaluate(
         run,
