@@ -75,7 +75,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 
 # The whole chain on ../shared/data (prepare, split, pretrain on train blocks, evaluate);
-# writes reports/benchmark/. About 45 minutes on 2 CPU cores.
+# writes reports/benchmark/. 51.7 minutes measured on 2 CPU cores shared with other work (2026-12-07).
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/evaluate.py
 
