@@ -74,7 +74,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-# The whole chain on ../shared/data (prepare, split, pretrain on train blocks, evaluate);
+# The whole chain on ../shared/data (prepare, split, pretrain on train blocks + corpus, evaluate);
 # writes reports/benchmark/. 51.7 minutes measured on 2 CPU cores shared with other work (2026-12-07).
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/evaluate.py
