@@ -242,13 +242,37 @@ def table() -> Path:
     return write_readme(REPORTS, md)
 
 
-def plot_margins() -> Path:
-    """``margins.png``: per task, GeoJEPA's val margin over its strongest rival and over its
-    random twin (positive = better) against tile visits, one line per run."""
+def _task_grid(n_tasks: int) -> tuple[Any, Any]:
+    """A figure with one panel per task, 4 to a row (unused panels hidden)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    cols = 4
+    n_rows = -(-n_tasks // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(3.4 * cols, 3.0 * n_rows), squeeze=False)
+    for ax in axes.ravel()[n_tasks:]:
+        ax.axis("off")
+    return fig, axes
+
+
+def _save_grid(fig: Any, axes: Any, name: str, legend_size: int, bottom: float) -> Path:
+    """The first panel's legend under the grid; the figure saved as ``REPORTS/name``."""
+    import matplotlib.pyplot as plt
+
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=legend_size, frameon=False)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    out = REPORTS / name
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def plot_margins() -> Path:
+    """``margins.png``: per task, GeoJEPA's val margin over its strongest rival and over its
+    random twin (positive = better) against tile visits, one line per run."""
     import pandas as pd
 
     parts = []
@@ -258,11 +282,7 @@ def plot_margins() -> Path:
         parts.append(gaps.assign(run=point["name"], x=point["tile_visits"] / 9600))
     data = pd.concat(parts, ignore_index=True)
     tasks = list(dict.fromkeys(data["task"]))
-    cols = 4
-    n_rows = -(-len(tasks) // cols)
-    fig, axes = plt.subplots(n_rows, cols, figsize=(3.4 * cols, 3.0 * n_rows), squeeze=False)
-    for ax in axes.ravel()[len(tasks) :]:
-        ax.axis("off")
+    fig, axes = _task_grid(len(tasks))
     runs = sorted(data["run"].unique())
     for ax, task in zip(axes.ravel(), tasks, strict=False):
         part = data[data["task"] == task]
@@ -278,22 +298,12 @@ def plot_margins() -> Path:
         ax.set_title(f"{task} ({part['metric'].iloc[0]}): margin on val", fontsize=9)
         ax.set_xlabel("tile visits / 9,600", fontsize=8)
         ax.tick_params(labelsize=7)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
-    out = REPORTS / "margins.png"
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save_grid(fig, axes, "margins.png", legend_size=7, bottom=0.12)
 
 
 def plot_curves() -> Path:
     """``curves.png``: each task's val metric against pretraining minutes, one line per run,
     the random-weight twin of each point dotted, the fixed rivals as horizontal lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import pandas as pd
 
     points = []
@@ -306,11 +316,7 @@ def plot_curves() -> Path:
                            "mean": row.mean})  # fmt: skip
     data = pd.DataFrame(points)
     tasks = list(dict.fromkeys(data["task"]))
-    cols = 4
-    n_rows = -(-len(tasks) // cols)
-    fig, axes = plt.subplots(n_rows, cols, figsize=(3.4 * cols, 3.0 * n_rows), squeeze=False)
-    for ax in axes.ravel()[len(tasks) :]:
-        ax.axis("off")
+    fig, axes = _task_grid(len(tasks))
     for ax, task in zip(axes.ravel(), tasks, strict=False):
         part = data[data["task"] == task]
         for i, (run, by_run) in enumerate(part.groupby("run")):
@@ -326,13 +332,7 @@ def plot_curves() -> Path:
         ax.set_title(f"{task} ({part['metric'].iloc[0]}, val)", fontsize=9)
         ax.set_xlabel("pretraining minutes (2-core CPU, shared)", fontsize=8)
         ax.tick_params(labelsize=7)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    out = REPORTS / "curves.png"
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save_grid(fig, axes, "curves.png", legend_size=8, bottom=0.08)
 
 
 def main(argv: list[str] | None = None) -> int:
