@@ -55,10 +55,22 @@ class StepOutput:
     var_loss: torch.Tensor  # var_weight × (variance terms): loss = pred + var + cov
     cov_loss: torch.Tensor  # cov_weight × (covariance terms)
     n_targets: torch.Tensor  # number of real target tokens in the batch
-    mean_loss: torch.Tensor  # token-mean loss of predicting every target as the batch's mean
     token_loss: torch.Tensor  # token-mean loss of the predictor (pred_loss's reduction aside)
     target_outputs: torch.Tensor  # [B,L,D] target-encoder outputs (for collapse monitors)
     target_valid: torch.Tensor  # [B,L] which of them are real tokens
+    targets: torch.Tensor  # [B*K,Lt,D] the targets the predictions were scored against
+    targets_valid: torch.Tensor  # [B*K,Lt] which of them are real target tokens
+
+    @property
+    def mean_loss(self) -> torch.Tensor:
+        """Token-mean loss of predicting every target as the batch's mean target (a monitor:
+        computed when read, on logging steps, not in every step)."""
+        with torch.no_grad():
+            w = self.targets_valid.to(torch.float32)
+            mean = _masked_mean(self.targets, self.targets_valid)
+            by_mean = F.smooth_l1_loss(mean.expand_as(self.targets), self.targets, beta=1.0,
+                                       reduction="none").mean(-1)  # fmt: skip
+            return (by_mean * w).sum() / w.sum().clamp(min=1)
 
 
 @dataclass
@@ -145,14 +157,18 @@ def vicreg_terms(
     return var_loss, off / d
 
 
+def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over the real rows (``valid`` [B,L]) of ``x`` [B,L,D]: one value per dimension."""
+    w = valid[..., None].to(x.dtype)
+    return (x * w).sum((0, 1)) / w.sum().clamp(min=1)
+
+
 def standardise(h: torch.Tensor, valid: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Each dimension of ``h`` [B,L,D] centred and scaled to unit std over the real tokens
     (``valid`` [B,L]) of the batch; padding stays 0. Statistics carry no gradient."""
-    w = valid[..., None].to(h.dtype)
-    n = w.sum().clamp(min=1)
-    mean = (h * w).sum((0, 1)) / n
-    var = (((h - mean) * w) ** 2).sum((0, 1)) / n
-    return ((h - mean) / torch.sqrt(var + eps)) * w
+    mean = _masked_mean(h, valid)
+    var = _masked_mean((h - mean) ** 2, valid)
+    return ((h - mean) / torch.sqrt(var + eps)) * valid[..., None].to(h.dtype)
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -382,12 +398,7 @@ class GeoJEPA(Pretrained, nn.Module):
                 pred_loss = (per_target / w.view(b, k, lt).sum((0, 2)).clamp(min=1)).sum()
             else:
                 pred_loss = per_token.sum() / n_t.clamp(min=1)
-            with torch.no_grad():  # how much better than the batch's mean target (a monitor)
-                token_loss = per_token.sum() / n_t.clamp(min=1)
-                mean = (target * w[..., None]).sum((0, 1)) / n_t.clamp(min=1)
-                by_mean = F.smooth_l1_loss(mean.expand_as(target), target, beta=1.0,
-                                           reduction="none").mean(-1)  # fmt: skip
-                mean_loss = (by_mean * w).sum() / n_t.clamp(min=1)
+            token_loss = (per_token.sum() / n_t.clamp(min=1)).detach()
             var_pred, cov_pred = vicreg_terms(pred, t_valid)
             var_ctx, cov_ctx = vicreg_terms(z, masks.context_valid)
             var_loss = self.config.var_weight * (var_pred + var_ctx)
@@ -401,10 +412,11 @@ class GeoJEPA(Pretrained, nn.Module):
             var_loss=var_loss.detach(),
             cov_loss=cov_loss.detach(),
             n_targets=n_t.detach(),
-            mean_loss=mean_loss,
             token_loss=token_loss,
             target_outputs=h,
             target_valid=tok.valid,
+            targets=target,
+            targets_valid=t_valid,
         )
 
     # --- persistence (from_pretrained, save_pretrained, push_to_hub: model/pretrained.py) ---
