@@ -276,6 +276,18 @@ def uncertainty_markdown(intervals: pd.DataFrame, by_area: pd.DataFrame | None) 
     return "\n".join(lines) + "\n"
 
 
+def report_dir(path: str | Path) -> Path:
+    """The report directory, created if needed (OutputError, one line, when it cannot be)."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"report location {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create report directory {out}: {exc}") from None
+    return out
+
+
 def write_report(
     rows: list[ResultRow],
     out_dir: str | Path,
@@ -291,13 +303,7 @@ def write_report(
     95% interval columns of the headline metrics, results.md their section, and ``by_area``
     goes to ``results_by_area.csv``.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"report location {out} exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create report directory {out}: {exc}") from None
+    out = report_dir(out_dir)
     summary = summarize(rows)
     paths = {
         "csv": out / "results.csv",

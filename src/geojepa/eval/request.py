@@ -21,8 +21,9 @@ from pydantic import Field
 from geojepa.config import Config
 from geojepa.constants import EMBED_TOKENS_PER_BATCH
 from geojepa.data.reader import TileDataset, check_shards, open_dataset
-from geojepa.errors import ConfigError, InputError, OutputError
+from geojepa.errors import ConfigError, InputError
 from geojepa.eval.probes import PROBES, ProbeConfig, ResultRow
+from geojepa.eval.report import report_dir
 from geojepa.eval.split import SplitConfig
 from geojepa.eval.suite import BASELINES
 from geojepa.eval.supervised import SupervisedConfig
@@ -187,13 +188,7 @@ def make_request(
     run_path = None if run is None else Path(run)
     if run_path is not None and not run_path.is_dir():
         raise InputError(f"run / model directory not found: {run_path}")
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise OutputError(f"report location {output} exists and is not a directory")
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create report directory {output}: {exc}") from None
+    output = report_dir(output)
     opened = [d if isinstance(d, TileDataset) else open_dataset(d) for d in datasets]
     for ds in opened:  # a truncated or damaged shard is named here, never read as data
         check_shards(ds)
