@@ -26,6 +26,7 @@ class FakeTokens:
     modality: torch.Tensor
     valid: torch.Tensor
     n_entity_slots: int
+    geometry: torch.Tensor | None = None
 
 
 class FakeTokenizer(nn.Module):
@@ -230,32 +231,43 @@ def test_bad_model_configs_are_rejected() -> None:
         ModelConfig.from_dict({"ema_momentum": [0.999, 0.99]})
 
 
-def test_real_tokenizer_padding_invariance() -> None:
-    tok_mod = pytest.importorskip("geojepa.tokenize.tokenizer")
-    from geojepa.tokenize.batch import TileBatch
+def real_model(config: ModelConfig = SMALL, **tokenizer) -> GeoJEPA:
+    """A GeoJEPA over the real tile tokenizer (a random tag table), in eval mode."""
+    from geojepa.tokenize.tokenizer import TileTokenizer, TokenizerConfig
 
-    cfg = tok_mod.TokenizerConfig(width=D, geometry_points=4, geometry_hidden=16)
+    cfg = TokenizerConfig(width=D, geometry_points=4, geometry_hidden=16, **tokenizer)
     torch.manual_seed(0)
     table = torch.randn(10, 8)
     table[:2] = 0
-    model = GeoJEPA(SMALL, tok_mod.TileTokenizer(cfg, table)).eval()
-    s = model.tokenizer.geometry_mlp[0].in_features - 8
+    return GeoJEPA(config, TileTokenizer(cfg, table)).eval()
 
-    def batch(n_ent: list[int], e: int, seed: int) -> TileBatch:
-        g = torch.Generator().manual_seed(seed)
-        b = len(n_ent)
-        valid = torch.arange(e)[None] < torch.tensor(n_ent)[:, None]
-        return TileBatch(
-            region_ids=[f"16/{i}/0" for i in range(b)],
-            feature_ids=[[f"node/{j}" for j in range(n)] for n in n_ent],
-            entity_valid=valid,
-            tag_ids=torch.randint(2, 10, (b, e, 3), generator=g) * valid[..., None],
-            geometry=torch.rand(b, e, 4, 2, generator=g) * valid[..., None, None],
-            geometry_scalars=torch.rand(b, e, s, generator=g) * valid[..., None],
-            entity_box=torch.rand(b, e, 8, generator=g) * valid[..., None],
-            image=None,
-            image_valid=torch.zeros(b, dtype=torch.bool),
-        )
+
+def real_batch(model: GeoJEPA, n_ent: list[int], e: int, seed: int):
+    """A random `TileBatch` of tiles with ``n_ent`` entities, ``e`` entity slots."""
+    from geojepa.tokenize.batch import TileBatch
+
+    s = model.tokenizer.geometry_mlp[0].in_features - 8
+    g = torch.Generator().manual_seed(seed)
+    b = len(n_ent)
+    valid = torch.arange(e)[None] < torch.tensor(n_ent)[:, None]
+    return TileBatch(
+        region_ids=[f"16/{i}/0" for i in range(b)],
+        feature_ids=[[f"node/{j}" for j in range(n)] for n in n_ent],
+        entity_valid=valid,
+        tag_ids=torch.randint(2, 10, (b, e, 3), generator=g) * valid[..., None],
+        geometry=torch.rand(b, e, 4, 2, generator=g) * valid[..., None, None],
+        geometry_scalars=torch.rand(b, e, s, generator=g) * valid[..., None],
+        entity_box=torch.rand(b, e, 8, generator=g) * valid[..., None],
+        image=None,
+        image_valid=torch.zeros(b, dtype=torch.bool),
+    )
+
+
+def test_real_tokenizer_padding_invariance() -> None:
+    model = real_model()
+
+    def batch(n_ent: list[int], e: int, seed: int):
+        return real_batch(model, n_ent, e, seed)
 
     alone = batch([5], 5, 1)
     mixed = batch([5, 17], 17, 2)
@@ -507,3 +519,38 @@ def test_batch_standardised_targets_are_about_what_tells_tokens_apart() -> None:
     torch.testing.assert_close(token.token_loss, token.pred_loss)  # "tokens" reduction
     for out in (token, standardised):  # the monitor's parts are the losses they name
         assert float(out.token_loss) > 0.0 and float(out.mean_loss) > 0.0
+
+
+def test_predictor_query_box_geometry_tells_the_predictor_each_targets_shape() -> None:
+    """predictor_query="box_geometry": the tokens carry each entity's geometry part alone, and
+    it changes what the predictor is asked (with "box" it is never read)."""
+    import dataclasses
+
+    batch = real_batch(real_model(), [9, 6, 12], 12, seed=3)
+
+    def losses(query: str) -> tuple[float, float]:
+        model = real_model(SMALL.replace(predictor_query=query))
+        plan = model.plan(batch, torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            tok = model.tokenizer(batch, plan.entities, None)
+            h, _ = model._target_outputs(batch, plan)
+            geom = model.tokenizer.geometry_embedding(batch.geometry, batch.geometry_scalars)
+            valid = batch.entity_valid
+            torch.testing.assert_close(tok.geometry[valid], geom[valid])
+            assert not tok.geometry[~valid].any()
+            blank = dataclasses.replace(tok, geometry=torch.zeros_like(tok.geometry))
+            return (
+                float(model.loss_from_tokens(tok, h, plan).pred_loss),
+                float(model.loss_from_tokens(blank, h, plan).pred_loss),
+            )
+
+    told, blanked = losses("box_geometry")
+    assert abs(told - blanked) > 1e-4
+    told, blanked = losses("box")
+    assert told == blanked
+    with pytest.raises(ConfigError, match="use_geometry"):
+        from geojepa.model import ModelSpec
+
+        ModelSpec.from_dict(
+            {"model": {"predictor_query": "box_geometry"}, "tokenizer": {"use_geometry": False}}
+        )

@@ -121,7 +121,7 @@ def test_modality_dropout_never_both(data) -> None:
     tok.train()
     for _ in range(20):
         with torch.no_grad():
-            out = tok.entity_tokens(batch)
+            out, _ = tok.entity_tokens(batch)
         both = torch.isclose(out, tags + geom, atol=1e-5).all(-1)
         no_tag = torch.isclose(out, 50.0 + geom, atol=1e-4).all(-1)
         no_geom = torch.isclose(out, tags - 20.0, atol=1e-4).all(-1)
@@ -131,7 +131,7 @@ def test_modality_dropout_never_both(data) -> None:
     assert abs(frac[1] - p) < 0.05 and abs(frac[2] - p) < 0.05
     tok.eval()
     with torch.no_grad():
-        out = tok.entity_tokens(batch)
+        out, _ = tok.entity_tokens(batch)
         assert torch.allclose(out[valid], (tags + geom)[valid], atol=1e-5)
         assert not out[~valid].any()  # computed on real entities only: padding stays zero
 

@@ -72,6 +72,12 @@ class ModelConfig(Config):
         "tokens, so that the loss is about what tells tokens apart, not the vector they share "
         "(with 'token', predicting the batch mean scored ~90% of the trained predictor's loss)",
     )
+    predictor_query: Literal["box", "box_geometry"] = Field(
+        "box",
+        description="what the predictor is told of each target token: box = its box and "
+        "modality (the paper); box_geometry = also the entity's geometry embedding, so that "
+        "it predicts what the entity is (its tags, in context) from where and what shape it is",
+    )
     target_layers: int = Field(
         1, ge=1, description="teacher targets and embeddings: average of the last N blocks"
     )
@@ -126,6 +132,10 @@ class ModelSpec(Config):
             raise ValueError(
                 f"model.width ({self.model.width}) must equal tokenizer.width "
                 f"({self.tokenizer.width})"
+            )
+        if self.model.predictor_query == "box_geometry" and not self.tokenizer.use_geometry:
+            raise ValueError(
+                "model.predictor_query = 'box_geometry' needs tokenizer.use_geometry = true"
             )
         return self
 

@@ -42,6 +42,7 @@ class TokensLike(Protocol):
     modality: torch.Tensor
     valid: torch.Tensor
     n_entity_slots: int
+    geometry: torch.Tensor | None  # each token's geometry part alone, or None
 
 
 @dataclass
@@ -382,8 +383,13 @@ class GeoJEPA(Pretrained, nn.Module):
         ctx_in = (z + _gather(prior, masks.context_index)).repeat_interleave(k, dim=0)
         ctx_valid = masks.context_valid.repeat_interleave(k, dim=0)
         t_valid = masks.target_valid.reshape(b * k, lt)
-        t_prior = _gather(prior, masks.target_index).reshape(b * k, lt, d)
-        pred = self.predictor(ctx_in, ctx_valid, t_prior, t_valid, plan.predictor)  # [B*K,Lt,D]
+        query = prior
+        if self.config.predictor_query == "box_geometry":
+            if tok.geometry is None:  # ModelSpec refuses the combination; a bare tokenizer
+                raise ValueError("predictor_query 'box_geometry': the tokens carry no geometry")
+            query = prior + tok.geometry.to(prior.dtype)
+        t_query = _gather(query, masks.target_index).reshape(b * k, lt, d)
+        pred = self.predictor(ctx_in, ctx_valid, t_query, t_valid, plan.predictor)  # [B*K,Lt,D]
         targets = standardise(h, tok.valid) if self.config.target_norm == "token_batch" else h
         target = _gather(targets, masks.target_index).reshape(b * k, lt, d)  # fp32
 

@@ -83,6 +83,10 @@ class Tokens:
     modality: torch.Tensor  # long [B, L]: 0 = entity, 1 = image patch, 2 = whole-image token
     valid: torch.Tensor  # bool [B, L]; False = padding
     n_entity_slots: int  # token columns [:, :E] are entities, then image tokens if any
+    # float [B, L, D]: each entity token's geometry part alone (image tokens and padding: 0);
+    # None when the tokenizer reads no geometry. What a predictor may be told of a target
+    # besides its box (``model.predictor_query = "box_geometry"``).
+    geometry: torch.Tensor | None = None
 
 
 class TileTokenizer(nn.Module):
@@ -145,8 +149,11 @@ class TileTokenizer(nn.Module):
         x = torch.cat([geometry.flatten(-2), scalars], dim=-1)
         return self.geometry_mlp(x)
 
-    def entity_tokens(self, batch: TileBatch, index: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, E, D]; computed on the real entities only when ``packed`` (the default).
+    def entity_tokens(
+        self, batch: TileBatch, index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Entity tokens [B, E, D] and their geometry part alone [B, E, D] (None without
+        geometry); computed on the real entities only when ``packed`` (the default).
 
         ``index``: the flat positions of the real entity slots when already known (made on
         the host by `entity_index`, so that the device is not waited for).
@@ -161,6 +168,11 @@ class TileTokenizer(nn.Module):
 
         def pack(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(b * e, *x.shape[2:]).index_select(0, index)
+
+        def unpack(x: torch.Tensor) -> torch.Tensor:
+            full = x.new_zeros(b * e, x.shape[-1])
+            full.index_copy_(0, index, x)
+            return full.view(b, e, -1)
 
         tags = self.tag_embedding(pack(batch.tag_ids)) if cfg.use_tags else None
         geom = (
@@ -186,9 +198,7 @@ class TileTokenizer(nn.Module):
                 if cfg.fusion == "concat"
                 else tags + geom
             )
-        full = out.new_zeros(b * e, out.shape[-1])
-        full.index_copy_(0, index, out)
-        return full.view(b, e, -1)
+        return unpack(out), (unpack(geom) if geom is not None else None)
 
     @staticmethod
     def entity_index(batch: TileBatch) -> torch.Tensor:
@@ -249,20 +259,27 @@ class TileTokenizer(nn.Module):
         branch of a training step: the student and the teacher share the frozen backbone)."""
         layout = self.layout(batch)
         b = layout.valid.shape[0]
-        tokens = []
+        tokens, geometry = [], None
         if self.config.use_entities:
-            ev = batch.entity_valid
-            tokens.append(self.entity_tokens(batch, entities) * ev[..., None])
+            ev = batch.entity_valid[..., None]
+            entity, geometry = self.entity_tokens(batch, entities)
+            tokens.append(entity * ev)
+            geometry = geometry * ev if geometry is not None else None
         if self.uses_image(batch):
             whole, patches = self.image_encoder(batch.image, image_features)
-            tokens.append(torch.cat([whole, patches], dim=1) * batch.image_valid[:, None, None])
+            image = torch.cat([whole, patches], dim=1) * batch.image_valid[:, None, None]
+            tokens.append(image)
+            if geometry is not None:  # image tokens have no geometry of their own
+                geometry = torch.cat([geometry, torch.zeros_like(image)], dim=1)
         device = batch.entity_valid.device
         content = (
             torch.cat(tokens, dim=1)
             if tokens
             else torch.zeros(b, 0, self.config.width, device=device)
         )
-        return Tokens(content, layout.boxes, layout.modality, layout.valid, layout.n_entity_slots)
+        return Tokens(
+            content, layout.boxes, layout.modality, layout.valid, layout.n_entity_slots, geometry
+        )
 
 
 def image_token_boxes(config: TokenizerConfig) -> torch.Tensor:
