@@ -82,6 +82,9 @@ def train(args: argparse.Namespace) -> None:
     config = config.replace(preset=f"scaling-{args.name}")
     run = WORK / f"scaling-{args.name}"
     run.mkdir(parents=True, exist_ok=True)
+    record_path = run.parent / f"scaling-{args.name}.json"
+    earlier = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    attempts = [*_attempts(earlier), {"started_unix": time.time(), "from_step": _resume_step(run)}]
     record = {
         "name": args.name,
         "preset": args.preset,
@@ -92,10 +95,11 @@ def train(args: argparse.Namespace) -> None:
         "data": str(data.path),
         "n_tiles": data.manifest["n_tiles"],
         "threads": args.threads,
-        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "started_unix": time.time(),
+        "started": earlier.get("started") or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "started_unix": attempts[0]["started_unix"],
+        "attempts": attempts,  # a re-run resumes from last.ckpt: one entry per start
     }
-    (run.parent / f"scaling-{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
     log(f"train {args.name}: {args.steps} steps on {data.manifest['n_tiles']} tiles")
     pretrain(data.path, run, config=config, max_steps=args.steps, keep_checkpoints=-1,
              progress=False)  # fmt: skip
@@ -133,14 +137,40 @@ def export_checkpoint(run: Path, ckpt: Path, out: Path) -> Path:
     return out
 
 
+def _resume_step(run: Path) -> int:
+    """The step a (re-)started run resumes from: ``last.ckpt``'s, else 0."""
+    import torch
+
+    last = run / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return 0
+    return int(torch.load(last, map_location="cpu", weights_only=True).get("global_step", 0))
+
+
+def _attempts(record: dict[str, Any]) -> list[dict[str, float]]:
+    """The starts of a run (older records kept only the first start, from step 0)."""
+    if "attempts" in record:
+        return list(record["attempts"])
+    return [{"started_unix": record["started_unix"], "from_step": 0}] if record else []
+
+
 def _pretrain_minutes(run: Path, step: int) -> float | None:
-    """Wall minutes of pretraining up to ``step``, from the checkpoint files' times."""
-    start = json.loads((run.parent / f"{run.name}.json").read_text()).get("started_unix")
+    """Wall minutes of pretraining up to ``step``, from the checkpoint files' times: the
+    minutes of the start that wrote it since it began, plus those of the step it resumed from
+    (the time between a stop and the re-run is not counted)."""
+    record = json.loads((run.parent / f"{run.name}.json").read_text())
     ckpt = run / "checkpoints" / f"step={step}.ckpt"
-    first = run / "checkpoints" / "config.json"
-    if not ckpt.is_file() or not first.is_file():
+    if not ckpt.is_file():
         return None
-    return round((ckpt.stat().st_mtime - (start or first.stat().st_mtime)) / 60, 1)
+    written = ckpt.stat().st_mtime
+    starts = [a for a in _attempts(record) if a["from_step"] < step and a["started_unix"] < written]
+    if not starts:
+        return None
+    attempt = max(starts, key=lambda a: a["started_unix"])
+    before = _pretrain_minutes(run, int(attempt["from_step"])) if attempt["from_step"] else 0.0
+    if before is None:
+        return None
+    return round(before + (written - attempt["started_unix"]) / 60, 1)
 
 
 def evaluate_points(args: argparse.Namespace) -> None:
