@@ -1,0 +1,49 @@
+"""benchmarks/scaling.py: a resumed run's pretraining minutes leave out the time it stood
+stopped."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _scaling():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(
+        "bench_scaling", ROOT / "benchmarks" / "scaling.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_minutes_of_a_resumed_run_count_each_start_from_its_resume_step(tmp_path: Path) -> None:
+    scaling = _scaling()
+    run = tmp_path / "scaling-x"
+    (run / "checkpoints").mkdir(parents=True)
+    t0 = 1_000_000.0
+    # started at t0, step 600 at +10 min, stopped; re-run 60 min later from 600: step 1200
+    # 12 min after the re-run's start
+    record = {
+        "started_unix": t0,
+        "attempts": [
+            {"started_unix": t0, "from_step": 0},
+            {"started_unix": t0 + 70 * 60, "from_step": 600},
+        ],
+    }
+    (tmp_path / "scaling-x.json").write_text(json.dumps(record))
+    for step, minutes in ((600, 10), (1200, 82)):
+        ckpt = run / "checkpoints" / f"step={step}.ckpt"
+        ckpt.write_bytes(b"")
+        os.utime(ckpt, (t0 + minutes * 60, t0 + minutes * 60))
+    assert scaling._pretrain_minutes(run, 600) == 10.0
+    assert scaling._pretrain_minutes(run, 1200) == 22.0  # not 82: the 60 stopped minutes
+    assert scaling._pretrain_minutes(run, 1800) is None
+    # an older record (one start, no attempts) still reads from its start
+    (tmp_path / "scaling-x.json").write_text(json.dumps({"started_unix": t0}))
+    assert scaling._pretrain_minutes(run, 600) == 10.0
