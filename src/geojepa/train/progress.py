@@ -6,10 +6,11 @@ the run is alive and how far it is. Lightning's own bar (per-epoch counts, ``v_n
 and its start-up/shut-down messages are switched off; only rank 0 reports. This is a Lightning
 callback, not a second progress system: ``TQDMProgressBar`` was not subclassed because it counts
 batches per epoch (a resumed or token-budget run has no fixed epoch length), has no plain-line
-mode for logs, and every hook it has would be overridden to show steps, speeds and the ETA. The same speeds go
-to the loggers (``speed/real_tokens_per_s``, ``speed/tiles_per_s``; also when nothing is shown)
-and end the run's last line. Real tokens are those the packed model computes on (entities and
-image tokens, no padding), counted from the host-made plan, so counting never waits for a GPU.
+mode for logs, and every hook it has would be overridden to show steps, speeds and the ETA.
+The same speeds go to the loggers (``speed/real_tokens_per_s``, ``speed/tiles_per_s``; also
+when nothing is shown) and end the run's last line. Real tokens are those the packed model
+computes on (entities and image tokens, no padding), counted from the host-made plan, so
+counting never waits for a GPU.
 """
 
 from __future__ import annotations
