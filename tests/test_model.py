@@ -47,7 +47,7 @@ class FakeTokenizer(nn.Module):
     def image_features(self, b: dict) -> None:
         return None
 
-    def forward(self, b: dict, entities=None, image_features=None) -> FakeTokens:
+    def forward(self, b: dict, entities=None, image_features=None, with_geometry=False):
         self.modes.append(self.training)
         x = self.lin(b["x"]) * b["valid"][..., None]
         return FakeTokens(x, b["boxes"], b["modality"], b["valid"], b["x"].shape[1])
@@ -532,12 +532,15 @@ def test_predictor_query_box_geometry_tells_the_predictor_each_targets_shape() -
         model = real_model(SMALL.replace(predictor_query=query))
         plan = model.plan(batch, torch.Generator().manual_seed(1))
         with torch.no_grad():
-            tok = model.tokenizer(batch, plan.entities, None)
+            tok = model.tokenizer(batch, plan.entities, None, with_geometry=True)
             h, _ = model._target_outputs(batch, plan)
             geom = model.tokenizer.geometry_embedding(batch.geometry, batch.geometry_scalars)
             valid = batch.entity_valid
             torch.testing.assert_close(tok.geometry[valid], geom[valid])
             assert not tok.geometry[~valid].any()
+            assert model.tokenizer(batch).geometry is None  # made only when asked for
+            if query == "box_geometry":  # a training step asks for it
+                assert torch.isfinite(model(batch, torch.Generator().manual_seed(1)).loss)
             blank = dataclasses.replace(tok, geometry=torch.zeros_like(tok.geometry))
             return (
                 float(model.loss_from_tokens(tok, h, plan).pred_loss),

@@ -364,7 +364,8 @@ class GeoJEPA(Pretrained, nn.Module):
         if plan is None:
             plan = self.plan(batch, generator)
         feats = self.tokenizer.image_features(batch)  # a frozen backbone runs once per step
-        tok = self.tokenizer(batch, plan.entities, feats)
+        shapes = self.config.predictor_query == "box_geometry"
+        tok = self.tokenizer(batch, plan.entities, feats, with_geometry=shapes)
         with torch.no_grad():
             h, _ = self._target_outputs(batch, plan, feats)
         return self.loss_from_tokens(tok, h, plan)

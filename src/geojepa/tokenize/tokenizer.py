@@ -84,7 +84,7 @@ class Tokens:
     valid: torch.Tensor  # bool [B, L]; False = padding
     n_entity_slots: int  # token columns [:, :E] are entities, then image tokens if any
     # float [B, L, D]: each entity token's geometry part alone (image tokens and padding: 0);
-    # None when the tokenizer reads no geometry. What a predictor may be told of a target
+    # None unless asked for (``with_geometry``) and read. What a predictor may be told of a target
     # besides its box (``model.predictor_query = "box_geometry"``).
     geometry: torch.Tensor | None = None
 
@@ -150,10 +150,10 @@ class TileTokenizer(nn.Module):
         return self.geometry_mlp(x)
 
     def entity_tokens(
-        self, batch: TileBatch, index: torch.Tensor | None = None
+        self, batch: TileBatch, index: torch.Tensor | None = None, with_geometry: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Entity tokens [B, E, D] and their geometry part alone [B, E, D] (None without
-        geometry); computed on the real entities only when ``packed`` (the default).
+        """Entity tokens [B, E, D] and, when ``with_geometry``, their geometry part alone
+        [B, E, D] (else None); computed on the real entities only when ``packed`` (the default).
 
         ``index``: the flat positions of the real entity slots when already known (made on
         the host by `entity_index`, so that the device is not waited for).
@@ -198,7 +198,7 @@ class TileTokenizer(nn.Module):
                 if cfg.fusion == "concat"
                 else tags + geom
             )
-        return unpack(out), (unpack(geom) if geom is not None else None)
+        return unpack(out), (unpack(geom) if with_geometry and geom is not None else None)
 
     @staticmethod
     def entity_index(batch: TileBatch) -> torch.Tensor:
@@ -253,16 +253,19 @@ class TileTokenizer(nn.Module):
         batch: TileBatch,
         entities: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
+        with_geometry: bool = False,
     ) -> Tokens:
         """Tokens of ``batch``. ``entities``: `entity_index` of the batch when already known;
         ``image_features``: `image_features` of the batch, when already computed (by the other
-        branch of a training step: the student and the teacher share the frozen backbone)."""
+        branch of a training step: the student and the teacher share the frozen backbone);
+        ``with_geometry``: also each entity's geometry part alone (`Tokens.geometry`), for a
+        predictor told the targets' shapes — made only when asked, off the default paths."""
         layout = self.layout(batch)
         b = layout.valid.shape[0]
         tokens, geometry = [], None
         if self.config.use_entities:
             ev = batch.entity_valid[..., None]
-            entity, geometry = self.entity_tokens(batch, entities)
+            entity, geometry = self.entity_tokens(batch, entities, with_geometry)
             tokens.append(entity * ev)
             geometry = geometry * ev if geometry is not None else None
         if self.uses_image(batch):
