@@ -125,10 +125,10 @@ def encode_tiles(
     """
     device = next(model.parameters()).device
     n = len(arrays)
-    width = model.config.width
     tile_out = np.zeros((n, model.tile_width), dtype=np.float32)
     offsets = np.cumsum(arrays.ent_count) - arrays.ent_count  # first entity of each tile
-    ent_out = np.zeros((int(arrays.ent_count.sum()), width), np.float32) if entities else None
+    n_ent = int(arrays.ent_count.sum())
+    ent_out = np.zeros((n_ent, model.entity_width), np.float32) if entities else None
     full, rest = TileBatcher(batch_size, tokens_per_batch).split(
         arrays.ent_count, np.random.default_rng(0), shuffle=False
     )

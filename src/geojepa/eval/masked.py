@@ -102,7 +102,6 @@ def encode_arrays(
     Tiles: index ``region_id``, [max ‖ mean] columns ``emb_*``. Entities (if asked): index
     (``region_id``, ``feature_id``), the entity's output token.
     """
-    width = model.config.width
     tile_out, ent_out = encode_tiles(
         model, arrays, entities=entities, tokens_per_batch=batch_tokens, image_size=image_size
     )
@@ -117,7 +116,7 @@ def encode_arrays(
     index = pd.MultiIndex.from_arrays(
         [region, np.asarray(arrays.feature_ids, dtype=object)], names=[REGIONS_INDEX, "feature_id"]
     )
-    return tiles, pd.DataFrame(ent_out, index=index, columns=embedding_columns(width))
+    return tiles, pd.DataFrame(ent_out, index=index, columns=embedding_columns(ent_out.shape[1]))
 
 
 class MaskedTokens:

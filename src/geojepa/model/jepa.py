@@ -305,6 +305,11 @@ class GeoJEPA(Pretrained, nn.Module):
         return h, tok.valid
 
     @property
+    def entity_width(self) -> int:
+        """Length of an entity vector (``entity_embeddings``)."""
+        return self.config.width
+
+    @property
     def tile_width(self) -> int:
         """Length of a tile vector (``tile_embedding``)."""
         return 2 * self.config.width + (self.config.tile_pooling == "max_mean_count")
