@@ -226,7 +226,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from geojepa.eval.evaluate import evaluate, evaluate_preset, format_summary
-    from geojepa.train import preset_config
 
     preset = evaluate_preset("benchmark")
 
@@ -263,9 +262,11 @@ def run(args: argparse.Namespace) -> int:
 
     t = time.perf_counter()
     seeds = args.seeds
-    batch = preset_config(PRESET).data.batch_size
     what = f"config `{args.config.name}`" if args.config else f"preset `{PRESET}`"
-    run_config = json.loads((run_dir / "config.json").read_text())["trainer"]
+    run_saved = json.loads((run_dir / "config.json").read_text())
+    budget, batch = run_saved["data"].get("tokens_per_batch"), run_saved["data"]["batch_size"]
+    batch = f"{batch} tiles" if budget is None else f"~{batch} tiles (token budget: {budget})"
+    run_config = run_saved["trainer"]
     schedule = (f" (stopped along a {run_config['schedule_steps']}-step schedule)"
                 if run_config.get("schedule_steps") else "")  # fmt: skip
     sup = preset.supervised.replace(
@@ -276,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
         "Benchmark (`make benchmark`, benchmarks/evaluate.py): Neubrandenburg 2016 (PBF), "
         "Liechtenstein 2013 (PBF) and Montevideo 2016–17 (features GeoParquet), zoom 16; data "
         "© OpenStreetMap contributors, ODbL.",
-        f"Pretraining: {what} on {data_note}, {steps} optimiser steps of {batch} tiles"
+        f"Pretraining: {what} on {data_note}, {steps} optimiser steps of {batch}"
         f"{schedule}, fixed in advance ({pretrain_s / 60:.1f} min on this machine, reported "
         "only) — a short CPU run, far from the paper's 100 epochs.",
         "Probe settings: the `benchmark` preset (`geojepa evaluate --preset benchmark`): the "

@@ -387,6 +387,26 @@ def test_token_budget_counts_real_tokens_not_padded_slots() -> None:
         assert lens[a].max() <= lens[b].min()  # cut from the length-sorted pool
 
 
+def test_auto_budget_gives_batch_size_tiles_a_step_on_average(ds_path, vocab) -> None:
+    """``tokens_per_batch="auto"``: the budget is batch_size × the data's mean tile length, so
+    a step visits batch_size tiles on average (as fixed batches do) at the cost of real tokens."""
+    counts = np.minimum(np.random.default_rng(1).zipf(1.6, size=4000), 511)  # OSM-like tail
+    batcher = TileBatcher.averaging(16, [counts[:1000], counts[1000:]])
+    lens = batcher.lengths(counts)
+    assert batcher.tokens_per_batch == round(16 * lens.mean())
+    full, rest = batcher.split(counts, np.random.default_rng(0), shuffle=True)
+    visits = (len(counts) - len(rest)) / len(full)
+    assert 12 <= visits <= 20, visits  # ~16 tiles a step (greedy cuts, big tiles alone)
+    assert max(len(b) for b in full) > 16  # short tiles share a step
+
+    loader = make_dataloader(ds_path, vocab, CFG, batch_size=3, shuffle=True, seed=1,
+                             tokens_per_batch="auto")  # fmt: skip
+    stream = loader.dataset
+    mean = np.concatenate(list(stream.shards.entity_counts().values())).clip(min=1).mean()
+    assert stream.batcher.tokens_per_batch == round(3 * mean)
+    assert Counter(ids_of(loader)) == Counter(all_region_ids(ds_path))
+
+
 @pytest.mark.parametrize("world,workers", [(2, 1), (3, 2)])
 def test_token_budget_equal_batches_per_rank(monkeypatch, ds_path, vocab, world, workers) -> None:
     def slot(rank, wid):

@@ -351,3 +351,27 @@ def test_cli_reports_bad_preset(synthetic_ds: Path, tmp_path: Path, capsys) -> N
     code = main(["pretrain", str(synthetic_ds), "-o", str(tmp_path / "r"), "--preset", "nope"])
     assert code == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err
+
+
+def test_token_budget_auto_is_cpu_base_default_and_said(synthetic_ds: Path, tmp_path, capsys):
+    """cpu-base batches by the budget of 16 tiles a step on average; ``--tokens-per-batch 0``
+    turns the budget off, N sets it; a run says the budget ``auto`` chose, and so does its card."""
+    from geojepa.cli import main
+
+    assert resolve_config("cpu-base").data.tokens_per_batch == "auto"
+    assert resolve_config("cpu-base", tokens_per_batch=0).data.tokens_per_batch is None
+    assert resolve_config("cpu-small", tokens_per_batch=90).data.tokens_per_batch == 90
+    assert resolve_config("cpu-small").data.tokens_per_batch is None  # tests, demo: tile batches
+    assert main(["pretrain", str(synthetic_ds), "-o", str(tmp_path / "x"),
+                 "--tokens-per-batch", "lots"]) == 2  # fmt: skip
+    assert "'lots' is not N, auto or 0" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+    cfg = _tiny(max_steps=2).with_overrides(data={"tokens_per_batch": "auto"})
+    run = pretrain(synthetic_ds, tmp_path / "run", config=cfg, progress=True)
+    ds = open_dataset(synthetic_ds)
+    n = ds.read_tiles(columns=["n_entities"]).column("n_entities").to_numpy().clip(min=1)
+    budget = round(4 * n.mean())
+    said = f"of up to {budget} real tokens per device, length-bucketed (4 tiles a step on average"
+    assert f"pretrain: batches {said}" in capsys.readouterr().err
+    assert f"| batches | {said}" in (run / "README.md").read_text()

@@ -135,6 +135,17 @@ def merge(
         typer.echo(format_info(dataset_info(ds.path)))
 
 
+def _token_budget(value: str | None) -> int | str | None:
+    """``--tokens-per-batch``: None (the config's), "auto", or an int >= 0 (0 = tile batches)."""
+    if value is None or value == "auto":
+        return value
+    if not value.isdigit():
+        raise typer.BadParameter(
+            f"{value!r} is not N, auto or 0", param_hint="'--tokens-per-batch'"
+        )
+    return int(value)
+
+
 @app.command()
 def pretrain(
     dataset: Path = typer.Argument(..., help="dataset directory written by `geojepa prepare`"),
@@ -149,11 +160,11 @@ def pretrain(
     max_steps: int | None = typer.Option(None, help="optimiser steps (overrides the config)"),
     max_epochs: int | None = typer.Option(None, help="epochs (overrides the config)"),
     batch_size: int | None = typer.Option(None, help="tiles per device per step"),
-    tokens_per_batch: int | None = typer.Option(
+    tokens_per_batch: str | None = typer.Option(
         None,
-        min=1,
-        help="real tokens (entities) per device per step, length-bucketed; replaces --batch-size. "
-        "Pick about tiles per step × mean entities per tile (`geojepa info`, 'per tile … mean')",
+        metavar="N|auto|0",
+        help="real tokens (entities) per device per step, length-bucketed: N, auto (--batch-size "
+        "tiles a step on average; cpu-base's default) or 0 (fixed batches of --batch-size tiles)",
     ),
     resume: bool = typer.Option(
         True, help="continue from the newest checkpoint in OUTPUT/checkpoints"
@@ -191,7 +202,7 @@ def pretrain(
         max_steps=max_steps,
         max_epochs=max_epochs,
         batch_size=batch_size,
-        tokens_per_batch=tokens_per_batch,
+        tokens_per_batch=_token_budget(tokens_per_batch),
         resume=resume,
         tiles=train_tiles(dataset, split) if split is not None else None,
         keep_checkpoints=keep_checkpoints,

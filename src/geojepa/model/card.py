@@ -55,9 +55,9 @@ def model_card(
 
     ``info`` (all optional): ``date``, ``recipe`` (a line on the preset), ``sources`` (a list
     of ``{"name", "kind", "sha256", "size", "snapshot"}``), ``dataset_name``, ``n_tiles``,
-    ``steps``, ``epochs``, ``devices``, ``throughput``, ``final_losses``, ``compact`` (the
-    embedding-only export, with its ``dtype``), ``notes`` (lines for a Notes section: how the
-    results were measured, limits). ``results``: benchmark rows for the header.
+    ``steps``, ``epochs``, ``batches``, ``devices``, ``throughput``, ``final_losses``,
+    ``compact`` (the embedding-only export, with its ``dtype``), ``notes`` (lines for a Notes
+    section: how the results were measured, limits). ``results``: benchmark rows for the header.
     """
     date = info.get("date") or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sources = list(info.get("sources") or [])
@@ -89,6 +89,7 @@ arXiv 2503.05774), trained with `geojepa pretrain`.
 | EMA teacher | {f["ema"]} |
 | weights | {f["contents"]} |
 | optimiser steps | {info.get("steps", "?")} (epochs: {_epochs(info.get("epochs"))}) |
+| batches | {info.get("batches", "?")} |
 | devices | {info.get("devices", "?")} |
 | training speed | {_speed(info.get("throughput"))} |
 
@@ -191,7 +192,7 @@ def card_info(card: str) -> dict[str, Any]:
 
 #: What of ``info`` the card's header keeps for `card_info` (never a path).
 _KEPT = ("date", "recipe", "sources", "dataset_name", "n_tiles", "entity_cap", "steps", "epochs",
-         "devices", "throughput", "final_losses")  # fmt: skip
+         "batches", "devices", "throughput", "final_losses")  # fmt: skip
 
 
 def _header(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -72,11 +73,16 @@ class TileStream(IterableDataset):
         shuffle_buffer: int = 1024,
         even_ranks: bool = True,
         cache: bool = True,
-        tokens_per_batch: int | None = None,
+        tokens_per_batch: int | Literal["auto"] | None = None,
     ) -> None:
         super().__init__()
         extra = config.n_image_tokens if config.use_image else 0
-        self.batcher = TileBatcher(batch_size, tokens_per_batch, extra)
+        self.shards = TokenizedShards(dataset, vocab, config, seed, entity_transform, cache)
+        if tokens_per_batch == "auto":
+            counts = list(self.shards.entity_counts().values())
+            self.batcher = TileBatcher.averaging(batch_size, counts, extra)
+        else:
+            self.batcher = TileBatcher(batch_size, tokens_per_batch, extra)
         self.dataset = dataset
         self.config = config
         self.batch_size = batch_size
@@ -86,7 +92,6 @@ class TileStream(IterableDataset):
         if tokens_per_batch is not None:
             buffer = max(shuffle_buffer, 1)  # sorting needs a pool, shuffled or not
         self.sampler = ShardSampler(self.batcher, shuffle, seed, buffer, drop_last, even_ranks)
-        self.shards = TokenizedShards(dataset, vocab, config, seed, entity_transform, cache)
         # A tensor, not an int: `TileLoader` moves it to shared memory for persistent workers,
         # whose copies of this stream then see each new epoch.
         self._epoch = torch.zeros((), dtype=torch.long)
@@ -188,7 +193,7 @@ def make_dataloader(
     even_ranks: bool = True,
     pin_memory: bool = False,
     cache: bool = True,
-    tokens_per_batch: int | None = None,
+    tokens_per_batch: int | Literal["auto"] | None = None,
 ) -> TileLoader:
     """A streaming DataLoader of `TileBatch` (see the module docstring for the guarantees).
 
@@ -198,8 +203,10 @@ def make_dataloader(
     so later epochs skip parsing geometry and tags; off with an ``entity_transform``, and
     silently off when the dataset directory is not writable.
     ``tokens_per_batch``: form batches by a budget of real tokens with length bucketing
-    instead of ``batch_size`` tiles (see `TileBatcher`). Workers are persistent (started
-    once per loader, not once per epoch); each epoch still reshuffles (see `TileLoader`).
+    instead of ``batch_size`` tiles (see `TileBatcher`); ``"auto"``: the budget that gives
+    ``batch_size`` tiles a batch on average (`TileBatcher.averaging`). Workers are persistent
+    (started once per loader, not once per epoch); each epoch still reshuffles (see
+    `TileLoader`).
     """
     ds = dataset if isinstance(dataset, TileDataset) else open_dataset(dataset)
     if num_workers < 0:

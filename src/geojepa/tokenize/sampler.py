@@ -92,6 +92,21 @@ class TileBatcher:
         self.tokens_per_batch = tokens_per_batch
         self.extra_tokens = extra_tokens  # e.g. image tokens, the same for every tile
 
+    @classmethod
+    def averaging(
+        cls, batch_size: int, ent_counts: list[np.ndarray], extra_tokens: int = 0
+    ) -> TileBatcher:
+        """Token-budget batches of ``batch_size`` tiles on average: the budget is
+        ``batch_size`` x the mean tokens per tile of ``ent_counts`` (every tile of the data).
+
+        The same tile visits per step as fixed batches of ``batch_size``, at the cost of the
+        real tokens (measured on val: as good, ~1.3x cheaper; reports/benchmark/scaling)."""
+        lens = cls(batch_size, None, extra_tokens).lengths(
+            np.concatenate(ent_counts) if ent_counts else np.zeros(0, np.int64)
+        )
+        mean = float(lens.mean()) if len(lens) else 1.0
+        return cls(batch_size, max(1, round(batch_size * mean)), extra_tokens)
+
     def lengths(self, ent_count: np.ndarray) -> np.ndarray:
         """Tokens each tile costs (at least 1: an empty tile still takes a row)."""
         return np.maximum(np.asarray(ent_count, dtype=np.int64) + self.extra_tokens, 1)

@@ -12,7 +12,7 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from geojepa.data.reader import TileDataset
 from geojepa.errors import ConfigError, InputError, OutputError
@@ -29,13 +29,14 @@ def resolve_config(
     batch_size: int | None = None,
     max_steps: int | None = None,
     max_epochs: int | None = None,
-    tokens_per_batch: int | None = None,
+    tokens_per_batch: int | Literal["auto"] | None = None,
     compiled: bool | None = None,
 ) -> PretrainConfig:
     """Preset, or a config object/file, then command-line overrides. A run length given here
     (``max_steps``/``max_epochs``) is the schedules' length too (``trainer.schedule_steps``
     cleared): asking cpu-base for 5,000 steps means a 5,000-step run, not 5,000 steps along
-    its 2,400-step schedule."""
+    its 2,400-step schedule. ``tokens_per_batch`` 0 turns the token budget off (fixed batches
+    of ``batch_size`` tiles)."""
     if config is None:
         cfg = preset_config(preset)
     elif isinstance(config, PretrainConfig):
@@ -64,7 +65,7 @@ def resolve_config(
     if batch_size is not None:
         data["data"]["batch_size"] = batch_size
     if tokens_per_batch is not None:
-        data["data"]["tokens_per_batch"] = tokens_per_batch
+        data["data"]["tokens_per_batch"] = tokens_per_batch or None
     return PretrainConfig.from_dict(data)
 
 
@@ -92,7 +93,7 @@ class RunPlan:
     max_steps: int | None = None
     max_epochs: int | None = None
     batch_size: int | None = None
-    tokens_per_batch: int | None = None
+    tokens_per_batch: int | Literal["auto"] | None = None
     compiled: bool | None = None
     resume: bool = True
     strategy: str | None = None

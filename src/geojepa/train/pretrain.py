@@ -15,11 +15,12 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import sys
 import warnings
 from collections.abc import Iterable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -94,7 +95,7 @@ def pretrain(
     max_steps: int | None = None,
     max_epochs: int | None = None,
     batch_size: int | None = None,
-    tokens_per_batch: int | None = None,
+    tokens_per_batch: int | Literal["auto"] | None = None,
     resume: bool = True,
     strategy: str | None = None,
     progress: bool | None = None,
@@ -181,6 +182,9 @@ def _pretrain(plan: RunPlan, clock: StageClock, load: CoreSample | None) -> Path
     module = PretrainModule(cfg, model, 1)  # total_steps is set once the world size is known
     clock.lap("model")
     loader, workers = _loader(plan, cfg, ds, vocab)
+    batches = _batches_note(cfg, loader.dataset.batcher.tokens_per_batch)
+    if cfg.data.tokens_per_batch == "auto" and plan.progress is not False and _rank() == 0:
+        print(f"pretrain: batches {batches}", file=sys.stderr, flush=True)
     epoch_loader = EpochLoader(loader)
     epoch_loader.module = module
     clock.lap("data loader")
@@ -208,7 +212,7 @@ def _pretrain(plan: RunPlan, clock: StageClock, load: CoreSample | None) -> Path
             "model files were exported)"
         )
     if trainer.global_rank == 0:
-        _export(plan, cfg, module, vocab, ds, trainer, report, n_tiles, capped)
+        _export(plan, cfg, module, vocab, ds, trainer, report, n_tiles, capped, batches)
     return plan.out
 
 
@@ -361,6 +365,7 @@ def _export(
     report: Any,
     n_tiles: int,
     capped: dict[str, int],
+    batches: str,
 ) -> None:
     """The model directory files, with a card that names the data (never a local path)."""
     metrics = {
@@ -376,6 +381,7 @@ def _export(
         "steps": trainer.global_step,
         "epochs": report.epochs(trainer.global_step, n_tiles),
         "entity_cap": capped,
+        "batches": batches,
         "devices": f"{trainer.world_size} × {trainer.accelerator.__class__.__name__}",
         "final_losses": metrics,
         "throughput": report.summary(),
@@ -387,6 +393,16 @@ def _export(
         module.model, cfg, vocab, plan.out, info,
         dataset_config=ds.config, training_data=training_data,
     )  # fmt: skip
+
+
+def _batches_note(cfg: PretrainConfig, budget: int | None) -> str:
+    """What a step holds, for the card and (when ``auto`` chose the budget) the console."""
+    if budget is None:
+        return f"of {cfg.data.batch_size} tiles"
+    note = f"of up to {budget} real tokens per device, length-bucketed"
+    if cfg.data.tokens_per_batch == "auto":
+        note += f" ({cfg.data.batch_size} tiles a step on average: data.tokens_per_batch = auto)"
+    return note
 
 
 def _rank() -> int:
