@@ -45,7 +45,10 @@ from evaluate import AREAS, SHARED, corpus_dataset, log, prepare_inputs  # noqa:
 
 WORK = ROOT / "runs" / "benchmark"
 REPORTS = ROOT / "reports" / "benchmark" / "scaling"
-TILES_PER_STEP = 16  # cpu-base's batch: 600 steps x 16 = 9,600 tile visits = "1x"
+# cpu-base's batch: 600 steps x 16 = 9,600 tile visits = "1x". Since cpu-base batches by a token
+# budget of 16 tiles on average (data.tokens_per_batch = auto) new runs visit 16 tiles a step on
+# average; runs before that (and `--set data.tokens_per_batch=null`) had 16-tile batches.
+TILES_PER_STEP = 16
 
 
 def _parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
