@@ -273,6 +273,14 @@ def run(args: argparse.Namespace) -> int:
         **{k: v for k, v in (("max_epochs", args.supervised_epochs),
                              ("tiles_per_epoch", args.supervised_tiles)) if v is not None}
     )  # fmt: skip
+    with_supervised = args.baselines is None or "supervised" in args.baselines.split(",")
+    supervised_note = (
+        f"the supervised transformer ran on {args.supervised_seeds} seed(s) for at most "
+        f"{sup.max_epochs} epoch(s) of {sup.tiles_per_epoch} random train tiles each (patience "
+        f"{sup.patience}), early-stopped on {sup.max_val_tiles} val tiles."
+        if with_supervised
+        else "no supervised transformer line (`make benchmark-full` adds it: ~2/3 of the time)."
+    )
     notes = [
         "Benchmark (`make benchmark`, benchmarks/evaluate.py): Neubrandenburg 2016 (PBF), "
         "Liechtenstein 2013 (PBF) and Montevideo 2016–17 (features GeoParquet), zoom 16; data "
@@ -283,9 +291,7 @@ def run(args: argparse.Namespace) -> int:
         "Probe settings: the `benchmark` preset (`geojepa evaluate --preset benchmark`): the "
         "MLP probes have one width (128) and weight decay (0.01), epochs chosen on val (at "
         "most 60, patience 5); the tag-count baseline keeps the 1000 most frequent tag "
-        f"strings; the supervised transformer ran on {args.supervised_seeds} seed(s) for at "
-        f"most {sup.max_epochs} epoch(s) of {sup.tiles_per_epoch} random train tiles each "
-        f"(patience {sup.patience}), early-stopped on {sup.max_val_tiles} val tiles.",
+        f"strings; {supervised_note}",
         *args.note,
     ]
     config = preset.replace(
