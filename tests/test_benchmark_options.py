@@ -92,3 +92,19 @@ def test_evaluation_docs_state_the_benchmarks_run_and_the_cli_merge(bench) -> No
     text = (ROOT / "docs" / "evaluation.md").read_text()
     assert f"`{bench.PRESET}` preset to step {bench.STEPS} " in text
     assert "`geojepa merge " in text and "merge_datasets" not in text
+
+
+def test_make_benchmark_keeps_every_rival_of_the_verdicts() -> None:
+    """`make benchmark` leaves out only the supervised upper line (benchmark-full has it): the
+    three rivals the target counts and the dummy stay, and the names are valid options."""
+    import re
+
+    makefile = (ROOT / "Makefile").read_text()
+    rivals = re.search(r"^BENCHMARK_RIVALS = (\S+)$", makefile, re.M).group(1)
+    assert set(rivals.split(",")) == {"dummy", "tag_counts", "pooled_text", "random_init"}
+    assert "evaluate.py --baselines $(BENCHMARK_RIVALS)" in makefile
+    assert re.search(r"^benchmark-full: .*\n\t\$\(BIN\)/python benchmarks/evaluate.py$", makefile,
+                     re.M)  # fmt: skip
+    from geojepa.eval.evaluate import ALL_BASELINES
+
+    assert set(rivals.split(",")) <= set(ALL_BASELINES)  # names evaluate.py accepts
