@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/scaling.py train NAME [--preset cpu-base] [--steps 2400]
         [--every 600] [--corpus | --corpus-only] [--set model.var_weight=0.05 ...] [--threads 1]
     .venv/bin/python benchmarks/scaling.py eval NAME [--seeds 1] [--at 600,2400]  # waits for them
+    .venv/bin/python benchmarks/scaling.py pool LABEL --runs A,A-s1,A-s2 --at 2400
     .venv/bin/python benchmarks/scaling.py table
 
 ``train`` pretrains ``--preset`` (default ``cpu-base``) with the ``--set`` changes for
@@ -18,6 +19,13 @@ has paired intervals. ``table`` writes ``reports/benchmark/scaling/README.md`` a
 each rival and the wall minutes of pretraining up to that step. The schedules (learning rate,
 weight decay, EMA) run over the whole ``--steps``, so an early checkpoint is the early part of
 a long run, not a short run.
+
+``pool`` reads one recipe over several **pretraining seeds** (runs that differ only in
+``trainer.seed``, each evaluated at the same step): a single run's interval covers the val data
+and the probes' seeds, not the pretraining seed, which moved the verdicts as much as any recipe
+change searched (reading point 21). Per task and rival, GeoJEPA's margin is averaged over the
+runs, and its interval adds the seeds' spread to the data's (`pooled_margin`). It writes
+``pooled/LABEL.csv`` and ``LABEL.json``; ``table`` lists them under the points.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from ablation import (  # noqa: E402
     BASELINES,
+    RIVALS,
     _markdown,
     chosen_rows,
     margins,
@@ -228,6 +237,101 @@ def evaluate_points(args: argparse.Namespace) -> None:
         log(f"{args.name} step {step} evaluated: {out}")
 
 
+def pooled_margin(margins: list[float], lows: list[float], highs: list[float]) -> dict:
+    """One margin (positive = GeoJEPA better) over n pretraining seeds, with a 95% interval
+    that holds both noises: the val data's (the mean of the runs' bootstrap variances, read
+    from their paired 95% intervals as (high − low) / 3.92; not divided by n, since every run
+    is scored on the same val blocks) and the seeds' (their variance / n). The t quantile's
+    degrees of freedom are Welch–Satterthwaite's, the bootstrap part counted as exact: with
+    3 seeds whose spread dominates, the interval is ~4.3 standard errors wide, not 1.96."""
+    import numpy as np
+    from scipy import stats
+
+    m = np.asarray(margins, dtype=float)
+    n = len(m)
+    data_var = float(np.mean(((np.asarray(highs) - np.asarray(lows)) / 3.92) ** 2))
+    seed_var = float(m.var(ddof=1) / n) if n > 1 else float("nan")
+    if n < 2 or not np.isfinite(seed_var):
+        raise ValueError("pooling needs at least two pretraining seeds")
+    total = data_var + seed_var
+    dof = np.inf if seed_var == 0 else (total**2) * (n - 1) / seed_var**2
+    half = float(stats.t.ppf(0.975, dof)) * float(np.sqrt(total))
+    mean = float(m.mean())
+    verdict = "win" if mean - half > 0 else "loss" if mean + half < 0 else "tie"
+    return {
+        "margin": mean,
+        "low": mean - half,
+        "high": mean + half,
+        "verdict": verdict,
+        "seed_sd": float(m.std(ddof=1)),
+        "data_se": float(np.sqrt(data_var)),
+        "n": n,
+    }
+
+
+def pool(label: str, runs: list[str], step: int) -> Path:
+    """``pooled/LABEL.csv``: per task, GeoJEPA's val metric over the runs (mean, each run's)
+    and its pooled margin and verdict against each rival; ``LABEL.json``: the counts."""
+    import pandas as pd
+
+    per_run = []
+    for name in runs:
+        report = REPORTS / name / f"step-{step}" / "results.csv"
+        if not report.is_file():
+            raise SystemExit(f"pool: {name} has no evaluated point at step {step} ({report})")
+        per_run.append(margins(chosen_rows(report)).assign(run=name))
+    data = pd.concat(per_run, ignore_index=True)
+    rows = []
+    for (task, rival), part in data.groupby(["task", "rival"], sort=False):
+        if part["low"].isna().any() or len(part) != len(runs):
+            raise SystemExit(f"pool: {task} vs {rival} lacks a paired interval in some run")
+        own = part["geojepa"].tolist()
+        rows.append({"task": task, "metric": part["metric"].iloc[0], "rival": rival,
+                     "geojepa": sum(own) / len(own),
+                     "geojepa_runs": " ".join(f"{v:.3f}" for v in own),
+                     "rival_mean": float(part["value"].mean()),
+                     **pooled_margin(part["margin"].tolist(), part["low"].tolist(),
+                                     part["high"].tolist())})  # fmt: skip
+    frame = pd.DataFrame(rows)
+    out = REPORTS / "pooled"
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / f"{label}.csv", index=False)
+    verdicts = {t: dict(zip(p["rival"], p["verdict"], strict=True))
+                for t, p in frame.groupby("task", sort=False)}  # fmt: skip
+    summary = {
+        "label": label, "runs": runs, "step": step,
+        "tasks with a loss": sum("loss" in v.values() for v in verdicts.values()),
+        **win_counts(verdicts),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }  # fmt: skip
+    (out / f"{label}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log(f"pooled {label}: {summary}")
+    return out / f"{label}.csv"
+
+
+def _pooled_lines() -> list[str]:
+    """The ``table`` section of the pooled recipes, one line per (recipe, task)."""
+    import pandas as pd
+
+    lines = []
+    for summary_file in sorted((REPORTS / "pooled").glob("*.json")):
+        summary = json.loads(summary_file.read_text())
+        frame = pd.read_csv(summary_file.with_suffix(".csv"))
+        cells = []
+        for task, part in frame.groupby("task", sort=False):
+            by_rival = dict(zip(part["rival"], part["verdict"], strict=True))
+            mark = "".join({"win": "W", "loss": "L"}.get(by_rival.get(m), "=") for m in RIVALS)
+            own = part.iloc[0]
+            cells.append(f"{task} {own['geojepa']:.3f} ({own['geojepa_runs']}) {mark}")
+        lines += [
+            f"- **{summary['label']}** (runs {', '.join(summary['runs'])} at step "
+            f"{summary['step']}): {summary['tasks with a loss']} tasks with a loss, "
+            f"{summary['beats all 3']} beating all three, {summary['beats twin']} beating the "
+            f"twin — " + "; ".join(cells),
+        ]
+    return lines
+
+
 def table() -> Path:
     import pandas as pd
 
@@ -272,6 +376,19 @@ def table() -> Path:
         "![margin to the rivals against training length](margins.png)",
         "",
     ]
+    pooled = _pooled_lines()
+    if pooled:
+        md += [
+            "## Recipes over several pretraining seeds (`scaling.py pool`)",
+            "",
+            "GeoJEPA's val metric averaged over runs that differ only in the pretraining seed "
+            "(each run's value in brackets), and its verdict against tag counts, pooled tag "
+            "text and the random twin from the mean margin, with a 95% interval that adds the "
+            "seeds' spread to the val data's (`pooled_margin`; Welch–Satterthwaite t).",
+            "",
+            *pooled,
+            "",
+        ]
     return write_readme(REPORTS, md)
 
 
@@ -370,7 +487,7 @@ def plot_curves() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("phase", choices=("train", "eval", "table"))
+    parser.add_argument("phase", choices=("train", "eval", "pool", "table"))
     parser.add_argument("name", nargs="?")
     parser.add_argument("--steps", type=int, default=2400)
     parser.add_argument("--every", type=int, default=600)
@@ -390,9 +507,18 @@ def main(argv: list[str] | None = None) -> int:
         help="eval: only these checkpoint steps (comma-separated)",
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--runs", default="", help="pool: the runs of one recipe, one per pretraining seed"
+    )
     args = parser.parse_args(argv)
     if args.phase == "table":
         table()
+        return 0
+    if args.phase == "pool":
+        runs = [r for r in args.runs.split(",") if r]
+        if not args.name or len(runs) < 2 or not args.at or len(args.at) != 1:
+            parser.error("pool needs LABEL, --runs A,B[,...] (two or more) and one --at STEP")
+        pool(args.name, runs, args.at[0])
         return 0
     if not args.name:
         parser.error("NAME is needed")

@@ -1,5 +1,5 @@
 """benchmarks/scaling.py: a resumed run's pretraining minutes leave out the time it stood
-stopped."""
+stopped; a recipe pooled over pretraining seeds gets an interval holding both noises."""
 
 from __future__ import annotations
 
@@ -47,3 +47,28 @@ def test_minutes_of_a_resumed_run_count_each_start_from_its_resume_step(tmp_path
     # an older record (one start, no attempts) still reads from its start
     (tmp_path / "scaling-x.json").write_text(json.dumps({"started_unix": t0}))
     assert scaling._pretrain_minutes(run, 600) == 10.0
+
+
+def test_pooled_margin_adds_the_seeds_spread_to_the_data_noise() -> None:
+    scaling = _scaling()
+    # three seeds that agree: the interval is the data's alone (normal quantile), not shrunk
+    # by the number of runs, since every run is scored on the same val blocks
+    same = scaling.pooled_margin([0.05, 0.05, 0.05], [0.01] * 3, [0.09] * 3)
+    se = 0.08 / 3.92
+    assert abs(same["low"] - (0.05 - 1.959964 * se)) < 1e-6
+    assert abs(same["high"] - (0.05 + 1.959964 * se)) < 1e-6
+    assert same["verdict"] == "win" and same["n"] == 3
+    # the same mean margin from seeds that disagree: no longer a win
+    spread = scaling.pooled_margin([0.0, 0.05, 0.10], [-0.04, 0.01, 0.06], [0.04, 0.09, 0.14])
+    assert abs(spread["margin"] - 0.05) < 1e-12
+    assert spread["low"] < 0 < spread["high"] and spread["verdict"] == "tie"
+    assert scaling.pooled_margin([-0.2, -0.21, -0.19], [-0.25] * 3, [-0.15] * 3)["verdict"] == (
+        "loss"
+    )
+
+
+def test_pooling_needs_two_seeds() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="two pretraining seeds"):
+        _scaling().pooled_margin([0.05], [0.01], [0.09])
