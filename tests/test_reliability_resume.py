@@ -71,11 +71,13 @@ def test_a_run_with_only_damaged_checkpoints_says_so(dataset, tmp_path, capsys):
 
 def test_sigterm_in_pretrain_saves_a_checkpoint_and_exits_143(dataset, tmp_path, monkeypatch,
                                                               capsys):  # fmt: skip
-    """Slurm's or Kubernetes' SIGTERM: a clean stop at the step boundary, as after Ctrl-C."""
+    """Slurm's or Kubernetes' SIGTERM: a clean stop at the step boundary, as after Ctrl-C.
+    Stopped in the first step, before the first periodic checkpoint (every 2 steps): the case
+    that once left a Lightning-versioned last-v1.ckpt beside a stale last.ckpt on resuming."""
     real_step = PretrainModule.training_step
 
     def step(self, batch, batch_idx):
-        if self.global_step == 1:
+        if self.global_step == 0:
             os.kill(os.getpid(), signal.SIGTERM)
         return real_step(self, batch, batch_idx)
 
@@ -92,3 +94,4 @@ def test_sigterm_in_pretrain_saves_a_checkpoint_and_exits_143(dataset, tmp_path,
     monkeypatch.undo()
     assert main(args) == 0
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert sorted(p.name for p in (out / "checkpoints").glob("last*.ckpt")) == ["last.ckpt"]

@@ -352,6 +352,11 @@ def _fit(trainer: Any, module: Any, epoch_loader: Any, checkpoint: Path | None, 
             ) from None
         finally:
             epoch_loader.loader.close()  # persistent workers: not left idling after the run
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.dirpath:
+        # recorded in the checkpoint, so a resumed run's periodic saves overwrite this file
+        # instead of starting a Lightning-versioned last-v1.ckpt beside a stale one
+        callback.last_model_path = str(Path(callback.dirpath) / last.name)
     trainer.save_checkpoint(last)
 
 
