@@ -42,6 +42,7 @@ import torch
 
 from geojepa.data.reader import open_dataset
 from geojepa.tokenize.loader import make_dataloader
+from geojepa.tokenize.sampler import TileBatcher
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
 from geojepa.train import pretrain
 from geojepa.train.config import preset_config
@@ -49,9 +50,17 @@ from geojepa.train.export import build_model
 from geojepa.train.module import param_groups
 
 
-def mean_tokens_per_tile(ds, max_entities: int) -> float:
-    counts = [ds.read_tiles(s, columns=["n_entities"]).column(0).to_numpy() for s in ds.shards]
-    return float(np.maximum(np.minimum(np.concatenate(counts), max_entities), 1).mean())
+def auto_budget(ds, cfg) -> tuple[float, int]:
+    """(mean capped tokens per tile, the budget `pretrain`'s ``auto`` picks): the loader's own
+    rule (`TileBatcher.averaging`), so the benchmark and the command cannot disagree."""
+    counts = [
+        np.minimum(ds.read_tiles(s, columns=["n_entities"]).column(0).to_numpy(),
+                   cfg.tokenizer.max_entities)
+        for s in ds.shards
+    ]  # fmt: skip
+    extra = cfg.tokenizer.n_image_tokens if cfg.tokenizer.use_image else 0
+    batcher = TileBatcher.averaging(cfg.data.batch_size, counts, extra)
+    return float(batcher.lengths(np.concatenate(counts)).mean()), batcher.tokens_per_batch
 
 
 def run_pretrain(ds, preset: str, steps: int, tokens_per_batch: int | None, work: Path) -> dict:
@@ -126,8 +135,8 @@ def main() -> None:
     cfg = preset_config(args.preset)
     vocab = TagVocabulary.from_dataset(ds)
     table = build_tag_table(vocab, cfg.tokenizer.text_model, cache_dir=ds.path)
-    mean = mean_tokens_per_tile(ds, cfg.tokenizer.max_entities)
-    budget = args.tokens_per_batch or round(cfg.data.batch_size * mean)
+    mean, auto = auto_budget(ds, cfg)
+    budget = args.tokens_per_batch or auto
     budgets = {"tiles": None, "tokens": budget}
     report: dict = {
         "machine": {
