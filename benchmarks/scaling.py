@@ -76,10 +76,21 @@ def _parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def run_config(preset: str, changes: dict[str, dict[str, Any]]) -> Any:
+    """``preset`` with the ``--set`` changes, a JSON ``null`` included (``with_overrides``
+    skips None, so ``data.tokens_per_batch=null`` would silently keep the preset's budget)."""
+    from geojepa.train import PretrainConfig, preset_config
+
+    data = preset_config(preset).model_dump()
+    for section, values in changes.items():
+        data[section].update(values)
+    return PretrainConfig.from_dict(data)
+
+
 def train(args: argparse.Namespace) -> None:
     import torch
 
-    from geojepa.train import preset_config, pretrain
+    from geojepa.train import pretrain
 
     torch.set_num_threads(args.threads)
     sources = {name: SHARED / file for name, file in AREAS.items()}
@@ -90,8 +101,7 @@ def train(args: argparse.Namespace) -> None:
         data = corpus_dataset(WORK, train_ds) if args.corpus else train_ds
     changes = _parse_sets(args.set)
     changes.setdefault("trainer", {})["checkpoint_every_n_steps"] = args.every
-    config = preset_config(args.preset).with_overrides(**changes)
-    config = config.replace(preset=f"scaling-{args.name}")
+    config = run_config(args.preset, changes).replace(preset=f"scaling-{args.name}")
     run = WORK / f"scaling-{args.name}"
     run.mkdir(parents=True, exist_ok=True)
     record_path = run.parent / f"scaling-{args.name}.json"

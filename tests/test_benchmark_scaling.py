@@ -72,3 +72,11 @@ def test_pooling_needs_two_seeds() -> None:
 
     with pytest.raises(ValueError, match="two pretraining seeds"):
         _scaling().pooled_margin([0.05], [0.01], [0.09])
+
+
+def test_a_null_change_reaches_the_run_config() -> None:
+    scaling = _scaling()
+    changes = scaling._parse_sets(["data.tokens_per_batch=null", "model.var_weight=0.01"])
+    config = scaling.run_config("cpu-base", changes)
+    assert config.data.tokens_per_batch is None  # cpu-base's own is "auto": 16-tile batches now
+    assert config.model.var_weight == 0.01
