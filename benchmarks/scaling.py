@@ -320,26 +320,25 @@ def pool(label: str, runs: list[str], step: int) -> Path:
 
 
 def _pooled_lines() -> list[str]:
-    """The ``table`` section of the pooled recipes, one line per (recipe, task)."""
+    """The ``table`` section of the pooled recipes: a table, one line per recipe."""
     import pandas as pd
 
-    lines = []
+    rows = []
     for summary_file in sorted((REPORTS / "pooled").glob("*.json")):
         summary = json.loads(summary_file.read_text())
         frame = pd.read_csv(summary_file.with_suffix(".csv"))
-        cells = []
+        row: dict[str, Any] = {
+            "recipe": summary["label"], "runs (seeds)": ", ".join(summary["runs"]),
+            "step": summary["step"], "tasks with a loss": summary["tasks with a loss"],
+            "beats all 3": summary["beats all 3"], "beats twin": summary["beats twin"],
+        }  # fmt: skip
         for task, part in frame.groupby("task", sort=False):
             by_rival = dict(zip(part["rival"], part["verdict"], strict=True))
             mark = "".join({"win": "W", "loss": "L"}.get(by_rival.get(m), "=") for m in RIVALS)
             own = part.iloc[0]
-            cells.append(f"{task} {own['geojepa']:.3f} ({own['geojepa_runs']}) {mark}")
-        lines += [
-            f"- **{summary['label']}** (runs {', '.join(summary['runs'])} at step "
-            f"{summary['step']}): {summary['tasks with a loss']} tasks with a loss, "
-            f"{summary['beats all 3']} beating all three, {summary['beats twin']} beating the "
-            f"twin — " + "; ".join(cells),
-        ]
-    return lines
+            row[f"{task} {own['metric']}"] = f"{own['geojepa']:.3f} ({own['geojepa_runs']}) {mark}"
+        rows.append(row)
+    return [_markdown(pd.DataFrame(rows))] if rows else []
 
 
 def table() -> Path:
@@ -392,9 +391,10 @@ def table() -> Path:
             "## Recipes over several pretraining seeds (`scaling.py pool`)",
             "",
             "GeoJEPA's val metric averaged over runs that differ only in the pretraining seed "
-            "(each run's value in brackets), and its verdict against tag counts, pooled tag "
-            "text and the random twin from the mean margin, with a 95% interval that adds the "
-            "seeds' spread to the val data's (`pooled_margin`; Welch–Satterthwaite t).",
+            "(each run's value in brackets), then its verdict against tag counts, pooled tag "
+            "text and the random twin (W/L/=, in that order) from the mean margin, with a 95% "
+            "interval that adds the seeds' spread to the val data's (`pooled_margin`; "
+            "Welch–Satterthwaite t). Per task and rival: `pooled/RECIPE.csv`.",
             "",
             *pooled,
             "",
