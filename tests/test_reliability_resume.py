@@ -72,8 +72,9 @@ def test_a_run_with_only_damaged_checkpoints_says_so(dataset, tmp_path, capsys):
 def test_sigterm_in_pretrain_saves_a_checkpoint_and_exits_143(dataset, tmp_path, monkeypatch,
                                                               capsys):  # fmt: skip
     """Slurm's or Kubernetes' SIGTERM: a clean stop at the step boundary, as after Ctrl-C.
-    Stopped in the first step, before the first periodic checkpoint (every 2 steps): the case
-    that once left a Lightning-versioned last-v1.ckpt beside a stale last.ckpt on resuming."""
+    Stopped in the first step, before the first periodic checkpoint (every 2 steps), and the
+    run directory moved before resuming: each once left a Lightning-versioned last-v1.ckpt
+    beside a stale last.ckpt."""
     real_step = PretrainModule.training_step
 
     def step(self, batch, batch_idx):
@@ -92,6 +93,7 @@ def test_sigterm_in_pretrain_saves_a_checkpoint_and_exits_143(dataset, tmp_path,
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert not (out / "model.safetensors").exists()
     monkeypatch.undo()
-    assert main(args) == 0
-    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
-    assert sorted(p.name for p in (out / "checkpoints").glob("last*.ckpt")) == ["last.ckpt"]
+    moved = out.rename(tmp_path / "moved")
+    assert main([*args[:3], str(moved), *args[4:]]) == 0
+    assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert sorted(p.name for p in (moved / "checkpoints").glob("last*.ckpt")) == ["last.ckpt"]

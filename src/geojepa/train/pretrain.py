@@ -301,6 +301,10 @@ def _trainer(
         monitor="step" if keep >= 0 else None,  # newest = highest step
         mode="max",
         save_last=True,
+        # the run's own last.ckpt is overwritten, never set beside a Lightning-versioned
+        # last-v1.ckpt (which a resumed run wrote when it had been stopped before its first
+        # periodic checkpoint, or its directory moved); resume reads the newest complete file
+        enable_version_counter=False,
     )
     report = ProgressReport(show=plan.progress is not False, clock=clock)  # speeds logged anyway
     trainer = L.Trainer(
@@ -352,11 +356,6 @@ def _fit(trainer: Any, module: Any, epoch_loader: Any, checkpoint: Path | None, 
             ) from None
         finally:
             epoch_loader.loader.close()  # persistent workers: not left idling after the run
-    callback = trainer.checkpoint_callback
-    if callback is not None and callback.dirpath:
-        # recorded in the checkpoint, so a resumed run's periodic saves overwrite this file
-        # instead of starting a Lightning-versioned last-v1.ckpt beside a stale one
-        callback.last_model_path = str(Path(callback.dirpath) / last.name)
     trainer.save_checkpoint(last)
 
 
