@@ -248,9 +248,13 @@ def verdict_cells(chosen: Any) -> tuple[dict[str, Any], dict[str, dict[str, str]
         own = part[part["model"] == "geojepa"].iloc[0]
         cells[f"{task} {own['metric']}"] = round(float(own["mean"]), 3)
         verdicts[task] = dict(zip(part["model"], part["verdict"].astype(str), strict=True))
-        against = [verdicts[task].get(m) for m in RIVALS]
-        cells[f"{task} vs"] = "".join({"win": "W", "loss": "L"}.get(v, "=") for v in against)
+        cells[f"{task} vs"] = verdict_marks(verdicts[task])
     return cells, verdicts
+
+
+def verdict_marks(verdicts: dict[str, str]) -> str:
+    """GeoJEPA's verdicts against `RIVALS`, in that order: W win, L loss, = tie (or none)."""
+    return "".join({"win": "W", "loss": "L"}.get(verdicts.get(m), "=") for m in RIVALS)
 
 
 def table() -> Path:

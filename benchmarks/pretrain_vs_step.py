@@ -43,6 +43,7 @@ import torch
 from geojepa.data.reader import open_dataset
 from geojepa.tokenize.loader import make_dataloader
 from geojepa.tokenize.sampler import TileBatcher
+from geojepa.tokenize.shards import TokenizedShards
 from geojepa.tokenize.tags import TagVocabulary, build_tag_table
 from geojepa.train import pretrain
 from geojepa.train.config import preset_config
@@ -50,14 +51,12 @@ from geojepa.train.export import build_model
 from geojepa.train.module import param_groups
 
 
-def auto_budget(ds, cfg) -> tuple[float, int]:
+def auto_budget(ds, vocab, cfg) -> tuple[float, int]:
     """(mean capped tokens per tile, the budget `pretrain`'s ``auto`` picks): the loader's own
-    rule (`TileBatcher.averaging`), so the benchmark and the command cannot disagree."""
-    counts = [
-        np.minimum(ds.read_tiles(s, columns=["n_entities"]).column(0).to_numpy(),
-                   cfg.tokenizer.max_entities)
-        for s in ds.shards
-    ]  # fmt: skip
+    counts and rule (`TokenizedShards.entity_counts`, `TileBatcher.averaging`), so the
+    benchmark and the command cannot disagree."""
+    shards = TokenizedShards(ds, vocab, cfg.tokenizer, cfg.trainer.seed)
+    counts = list(shards.entity_counts().values())
     extra = cfg.tokenizer.n_image_tokens if cfg.tokenizer.use_image else 0
     batcher = TileBatcher.averaging(cfg.data.batch_size, counts, extra)
     return float(batcher.lengths(np.concatenate(counts)).mean()), batcher.tokens_per_batch
@@ -135,7 +134,7 @@ def main() -> None:
     cfg = preset_config(args.preset)
     vocab = TagVocabulary.from_dataset(ds)
     table = build_tag_table(vocab, cfg.tokenizer.text_model, cache_dir=ds.path)
-    mean, auto = auto_budget(ds, cfg)
+    mean, auto = auto_budget(ds, vocab, cfg)
     budget = args.tokens_per_batch or auto
     budgets = {"tiles": None, "tokens": budget}
     report: dict = {

@@ -42,11 +42,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from ablation import (  # noqa: E402
     BASELINES,
-    RIVALS,
     _markdown,
     chosen_rows,
     margins,
     verdict_cells,
+    verdict_marks,
     win_counts,
     write_readme,
 )
@@ -259,10 +259,10 @@ def pooled_margin(margins: list[float], lows: list[float], highs: list[float]) -
 
     m = np.asarray(margins, dtype=float)
     n = len(m)
-    data_var = float(np.mean(((np.asarray(highs) - np.asarray(lows)) / 3.92) ** 2))
-    seed_var = float(m.var(ddof=1) / n) if n > 1 else float("nan")
-    if n < 2 or not np.isfinite(seed_var):
+    if n < 2:
         raise ValueError("pooling needs at least two pretraining seeds")
+    data_var = float(np.mean(((np.asarray(highs) - np.asarray(lows)) / 3.92) ** 2))
+    seed_var = float(m.var(ddof=1) / n)
     total = data_var + seed_var
     dof = np.inf if seed_var == 0 else (total**2) * (n - 1) / seed_var**2
     half = float(stats.t.ppf(0.975, dof)) * float(np.sqrt(total))
@@ -333,8 +333,7 @@ def _pooled_lines() -> list[str]:
             "beats all 3": summary["beats all 3"], "beats twin": summary["beats twin"],
         }  # fmt: skip
         for task, part in frame.groupby("task", sort=False):
-            by_rival = dict(zip(part["rival"], part["verdict"], strict=True))
-            mark = "".join({"win": "W", "loss": "L"}.get(by_rival.get(m), "=") for m in RIVALS)
+            mark = verdict_marks(dict(zip(part["rival"], part["verdict"], strict=True)))
             own = part.iloc[0]
             row[f"{task} {own['metric']}"] = f"{own['geojepa']:.3f} ({own['geojepa_runs']}) {mark}"
         rows.append(row)
