@@ -106,7 +106,7 @@ def train(args: argparse.Namespace) -> None:
     run.mkdir(parents=True, exist_ok=True)
     record_path = run.parent / f"scaling-{args.name}.json"
     earlier = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    attempts = [*_attempts(earlier), {"started_unix": time.time(), "from_step": _resume_step(run)}]
+    attempts = _next_attempts(earlier, run)
     record = {
         "name": args.name,
         "preset": args.preset,
@@ -176,20 +176,40 @@ def _attempts(record: dict[str, Any]) -> list[dict[str, float]]:
     return [{"started_unix": record["started_unix"], "from_step": 0}] if record else []
 
 
+def _next_attempts(earlier: dict[str, Any], run: Path) -> list[dict[str, float]]:
+    """The run's starts with this one added. A re-run resumes from ``last.ckpt``: the file's
+    time is when the previous start stopped, kept so that the minutes of a run stopped between
+    periodic checkpoints can still be counted."""
+    attempts = _attempts(earlier)
+    from_step = _resume_step(run)
+    if attempts and from_step:
+        attempts[-1]["stopped_unix"] = (run / "checkpoints" / "last.ckpt").stat().st_mtime
+    return [*attempts, {"started_unix": time.time(), "from_step": from_step}]
+
+
 def _pretrain_minutes(run: Path, step: int) -> float | None:
     """Wall minutes of pretraining up to ``step``, from the checkpoint files' times: the
-    minutes of the start that wrote it since it began, plus those of the step it resumed from
-    (the time between a stop and the re-run is not counted)."""
+    minutes of the start that wrote it since it began, plus those of the starts before it, each
+    up to its stop (the time between a stop and the re-run is not counted). Older records, which
+    kept no stop times, count the starts before from the periodic checkpoint resumed from."""
     record = json.loads((run.parent / f"{run.name}.json").read_text())
     ckpt = run / "checkpoints" / f"step={step}.ckpt"
     if not ckpt.is_file():
         return None
     written = ckpt.stat().st_mtime
-    starts = [a for a in _attempts(record) if a["from_step"] < step and a["started_unix"] < written]
+    attempts = _attempts(record)
+    starts = [a for a in attempts if a["from_step"] < step and a["started_unix"] < written]
     if not starts:
         return None
     attempt = max(starts, key=lambda a: a["started_unix"])
-    before = _pretrain_minutes(run, int(attempt["from_step"])) if attempt["from_step"] else 0.0
+    earlier = [a for a in attempts if a["started_unix"] < attempt["started_unix"]]
+    if all("stopped_unix" in a for a in earlier):
+        # a start that crashed before writing a checkpoint stopped "before it began": 0 minutes
+        before = sum(max(0.0, a["stopped_unix"] - a["started_unix"]) for a in earlier) / 60
+    elif attempt["from_step"]:
+        before = _pretrain_minutes(run, int(attempt["from_step"]))
+    else:
+        before = 0.0
     if before is None:
         return None
     return round(before + (written - attempt["started_unix"]) / 60, 1)

@@ -1,5 +1,5 @@
 """benchmarks/scaling.py: a resumed run's pretraining minutes leave out the time it stood
-stopped; a recipe pooled over pretraining seeds gets an interval holding both noises."""
+stopped; a recipe pooled over pretraining seeds gets an interval holding both noises.
 
 from __future__ import annotations
 
@@ -47,6 +47,42 @@ def test_minutes_of_a_resumed_run_count_each_start_from_its_resume_step(tmp_path
     # an older record (one start, no attempts) still reads from its start
     (tmp_path / "scaling-x.json").write_text(json.dumps({"started_unix": t0}))
     assert scaling._pretrain_minutes(run, 600) == 10.0
+
+
+def test_minutes_of_a_run_stopped_between_checkpoints_count_up_to_its_stop(
+    tmp_path: Path,
+) -> None:
+    import torch
+
+    scaling = _scaling()
+    run = tmp_path / "scaling-x"
+    (run / "checkpoints").mkdir(parents=True)
+    t0 = 1_000_000.0
+    (tmp_path / "scaling-x.json").write_text(
+        json.dumps({"attempts": [{"started_unix": t0, "from_step": 0}]})
+    )
+    # the first start wrote step 600 at +2 min and was stopped at step 716, +3 min
+    step600 = run / "checkpoints" / "step=600.ckpt"
+    step600.write_bytes(b"")
+    os.utime(step600, (t0 + 120, t0 + 120))
+    last = run / "checkpoints" / "last.ckpt"
+    torch.save({"global_step": 716}, last)
+    os.utime(last, (t0 + 180, t0 + 180))
+    # the re-run records where the first start stopped, and resumes from 716
+    attempts = scaling._next_attempts(json.loads((tmp_path / "scaling-x.json").read_text()), run)
+    assert attempts[0]["stopped_unix"] == t0 + 180
+    assert attempts[1]["from_step"] == 716
+    attempts[1]["started_unix"] = t0 + 3600  # an hour later; step 2400 8 minutes after that
+    (tmp_path / "scaling-x.json").write_text(json.dumps({"attempts": attempts}))
+    step2400 = run / "checkpoints" / "step=2400.ckpt"
+    step2400.write_bytes(b"")
+    os.utime(step2400, (t0 + 3600 + 480, t0 + 3600 + 480))
+    assert scaling._pretrain_minutes(run, 600) == 2.0
+    assert scaling._pretrain_minutes(run, 2400) == 11.0  # 3 + 8, no step=716.ckpt needed
+    # a start that crashed before writing anything adds no minutes
+    attempts.insert(1, {"started_unix": t0 + 600, "from_step": 716, "stopped_unix": t0 + 180})
+    (tmp_path / "scaling-x.json").write_text(json.dumps({"attempts": attempts}))
+    assert scaling._pretrain_minutes(run, 2400) == 11.0
 
 
 def test_pooled_margin_adds_the_seeds_spread_to_the_data_noise() -> None:
