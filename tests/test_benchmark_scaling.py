@@ -1,5 +1,6 @@
 """benchmarks/scaling.py: a resumed run's pretraining minutes leave out the time it stood
-stopped; a recipe pooled over pretraining seeds gets an interval holding both noises.
+stopped; a recipe pooled over pretraining seeds gets an interval holding both noises; the
+gap to the target is the shift that lifts every interval above zero."""
 
 from __future__ import annotations
 
@@ -116,3 +117,37 @@ def test_a_null_change_reaches_the_run_config() -> None:
     config = scaling.run_config("cpu-base", changes)
     assert config.data.tokens_per_batch is None  # cpu-base's own is "auto": 16-tile batches now
     assert config.model.var_weight == 0.01
+
+
+def test_target_gap_is_the_shift_that_lifts_every_interval_above_zero() -> None:
+    import pandas as pd
+
+    scaling = _scaling()
+    pooled = pd.DataFrame(
+        [
+            # an MAE task: GeoJEPA 2.0; the text rival's interval reaches lowest (-0.3), though
+            # tag counts' margin is lower (a narrower interval)
+            ("count", "mae", "random_init", 2.0, 0.1, -0.1, 0.3),
+            ("count", "mae", "pooled_text", 2.0, -0.1, -0.3, 0.1),
+            ("count", "mae", "tag_counts", 2.0, -0.15, -0.25, -0.05),
+            # an AUROC task won against every rival
+            ("won", "auroc", "random_init", 0.9, 0.05, 0.01, 0.09),
+            ("won", "auroc", "pooled_text", 0.9, 0.04, 0.02, 0.06),
+            ("won", "auroc", "tag_counts", 0.9, 0.03, 0.001, 0.06),
+            # an AUROC task whose needed score is beyond 1
+            ("noisy", "auroc", "pooled_text", 0.95, 0.0, -0.01, 0.01),
+            ("noisy", "auroc", "random_init", 0.95, 0.0, -0.08, 0.08),
+            ("noisy", "auroc", "tag_counts", 0.95, 0.0, -0.02, 0.02),
+        ],
+        columns=["task", "metric", "rival", "geojepa", "margin", "low", "high"],
+    )
+    gap = scaling.target_gap(pooled).set_index("task")
+    assert gap.loc["count", "binding"] == "pooled_text"
+    assert gap.loc["count", "needed"] == 0.3
+    assert abs(gap.loc["count", "value_needed"] - 1.7) < 1e-12  # MAE: lower is better
+    assert gap.loc["count", "reachable"]
+    assert gap.loc["won", "needed"] == 0.0
+    assert gap.loc["won", "value_needed"] == 0.9
+    assert gap.loc["noisy", "binding"] == "random_init"
+    assert abs(gap.loc["noisy", "value_needed"] - 1.03) < 1e-12  # AUROC: higher is better
+    assert not gap.loc["noisy", "reachable"]
