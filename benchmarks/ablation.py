@@ -238,6 +238,30 @@ def margins(chosen: Any) -> Any:
     return pd.DataFrame(rows)
 
 
+def target_gap(gaps: Any) -> Any:
+    """Per task of ``margins``' rows (or `scaling.py pool`'s, over pretraining seeds): how much
+    better GeoJEPA's score would have to be for its interval against *every* rival to exclude
+    zero, the noise held as measured (a shift of the score moves each interval by as much):
+    ``needed`` = −(lowest interval end), 0 where the target is met, in the metric's units;
+    ``binding`` is the rival that sets it, ``value_needed`` the score that would do it;
+    ``reachable`` is False where that score lies beyond the metric's range (an AUROC over 1, an
+    MAE under 0): the data's noise then hides a win over that rival, however good the model."""
+    import pandas as pd
+
+    from geojepa.eval.metrics import METRICS
+
+    rows = []
+    for task, part in gaps.groupby("task", sort=False):
+        worst = part.loc[part["low"].idxmin()]
+        needed = max(0.0, -float(worst["low"]))
+        sign = 1.0 if METRICS[worst["metric"]].higher_is_better else -1.0
+        value = float(worst["geojepa"]) + sign * needed
+        rows.append({"task": task, "metric": worst["metric"], "geojepa": worst["geojepa"],
+                     "needed": needed, "binding": worst["rival"], "value_needed": value,
+                     "reachable": value <= 1.0 if sign > 0 else value >= 0.0})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def verdict_cells(chosen: Any) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
     """From a report's val-chosen rows (``results.csv`` where ``selected``): per task the
     GeoJEPA metric and its ``vs`` cell (W/L/= against each of `RIVALS`) as table cells, and

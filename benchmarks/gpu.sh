@@ -20,6 +20,23 @@
 # others' JSON. On CUDA the packed layout's attention is FlexAttention, compiled once on its
 # first call also in the "eager" runs (uncompiled it would materialise the N x N scores of the
 # whole packed batch): the warm-up steps, which are not timed, pay for that compile.
+#
+# Quality at paper width (issue 21: a pretraining longer and wider than the CPU allows, read on
+# val beside the CPU recipe's rows), also two steps, then two here:
+#
+#   bash benchmarks/gpu.sh prepare-quality  # here: the CPU recipe's pretraining data (train
+#                                           # blocks + corpus) and the wheels -> .bench-gpu/
+#   bash benchmarks/gpu.sh quality          # there, carry [".bench-gpu"], timeout_s 600
+#   python benchmarks/scaling.py unpack gpu-paper-gt --from <files_at>   # here, then
+#   python benchmarks/scaling.py eval gpu-paper-gt --at <steps> --seeds 2 --threads 2
+#
+# `quality` times a 20-step probe of the same run, trains as many steps as fit BUDGET_S
+# (default 270 s, at most the preset's 100 epochs; PRESET default paper-gt) and packs the last
+# checkpoint for the trip back (`scaling.py pack`: a float16 embedding-only model in parts of
+# 15 MiB). The working tree with .bench-gpu is ~60 MiB of the device's 64. One seed: read it as
+# a single run beside the CPU recipe's pooled rows; a claim needs three (`scaling.py pool`).
+# A dry run on a CPU: DEVICE=cpu PRESET=cpu-small BUDGET_S=20 THREADS=1 PYTHON=.venv/bin/python
+# DATA=runs/benchmark/data/liechtenstein (for prepare-quality) OUT=/tmp/q.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH=${BENCH:-.bench-gpu}
@@ -37,14 +54,86 @@ prepare() {
                 -o "$BENCH/nb16" --zoom 16 -q
         fi
     fi
+    wheels "$py"
+    du -sh "$BENCH"
+}
+
+wheels() {
     # the benchmark's imports that the device image lacks (versions as in requirements pins)
     local pins=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
                 typing-inspection==0.4.5 shapely==2.2.0 osmium==4.3.2)
-    "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    "$1" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d "$BENCH/whl" "${pins[@]}"
-    du -sh "$BENCH"
+}
+
+install_wheels() {
+    if ls "$BENCH"/whl/*.whl >/dev/null 2>&1; then
+        "$1" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/site "$BENCH"/whl/*.whl
+        export PYTHONPATH=/tmp/site
+    fi
+}
+
+prepare_quality() {
+    # the pretraining data of the CPU recipe (the benchmark's train blocks + the ten corpus
+    # extracts, prepared by `scaling.py train ... --corpus`), without its token cache
+    local py=${PYTHON:-.venv/bin/python} data=${DATA:-runs/benchmark/pretrain-corpus}
+    [ -f "$data/manifest.json" ] || { echo "no prepared pretraining data at $data" >&2; exit 1; }
+    mkdir -p "$BENCH/pretrain" "$BENCH/whl"
+    cp -r "$data"/{config.json,manifest.json,shards,vocab.parquet} "$BENCH/pretrain/"
+    # the tag table (there is no text model there) travels in float16, to keep the working tree
+    # under the device's 64 MiB; `quality` widens it back: the GPU run's tag inputs differ
+    # from the CPU runs' by float16 rounding (~5e-4 relative)
+    tag_table "$py" "$data" "$BENCH/pretrain" float16
+    wheels "$py"
+    du -sh "$BENCH/pretrain" "$BENCH/whl"
+}
+
+tag_table() {  # PYTHON SRC DST DTYPE: the dataset's tag table (the text embeddings) as DTYPE
+    "$1" - "$2" "$3" "$4" <<'PY'
+import sys
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+src, dst, dtype = Path(sys.argv[1]), Path(sys.argv[2]), getattr(torch, sys.argv[3])
+for path in src.glob("tag_table-*.safetensors"):
+    with safe_open(str(path), "pt") as f:
+        table, meta = f.get_tensor("table"), f.metadata()
+    save_file({"table": table.to(dtype).contiguous()}, str(dst / path.name), metadata=meta)
+PY
+}
+
+quality() {
+    # A pretraining at paper width on the GPU, packed for `scaling.py unpack` + `eval` here:
+    # a 20-step probe of the same run times a step (start-up and compiling left out), the run
+    # gets the steps that fit BUDGET_S seconds (at most the preset's 100 epochs), and its last
+    # checkpoint comes back as a compact float16 model in parts of 15 MiB.
+    local out=${OUT:-benchmarks/results/gpu-quality} py=${PYTHON:-python3}
+    local preset=${PRESET:-paper-gt} budget=${BUDGET_S:-270} threads=${THREADS:-8}
+    local name=${NAME:-gpu-$preset} data="$BENCH/pretrain" steps
+    mkdir -p "$out"
+    [ "${DEVICE:-cuda}" = cuda ] && install_wheels "$py"  # DEVICE=cpu: a dry run here
+    export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.txt" 2>&1 ||
+        true
+    tag_table "$py" "$data" "$data" float32
+    local opts=(--preset "$preset" --data "$data" --threads "$threads")
+    timeout 150 "$py" benchmarks/scaling.py train "$name-probe" "${opts[@]}" --steps 20 \
+        --every 10 >"$out/probe.log" 2>&1 || { tail -n 30 "$out/probe.log"; return 1; }
+    steps=$("$py" benchmarks/scaling.py steps "$name-probe" --preset "$preset" --data "$data" \
+            --seconds "$budget")
+    echo "probe: $steps steps fit $budget s" | tee -a "$out/probe.log"
+    timeout $((budget + 150)) "$py" benchmarks/scaling.py train "$name" "${opts[@]}" \
+        --steps "$steps" --every "$steps" >"$out/train.log" 2>&1 &&
+        "$py" benchmarks/scaling.py pack "$name" --at "$steps" --out "$out" \
+        >>"$out/train.log" 2>&1 || { tail -n 30 "$out/train.log"; return 1; }
+    tail -n 3 "$out"/*.log
+    ls -la "$out"
 }
 
 run() {
@@ -54,11 +143,7 @@ run() {
     local settings=${SETTINGS:-gti} preset=${PRESET:-paper-gt} steps=${STEPS:-30}
     local warmup=${WARMUP:-5} status=0
     mkdir -p "$out"
-    if [ "$device" = cuda ] && ls "$BENCH"/whl/*.whl >/dev/null 2>&1; then
-        "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target /tmp/site "$BENCH"/whl/*.whl
-        export PYTHONPATH=/tmp/site
-    fi
+    [ "$device" = cuda ] && install_wheels "$py"
     export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.txt" 2>&1 ||
         true
@@ -90,5 +175,7 @@ run() {
 case "${1:-}" in
     prepare) prepare ;;
     run) run ;;
-    *) echo "usage: bash benchmarks/gpu.sh prepare|run" >&2; exit 2 ;;
+    prepare-quality) prepare_quality ;;
+    quality) quality ;;
+    *) echo "usage: bash benchmarks/gpu.sh prepare|run|prepare-quality|quality" >&2; exit 2 ;;
 esac

@@ -151,3 +151,51 @@ def test_target_gap_is_the_shift_that_lifts_every_interval_above_zero() -> None:
     assert gap.loc["noisy", "binding"] == "random_init"
     assert abs(gap.loc["noisy", "value_needed"] - 1.03) < 1e-12  # AUROC: higher is better
     assert not gap.loc["noisy", "reachable"]
+
+
+def test_a_run_packed_on_one_machine_unpacks_on_another_as_a_point(tmp_path: Path, monkeypatch):
+    """The GPU path (benchmarks/gpu.sh quality): train on a given dataset, time the steps,
+    pack the checkpoint in parts, unpack it elsewhere as a model ``eval`` reads."""
+    import pytest
+    import torch
+    from safetensors.torch import load_file
+
+    from geojepa import GeoJEPA
+    from helpers.synthetic import write_synthetic_dataset
+
+    scaling = _scaling()
+    data = write_synthetic_dataset(tmp_path / "tiles", n_shards=2, tiles_per_shard=(6, 9),
+                                   entities_per_tile=(2, 20), seed=0)  # fmt: skip
+    there, here = tmp_path / "there", tmp_path / "here"
+    monkeypatch.setattr(scaling, "WORK", there)
+    small = ["--preset", "cpu-small", "--data", str(data), "--set", "model.depth=1",
+             "--set", "data.batch_size=4"]  # fmt: skip
+    assert scaling.main(["train", "x", *small, "--steps", "4", "--every", "2"]) == 0
+    config = scaling.run_config("cpu-small", {"model": {"depth": 1}, "data": {"batch_size": 4}})
+    record = json.loads((there / "scaling-x.json").read_text())
+    assert record["tiles_per_step"] == 4 and record["corpus"] == f"data: {data}"
+    # 4 steps of 4 tiles over ~15 tiles: the preset's epochs cap nothing; a long budget does
+    assert scaling.steps_for_budget(there / "scaling-x", 1.0, config, 15) >= 1
+    capped = config.replace(trainer=config.trainer.model_copy(update={"max_epochs": 2}))
+    assert scaling.steps_for_budget(there / "scaling-x", 1e9, capped, 15) == 8  # ceil(30 / 4)
+    parts = scaling.pack("x", 4, tmp_path / "out", part_bytes=100_000)
+    assert len(parts) > 1 and all(p.stat().st_size <= 100_000 for p in parts)
+    monkeypatch.setattr(scaling, "WORK", here)
+    model_dir = scaling.unpack("x", tmp_path / "out")
+    assert model_dir == here / "scaling-x-at-4"
+    unpacked = json.loads((here / "scaling-x.json").read_text())
+    assert unpacked["pretrain_minutes_at"]["4"] is not None
+    # what it stores is the teacher of step 4, rounded to float16, and it loads
+    ckpt = there / "scaling-x" / "checkpoints" / "step=4.ckpt"
+    exported = scaling.export_checkpoint(there / "scaling-x", ckpt, tmp_path / "full")
+    full = GeoJEPA.from_pretrained(exported).state_dict()
+    stored = load_file(str(model_dir / "model.safetensors"))
+    assert any(k.startswith("target.encoder.") for k in stored)
+    assert all(torch.equal(v.float(), full[k].half().float()) for k, v in stored.items())
+    GeoJEPA.from_pretrained(model_dir)
+    # a part lost on the way is said, and the point left as it was
+    parts[-1].unlink()
+    (here / "scaling-x.json").unlink()
+    with pytest.raises(SystemExit, match="do not make a whole model"):
+        scaling.unpack("x", tmp_path / "out")
+    assert not (here / "scaling-x.json").exists() and len(list(here.iterdir())) == 1
