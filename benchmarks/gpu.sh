@@ -112,27 +112,28 @@ quality() {
     # A pretraining at paper width on the GPU, packed for `scaling.py unpack` + `eval` here:
     # a 20-step probe of the same run times a step (start-up and compiling left out), the run
     # gets the steps that fit BUDGET_S seconds (at most the preset's 100 epochs), and its last
-    # checkpoint comes back as a compact float16 model in parts of 15 MiB.
+    # checkpoint comes back as a compact float16 model in parts of 15 MiB (paper-gt: ~46 MiB
+    # in 4 parts; with the record, the metrics and one log, 7 files: the device returns 8).
     local out=${OUT:-benchmarks/results/gpu-quality} py=${PYTHON:-python3}
     local preset=${PRESET:-paper-gt} budget=${BUDGET_S:-270} threads=${THREADS:-8}
-    local name=${NAME:-gpu-$preset} data="$BENCH/pretrain" steps
+    local name=${NAME:-gpu-$preset} data="$BENCH/pretrain" steps log
     mkdir -p "$out"
+    log="$out/$name.log"
     [ "${DEVICE:-cuda}" = cuda ] && install_wheels "$py"  # DEVICE=cpu: a dry run here
     export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.txt" 2>&1 ||
-        true
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$log" 2>&1 || true
     tag_table "$py" "$data" "$data" float32
     local opts=(--preset "$preset" --data "$data" --threads "$threads")
     timeout 150 "$py" benchmarks/scaling.py train "$name-probe" "${opts[@]}" --steps 20 \
-        --every 10 >"$out/probe.log" 2>&1 || { tail -n 30 "$out/probe.log"; return 1; }
+        --every 10 >>"$log" 2>&1 || { tail -n 30 "$log"; return 1; }
     steps=$("$py" benchmarks/scaling.py steps "$name-probe" --preset "$preset" --data "$data" \
             --seconds "$budget")
-    echo "probe: $steps steps fit $budget s" | tee -a "$out/probe.log"
+    echo "probe: $steps steps fit $budget s" | tee -a "$log"
     timeout $((budget + 150)) "$py" benchmarks/scaling.py train "$name" "${opts[@]}" \
-        --steps "$steps" --every "$steps" >"$out/train.log" 2>&1 &&
-        "$py" benchmarks/scaling.py pack "$name" --at "$steps" --out "$out" \
-        >>"$out/train.log" 2>&1 || { tail -n 30 "$out/train.log"; return 1; }
-    tail -n 3 "$out"/*.log
+        --steps "$steps" --every "$steps" >>"$log" 2>&1 &&
+        "$py" benchmarks/scaling.py pack "$name" --at "$steps" --out "$out" >>"$log" 2>&1 ||
+        { tail -n 30 "$log"; return 1; }
+    tail -n 8 "$log"
     ls -la "$out"
 }
 

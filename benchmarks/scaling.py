@@ -259,7 +259,7 @@ def steps_for_budget(run: Path, seconds: float, config: Any, n_tiles: int) -> in
 
 def pack(name: str, step: int, out: Path, part_bytes: int = 15 * 2**20) -> list[Path]:
     """On the machine that trained (a lent GPU): the checkpoint at ``step`` as a compact
-    float16 model directory (embedding only; tag table rebuilt from the text model on load),
+    float16 model directory (embedding only, with the tag table it was trained with),
     tarred and cut into parts of ``part_bytes`` (15 MiB), so that a device run's output limits (a
     few files of 16 MiB) let it back; beside it the run's record with its pretraining minutes
     and the training log's metrics. ``unpack`` puts it back together."""
@@ -277,7 +277,7 @@ def pack(name: str, step: int, out: Path, part_bytes: int = 15 * 2**20) -> list[
         full = export_checkpoint(run, run / "checkpoints" / f"step={step}.ckpt", Path(tmp) / "f")
         compact = Path(tmp) / f"scaling-{name}-at-{step}"
         GeoJEPA.from_pretrained(full).save_pretrained(
-            compact, compact=True, dtype="float16", tag_table="text", training_data=False
+            compact, compact=True, dtype="float16", training_data=False
         )
         archive = Path(tmp) / "model.tar"
         with tarfile.open(archive, "w") as tar:
