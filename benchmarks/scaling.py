@@ -123,16 +123,13 @@ def train(args: argparse.Namespace) -> None:
     record_path = run.parent / f"scaling-{args.name}.json"
     earlier = json.loads(record_path.read_text()) if record_path.is_file() else {}
     attempts = _next_attempts(earlier, run)
+    corpus = "only" if args.corpus_only else args.corpus
     record = {
         "name": args.name,
         "preset": args.preset,
         "steps": args.steps,
         "every": args.every,
-        "corpus": f"data: {args.data}"
-        if args.data
-        else "only"
-        if args.corpus_only
-        else args.corpus,
+        "corpus": f"data: {args.data}" if args.data else corpus,
         "changes": changes,
         "data": str(data.path),
         "n_tiles": data.manifest["n_tiles"],
