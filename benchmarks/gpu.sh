@@ -26,14 +26,15 @@
 #
 #   bash benchmarks/gpu.sh prepare-quality  # here: the CPU recipe's pretraining data (train
 #                                           # blocks + corpus) and the wheels -> .bench-gpu/
-#   bash benchmarks/gpu.sh quality          # there, carry [".bench-gpu"], timeout_s 600
+#   bash benchmarks/gpu.sh quality          # there, timeout_s 600, carry
+#                                           # [".bench-gpu/pretrain", ".bench-gpu/whl"]
 #   python benchmarks/scaling.py unpack gpu-paper-gt --from <files_at>   # here, then
 #   python benchmarks/scaling.py eval gpu-paper-gt --at <steps> --seeds 2 --threads 2
 #
 # `quality` times a 20-step probe of the same run, trains as many steps as fit BUDGET_S
 # (default 270 s, at most the preset's 100 epochs; PRESET default paper-gt) and packs the last
 # checkpoint for the trip back (`scaling.py pack`: a float16 embedding-only model in parts of
-# 15 MiB). The working tree with .bench-gpu is ~60 MiB of the device's 64. One seed: read it as
+# 15 MiB). The working tree with those two is ~60 MiB of the device's 64. One seed: read it as
 # a single run beside the CPU recipe's pooled rows; a claim needs three (`scaling.py pool`).
 # A dry run on a CPU: DEVICE=cpu PRESET=cpu-small BUDGET_S=20 THREADS=1 PYTHON=.venv/bin/python
 # DATA=runs/benchmark/data/liechtenstein (for prepare-quality) OUT=/tmp/q.
