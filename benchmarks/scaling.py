@@ -297,17 +297,16 @@ def unpack(name: str, source: Path) -> Path:
     """A packed GPU run (``pack``'s files in ``source``) as a point ``eval`` reads: the model
     directory ``scaling-NAME-at-STEP`` and the run record, here."""
     import io
+    import shutil
     import tarfile
+    import tempfile
+
+    from geojepa import GeoJEPA
 
     parts = sorted(source.glob(f"{name}.model.tar.[0-9][0-9]"))
     record_file = source / f"{name}.record.json"
     if not parts or not record_file.is_file():
         raise SystemExit(f"unpack: no packed run {name!r} in {source}")
-    import shutil
-    import tempfile
-
-    from geojepa import GeoJEPA
-
     record = json.loads(record_file.read_text())
     step = next(iter(record["pretrain_minutes_at"]))
     model_dir = WORK / f"scaling-{name}-at-{step}"
@@ -488,13 +487,10 @@ def _gap_lines() -> list[str]:
 
     columns: dict[str, dict[str, str]] = {}
     tasks: dict[str, str] = {}
-    gaps = {}
     for summary_file in sorted((REPORTS / "pooled").glob("*.json")):
         label = json.loads(summary_file.read_text())["label"]
-        gaps[label] = target_gap(pd.read_csv(summary_file.with_suffix(".csv")))
-    for label, gap in gaps.items():
         cells = {}
-        for row in gap.itertuples():
+        for row in target_gap(pd.read_csv(summary_file.with_suffix(".csv"))).itertuples():
             tasks[row.task] = row.metric
             rival = RIVAL_NAMES[row.binding]
             if row.needed == 0:
